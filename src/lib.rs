@@ -1,0 +1,15 @@
+//! wick: a native, in-process LLM inference engine and server.
+//!
+//! The modules mirror the layers of the architecture: `config` (flags, models.toml),
+//! `hub` (model sources), `tokenizer`, `model` (one file per architecture family),
+//! `kv` (paged KV cache), `ops` (paged attention and friends), `engine` (batches and the
+//! step loop) and `sampling`.
+
+pub mod config;
+pub mod engine;
+pub mod hub;
+pub mod kv;
+pub mod model;
+pub mod ops;
+pub mod sampling;
+pub mod tokenizer;
