@@ -1,1 +1,13 @@
-//! kv
+//! Paged KV cache: the block pool (free list and reference counts), per-sequence block
+//! tables, and the per-layer cache storage the attention kernels read and write.
+
+pub mod block_pool;
+pub mod block_table;
+pub mod cache;
+
+pub use block_pool::{BlockId, BlockPool};
+pub use block_table::BlockTable;
+pub use cache::{CacheLayout, KvCache};
+
+/// Default number of token slots per block.
+pub const DEFAULT_BLOCK_SIZE: usize = 16;

@@ -1,1 +1,11 @@
-//! model
+//! Transformer models. One file per architecture family; `llama` covers llama, mistral
+//! and qwen2, which share the block structure. `loader` turns a resolved model into
+//! weights, a tokenizer and a config.
+
+pub mod config;
+pub mod linear;
+pub mod llama;
+// pub mod loader; (enabled once hub and tokenizer land)
+
+pub use config::{Arch, ModelConfig};
+pub use llama::{Attention, ForwardBatch, LlamaModel};

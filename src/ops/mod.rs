@@ -1,1 +1,9 @@
-//! ops
+//! Device kernels the model calls between its matmuls: rotary embeddings, KV cache writes
+//! and paged attention. The CPU versions are plain Rust over slices, parallel with rayon.
+
+pub mod attention;
+pub mod rope;
+pub mod simd;
+
+pub use attention::{paged_attention, write_kv, AttnSeq};
+pub use rope::{Rope, RopeScaling, RopeStyle};

@@ -1,0 +1,83 @@
+//! A sequence's block table: which pool blocks hold its tokens, in order.
+
+use super::block_pool::{BlockId, BlockPool, PoolError};
+
+#[derive(Debug, Clone, Default)]
+pub struct BlockTable {
+    blocks: Vec<BlockId>,
+    /// Tokens whose K/V have a slot reserved in `blocks`.
+    num_tokens: usize,
+}
+
+impl BlockTable {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn blocks(&self) -> &[BlockId] {
+        &self.blocks
+    }
+
+    pub fn num_tokens(&self) -> usize {
+        self.num_tokens
+    }
+
+    /// Blocks needed beyond the current ones to hold `new_tokens` more tokens.
+    pub fn blocks_needed(&self, new_tokens: usize, block_size: usize) -> usize {
+        (self.num_tokens + new_tokens)
+            .div_ceil(block_size)
+            .saturating_sub(self.blocks.len())
+    }
+
+    /// Reserves slots for `new_tokens` more tokens, taking blocks from the pool as needed.
+    /// On failure nothing changes.
+    pub fn grow(
+        &mut self,
+        new_tokens: usize,
+        block_size: usize,
+        pool: &mut BlockPool,
+    ) -> Result<(), PoolError> {
+        let needed = self.blocks_needed(new_tokens, block_size);
+        let fresh = pool.allocate(needed)?;
+        self.blocks.extend(fresh);
+        self.num_tokens += new_tokens;
+        Ok(())
+    }
+
+    /// The cache slot (block * block_size + offset) of the token at `position`.
+    pub fn slot(&self, position: usize, block_size: usize) -> Option<u32> {
+        let block = *self.blocks.get(position / block_size)?;
+        Some(block * block_size as u32 + (position % block_size) as u32)
+    }
+
+    /// Returns every block to the pool.
+    pub fn release(&mut self, pool: &mut BlockPool) -> Result<(), PoolError> {
+        let blocks = std::mem::take(&mut self.blocks);
+        self.num_tokens = 0;
+        pool.release_all(&blocks)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grows_block_by_block() {
+        let mut pool = BlockPool::new(8);
+        let mut table = BlockTable::new();
+        table.grow(5, 4, &mut pool).unwrap();
+        assert_eq!(table.blocks().len(), 2);
+        assert_eq!(table.blocks_needed(3, 4), 0);
+        assert_eq!(table.blocks_needed(4, 4), 1);
+        table.grow(3, 4, &mut pool).unwrap();
+        assert_eq!(table.blocks().len(), 2);
+        let b1 = table.blocks()[1];
+        assert_eq!(table.slot(5, 4), Some(b1 * 4 + 1));
+        assert_eq!(table.slot(8, 4), None);
+        assert!(table.grow(100, 4, &mut pool).is_err());
+        assert_eq!(table.num_tokens(), 8);
+        table.release(&mut pool).unwrap();
+        assert_eq!(pool.num_free(), 8);
+    }
+}

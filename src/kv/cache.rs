@@ -1,0 +1,86 @@
+//! Per-layer K/V storage in fixed-size blocks.
+//!
+//! Layout of one layer's K (and V): `[num_blocks][num_kv_heads][block_size][head_dim]`,
+//! so the keys of one head inside one block are contiguous: the attention loop streams
+//! through them without gathering a sequence's cache into a contiguous copy.
+
+/// Shape of the cache, shared by every layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheLayout {
+    pub num_blocks: usize,
+    pub block_size: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl CacheLayout {
+    /// Floats per layer for K (and again for V).
+    pub fn layer_len(&self) -> usize {
+        self.num_blocks * self.num_kv_heads * self.block_size * self.head_dim
+    }
+
+    /// Offset of (slot, kv head) in a layer's K or V buffer.
+    #[inline]
+    pub fn offset(&self, slot: usize, kv_head: usize) -> usize {
+        let block = slot / self.block_size;
+        let within = slot % self.block_size;
+        ((block * self.num_kv_heads + kv_head) * self.block_size + within) * self.head_dim
+    }
+
+    /// Offset of the first key of `kv_head` in `block`.
+    #[inline]
+    pub fn block_offset(&self, block: usize, kv_head: usize) -> usize {
+        (block * self.num_kv_heads + kv_head) * self.block_size * self.head_dim
+    }
+
+    /// Bytes needed per token slot across `num_layers` layers (K and V, f32).
+    pub fn bytes_per_token(num_layers: usize, num_kv_heads: usize, head_dim: usize) -> usize {
+        2 * num_layers * num_kv_heads * head_dim * std::mem::size_of::<f32>()
+    }
+}
+
+/// K and V buffers of one layer.
+#[derive(Debug)]
+pub struct LayerCache {
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+}
+
+/// The paged cache of every layer (host memory).
+#[derive(Debug)]
+pub struct KvCache {
+    layout: CacheLayout,
+    layers: Vec<LayerCache>,
+}
+
+impl KvCache {
+    pub fn new(num_layers: usize, layout: CacheLayout) -> Self {
+        let layers = (0..num_layers)
+            .map(|_| LayerCache {
+                k: vec![0.0; layout.layer_len()],
+                v: vec![0.0; layout.layer_len()],
+            })
+            .collect();
+        Self { layout, layers }
+    }
+
+    pub fn layout(&self) -> &CacheLayout {
+        &self.layout
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    pub fn layer(&self, i: usize) -> &LayerCache {
+        &self.layers[i]
+    }
+
+    pub fn layer_mut(&mut self, i: usize) -> &mut LayerCache {
+        &mut self.layers[i]
+    }
+
+    pub fn size_in_bytes(&self) -> usize {
+        self.layers.len() * 2 * self.layout.layer_len() * std::mem::size_of::<f32>()
+    }
+}

@@ -1,0 +1,191 @@
+//! Rotary position embeddings with per-token positions (tokens of many sequences are
+//! concatenated, so positions are arbitrary).
+
+/// How the two halves of a rotated pair are laid out in a head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Pairs are adjacent: (x[2i], x[2i+1]). llama.cpp's "normal" rope, used by GGUF llama
+    /// files (whose q/k weights were permuted at conversion).
+    Interleaved,
+    /// Pairs are split across halves: (x[i], x[i + d/2]). Hugging Face llama, qwen2 GGUF.
+    Neox,
+}
+
+/// Frequency scaling schemes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    None,
+    /// Positions divided by `factor`.
+    Linear {
+        factor: f32,
+    },
+    /// Llama 3.x frequency-dependent scaling.
+    Llama3 {
+        factor: f32,
+        low_freq_factor: f32,
+        high_freq_factor: f32,
+        original_max_position_embeddings: usize,
+    },
+    /// Explicit per-frequency divisors (GGUF `rope_freqs.weight`).
+    FreqFactors(Vec<f32>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Rope {
+    inv_freq: Vec<f32>,
+    head_dim: usize,
+    style: RopeStyle,
+}
+
+/// cos/sin of every (token, frequency) of one forward pass, shared by all layers.
+#[derive(Debug, Clone)]
+pub struct RopeTables {
+    pub cos: Vec<f32>,
+    pub sin: Vec<f32>,
+}
+
+impl Rope {
+    /// `rot_dim` rotated dimensions of a `head_dim` head (rot_dim == head_dim for the
+    /// supported families).
+    pub fn new(head_dim: usize, base: f32, scaling: &RopeScaling, style: RopeStyle) -> Self {
+        let half = head_dim / 2;
+        let mut inv_freq: Vec<f32> = (0..half)
+            .map(|i| 1.0 / base.powf(2.0 * i as f32 / head_dim as f32))
+            .collect();
+        match scaling {
+            RopeScaling::None => {}
+            RopeScaling::Linear { factor } => inv_freq.iter_mut().for_each(|f| *f /= factor),
+            RopeScaling::FreqFactors(factors) => {
+                for (f, d) in inv_freq.iter_mut().zip(factors) {
+                    *f /= d;
+                }
+            }
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                let old = *original_max_position_embeddings as f32;
+                let low_wavelen = old / low_freq_factor;
+                let high_wavelen = old / high_freq_factor;
+                for f in inv_freq.iter_mut() {
+                    let wavelen = 2.0 * std::f32::consts::PI / *f;
+                    if wavelen < high_wavelen {
+                        // high frequency: unchanged
+                    } else if wavelen > low_wavelen {
+                        *f /= factor;
+                    } else {
+                        let smooth = (old / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
+                        *f = (1.0 - smooth) * *f / factor + smooth * *f;
+                    }
+                }
+            }
+        }
+        Self {
+            inv_freq,
+            head_dim,
+            style,
+        }
+    }
+
+    pub fn tables(&self, positions: &[u32]) -> RopeTables {
+        let half = self.head_dim / 2;
+        let mut cos = Vec::with_capacity(positions.len() * half);
+        let mut sin = Vec::with_capacity(positions.len() * half);
+        for &p in positions {
+            for &f in &self.inv_freq {
+                let (s, c) = (p as f32 * f).sin_cos();
+                cos.push(c);
+                sin.push(s);
+            }
+        }
+        RopeTables { cos, sin }
+    }
+
+    /// Rotates `x`, laid out `[tokens][heads][head_dim]`, in place.
+    pub fn apply(&self, x: &mut [f32], num_heads: usize, tables: &RopeTables) {
+        let d = self.head_dim;
+        let half = d / 2;
+        for (t, token) in x.chunks_exact_mut(num_heads * d).enumerate() {
+            let cos = &tables.cos[t * half..(t + 1) * half];
+            let sin = &tables.sin[t * half..(t + 1) * half];
+            for head in token.chunks_exact_mut(d) {
+                match self.style {
+                    RopeStyle::Interleaved => {
+                        for i in 0..half {
+                            let (a, b) = (head[2 * i], head[2 * i + 1]);
+                            head[2 * i] = a * cos[i] - b * sin[i];
+                            head[2 * i + 1] = a * sin[i] + b * cos[i];
+                        }
+                    }
+                    RopeStyle::Neox => {
+                        let (lo, hi) = head.split_at_mut(half);
+                        for i in 0..half {
+                            let (a, b) = (lo[i], hi[i]);
+                            lo[i] = a * cos[i] - b * sin[i];
+                            hi[i] = a * sin[i] + b * cos[i];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_preserves_norm_and_position_zero_is_identity() {
+        for style in [RopeStyle::Interleaved, RopeStyle::Neox] {
+            let rope = Rope::new(8, 10000.0, &RopeScaling::None, style);
+            let orig: Vec<f32> = (0..16).map(|i| i as f32 - 5.0).collect();
+            let mut x = orig.clone();
+            rope.apply(&mut x, 1, &rope.tables(&[0, 7]));
+            assert_eq!(&x[..8], &orig[..8]);
+            let n0: f32 = orig[8..].iter().map(|v| v * v).sum();
+            let n1: f32 = x[8..].iter().map(|v| v * v).sum();
+            assert!((n0 - n1).abs() < 1e-3);
+            assert_ne!(&x[8..], &orig[8..]);
+        }
+    }
+
+    #[test]
+    fn styles_agree_after_permutation() {
+        // Interleaved on a permuted head equals neox on the original.
+        let d = 8;
+        let x: Vec<f32> = (0..d).map(|i| (i as f32 * 0.37).cos()).collect();
+        let mut permuted = vec![0.0; d];
+        for i in 0..d / 2 {
+            permuted[2 * i] = x[i];
+            permuted[2 * i + 1] = x[i + d / 2];
+        }
+        let a = Rope::new(d, 500.0, &RopeScaling::None, RopeStyle::Neox);
+        let b = Rope::new(d, 500.0, &RopeScaling::None, RopeStyle::Interleaved);
+        let mut xa = x.clone();
+        a.apply(&mut xa, 1, &a.tables(&[13]));
+        b.apply(&mut permuted, 1, &b.tables(&[13]));
+        for i in 0..d / 2 {
+            assert!((xa[i] - permuted[2 * i]).abs() < 1e-6);
+            assert!((xa[i + d / 2] - permuted[2 * i + 1]).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn llama3_scaling_keeps_high_frequencies() {
+        let scaling = RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192,
+        };
+        let plain = Rope::new(64, 500000.0, &RopeScaling::None, RopeStyle::Neox);
+        let scaled = Rope::new(64, 500000.0, &scaling, RopeStyle::Neox);
+        assert_eq!(plain.inv_freq[0], scaled.inv_freq[0]);
+        let last = plain.inv_freq.len() - 1;
+        assert!((plain.inv_freq[last] / 8.0 - scaled.inv_freq[last]).abs() < 1e-12);
+    }
+}
