@@ -1,0 +1,33 @@
+//! A sequence: its tokens (prompt, then generated) and where they live in the KV cache.
+
+use crate::kv::BlockTable;
+
+#[derive(Debug, Clone)]
+pub struct Sequence {
+    /// Prompt tokens followed by generated tokens.
+    pub tokens: Vec<u32>,
+    pub prompt_len: usize,
+    /// Leading tokens whose K/V are in the cache.
+    pub num_computed: usize,
+    pub block_table: BlockTable,
+}
+
+impl Sequence {
+    pub fn new(prompt: Vec<u32>) -> Self {
+        Self {
+            prompt_len: prompt.len(),
+            tokens: prompt,
+            num_computed: 0,
+            block_table: BlockTable::new(),
+        }
+    }
+
+    /// Tokens not yet run through the model.
+    pub fn num_pending(&self) -> usize {
+        self.tokens.len() - self.num_computed
+    }
+
+    pub fn generated(&self) -> &[u32] {
+        &self.tokens[self.prompt_len..]
+    }
+}
