@@ -2,34 +2,73 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::QTensor;
-use candle_core::{Module, Result, Tensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Result, Storage, Tensor};
+
+use crate::ops::qmatmul;
+
+#[derive(Debug, Clone)]
+enum Weight {
+    /// Candle's matmul (dense, or quantized types it runs well).
+    Candle(QMatMul),
+    /// Q4_1 on the CPU through wick's own kernel.
+    Q4_1 {
+        tensor: Arc<QTensor>,
+        n: usize,
+        k: usize,
+    },
+}
 
 /// `y = x W^T (+ b)` with `W` stored `[out, in]`.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: candle_core::quantized::QMatMul,
+    weight: Weight,
     bias: Option<Tensor>,
 }
 
 impl Linear {
     pub fn quantized(weight: Arc<QTensor>, bias: Option<Tensor>) -> Result<Self> {
-        Ok(Self {
-            weight: candle_core::quantized::QMatMul::from_arc(weight)?,
-            bias,
-        })
+        let weight = match (weight.dtype(), weight.device(), weight.shape().dims()) {
+            (GgmlDType::Q4_1, Device::Cpu, &[n, k]) if k % qmatmul::QK == 0 => Weight::Q4_1 {
+                tensor: weight,
+                n,
+                k,
+            },
+            _ => Weight::Candle(QMatMul::from_arc(weight)?),
+        };
+        Ok(Self { weight, bias })
     }
 
     pub fn dense(weight: Tensor, bias: Option<Tensor>) -> Self {
         Self {
-            weight: candle_core::quantized::QMatMul::Tensor(weight),
+            weight: Weight::Candle(QMatMul::Tensor(weight)),
             bias,
         }
     }
 
     /// `x`: `[rows, in]` -> `[rows, out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.weight.forward(x)?;
+        let y = match &self.weight {
+            Weight::Candle(w) => w.forward(x)?,
+            Weight::Q4_1 { tensor, n, k } => {
+                let (m, xk) = x.dims2()?;
+                if xk != *k {
+                    candle_core::bail!("matmul input has {xk} columns, weight expects {k}");
+                }
+                let x = x.to_dtype(DType::F32)?.contiguous()?;
+                let (storage, layout) = x.storage_and_layout();
+                let xs = match &*storage {
+                    Storage::Cpu(cpu) => &cpu.as_slice::<f32>()?[layout.start_offset()..][..m * k],
+                    _ => candle_core::bail!("Q4_1 CPU matmul given a non-CPU tensor"),
+                };
+                let bytes = tensor.data()?;
+                let blocks = qmatmul::q4_1_blocks(&bytes)
+                    .ok_or_else(|| candle_core::Error::Msg("misaligned Q4_1 weight data".into()))?;
+                let mut out = vec![0f32; m * n];
+                qmatmul::matmul_q4_1(xs, m, *k, blocks, *n, &mut out);
+                Tensor::from_vec(out, (m, *n), &Device::Cpu)?
+            }
+        };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),

@@ -2,6 +2,7 @@
 //! and paged attention. The CPU versions are plain Rust over slices, parallel with rayon.
 
 pub mod attention;
+pub mod qmatmul;
 pub mod rope;
 pub mod simd;
 
