@@ -27,7 +27,8 @@ impl CacheConfig {
         memory_fraction: f64,
     ) -> Result<Self> {
         anyhow::ensure!(block_size > 0, "block size must be at least 1");
-        let per_token = CacheLayout::bytes_per_token(config.num_layers, config.num_kv_heads, config.head_dim);
+        let per_token =
+            CacheLayout::bytes_per_token(config.num_layers, config.num_kv_heads, config.head_dim);
         let tokens = match max_batch_total_tokens {
             Some(t) => t,
             None => {
@@ -39,7 +40,10 @@ impl CacheConfig {
             }
         };
         let num_blocks = tokens.div_ceil(block_size).max(1);
-        Ok(Self { block_size, num_blocks })
+        Ok(Self {
+            block_size,
+            num_blocks,
+        })
     }
 }
 
@@ -100,7 +104,8 @@ impl ModelRunner {
         let have = seq.block_table.num_tokens();
         let want = seq.num_computed + n;
         if want > have {
-            seq.block_table.grow(want - have, self.block_size, &mut self.pool)?;
+            seq.block_table
+                .grow(want - have, self.block_size, &mut self.pool)?;
         }
         Ok(())
     }
@@ -111,13 +116,22 @@ impl ModelRunner {
         seq.block_table.release(&mut self.pool)
     }
 
+    /// Runs a prepared batch (slots must be reserved) and returns the logits of its
+    /// `logits_rows`.
+    pub fn forward(&mut self, batch: &FlatBatch) -> Result<Tensor> {
+        let seqs = batch.attn_seqs();
+        self.model.forward(&batch.forward_batch(&seqs), &mut self.cache)
+    }
+
     /// Runs `n` pending tokens of each sequence (slots must be reserved) and returns the
     /// logits of each item's last token, `[items, vocab]`. Marks the tokens computed.
     pub fn step(&mut self, items: &mut [(&mut Sequence, usize)]) -> Result<Tensor> {
         let view: Vec<(&Sequence, usize)> = items.iter().map(|(s, n)| (&**s, *n)).collect();
         let batch = FlatBatch::build(&view, self.block_size)?;
         let seqs = batch.attn_seqs();
-        let logits = self.model.forward(&batch.forward_batch(&seqs), &mut self.cache)?;
+        let logits = self
+            .model
+            .forward(&batch.forward_batch(&seqs), &mut self.cache)?;
         for (seq, n) in items.iter_mut() {
             seq.num_computed += *n;
         }
