@@ -1,1 +1,6 @@
-//! config
+//! Configuration: `models.toml` (which models wick knows and where they come from).
+//! Command-line flags live with the binary.
+
+pub mod models;
+
+pub use models::{ModelEntry, ModelsConfig};
