@@ -1,1 +1,262 @@
-fn main(){}
+//! The `wick` command line.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use wick::config::ModelsConfig;
+use wick::engine::{generate_greedy, CacheConfig, ModelRunner, Sequence};
+use wick::hub::{self, HubOptions};
+use wick::kv::DEFAULT_BLOCK_SIZE;
+use wick::model::{self, LoadOptions, LoadedModel};
+use wick::tokenizer::ChatMessage;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "wick",
+    version,
+    about = "A native LLM inference engine and server"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate text for one prompt, streamed to stdout (greedy).
+    Generate(GenerateArgs),
+    /// Print the local path of a model's files, fetching them if needed.
+    ModelPath(ModelArgs),
+    /// Measure prefill and single-stream decode throughput on a model.
+    Bench(BenchArgs),
+}
+
+/// Which model to run and how much KV cache to give it.
+#[derive(Args, Debug, Clone)]
+struct ModelArgs {
+    /// A name from models.toml, a .gguf file or snapshot directory, or a Hugging Face
+    /// repo id (`org/name`). Default: the models.toml default.
+    #[arg(long, env = "MODEL_ID")]
+    model_id: Option<String>,
+    /// A models.toml to use instead of the embedded one.
+    #[arg(long, env = "WICK_MODELS_CONFIG")]
+    models_config: Option<PathBuf>,
+    /// Tokens per KV cache block.
+    #[arg(long, env = "BLOCK_SIZE", default_value_t = DEFAULT_BLOCK_SIZE)]
+    block_size: usize,
+    /// KV cache size in tokens; default: a fraction of available memory.
+    #[arg(long, env = "MAX_BATCH_TOTAL_TOKENS")]
+    max_batch_total_tokens: Option<usize>,
+    /// Fraction of available memory for the KV cache when no token budget is given.
+    #[arg(long, env = "WICK_KV_MEMORY_FRACTION", default_value_t = 0.2)]
+    kv_memory_fraction: f64,
+    /// Worker threads for the CPU kernels (default: all cores).
+    #[arg(long, env = "WICK_THREADS")]
+    threads: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The prompt.
+    #[arg(long)]
+    prompt: String,
+    /// Wrap the prompt as a user message in the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    /// A system message (with --chat).
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    /// Most prompt tokens in one forward pass; longer prompts are prefilled in chunks.
+    #[arg(long, env = "MAX_BATCH_PREFILL_TOKENS", default_value_t = 4096)]
+    max_batch_prefill_tokens: usize,
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long, default_value_t = 512)]
+    prompt_tokens: usize,
+    #[arg(long, default_value_t = 128)]
+    decode_tokens: usize,
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let threads = match &cli.command {
+        Command::Generate(a) => a.model.threads,
+        Command::ModelPath(a) => a.threads,
+        Command::Bench(a) => a.model.threads,
+    };
+    if let Some(n) = threads {
+        // Read by candle's worker pool when it starts; no thread exists yet.
+        std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string());
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Generate(a) => generate(a),
+        Command::ModelPath(a) => model_path(a),
+        Command::Bench(a) => bench(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn resolve(args: &ModelArgs) -> Result<hub::ResolvedModel> {
+    let models = ModelsConfig::load(args.models_config.as_deref())?;
+    hub::resolve(args.model_id.as_deref(), &models, &HubOptions::from_env())
+}
+
+fn load(args: &ModelArgs) -> Result<(LoadedModel, CacheConfig)> {
+    let resolved = resolve(args)?;
+    let loaded = model::load(&resolved, &LoadOptions::default())?;
+    let cache = CacheConfig::for_model(
+        loaded.model.config(),
+        args.block_size,
+        args.max_batch_total_tokens,
+        args.kv_memory_fraction,
+    )?;
+    Ok((loaded, cache))
+}
+
+fn model_path(args: ModelArgs) -> Result<()> {
+    println!("{}", resolve(&args)?.path.display());
+    Ok(())
+}
+
+fn generate(args: GenerateArgs) -> Result<()> {
+    let (loaded, cache) = load(&args.model)?;
+    let LoadedModel {
+        model,
+        tokenizer,
+        chat_template,
+        ..
+    } = loaded;
+    let text = if args.chat {
+        let template = tokenizer.chat(chat_template.as_deref())?.context(
+            "this model has no chat template: drop --chat or set chat_template in models.toml",
+        )?;
+        let mut messages = Vec::new();
+        if let Some(system) = args.system {
+            messages.push(ChatMessage {
+                role: "system".into(),
+                content: system,
+            });
+        }
+        messages.push(ChatMessage {
+            role: "user".into(),
+            content: args.prompt,
+        });
+        template.render(&messages, true)?
+    } else {
+        args.prompt
+    };
+    let prompt = tokenizer.encode(&text, true)?;
+    if prompt.is_empty() {
+        anyhow::bail!("the prompt is empty after tokenization");
+    }
+    let mut runner = ModelRunner::new(model, cache);
+    let mut stream = tokenizer.inner().decode_stream(true);
+    let mut stdout = std::io::stdout().lock();
+    let mut failed = None;
+    let eos = tokenizer.eos_ids().to_vec();
+    generate_greedy(
+        &mut runner,
+        &[prompt],
+        args.max_new_tokens,
+        &eos,
+        args.max_batch_prefill_tokens,
+        |_, token| match stream.step(token) {
+            Ok(Some(piece)) => {
+                let _ = stdout.write_all(piece.as_bytes());
+                let _ = stdout.flush();
+            }
+            Ok(None) => {}
+            Err(e) => failed = Some(e.to_string()),
+        },
+    )?;
+    if let Some(e) = failed {
+        anyhow::bail!("detokenization failed: {e}");
+    }
+    writeln!(stdout)?;
+    Ok(())
+}
+
+fn bench(args: BenchArgs) -> Result<()> {
+    anyhow::ensure!(
+        args.prompt_tokens > 0 && args.decode_tokens > 0,
+        "token counts must be positive"
+    );
+    let (loaded, mut cache) = load(&args.model)?;
+    let vocab = loaded.model.config().vocab_size as u32;
+    let need = args.prompt_tokens.max(8 + args.decode_tokens) + cache.block_size;
+    cache.num_blocks = cache.num_blocks.max(need.div_ceil(cache.block_size));
+    let mut runner = ModelRunner::new(loaded.model, cache);
+    // A fixed pseudo-random prompt of exactly `prompt_tokens` ids.
+    let prompt: Vec<u32> = (0..args.prompt_tokens as u64)
+        .map(|i| (100 + (i * 2654435761) % (vocab as u64 - 200)) as u32)
+        .collect();
+    let mut best_prefill = f64::MAX;
+    let mut best_decode = f64::MAX;
+    for _ in 0..args.repeats.max(1) + 1 {
+        let mut seq = Sequence::new(prompt.clone());
+        runner.reserve(&mut seq, prompt.len())?;
+        let t = Instant::now();
+        runner.step(&mut [(&mut seq, prompt.len())])?;
+        best_prefill = best_prefill.min(t.elapsed().as_secs_f64());
+        runner.release(&mut seq)?;
+
+        let mut seq = Sequence::new(prompt[..8].to_vec());
+        runner.reserve(&mut seq, 8)?;
+        let logits = runner.step(&mut [(&mut seq, 8)])?;
+        let mut next = wick::sampling::argmax(&logits.get(0)?.to_vec1::<f32>()?).unwrap_or(0);
+        let t = Instant::now();
+        for _ in 0..args.decode_tokens {
+            seq.tokens.push(next);
+            runner.reserve(&mut seq, 1)?;
+            let logits = runner.step(&mut [(&mut seq, 1)])?;
+            next = wick::sampling::argmax(&logits.get(0)?.to_vec1::<f32>()?).unwrap_or(0);
+        }
+        best_decode = best_decode.min(t.elapsed().as_secs_f64());
+        runner.release(&mut seq)?;
+    }
+    let prefill = args.prompt_tokens as f64 / best_prefill;
+    let decode = args.decode_tokens as f64 / best_decode;
+    let threads = candle_core::utils::get_num_threads();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "engine": "wick",
+                "prefill_tok_s": prefill,
+                "decode_tok_s": decode,
+                "threads": threads,
+                "prompt_tokens": args.prompt_tokens,
+                "decode_tokens": args.decode_tokens,
+            })
+        );
+    } else {
+        println!("prefill: {prefill:.1} tok/s ({} tokens), decode: {decode:.1} tok/s ({} tokens), {threads} threads", args.prompt_tokens, args.decode_tokens);
+    }
+    Ok(())
+}

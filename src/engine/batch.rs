@@ -31,9 +31,10 @@ impl FlatBatch {
             let start = seq.num_computed;
             let q_start = b.tokens.len();
             for pos in start..start + n {
-                let slot = seq.block_table.slot(pos, block_size).ok_or_else(|| {
-                    anyhow::anyhow!("no KV slot reserved for position {pos}")
-                })?;
+                let slot = seq
+                    .block_table
+                    .slot(pos, block_size)
+                    .ok_or_else(|| anyhow::anyhow!("no KV slot reserved for position {pos}"))?;
                 b.tokens.push(seq.tokens[pos]);
                 b.positions.push(pos as u32);
                 b.slots.push(slot);

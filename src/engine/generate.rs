@@ -39,7 +39,15 @@ pub fn generate_greedy(
     if max_new_tokens == 0 {
         done.iter_mut().for_each(|d| *d = Some(false));
     }
-    let result = run(runner, &mut seqs, &mut done, max_new_tokens, eos_ids, max_step_tokens, &mut on_token);
+    let result = run(
+        runner,
+        &mut seqs,
+        &mut done,
+        max_new_tokens,
+        eos_ids,
+        max_step_tokens,
+        &mut on_token,
+    );
     for seq in seqs.iter_mut() {
         runner.release(seq)?;
     }
@@ -82,7 +90,10 @@ fn run(
         for &(i, n) in &plan {
             runner.reserve(&mut seqs[i], n)?;
         }
-        let completes: Vec<bool> = plan.iter().map(|&(i, n)| seqs[i].num_pending() == n).collect();
+        let completes: Vec<bool> = plan
+            .iter()
+            .map(|&(i, n)| seqs[i].num_pending() == n)
+            .collect();
         let logits = {
             let mut items: Vec<(&mut Sequence, usize)> = Vec::with_capacity(plan.len());
             let mut rest: Vec<Option<&mut Sequence>> = seqs.iter_mut().map(Some).collect();

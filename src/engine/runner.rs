@@ -120,7 +120,8 @@ impl ModelRunner {
     /// `logits_rows`.
     pub fn forward(&mut self, batch: &FlatBatch) -> Result<Tensor> {
         let seqs = batch.attn_seqs();
-        self.model.forward(&batch.forward_batch(&seqs), &mut self.cache)
+        self.model
+            .forward(&batch.forward_batch(&seqs), &mut self.cache)
     }
 
     /// Runs `n` pending tokens of each sequence (slots must be reserved) and returns the

@@ -5,7 +5,8 @@
 pub mod config;
 pub mod linear;
 pub mod llama;
-// pub mod loader; (enabled once hub and tokenizer land)
+pub mod loader;
 
 pub use config::{Arch, ModelConfig};
 pub use llama::{Attention, ForwardBatch, LlamaModel};
+pub use loader::{load, LoadOptions, LoadedModel};

@@ -35,8 +35,8 @@ const _: () = assert!(std::mem::size_of::<BlockQ8_1>() == 36);
 
 /// Reinterprets GGUF tensor bytes as Q4_1 blocks.
 pub fn q4_1_blocks(bytes: &[u8]) -> Option<&[BlockQ4_1]> {
-    if bytes.len() % std::mem::size_of::<BlockQ4_1>() != 0
-        || bytes.as_ptr() as usize % std::mem::align_of::<BlockQ4_1>() != 0
+    if !bytes.len().is_multiple_of(std::mem::size_of::<BlockQ4_1>())
+        || !(bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<BlockQ4_1>())
     {
         return None;
     }
@@ -170,7 +170,9 @@ const ROW_TILE: usize = 8;
 
 /// `out[m, n] = x[m, k] · w[n, k]^T` for Q4_1 weights `w` (`n * k / 32` blocks).
 pub fn matmul_q4_1(x: &[f32], m: usize, k: usize, w: &[BlockQ4_1], n: usize, out: &mut [f32]) {
-    assert!(k % QK == 0 && x.len() == m * k && w.len() == n * k / QK && out.len() == m * n);
+    assert!(
+        k.is_multiple_of(QK) && x.len() == m * k && w.len() == n * k / QK && out.len() == m * n
+    );
     let kb = k / QK;
     let zero = BlockQ8_1 {
         d: f16::ZERO,
