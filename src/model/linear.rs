@@ -11,8 +11,8 @@ use crate::ops::qmatmul;
 enum Weight {
     /// Candle's matmul (dense, or quantized types it runs well).
     Candle(QMatMul),
-    /// Q4_1 on the CPU through wick's own kernel.
-    Q4_1 {
+    /// Q4_1 / Q8_0 on the CPU through wick's own kernels.
+    Own {
         tensor: Arc<QTensor>,
         n: usize,
         k: usize,
@@ -29,11 +29,15 @@ pub struct Linear {
 impl Linear {
     pub fn quantized(weight: Arc<QTensor>, bias: Option<Tensor>) -> Result<Self> {
         let weight = match (weight.dtype(), weight.device(), weight.shape().dims()) {
-            (GgmlDType::Q4_1, Device::Cpu, &[n, k]) if k % qmatmul::QK == 0 => Weight::Q4_1 {
-                tensor: weight,
-                n,
-                k,
-            },
+            (GgmlDType::Q4_1 | GgmlDType::Q8_0, Device::Cpu, &[n, k])
+                if k.is_multiple_of(qmatmul::QK) && n >= 4 =>
+            {
+                Weight::Own {
+                    tensor: weight,
+                    n,
+                    k,
+                }
+            }
             _ => Weight::Candle(QMatMul::from_arc(weight)?),
         };
         Ok(Self { weight, bias })
@@ -50,7 +54,7 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
             Weight::Candle(w) => w.forward(x)?,
-            Weight::Q4_1 { tensor, n, k } => {
+            Weight::Own { tensor, n, k } => {
                 let (m, xk) = x.dims2()?;
                 if xk != *k {
                     candle_core::bail!("matmul input has {xk} columns, weight expects {k}");
@@ -59,13 +63,21 @@ impl Linear {
                 let (storage, layout) = x.storage_and_layout();
                 let xs = match &*storage {
                     Storage::Cpu(cpu) => &cpu.as_slice::<f32>()?[layout.start_offset()..][..m * k],
-                    _ => candle_core::bail!("Q4_1 CPU matmul given a non-CPU tensor"),
+                    _ => candle_core::bail!("CPU quantized matmul given a non-CPU tensor"),
                 };
                 let bytes = tensor.data()?;
-                let blocks = qmatmul::q4_1_blocks(&bytes)
-                    .ok_or_else(|| candle_core::Error::Msg("misaligned Q4_1 weight data".into()))?;
+                let bad = || candle_core::Error::Msg("misaligned quantized weight data".into());
                 let mut out = vec![0f32; m * n];
-                qmatmul::matmul_q4_1(xs, m, *k, blocks, *n, &mut out);
+                match tensor.dtype() {
+                    GgmlDType::Q4_1 => {
+                        let w = qmatmul::blocks::<qmatmul::BlockQ4_1>(&bytes).ok_or_else(bad)?;
+                        qmatmul::matmul(xs, m, *k, w, *n, &mut out)
+                    }
+                    _ => {
+                        let w = qmatmul::blocks::<qmatmul::BlockQ8_0>(&bytes).ok_or_else(bad)?;
+                        qmatmul::matmul(xs, m, *k, w, *n, &mut out)
+                    }
+                }
                 Tensor::from_vec(out, (m, *n), &Device::Cpu)?
             }
         };
