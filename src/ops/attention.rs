@@ -12,7 +12,7 @@
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
-use super::simd::{axpy, dot};
+use super::simd::{axpy, dot_ggml};
 use crate::kv::CacheLayout;
 
 /// One sequence's part of a flattened batch, as attention sees it.
@@ -110,7 +110,7 @@ pub fn paged_attention(
                 for (i, key) in row[..n * d].chunks_exact(d).enumerate() {
                     for h in 0..group {
                         scores[h * visible + first + i] =
-                            dot(&q16[h * d..(h + 1) * d], key) * softmax_scale;
+                            dot_ggml(&q16[h * d..(h + 1) * d], key) * softmax_scale;
                     }
                 }
             });

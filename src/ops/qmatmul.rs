@@ -57,7 +57,9 @@ pub trait QType: Copy + Send + Sync + 'static {
 /// Reinterprets GGUF tensor bytes as blocks.
 pub fn blocks<T: QType>(bytes: &[u8]) -> Option<&[T]> {
     let size = std::mem::size_of::<T>();
-    if !bytes.len().is_multiple_of(size) || !(bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()) {
+    if !bytes.len().is_multiple_of(size)
+        || !(bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>())
+    {
         return None;
     }
     // SAFETY: size and alignment checked; the block types are plain old data for which
@@ -81,7 +83,11 @@ fn quantize_block(xb: &[f32], qs: &mut [i8; QK]) -> (f32, i32) {
 
 impl QType for BlockQ4_1 {
     type Act = BlockQ8_1;
-    const ZERO_ACT: BlockQ8_1 = BlockQ8_1 { d: f16::ZERO, s: f16::ZERO, qs: [0; QK] };
+    const ZERO_ACT: BlockQ8_1 = BlockQ8_1 {
+        d: f16::ZERO,
+        s: f16::ZERO,
+        qs: [0; QK],
+    };
 
     fn quantize_row(x: &[f32], out: &mut [BlockQ8_1]) {
         for (xb, yb) in x.chunks_exact(QK).zip(out.iter_mut()) {
@@ -117,7 +123,10 @@ impl QType for BlockQ4_1 {
 
 impl QType for BlockQ8_0 {
     type Act = BlockQ8_0;
-    const ZERO_ACT: BlockQ8_0 = BlockQ8_0 { d: f16::ZERO, qs: [0; QK] };
+    const ZERO_ACT: BlockQ8_0 = BlockQ8_0 {
+        d: f16::ZERO,
+        qs: [0; QK],
+    };
 
     fn quantize_row(x: &[f32], out: &mut [BlockQ8_0]) {
         for (xb, yb) in x.chunks_exact(QK).zip(out.iter_mut()) {
@@ -129,7 +138,12 @@ impl QType for BlockQ8_0 {
     fn dot_scalar(w: &[Self], x: &[BlockQ8_0]) -> f32 {
         let mut sumf = 0f32;
         for (wb, xb) in w.iter().zip(x) {
-            let sumi: i32 = wb.qs.iter().zip(&xb.qs).map(|(&a, &b)| a as i32 * b as i32).sum();
+            let sumi: i32 = wb
+                .qs
+                .iter()
+                .zip(&xb.qs)
+                .map(|(&a, &b)| a as i32 * b as i32)
+                .sum();
             sumf += sumi as f32 * wb.d.to_f32() * xb.d.to_f32();
         }
         sumf
@@ -175,11 +189,17 @@ mod avx2 {
     /// Σ of unsigned x signed byte products, as 8 floats (ggml's mul_sum_us8_pairs_float).
     #[inline(always)]
     unsafe fn mul_sum_us8(ax: __m256i, sy: __m256i) -> __m256 {
-        _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_set1_epi16(1), _mm256_maddubs_epi16(ax, sy)))
+        _mm256_cvtepi32_ps(_mm256_madd_epi16(
+            _mm256_set1_epi16(1),
+            _mm256_maddubs_epi16(ax, sy),
+        ))
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn q4_1_4xr<const R: usize>(w: [&[BlockQ4_1]; 4], x: [&[BlockQ8_1]; R]) -> [[f32; 4]; R] {
+    pub unsafe fn q4_1_4xr<const R: usize>(
+        w: [&[BlockQ4_1]; 4],
+        x: [&[BlockQ8_1]; R],
+    ) -> [[f32; 4]; R] {
         let mut acc = [[_mm256_setzero_ps(); 4]; R];
         let mut summs = [[0f32; 4]; R];
         for b in 0..x[0].len() {
@@ -213,7 +233,10 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn q8_0_4xr<const R: usize>(w: [&[BlockQ8_0]; 4], x: [&[BlockQ8_0]; R]) -> [[f32; 4]; R] {
+    pub unsafe fn q8_0_4xr<const R: usize>(
+        w: [&[BlockQ8_0]; 4],
+        x: [&[BlockQ8_0]; R],
+    ) -> [[f32; 4]; R] {
         let mut acc = [[_mm256_setzero_ps(); 4]; R];
         for b in 0..x[0].len() {
             let mut qy = [_mm256_setzero_si256(); R];
@@ -248,7 +271,9 @@ mod avx2 {
 fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -262,7 +287,9 @@ const ROW_TILE: usize = 8;
 
 /// `out[m, n] = x[m, k] · w[n, k]^T` for quantized weights `w` (`n * k / 32` blocks).
 pub fn matmul<T: QType>(x: &[f32], m: usize, k: usize, w: &[T], n: usize, out: &mut [f32]) {
-    assert!(k.is_multiple_of(QK) && x.len() == m * k && w.len() == n * k / QK && out.len() == m * n);
+    assert!(
+        k.is_multiple_of(QK) && x.len() == m * k && w.len() == n * k / QK && out.len() == m * n
+    );
     let kb = k / QK;
     let mut xq = vec![T::ZERO_ACT; m * kb];
     for (row, q) in x.chunks_exact(k).zip(xq.chunks_exact_mut(kb)) {
@@ -330,7 +357,11 @@ mod tests {
 
     /// `matmul` against a plain f64 evaluation of the same quantized operands, for shapes
     /// that exercise the 4x2 and 4x1 kernels and the leftover columns.
-    fn check<T: QType>(w: &[T], dequant: impl Fn(&T, usize) -> f64, act: impl Fn(&T::Act, usize) -> f64) {
+    fn check<T: QType>(
+        w: &[T],
+        dequant: impl Fn(&T, usize) -> f64,
+        act: impl Fn(&T::Act, usize) -> f64,
+    ) {
         let (k, n) = (96, w.len() * QK / 96);
         for m in [1, 5, 16] {
             let x: Vec<f32> = (0..m * k).map(|i| rand(i + 12345)).collect();
@@ -348,7 +379,10 @@ mod tests {
                         }
                     }
                     let got = out[i * n + j] as f64;
-                    assert!((got - s).abs() < 1e-3 * (1.0 + s.abs()), "m={m} ({i},{j}): {got} vs {s}");
+                    assert!(
+                        (got - s).abs() < 1e-3 * (1.0 + s.abs()),
+                        "m={m} ({i},{j}): {got} vs {s}"
+                    );
                     let scalar = T::dot_scalar(&w[j * kb..(j + 1) * kb], &xq) as f64;
                     assert!((got - scalar).abs() < 1e-4 * (1.0 + s.abs()));
                 }
@@ -369,7 +403,11 @@ mod tests {
         check(
             &w,
             |wb, e| {
-                let q = if e < 16 { wb.qs[e] & 15 } else { wb.qs[e - 16] >> 4 };
+                let q = if e < 16 {
+                    wb.qs[e] & 15
+                } else {
+                    wb.qs[e - 16] >> 4
+                };
                 wb.d.to_f32() as f64 * q as f64 + wb.m.to_f32() as f64
             },
             |xb, e| xb.d.to_f32() as f64 * xb.qs[e] as f64,
@@ -385,7 +423,11 @@ mod tests {
                 qs: std::array::from_fn(|i| (rand(b * 32 + i + 5) * 127.0) as i8),
             })
             .collect();
-        check(&w, |wb, e| wb.d.to_f32() as f64 * wb.qs[e] as f64, |xb, e| xb.d.to_f32() as f64 * xb.qs[e] as f64);
+        check(
+            &w,
+            |wb, e| wb.d.to_f32() as f64 * wb.qs[e] as f64,
+            |xb, e| xb.d.to_f32() as f64 * xb.qs[e] as f64,
+        );
     }
 
     #[test]
