@@ -1,183 +1,585 @@
-//! A `tokenizers::Tokenizer` from GGUF metadata, built to tokenize as llama.cpp does.
+//! A tokenizer from GGUF metadata (`tokenizer.ggml.*`), built to tokenize as llama.cpp
+//! does.
 //!
-//! `gpt2` vocabularies become byte-level BPE with the pre-tokenizer regexes llama.cpp
-//! associates with `tokenizer.ggml.pre`; `llama` vocabularies become SentencePiece-style
-//! BPE (merges ranked by piece score, byte fallback), as Hugging Face's converter builds.
+//! * `gpt2` vocabularies become byte-level BPE split by the regexes llama.cpp associates
+//!   with `tokenizer.ggml.pre` (see [`super::pre`]); `gemma4` ones SentencePiece-style BPE
+//!   over raw UTF-8.
+//! * `llama` vocabularies become what Hugging Face's LlamaConverter builds: BPE with merges
+//!   derived from the vocabulary ranked by piece score, byte fallback, `▁` for spaces and a
+//!   `▁` prefix when `add_space_prefix` holds.
+//! * Token types and the token-text rules llama.cpp applies on load decide which tokens
+//!   are matched verbatim in text (control, user-defined, unknown), which are special, and
+//!   which end generation.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use anyhow::{anyhow, bail, Result};
 use candle_core::quantized::gguf_file::Value;
 use serde_json::json;
 
-use super::Tokenizer;
+use super::pre::{bpe_pre, BpePre};
+use super::special::{SpecialToken, Specials};
+use super::{GgufText, Tokenizer};
 
-const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
-const LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+// Token attributes, as llama.cpp derives them from `tokenizer.ggml.token_type`.
+const UNKNOWN: u32 = 1 << 0;
+const NORMAL: u32 = 1 << 1;
+const CONTROL: u32 = 1 << 2;
+const USER_DEFINED: u32 = 1 << 3;
+const BYTE: u32 = 1 << 4;
+const UNUSED: u32 = 1 << 5;
 
-/// Pre-tokenizer regexes (applied in order) for a `tokenizer.ggml.pre` name, following
-/// llama.cpp's llama-vocab.cpp.
-fn pre_regexes(pre: &str) -> Vec<&'static str> {
-    match pre {
-        "llama3" | "llama-bpe" | "llama-v3" | "smaug-bpe" | "falcon3" | "pixtral" => vec![LLAMA3],
-        "qwen2" | "deepseek-r1-qwen" | "megrez" | "hunyuan" => vec![QWEN2],
-        "starcoder" | "refact" | "command-r" | "smollm" | "codeshell" | "exaone" | "minerva-7b" => {
-            vec![r"\p{N}", GPT2]
-        }
-        "gpt-2" | "gpt2" | "default" | "phi-2" | "jina-es" | "jina-de" | "olmo" | "jais"
-        | "mpt" => vec![GPT2],
-        other => {
-            tracing::warn!(
-                pre = other,
-                "unknown GGUF pre-tokenizer; using GPT-2's regex"
-            );
-            vec![GPT2]
-        }
+/// Tokens llama.cpp takes for end-of-turn when no `eot_token_id` is given.
+const EOT_TEXTS: &[&str] = &[
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "<｜end▁of▁sentence｜>",
+    "<end_of_utterance>",
+];
+const EOM_TEXTS: &[&str] = &["<|eom_id|>"];
+const FIM_PRE_TEXTS: &[&str] = &[
+    "<|fim_prefix|>",
+    "<fim-prefix>",
+    "<fim_prefix>",
+    "<｜fim▁begin｜>",
+    "<PRE>",
+    "▁<PRE>",
+    "<|code_prefix|>",
+    "<|prefix|>",
+];
+const FIM_SUF_TEXTS: &[&str] = &[
+    "<|fim_suffix|>",
+    "<fim-suffix>",
+    "<fim_suffix>",
+    "<｜fim▁hole｜>",
+    "<SUF>",
+    "▁<SUF>",
+    "<|code_suffix|>",
+    "<|suffix|>",
+];
+const FIM_MID_TEXTS: &[&str] = &[
+    "<|fim_middle|>",
+    "<fim-middle>",
+    "<fim_middle>",
+    "<｜fim▁end｜>",
+    "<MID>",
+    "▁<MID>",
+    "<|code_middle|>",
+    "<|middle|>",
+];
+const FIM_PAD_TEXTS: &[&str] = &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"];
+const FIM_REP_TEXTS: &[&str] = &[
+    "<|fim_repo|>",
+    "<|repo_name|>",
+    "<fim-repo>",
+    "<REPO>",
+    "<reponame>",
+];
+const FIM_SEP_TEXTS: &[&str] = &["<|file_sep|>"];
+/// Tokens that end generation (and are control tokens) whatever their type says.
+const EOG_TEXTS: &[&str] = &[
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<|return|>",
+    "<|call|>",
+    "<|flush|>",
+    "<|calls|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "</s>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "[EOS]",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
+    "<eos>",
+    "<turn|>",
+    "<|tool_response>",
+    "<｜end▁of▁sentence｜>",
+    "[e~[",
+];
+/// gpt-oss markers that llama.cpp renders as text.
+const USER_DEFINED_TEXTS: &[&str] = &["<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"];
+
+fn as_i64(v: &Value) -> Option<i64> {
+    Some(match v {
+        Value::U8(x) => *x as i64,
+        Value::I8(x) => *x as i64,
+        Value::U16(x) => *x as i64,
+        Value::I16(x) => *x as i64,
+        Value::U32(x) => *x as i64,
+        Value::I32(x) => *x as i64,
+        Value::U64(x) => i64::try_from(*x).ok()?,
+        Value::I64(x) => *x,
+        _ => return None,
+    })
+}
+
+fn as_f32(v: &Value) -> Option<f32> {
+    match v {
+        Value::F32(x) => Some(*x),
+        Value::F64(x) => Some(*x as f32),
+        other => as_i64(other).map(|x| x as f32),
     }
 }
 
-fn get<'a>(md: &'a HashMap<String, Value>, key: &str) -> Option<&'a Value> {
-    md.get(key)
-}
-
-fn get_u32(md: &HashMap<String, Value>, key: &str) -> Option<u32> {
-    let v = get(md, key)?;
-    v.to_u32()
-        .ok()
-        .or_else(|| v.to_i32().ok().map(|x| x as u32))
-        .or_else(|| v.to_u64().ok().map(|x| x as u32))
+fn get_str<'a>(md: &'a HashMap<String, Value>, key: &str) -> Option<&'a str> {
+    match md.get(key) {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
+    }
 }
 
 fn get_bool(md: &HashMap<String, Value>, key: &str) -> Option<bool> {
-    get(md, key)?.to_bool().ok()
+    match md.get(key)? {
+        Value::Bool(b) => Some(*b),
+        other => as_i64(other).map(|x| x != 0),
+    }
 }
 
-fn strings(md: &HashMap<String, Value>, key: &str) -> Result<Vec<String>> {
-    let v = get(md, key).ok_or_else(|| anyhow!("GGUF metadata lacks '{key}'"))?;
-    v.to_vec()
-        .map_err(|_| anyhow!("GGUF metadata '{key}' is not an array"))?
-        .iter()
-        .map(|x| {
-            x.to_string()
-                .cloned()
-                .map_err(|_| anyhow!("GGUF metadata '{key}' holds a non-string"))
+fn get_array<'a>(md: &'a HashMap<String, Value>, key: &str) -> Result<Option<&'a [Value]>> {
+    match md.get(key) {
+        None => Ok(None),
+        Some(Value::Array(a)) => Ok(Some(a)),
+        Some(_) => bail!("GGUF metadata '{key}' is not an array"),
+    }
+}
+
+fn get_strings(md: &HashMap<String, Value>, key: &str) -> Result<Option<Vec<String>>> {
+    let Some(a) = get_array(md, key)? else {
+        return Ok(None);
+    };
+    a.iter()
+        .map(|x| match x {
+            Value::String(s) => Ok(s.clone()),
+            _ => Err(anyhow!("GGUF metadata '{key}' holds a non-string")),
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
+}
+
+/// The vocabulary with llama.cpp's view of each token.
+struct Vocab {
+    tokens: Vec<String>,
+    attrs: Vec<u32>,
+    index: HashMap<String, u32>,
+}
+
+impl Vocab {
+    fn id(&self, text: &str) -> Option<u32> {
+        self.index.get(text).copied()
+    }
+
+    fn text(&self, id: u32) -> Option<&str> {
+        self.tokens.get(id as usize).map(String::as_str)
+    }
+
+    fn add_attr(&mut self, id: u32, attr: u32) {
+        if let Some(a) = self.attrs.get_mut(id as usize) {
+            *a |= attr;
+        }
+    }
+
+    /// The lowest id among tokens with one of these texts.
+    fn first_of(&self, texts: &[&str]) -> Option<u32> {
+        texts.iter().filter_map(|t| self.id(t)).min()
+    }
+}
+
+/// Special token ids as llama.cpp resolves them: the model type's default, replaced by
+/// the metadata key when that names a token of the vocabulary.
+fn special_id(
+    md: &HashMap<String, Value>,
+    keys: &[&str],
+    default: Option<u32>,
+    n_tokens: usize,
+) -> Option<u32> {
+    let mut id = default.filter(|&i| (i as usize) < n_tokens);
+    for key in keys {
+        if let Some(v) = md.get(*key).and_then(as_i64) {
+            if v >= 0 && (v as usize) < n_tokens {
+                id = Some(v as u32);
+            } else {
+                tracing::warn!(key, value = v, "GGUF special token id out of the vocabulary; ignored");
+            }
+        }
+    }
+    id
 }
 
 pub fn from_metadata(md: &HashMap<String, Value>) -> Result<Tokenizer> {
-    let model = get(md, "tokenizer.ggml.model")
-        .and_then(|v| v.to_string().ok())
-        .ok_or_else(|| {
-            anyhow!("GGUF metadata lacks 'tokenizer.ggml.model': the file carries no tokenizer")
-        })?
-        .clone();
-    let tokens = strings(md, "tokenizer.ggml.tokens")?;
-    let types: Vec<i32> = match get(md, "tokenizer.ggml.token_type").and_then(|v| v.to_vec().ok()) {
-        Some(v) => v.iter().map(|x| x.to_i32().unwrap_or(1)).collect(),
-        None => vec![1; tokens.len()],
+    let model = get_str(md, "tokenizer.ggml.model").ok_or_else(|| {
+        anyhow!("GGUF metadata lacks 'tokenizer.ggml.model': the file carries no tokenizer")
+    })?;
+    if !matches!(model, "gpt2" | "llama" | "gemma4") {
+        bail!(
+            "unsupported GGUF tokenizer model '{model}': wick reads 'gpt2' and 'gemma4' (BPE) and 'llama' (SentencePiece)"
+        );
+    }
+    let mut tokens = get_strings(md, "tokenizer.ggml.tokens")?
+        .ok_or_else(|| anyhow!("GGUF metadata lacks 'tokenizer.ggml.tokens'"))?;
+    if tokens.is_empty() || tokens.len() > u32::MAX as usize {
+        bail!("GGUF vocabulary has {} tokens", tokens.len());
+    }
+    let n = tokens.len();
+    for (i, t) in tokens.iter_mut().enumerate() {
+        if t.is_empty() {
+            *t = format!("[EMPTY_{i}]");
+        }
+    }
+    let types: Vec<i64> = match get_array(md, "tokenizer.ggml.token_type")? {
+        Some(a) if a.len() >= n => a.iter().map(|v| as_i64(v).unwrap_or(1)).collect(),
+        Some(a) => bail!(
+            "GGUF 'tokenizer.ggml.token_type' has {} entries for {n} tokens",
+            a.len()
+        ),
+        None => vec![1; n],
     };
-    // Control (3) and user-defined (4) tokens are matched as whole tokens in text.
-    let added: Vec<serde_json::Value> = tokens
+    let attrs = types
         .iter()
-        .enumerate()
-        .filter(|(i, _)| matches!(types.get(*i), Some(3) | Some(4)))
-        .map(|(i, t)| {
-            json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false,
-                   "normalized": false, "special": types.get(i) == Some(&3)})
+        .take(n)
+        .map(|t| match t {
+            2 => UNKNOWN,
+            3 => CONTROL,
+            4 => USER_DEFINED,
+            5 => UNUSED,
+            6 => BYTE,
+            1 => NORMAL,
+            _ => 0,
         })
         .collect();
-    let (spec, default_add_bos) = match model.as_str() {
-        "gpt2" => (gpt2_spec(md, &tokens)?, false),
-        "llama" => (llama_spec(md, &tokens)?, true),
-        other => bail!("unsupported GGUF tokenizer model '{other}': wick reads 'gpt2' (BPE) and 'llama' (SentencePiece)"),
+    let mut index = HashMap::with_capacity(n);
+    for (i, t) in tokens.iter().enumerate() {
+        // As llama.cpp: a repeated text names its last token.
+        index.insert(t.clone(), i as u32);
+    }
+    let mut vocab = Vocab {
+        tokens,
+        attrs,
+        index,
     };
-    let mut spec = spec;
+
+    let pre_name = get_str(md, "tokenizer.ggml.pre");
+    let bpe = (model != "llama").then(|| bpe_pre(model, pre_name));
+    let (bos_default, eos_default, unk_default) = match model {
+        "llama" => (Some(1), Some(2), Some(0)),
+        "gpt2" if bpe.as_ref().is_some_and(|b| b.no_bos) => (None, Some(11), None),
+        "gpt2" => (Some(11), Some(11), None),
+        _ => (None, None, None),
+    };
+    let bos_id = special_id(md, &["tokenizer.ggml.bos_token_id"], bos_default, n);
+    let eos_id = special_id(md, &["tokenizer.ggml.eos_token_id"], eos_default, n);
+    let unk_id = special_id(md, &["tokenizer.ggml.unknown_token_id"], unk_default, n);
+    let key_id = |keys: &[&str]| special_id(md, keys, None, n);
+    let mut eot_id = key_id(&["tokenizer.ggml.eot_token_id"]);
+    let mut eom_id = key_id(&["tokenizer.ggml.eom_token_id"]);
+    let mut fim = [
+        (
+            key_id(&["tokenizer.ggml.fim_pre_token_id", "tokenizer.ggml.prefix_token_id"]),
+            FIM_PRE_TEXTS,
+        ),
+        (
+            key_id(&["tokenizer.ggml.fim_suf_token_id", "tokenizer.ggml.suffix_token_id"]),
+            FIM_SUF_TEXTS,
+        ),
+        (
+            key_id(&["tokenizer.ggml.fim_mid_token_id", "tokenizer.ggml.middle_token_id"]),
+            FIM_MID_TEXTS,
+        ),
+        (key_id(&["tokenizer.ggml.fim_pad_token_id"]), FIM_PAD_TEXTS),
+        (key_id(&["tokenizer.ggml.fim_rep_token_id"]), FIM_REP_TEXTS),
+        (key_id(&["tokenizer.ggml.fim_sep_token_id"]), FIM_SEP_TEXTS),
+    ];
+
+    // Tokens llama.cpp recognises by their text become control tokens.
+    for (slot, texts) in [(&mut eot_id, EOT_TEXTS), (&mut eom_id, EOM_TEXTS)] {
+        if slot.is_none() {
+            *slot = vocab.first_of(texts);
+            if let Some(id) = *slot {
+                vocab.add_attr(id, CONTROL);
+            }
+        }
+    }
+    for (slot, texts) in fim.iter_mut() {
+        if slot.is_none() {
+            *slot = vocab.first_of(texts);
+            if let Some(id) = *slot {
+                vocab.add_attr(id, CONTROL);
+            }
+        }
+    }
+    // End-of-generation tokens.
+    let mut eog: BTreeSet<u32> = fim[3..].iter().filter_map(|(id, _)| *id).collect();
+    for text in EOG_TEXTS {
+        if let Some(id) = vocab.id(text) {
+            eog.insert(id);
+            vocab.add_attr(id, CONTROL);
+        }
+    }
+    for text in USER_DEFINED_TEXTS {
+        if let Some(id) = vocab.id(text) {
+            vocab.attrs[id as usize] = USER_DEFINED;
+        }
+    }
+    eog.extend([eos_id, eot_id, eom_id].into_iter().flatten());
+    let in_eog = |vocab: &Vocab, eog: &BTreeSet<u32>, text: &str| {
+        vocab.id(text).filter(|id| eog.contains(id))
+    };
+    let end = in_eog(&vocab, &eog, "<|end|>");
+    let has = |t: &str| in_eog(&vocab, &eog, t).is_some();
+    let (has_return, has_call, has_flush) =
+        (has("<|return|>"), has("<|call|>") || has("<|calls|>"), has("<|flush|>"));
+    let has_normal_s_marker = has("<|tool_response>") || has("<|plamo:eos|>");
+    let s_eog = in_eog(&vocab, &eog, "</s>");
+    if let Some(end) = end {
+        if (has_return && has_call) || (has_call && has_flush) {
+            eog.remove(&end);
+            vocab.attrs[end as usize] = USER_DEFINED;
+        }
+    }
+    if let (true, Some(s)) = (has_normal_s_marker, s_eog) {
+        eog.remove(&s);
+        vocab.attrs[s as usize] = NORMAL;
+    }
+
+    // Tokens matched verbatim in text, and the whitespace they swallow.
+    let name = get_str(md, "general.name").unwrap_or("").to_lowercase();
+    let arch = get_str(md, "general.architecture").unwrap_or("");
+    let pre_str = pre_name.unwrap_or("");
+    let mut strip: HashMap<u32, (bool, bool)> = HashMap::new();
+    let verbatim_mask = CONTROL | USER_DEFINED | UNKNOWN;
+    if ["jina-v2-de", "jina-v2-es", "jina-v2-code"]
+        .iter()
+        .any(|p| pre_str.contains(p))
+        || ["nomic-bert-moe", "jina-bert-v3"].iter().any(|a| arch.contains(a))
+    {
+        if let Some(id) = vocab.id("<mask>") {
+            strip.insert(id, (true, false));
+        }
+    } else if name.contains("phi-3") || name.contains("phi3") {
+        for (i, a) in vocab.attrs.iter().enumerate() {
+            if a & verbatim_mask != 0 {
+                strip.insert(i as u32, (false, true));
+            }
+        }
+        if let Some(id) = vocab.id("</s>") {
+            strip.insert(id, (false, true));
+        }
+        for t in ["<unk>", "<s>", "<|endoftext|>"] {
+            if let Some(id) = vocab.id(t) {
+                strip.insert(id, (false, false));
+            }
+        }
+    } else if name.contains("modern-bert") {
+        if let Some(id) = vocab.id("[MASK]") {
+            strip.insert(id, (true, false));
+        }
+    }
+    let verbatim: Vec<u32> = (0..n as u32)
+        .filter(|&i| vocab.attrs[i as usize] & verbatim_mask != 0)
+        .collect();
+    let specials = Specials::new(
+        verbatim
+            .iter()
+            .map(|&id| {
+                let (lstrip, rstrip) = strip.get(&id).copied().unwrap_or((false, false));
+                SpecialToken {
+                    text: vocab.tokens[id as usize].clone(),
+                    id,
+                    lstrip,
+                    rstrip,
+                }
+            })
+            .collect(),
+    );
+    let is_special = |id: u32| vocab.attrs[id as usize] & (CONTROL | UNKNOWN) != 0;
+    let added: Vec<serde_json::Value> = verbatim
+        .iter()
+        .map(|&id| {
+            let (lstrip, rstrip) = strip.get(&id).copied().unwrap_or((false, false));
+            json!({"id": id, "content": vocab.tokens[id as usize], "single_word": false,
+                   "lstrip": lstrip, "rstrip": rstrip, "normalized": false,
+                   "special": is_special(id)})
+        })
+        .collect();
+    let special_ids: HashSet<u32> = verbatim.iter().copied().filter(|&id| is_special(id)).collect();
+
+    let add_bos_default = match &bpe {
+        None => true,
+        Some(b) => b.add_bos,
+    };
+    let mut add_bos = get_bool(md, "tokenizer.ggml.add_bos_token").unwrap_or(add_bos_default);
+    if bpe.as_ref().is_some_and(|b| b.newline_tokens) {
+        // llama.cpp always adds BOS for Gemma 4.
+        add_bos = true;
+    }
+    let add_eos = get_bool(md, "tokenizer.ggml.add_eos_token").unwrap_or(false);
+    if add_bos && bos_id.is_none() {
+        bail!("GGUF says add_bos_token but names no BOS token");
+    }
+    if add_eos && eos_id.is_none() {
+        bail!("GGUF says add_eos_token but names no EOS token");
+    }
+
+    let mut spec = match &bpe {
+        Some(b) => bpe_spec(md, &vocab, b)?,
+        None => spm_spec(md, &vocab, unk_id)?,
+    };
     spec["added_tokens"] = serde_json::Value::Array(added);
     let inner: tokenizers::Tokenizer = spec
         .to_string()
         .parse()
         .map_err(|e| anyhow!("cannot build the tokenizer from GGUF metadata: {e}"))?;
-    let bos_id = get_u32(md, "tokenizer.ggml.bos_token_id");
-    let mut eos_ids: Vec<u32> = [
-        "tokenizer.ggml.eos_token_id",
-        "tokenizer.ggml.eot_token_id",
-        "tokenizer.ggml.eom_token_id",
-    ]
-    .iter()
-    .filter_map(|k| get_u32(md, k))
-    .filter(|&id| (id as usize) < tokens.len())
-    .collect();
-    eos_ids.sort_unstable();
-    eos_ids.dedup();
-    let name = |id: Option<u32>| id.and_then(|i| tokens.get(i as usize).cloned());
+
+    // Byte-level decoding would garble verbatim token text that is not byte-level
+    // encoded; such tokens are decoded as their text.
+    let verbatim_text: HashMap<u32, String> = if bpe.as_ref().is_some_and(|b| b.byte_encode) {
+        verbatim
+            .iter()
+            .map(|&id| (id, vocab.tokens[id as usize].clone()))
+            .collect()
+    } else {
+        HashMap::new()
+    };
+    let newline_tokens = bpe.as_ref().filter(|b| b.newline_tokens).map(|_| {
+        vocab
+            .index
+            .iter()
+            .filter(|(t, _)| !t.is_empty() && t.bytes().all(|b| b == b'\n'))
+            .map(|(t, &id)| (t.clone(), id))
+            .collect::<HashMap<_, _>>()
+    });
+    let text_of = |id: Option<u32>| id.and_then(|i| vocab.text(i)).map(str::to_string);
     Ok(Tokenizer {
         inner,
-        add_bos: get_bool(md, "tokenizer.ggml.add_bos_token").unwrap_or(default_add_bos),
-        bos_token: name(bos_id),
-        eos_token: name(get_u32(md, "tokenizer.ggml.eos_token_id")),
+        vocab_size: n,
+        add_bos,
+        append_eos: if add_eos { eos_id } else { None },
+        bos_token: text_of(bos_id),
+        eos_token: text_of(eos_id),
         bos_id,
-        eos_ids,
-        chat_template: get(md, "tokenizer.chat_template")
-            .and_then(|v| v.to_string().ok())
-            .cloned(),
+        eos_ids: eog.into_iter().collect(),
+        special_ids,
+        chat_template: get_str(md, "tokenizer.chat_template").map(str::to_string),
+        gguf: Some(GgufText {
+            no_token: bpe.as_ref().filter(|b| b.byte_encode).map(|_| n as u32),
+            specials,
+            verbatim_text,
+            newline_tokens,
+        }),
     })
 }
 
-fn gpt2_spec(md: &HashMap<String, Value>, tokens: &[String]) -> Result<serde_json::Value> {
-    let merges = strings(md, "tokenizer.ggml.merges")?;
-    let vocab: serde_json::Map<String, serde_json::Value> = tokens
+fn vocab_json(vocab: &Vocab) -> serde_json::Map<String, serde_json::Value> {
+    vocab
+        .index
         .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), json!(i)))
-        .collect();
-    let pre = get(md, "tokenizer.ggml.pre")
-        .and_then(|v| v.to_string().ok())
-        .map(String::as_str)
-        .unwrap_or("default");
-    let mut pretok: Vec<serde_json::Value> = pre_regexes(pre)
-        .into_iter()
+        .map(|(t, &i)| (t.clone(), json!(i)))
+        .collect()
+}
+
+fn bpe_spec(md: &HashMap<String, Value>, vocab: &Vocab, pre: &BpePre) -> Result<serde_json::Value> {
+    let raw = get_strings(md, "tokenizer.ggml.merges")?
+        .ok_or_else(|| anyhow!("GGUF metadata lacks 'tokenizer.ggml.merges'"))?;
+    // llama.cpp splits a merge at its first space after the first byte, and the first
+    // rank of a repeated pair counts. Pairs whose parts or result are not tokens can
+    // never produce a token and are left out (Hugging Face's BPE rejects them).
+    let mut seen = HashSet::new();
+    let mut merges = Vec::with_capacity(raw.len());
+    for m in &raw {
+        let Some(pos) = m.as_bytes().iter().skip(1).position(|&b| b == b' ') else {
+            continue;
+        };
+        let (a, b) = (&m[..pos + 1], &m[pos + 2..]);
+        if vocab.id(a).is_none() || vocab.id(b).is_none() || vocab.id(&format!("{a}{b}")).is_none()
+        {
+            continue;
+        }
+        if seen.insert((a, b)) {
+            merges.push([a.to_string(), b.to_string()]);
+        }
+    }
+    let mut pretok: Vec<serde_json::Value> = pre
+        .regexes
+        .iter()
         .map(|r| json!({"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated", "invert": false}))
         .collect();
-    pretok.push(json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false}));
+    let mut vocab_map = vocab_json(vocab);
+    // llama.cpp keeps a character that is no token as a symbol of its own while merging
+    // and drops it afterwards; an unknown token that `encode` removes does the same.
+    let unk = if pre.byte_encode {
+        let mut sentinel = String::from("<wick:no-token>");
+        while vocab_map.contains_key(&sentinel) {
+            sentinel.push('_');
+        }
+        vocab_map.insert(sentinel.clone(), json!(vocab.tokens.len()));
+        Some(sentinel)
+    } else {
+        None
+    };
+    let (normalizer, decoder) = if pre.byte_encode {
+        pretok.push(json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false}));
+        (
+            serde_json::Value::Null,
+            json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false}),
+        )
+    } else {
+        (
+            if pre.escape_whitespaces {
+                json!({"type": "Replace", "pattern": {"String": " "}, "content": "▁"})
+            } else {
+                serde_json::Value::Null
+            },
+            json!({"type": "Sequence", "decoders": [
+                {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+                {"type": "ByteFallback"},
+                {"type": "Fuse"},
+            ]}),
+        )
+    };
     Ok(json!({
-        "version": "1.0", "truncation": null, "padding": null, "normalizer": null,
+        "version": "1.0", "truncation": null, "padding": null,
+        "normalizer": normalizer,
         "pre_tokenizer": {"type": "Sequence", "pretokenizers": pretok},
         "post_processor": null,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false},
-        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
-                  "ignore_merges": matches!(pre, "llama3" | "llama-bpe" | "llama-v3"),
-                  "vocab": vocab, "merges": merges}
+        "decoder": decoder,
+        "model": {"type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": !pre.byte_encode,
+                  "ignore_merges": pre.ignore_merges,
+                  "vocab": vocab_map, "merges": merges}
     }))
 }
 
-fn llama_spec(md: &HashMap<String, Value>, tokens: &[String]) -> Result<serde_json::Value> {
-    let scores: Vec<f32> = match get(md, "tokenizer.ggml.scores").and_then(|v| v.to_vec().ok()) {
-        Some(v) => v.iter().map(|x| x.to_f32().unwrap_or(0.0)).collect(),
-        None => vec![0.0; tokens.len()],
+fn spm_spec(
+    md: &HashMap<String, Value>,
+    vocab: &Vocab,
+    unk_id: Option<u32>,
+) -> Result<serde_json::Value> {
+    let n = vocab.tokens.len();
+    let scores: Vec<f32> = match get_array(md, "tokenizer.ggml.scores")? {
+        Some(a) if a.len() >= n => a.iter().map(|v| as_f32(v).unwrap_or(0.0)).collect(),
+        Some(a) => bail!("GGUF 'tokenizer.ggml.scores' has {} entries for {n} tokens", a.len()),
+        None => vec![0.0; n],
     };
-    let index: HashMap<&str, usize> = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.as_str(), i))
-        .collect();
-    // Merges as Hugging Face's SentencePiece extractor derives them: every split of a
-    // piece into two pieces of the vocabulary, ranked by the merged piece's score.
-    let mut merges: Vec<(f32, usize, usize, usize, String, String)> = Vec::new();
-    for (id, piece) in tokens.iter().enumerate() {
+    // llama.cpp merges the adjacent pair whose concatenation is the highest-scoring
+    // token. As BPE merges (Hugging Face's SentencePiece extractor): every split of a
+    // piece into two pieces, ranked by the piece's score.
+    let mut merges: Vec<(f32, u32, u32, u32, &str, &str)> = Vec::new();
+    for (piece, &id) in &vocab.index {
         for (pos, _) in piece.char_indices().skip(1) {
             let (l, r) = piece.split_at(pos);
-            if let (Some(&li), Some(&ri)) = (index.get(l), index.get(r)) {
-                merges.push((
-                    scores.get(id).copied().unwrap_or(0.0),
-                    id,
-                    li,
-                    ri,
-                    l.to_string(),
-                    r.to_string(),
-                ));
+            if let (Some(li), Some(ri)) = (vocab.id(l), vocab.id(r)) {
+                merges.push((scores[id as usize], id, li, ri, l, r));
             }
         }
     }
@@ -187,14 +589,8 @@ fn llama_spec(md: &HashMap<String, Value>, tokens: &[String]) -> Result<serde_js
             .then(a.2.cmp(&b.2))
             .then(a.3.cmp(&b.3))
     });
-    let merges: Vec<[String; 2]> = merges.into_iter().map(|m| [m.4, m.5]).collect();
-    let vocab: serde_json::Map<String, serde_json::Value> = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), json!(i)))
-        .collect();
-    let unk = get_u32(md, "tokenizer.ggml.unknown_token_id")
-        .and_then(|i| tokens.get(i as usize).cloned());
+    let merges: Vec<[&str; 2]> = merges.into_iter().map(|m| [m.4, m.5]).collect();
+    let unk = unk_id.and_then(|i| vocab.text(i));
     let add_space = get_bool(md, "tokenizer.ggml.add_space_prefix").unwrap_or(true);
     let mut norm = Vec::new();
     if add_space {
@@ -216,7 +612,7 @@ fn llama_spec(md: &HashMap<String, Value>, tokens: &[String]) -> Result<serde_js
         "decoder": {"type": "Sequence", "decoders": dec},
         "model": {"type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
                   "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
-                  "vocab": vocab, "merges": merges}
+                  "vocab": vocab_json(vocab), "merges": merges}
     }))
 }
 
@@ -224,74 +620,255 @@ fn llama_spec(md: &HashMap<String, Value>, tokens: &[String]) -> Result<serde_js
 mod tests {
     use super::*;
 
-    fn arr(v: &[&str]) -> Value {
-        Value::Array(v.iter().map(|s| Value::String(s.to_string())).collect())
+    fn strings(v: &[String]) -> Value {
+        Value::Array(v.iter().map(|s| Value::String(s.clone())).collect())
     }
 
-    /// A tiny SentencePiece vocabulary: bytes, a few pieces with scores.
-    fn spm() -> HashMap<String, Value> {
-        let mut tokens = vec!["<unk>", "<s>", "</s>"];
-        let bytes: Vec<String> = (0..256).map(|b| format!("<0x{b:02X}>")).collect();
-        tokens.extend(bytes.iter().map(String::as_str));
-        let pieces = [
-            "▁", "h", "e", "l", "o", "w", "r", "d", "he", "ll", "▁he", "llo", "▁hello", "▁w", "or",
-            "▁wor", "ld", "▁world",
-        ];
-        tokens.extend(pieces);
-        let mut scores = vec![0.0f32; 3 + 256];
-        scores.extend((0..pieces.len()).map(|i| {
-            if pieces[i].chars().count() > 1 {
-                -(i as f32)
-            } else {
-                -100.0
-            }
-        }));
-        let mut types = vec![2, 3, 3];
-        types.extend(std::iter::repeat_n(6, 256));
-        types.extend(std::iter::repeat_n(1, pieces.len()));
+    fn base(model: &str, tokens: &[String], types: &[i32]) -> HashMap<String, Value> {
         let mut md = HashMap::new();
-        md.insert("tokenizer.ggml.model".into(), Value::String("llama".into()));
-        md.insert("tokenizer.ggml.tokens".into(), arr(&tokens));
-        md.insert(
-            "tokenizer.ggml.scores".into(),
-            Value::Array(scores.into_iter().map(Value::F32).collect()),
-        );
+        md.insert("general.architecture".into(), Value::String("llama".into()));
+        md.insert("tokenizer.ggml.model".into(), Value::String(model.into()));
+        md.insert("tokenizer.ggml.tokens".into(), strings(tokens));
         md.insert(
             "tokenizer.ggml.token_type".into(),
-            Value::Array(types.into_iter().map(Value::I32).collect()),
+            Value::Array(types.iter().map(|&t| Value::I32(t)).collect()),
         );
+        md
+    }
+
+    // A small SentencePiece vocabulary: ids 0-2 <unk> <s> </s>, 3-258 the bytes <0x00>..,
+    // 259-271 single characters (low scores), 272-287 merged pieces (scores -1, -2, ...),
+    // 288 user-defined <|user|>, 289 control <|end|>, 290 unused <unused0>.
+    const SINGLES: [&str; 13] = ["▁", "h", "e", "l", "o", "w", "r", "d", "a", "c", "t", "s", "!"];
+    const MERGED: [&str; 16] = [
+        "he", "ll", "▁h", "▁he", "llo", "▁hello", "▁w", "or", "▁wor", "ld", "▁world", "▁c", "at",
+        "▁cat", "▁t", "▁▁",
+    ];
+
+    fn spm(add_space_prefix: bool, add_eos: bool) -> HashMap<String, Value> {
+        let mut toks: Vec<(String, f32, i32)> = vec![
+            ("<unk>".into(), 0.0, 2),
+            ("<s>".into(), 0.0, 3),
+            ("</s>".into(), 0.0, 3),
+        ];
+        toks.extend((0..256).map(|b| (format!("<0x{b:02X}>"), 0.0, 6)));
+        toks.extend(SINGLES.iter().enumerate().map(|(i, p)| (p.to_string(), -1000.0 - i as f32, 1)));
+        toks.extend(MERGED.iter().enumerate().map(|(i, p)| (p.to_string(), -1.0 - i as f32, 1)));
+        toks.extend([
+            ("<|user|>".into(), 0.0, 4),
+            ("<|end|>".into(), 0.0, 3),
+            ("<unused0>".into(), 0.0, 5),
+        ]);
+        let names: Vec<String> = toks.iter().map(|t| t.0.clone()).collect();
+        let types: Vec<i32> = toks.iter().map(|t| t.2).collect();
+        let mut md = base("llama", &names, &types);
+        md.insert(
+            "tokenizer.ggml.scores".into(),
+            Value::Array(toks.iter().map(|t| Value::F32(t.1)).collect()),
+        );
+        md.insert("tokenizer.ggml.pre".into(), Value::String("default".into()));
         md.insert("tokenizer.ggml.bos_token_id".into(), Value::U32(1));
         md.insert("tokenizer.ggml.eos_token_id".into(), Value::U32(2));
         md.insert("tokenizer.ggml.unknown_token_id".into(), Value::U32(0));
+        md.insert("tokenizer.ggml.add_bos_token".into(), Value::Bool(true));
+        md.insert("tokenizer.ggml.add_eos_token".into(), Value::Bool(add_eos));
+        md.insert(
+            "tokenizer.ggml.add_space_prefix".into(),
+            Value::Bool(add_space_prefix),
+        );
+        md
+    }
+
+    /// (text, ids without add_special) for the vocabulary above, default options. Made
+    /// by llama.cpp (llama-cpp-python 0.3.36, `Llama(path, vocab_only=True)
+    /// .tokenize(text, add_bos=False, special=True)`) on this vocabulary written as GGUF
+    /// with the `gguf` Python package.
+    const SPM_CASES: &[(&str, &[u32])] = &[
+        ("hello world", &[277, 282]),
+        ("hello", &[277]),
+        (" hello", &[259, 277]),
+        ("hé", &[274, 198, 172]),
+        ("<|user|>hello<|end|>", &[288, 277, 289]),
+        ("<unk>", &[0]),
+        ("<unused0>", &[259, 63, 120, 113, 120, 270, 261, 266, 51, 65]),
+        ("", &[]),
+        ("cat!", &[285, 271]),
+        ("the cat", &[286, 272, 285]),
+        ("  hello  world ", &[287, 277, 259, 282, 259]),
+        ("hello</s><s>", &[277, 2, 1]),
+        ("<|user|> hello", &[288, 259, 277]),
+        ("wor\u{a0}ld", &[280, 197, 163, 281]),
+        ("é!", &[259, 198, 172, 271]),
+    ];
+
+    /// The same with `add_space_prefix = false` (llama.cpp, as above).
+    const SPM_NO_PREFIX_CASES: &[(&str, &[u32])] = &[
+        ("hello world", &[272, 276, 282]),
+        (" hello", &[277]),
+        ("hé", &[260, 198, 172]),
+        ("<|user|>hello<|end|>", &[288, 272, 276, 289]),
+        ("<unused0>", &[63, 120, 113, 120, 270, 261, 266, 51, 65]),
+        ("cat!", &[268, 284, 271]),
+        ("the cat", &[269, 272, 285]),
+        ("  hello  world ", &[259, 277, 259, 282, 259]),
+        ("<|user|> hello", &[288, 277]),
+        ("wor\u{a0}ld", &[264, 279, 197, 163, 281]),
+        ("é!", &[198, 172, 271]),
+    ];
+
+    #[test]
+    fn sentencepiece_vocab_tokenizes_as_llama_cpp() {
+        let t = from_metadata(&spm(true, false)).unwrap();
+        for (text, want) in SPM_CASES {
+            assert_eq!(t.encode(text, false).unwrap(), *want, "{text:?}");
+            let mut with_bos = vec![1];
+            with_bos.extend_from_slice(want);
+            assert_eq!(t.encode(text, true).unwrap(), with_bos, "{text:?}");
+        }
+        let t = from_metadata(&spm(false, false)).unwrap();
+        for (text, want) in SPM_NO_PREFIX_CASES {
+            assert_eq!(t.encode(text, false).unwrap(), *want, "{text:?}");
+        }
+        // add_eos_token appends EOS with add_special.
+        let t = from_metadata(&spm(true, true)).unwrap();
+        assert_eq!(t.encode("hello", true).unwrap(), vec![1, 277, 2]);
+        assert_eq!(t.encode("", true).unwrap(), vec![1, 2]);
+        assert_eq!(t.encode("hello", false).unwrap(), vec![277]);
+    }
+
+    #[test]
+    fn sentencepiece_vocab_by_hand() {
+        // "hello": ▁ h e l l o -> he (-1) -> ll (-2) -> ▁he (-4) -> llo (-5) -> ▁hello (-6).
+        // "hé": é is no piece, so its UTF-8 bytes C3 A9 are tokens 3 + 0xC3 and 3 + 0xA9.
+        let t = from_metadata(&spm(true, false)).unwrap();
+        let id = |s: &str| t.inner().token_to_id(s).unwrap();
+        assert_eq!(t.encode("hello", false).unwrap(), vec![id("▁hello")]);
+        assert_eq!(
+            t.encode("hé", false).unwrap(),
+            vec![id("▁h"), 3 + 0xC3, 3 + 0xA9]
+        );
+        assert_eq!(t.bos_id(), Some(1));
+        assert_eq!(t.eos_ids(), &[2, 289]);
+        assert_eq!(t.vocab_size(), 291);
+        // Control and unknown tokens are special; user-defined and unused ones are not.
+        assert!(t.is_special(0) && t.is_special(1) && t.is_special(289));
+        assert!(!t.is_special(288) && !t.is_special(290) && !t.is_special(277));
+        for text in ["hello world", "  hello  world ", "hé wörld!", "cat\n\tthe"] {
+            let ids = t.encode(text, false).unwrap();
+            assert_eq!(t.decode(&ids, false).unwrap(), text);
+        }
+        assert_eq!(t.decode(&[1, 277, 2], true).unwrap(), "hello");
+        assert_eq!(t.token_str(277).as_deref(), Some("hello"));
+        assert_eq!(t.token_str(198).as_deref(), Some("\u{fffd}"));
+        assert_eq!(t.token_str(5000), None);
+    }
+
+    /// GPT-2's byte-to-unicode table.
+    fn byte_chars() -> Vec<char> {
+        let mut printable: Vec<u32> = (0x21..=0x7e).chain(0xa1..=0xac).chain(0xae..=0xff).collect();
+        let mut chars = vec!['\0'; 256];
+        for &b in &printable {
+            chars[b as usize] = char::from_u32(b).unwrap();
+        }
+        let mut next = 256;
+        for b in 0..256u32 {
+            if !printable.contains(&b) {
+                chars[b as usize] = char::from_u32(next).unwrap();
+                next += 1;
+            }
+        }
+        printable.clear();
+        chars
+    }
+
+    // A byte-level BPE vocabulary: ids 0-255 the bytes, 256-266 the merge results,
+    // 267 <|im_start|> (control, BOS), 268 <|im_end|> (control, EOS), 269 <think>
+    // (user-defined), 270 <|endoftext|> (normal by type, control to llama.cpp).
+    const BPE_MERGES: [&str; 11] = [
+        "Ġ t", "h e", "Ġt he", "Ġ a", "i s", "Ġ is", "1 2", "12 3", "Ġ 1", "Ġ Ġ", "Ċ Ċ",
+    ];
+
+    fn bpe(pre: &str) -> HashMap<String, Value> {
+        let mut tokens: Vec<String> = byte_chars().iter().map(|c| c.to_string()).collect();
+        tokens.extend(BPE_MERGES.iter().map(|m| m.replace(' ', "")));
+        tokens.extend(["<|im_start|>", "<|im_end|>", "<think>", "<|endoftext|>"].map(String::from));
+        let mut types = vec![1; 256 + BPE_MERGES.len()];
+        types.extend([3, 3, 4, 1]);
+        let mut md = base("gpt2", &tokens, &types);
+        md.insert("tokenizer.ggml.pre".into(), Value::String(pre.into()));
+        md.insert(
+            "tokenizer.ggml.merges".into(),
+            strings(&BPE_MERGES.map(String::from)),
+        );
+        md.insert("tokenizer.ggml.bos_token_id".into(), Value::U32(267));
+        md.insert("tokenizer.ggml.eos_token_id".into(), Value::U32(268));
         md
     }
 
     #[test]
-    fn sentencepiece_vocab_tokenizes_and_round_trips() {
-        let t = from_metadata(&spm()).unwrap();
-        let id = |s: &str| t.inner().token_to_id(s).unwrap();
-        assert_eq!(
-            t.encode("hello world", true).unwrap(),
-            vec![1, id("▁hello"), id("▁world")]
-        );
-        // Unknown characters fall back to bytes: "é" is C3 A9.
-        let ids = t.encode("hé", false).unwrap();
-        assert_eq!(ids, vec![id("▁"), id("h"), id("<0xC3>"), id("<0xA9>")]);
-        assert_eq!(t.decode(&ids, true).unwrap(), "hé");
-        assert_eq!(
-            t.decode(&t.encode("hello world", true).unwrap(), true)
-                .unwrap(),
-            "hello world"
-        );
-        assert_eq!(t.eos_ids(), &[2]);
-        assert!(t.is_special(1) && !t.is_special(id("he")));
+    fn byte_level_vocab_tokenizes_as_llama_cpp() {
+        // Made by llama.cpp as SPM_CASES were, on this vocabulary with each pre-tokenizer.
+        let common: &[(&str, &[u32])] = &[
+            ("the is", &[116, 257, 261]),
+            (" the", &[258]),
+            ("<|im_start|>user\nthe<|im_end|>", &[267, 117, 115, 101, 114, 10, 116, 257, 268]),
+            ("<think>x<|endoftext|>", &[269, 120, 270]),
+            ("é", &[195, 169]),
+            ("\u{a0} the", &[194, 160, 258]),
+            ("  the  \n\n\n a", &[32, 258, 265, 266, 10, 259]),
+            ("", &[]),
+        ];
+        let digits_split: &[(&str, &[u32])] = &[
+            ("123 12", &[49, 50, 51, 32, 49, 50]),
+            ("1234", &[49, 50, 51, 52]),
+            (" 12345", &[32, 49, 50, 51, 52, 53]),
+        ];
+        let digits_merged: &[(&str, &[u32])] = &[
+            ("123 12", &[263, 32, 262]),
+            ("1234", &[263, 52]),
+            (" 12345", &[32, 263, 52, 53]),
+        ];
+        for (pre, digits, bos) in [
+            ("smollm", digits_split, false),
+            ("qwen2", digits_split, false),
+            ("gpt-2", digits_merged, false),
+            ("llama-bpe", digits_merged, true),
+        ] {
+            let t = from_metadata(&bpe(pre)).unwrap();
+            for (text, want) in common.iter().chain(digits.iter()) {
+                assert_eq!(t.encode(text, false).unwrap(), *want, "{pre} {text:?}");
+                let with_bos: Vec<u32> = bos.then_some(267).into_iter().chain(want.iter().copied()).collect();
+                assert_eq!(t.encode(text, true).unwrap(), with_bos, "{pre} {text:?}");
+                assert_eq!(t.decode(want, false).unwrap(), *text, "{pre} {text:?}");
+            }
+            // llama.cpp's end-of-generation set: EOS and the <|endoftext|> text rule.
+            assert_eq!(t.eos_ids(), &[268, 270], "{pre}");
+            assert_eq!(t.bos_id(), Some(267));
+            assert!(t.is_special(270) && !t.is_special(269));
+            assert_eq!(t.decode(&[267, 116, 257, 269, 268], true).unwrap(), "the<think>");
+        }
     }
 
     #[test]
-    fn unknown_tokenizer_model_is_rejected() {
-        let mut md = spm();
+    fn bad_metadata_is_rejected() {
+        let mut md = spm(true, false);
         md.insert("tokenizer.ggml.model".into(), Value::String("rwkv".into()));
         let e = from_metadata(&md).unwrap_err().to_string();
         assert!(e.contains("unsupported GGUF tokenizer model 'rwkv'"), "{e}");
+        let mut md = spm(true, false);
+        md.remove("tokenizer.ggml.tokens");
+        let e = from_metadata(&md).unwrap_err().to_string();
+        assert!(e.contains("tokenizer.ggml.tokens"), "{e}");
+        let mut md = bpe("gpt-2");
+        md.remove("tokenizer.ggml.merges");
+        let e = from_metadata(&md).unwrap_err().to_string();
+        assert!(e.contains("tokenizer.ggml.merges"), "{e}");
+        let mut md = spm(true, false);
+        md.insert("tokenizer.ggml.scores".into(), Value::Array(vec![Value::F32(0.0)]));
+        assert!(from_metadata(&md).is_err());
+        let mut md = HashMap::new();
+        md.insert("general.architecture".into(), Value::String("llama".into()));
+        let e = from_metadata(&md).unwrap_err().to_string();
+        assert!(e.contains("tokenizer.ggml.model"), "{e}");
     }
 }

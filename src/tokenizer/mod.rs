@@ -3,21 +3,43 @@
 
 pub mod chat;
 pub mod gguf;
+mod pre;
+mod special;
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
 
 pub use chat::{ChatMessage, ChatTemplate};
+use special::{Fragment, Specials};
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    vocab_size: usize,
     bos_id: Option<u32>,
     eos_ids: Vec<u32>,
     add_bos: bool,
+    /// Appended by `encode` with `add_special` (GGUF `add_eos_token`).
+    append_eos: Option<u32>,
     bos_token: Option<String>,
     eos_token: Option<String>,
     chat_template: Option<String>,
+    special_ids: HashSet<u32>,
+    /// llama.cpp's text handling for tokenizers built from GGUF metadata.
+    gguf: Option<GgufText>,
+}
+
+/// How a GGUF tokenizer treats text beyond what `inner` does.
+struct GgufText {
+    /// Control, user-defined and unknown tokens, found in text before tokenizing.
+    specials: Specials,
+    /// Tokens decoded as their text rather than through the byte-level decoder.
+    verbatim_text: HashMap<u32, String>,
+    /// Newline runs that are tokens of their own (Gemma 4), when applicable.
+    newline_tokens: Option<HashMap<String, u32>>,
+    /// `inner`'s id for text that is no token, which llama.cpp drops.
+    no_token: Option<u32>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -84,47 +106,129 @@ impl Tokenizer {
             _ => std::fs::read_to_string(dir.join("chat_template.jinja")).ok(),
         };
         // tokenizer.json's post-processor adds BOS itself when the model wants it.
+        let special_ids = inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special)
+            .map(|(id, _)| id)
+            .collect();
         Ok(Self {
+            vocab_size: inner.get_vocab_size(true),
             add_bos: false,
+            append_eos: None,
             inner,
             bos_id,
             eos_ids,
             bos_token,
             eos_token,
             chat_template,
+            special_ids,
+            gguf: None,
         })
     }
 
-    /// Token ids of `text`; special-token text is parsed as special tokens. With
-    /// `add_special`, BOS (or whatever the tokenizer's post-processor adds) is added.
+    /// Token ids of `text`; special-token text is parsed as special tokens (llama.cpp's
+    /// `parse_special`). With `add_special`, BOS (and EOS) are added as the model asks.
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, add_special)
-            .map_err(|e| anyhow!("tokenization failed: {e}"))?;
-        let mut ids = Vec::with_capacity(enc.len() + 1);
+        let Some(g) = &self.gguf else {
+            let enc = self
+                .inner
+                .encode_fast(text, add_special)
+                .map_err(|e| anyhow!("tokenization failed: {e}"))?;
+            return Ok(enc.get_ids().to_vec());
+        };
+        let mut ids = Vec::with_capacity(text.len() / 3 + 2);
         if add_special && self.add_bos {
             ids.extend(self.bos_id);
         }
-        ids.extend_from_slice(enc.get_ids());
+        for fragment in g.specials.partition(text) {
+            match fragment {
+                Fragment::Token(id) => ids.push(id),
+                Fragment::Text(t) => match &g.newline_tokens {
+                    None => self.encode_plain(t, &mut ids)?,
+                    Some(newlines) => {
+                        // Newline runs are words of their own; one that is a token is it.
+                        let mut rest = t;
+                        while !rest.is_empty() {
+                            let nl = rest.starts_with('\n');
+                            let len = rest
+                                .find(|c: char| (c == '\n') != nl)
+                                .unwrap_or(rest.len());
+                            let (word, tail) = rest.split_at(len);
+                            match newlines.get(word).filter(|_| nl) {
+                                Some(&id) => ids.push(id),
+                                None => self.encode_plain(word, &mut ids)?,
+                            }
+                            rest = tail;
+                        }
+                    }
+                },
+            }
+        }
+        if add_special {
+            ids.extend(self.append_eos);
+        }
         Ok(ids)
     }
 
+    fn encode_plain(&self, text: &str, ids: &mut Vec<u32>) -> Result<()> {
+        let enc = self
+            .inner
+            .encode_fast(text, false)
+            .map_err(|e| anyhow!("tokenization failed: {e}"))?;
+        let no_token = self.gguf.as_ref().and_then(|g| g.no_token);
+        ids.extend(enc.get_ids().iter().filter(|&&id| Some(id) != no_token));
+        Ok(())
+    }
+
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        self.inner
-            .decode(ids, skip_special)
-            .map_err(|e| anyhow!("detokenization failed: {e}"))
+        let decode = |ids: &[u32]| {
+            self.inner
+                .decode(ids, skip_special)
+                .map_err(|e| anyhow!("detokenization failed: {e}"))
+        };
+        let Some(g) = &self.gguf else {
+            return decode(ids);
+        };
+        // Ids outside the vocabulary are ignored.
+        let known: Vec<u32>;
+        let ids = if ids.iter().any(|&id| id as usize >= self.vocab_size) {
+            known = ids.iter().copied().filter(|&id| (id as usize) < self.vocab_size).collect();
+            &known[..]
+        } else {
+            ids
+        };
+        if g.verbatim_text.is_empty() {
+            return decode(ids);
+        }
+        let verbatim = &g.verbatim_text;
+        let mut out = String::new();
+        let mut run_start = 0;
+        for (i, id) in ids.iter().enumerate() {
+            if let Some(text) = verbatim.get(id) {
+                out.push_str(&decode(&ids[run_start..i])?);
+                if !(skip_special && self.special_ids.contains(id)) {
+                    out.push_str(text);
+                }
+                run_start = i + 1;
+            }
+        }
+        out.push_str(&decode(&ids[run_start..])?);
+        Ok(out)
     }
 
+    /// The decoded text of one token.
     pub fn token_str(&self, id: u32) -> Option<String> {
-        self.inner.decode(&[id], false).ok()
+        if (id as usize) >= self.vocab_size {
+            return None;
+        }
+        self.decode(&[id], false).ok()
     }
 
+    /// Whether `id` is a special token (control or unknown in GGUF terms): skipped by
+    /// `decode(.., skip_special = true)`.
     pub fn is_special(&self, id: u32) -> bool {
-        self.inner
-            .get_added_tokens_decoder()
-            .get(&id)
-            .is_some_and(|t| t.special)
+        self.special_ids.contains(&id)
     }
 
     pub fn bos_id(&self) -> Option<u32> {
@@ -136,7 +240,7 @@ impl Tokenizer {
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.vocab_size
     }
 
     pub fn chat_template(&self) -> Option<&str> {
