@@ -67,84 +67,108 @@ pub fn paged_attention(
     let d = layout.head_dim;
     let nkv = layout.num_kv_heads;
     let group = num_heads / nkv;
-    let num_tokens = q.len() / (num_heads * d);
-    // For each query row: its sequence and how many keys it sees.
-    let mut row_info = vec![(0usize, 0usize); num_tokens];
+    // Work items: (sequence, kv head, tile of up to Q_TILE query rows). The rows of a
+    // tile share each converted K/V block, so a block is widened from f16 once per tile
+    // rather than once per query row. Items run on candle's barrier pool, the threads the
+    // matmuls use, so the two never compete for cores.
+    let mut items = Vec::new();
     for (s, seq) in seqs.iter().enumerate() {
-        let first_pos = seq.context_len - seq.q_len;
-        for i in 0..seq.q_len {
-            row_info[seq.q_start + i] = (s, first_pos + i + 1);
+        for kvh in 0..nkv {
+            for start in (0..seq.q_len).step_by(Q_TILE) {
+                items.push((s, kvh, start, Q_TILE.min(seq.q_len - start)));
+            }
         }
     }
-    // One work item per (token, kv head): its `group` query heads are contiguous. Items
-    // run on candle's barrier pool, the threads the matmuls use, so the two never
-    // compete for cores.
     let out_ptr = out.as_mut_ptr() as usize;
-    let item_len = group * d;
-    let n_items = num_tokens * nkv;
-    candle_core::utils::barrier_pool().execute_chunked(n_items, |items| {
+    let bs = layout.block_size;
+    candle_core::utils::barrier_pool().execute_chunked(items.len(), |range| {
         let mut scratch = Scratch::default();
-        for item in items {
-            // SAFETY: items are disjoint `item_len` chunks of `out`, each visited once.
-            let out_group = unsafe {
-                std::slice::from_raw_parts_mut((out_ptr as *mut f32).add(item * item_len), item_len)
-            };
-            let scratch = &mut scratch;
-            let t = item / nkv;
-            let kvh = item % nkv;
-            let (s, visible) = row_info[t];
+        for &(s, kvh, start, len) in &items[range] {
             let seq = &seqs[s];
-            let Scratch { scores, q16, row } = scratch;
+            let first_pos = seq.context_len - seq.q_len;
+            // Keys visible to tile row i: positions 0..=first_pos + start + i.
+            let visible = |i: usize| first_pos + start + i + 1;
+            let vmax = visible(len - 1);
+            let Scratch { scores, q16, row } = &mut scratch;
             q16.clear();
-            q16.extend(
-                q[(t * num_heads + kvh * group) * d..][..group * d]
-                    .iter()
-                    .map(|&x| f16::from_f32(x).to_f32()),
-            );
-            row.resize(layout.block_size * d, 0.0);
+            for i in 0..len {
+                let t = seq.q_start + start + i;
+                q16.extend(
+                    q[(t * num_heads + kvh * group) * d..][..group * d]
+                        .iter()
+                        .map(|&x| f16::from_f32(x).to_f32()),
+                );
+            }
+            row.resize(bs * d, 0.0);
             scores.clear();
-            scores.resize(group * visible, 0.0);
-            // Pass 1: scores, laid out [head][key].
-            for_each_block(layout, seq.block_table, kvh, visible, |first, n, off| {
+            scores.resize(len * group * vmax, 0.0);
+            // Pass 1: scores, laid out [row][head][key].
+            for_each_block(layout, seq.block_table, kvh, vmax, |first, n, off| {
                 k_cache[off..off + n * d].convert_to_f32_slice(&mut row[..n * d]);
-                for (i, key) in row[..n * d].chunks_exact(d).enumerate() {
+                for i in 0..len {
+                    let n_i = n.min(visible(i).saturating_sub(first));
                     for h in 0..group {
-                        scores[h * visible + first + i] =
-                            dot_ggml(&q16[h * d..(h + 1) * d], key) * softmax_scale;
+                        let qh = &q16[(i * group + h) * d..][..d];
+                        let sc = &mut scores[(i * group + h) * vmax + first..][..n_i];
+                        for (x, key) in sc.iter_mut().zip(row.chunks_exact(d)) {
+                            *x = dot_ggml(qh, key) * softmax_scale;
+                        }
                     }
                 }
             });
-            // Softmax per head; weights rounded to f16 as they meet f16 values.
-            for h in 0..group {
-                let r = &mut scores[h * visible..(h + 1) * visible];
-                let max = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0.0;
-                for x in r.iter_mut() {
-                    *x = (*x - max).exp();
-                    sum += *x;
-                }
-                let inv = 1.0 / sum;
-                for x in r.iter_mut() {
-                    *x = f16::from_f32(*x * inv).to_f32();
+            // Softmax per (row, head); weights rounded to f16 as they meet f16 values.
+            for i in 0..len {
+                for h in 0..group {
+                    let r = &mut scores[(i * group + h) * vmax..][..visible(i)];
+                    let max = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0.0;
+                    for x in r.iter_mut() {
+                        *x = (*x - max).exp();
+                        sum += *x;
+                    }
+                    let inv = 1.0 / sum;
+                    for x in r.iter_mut() {
+                        *x = f16::from_f32(*x * inv).to_f32();
+                    }
                 }
             }
-            // Pass 2: weighted sum of values.
-            out_group.fill(0.0);
-            for_each_block(layout, seq.block_table, kvh, visible, |first, n, off| {
+            // Pass 2: weighted sums of values into each row's `group` heads.
+            let out_rows: Vec<&mut [f32]> = (0..len)
+                .map(|i| {
+                    let t = seq.q_start + start + i;
+                    // SAFETY: the (row, kv head) slices of `out` are disjoint across
+                    // items, and each item writes only its own.
+                    unsafe {
+                        std::slice::from_raw_parts_mut(
+                            (out_ptr as *mut f32).add((t * num_heads + kvh * group) * d),
+                            group * d,
+                        )
+                    }
+                })
+                .collect();
+            let mut out_rows = out_rows;
+            for o in out_rows.iter_mut() {
+                o.fill(0.0);
+            }
+            for_each_block(layout, seq.block_table, kvh, vmax, |first, n, off| {
                 v_cache[off..off + n * d].convert_to_f32_slice(&mut row[..n * d]);
-                for (i, value) in row[..n * d].chunks_exact(d).enumerate() {
+                for (i, o) in out_rows.iter_mut().enumerate() {
+                    let n_i = n.min(visible(i).saturating_sub(first));
                     for h in 0..group {
-                        axpy(
-                            scores[h * visible + first + i],
-                            value,
-                            &mut out_group[h * d..(h + 1) * d],
-                        );
+                        let p = &scores[(i * group + h) * vmax + first..][..n_i];
+                        let oh = &mut o[h * d..(h + 1) * d];
+                        for (&w, value) in p.iter().zip(row.chunks_exact(d)) {
+                            axpy(w, value, oh);
+                        }
                     }
                 }
             });
         }
     });
 }
+
+/// Query rows of one sequence that share each widened K/V block.
+const Q_TILE: usize = 16;
 
 #[derive(Default)]
 struct Scratch {
@@ -229,7 +253,11 @@ mod tests {
         let v: Vec<f32> = (0..total * nkv * d).map(|i| r(i + 7777)).collect();
         let q: Vec<f32> = (0..total * nh * d).map(|i| r(i + 31337)).collect();
         let expect = naive(&q, &k, &v, nh, nkv, d, 0);
-        for bs in [1, 4, 16] {
+        for (bs, chunks) in [
+            (1, vec![(0, 9), (9, total)]),
+            (4, vec![(0, total)]),
+            (16, vec![(0, 9), (9, total)]),
+        ] {
             let layout = CacheLayout {
                 num_blocks: 64,
                 block_size: bs,
@@ -243,7 +271,7 @@ mod tests {
             let slot = |p: usize| table[p / bs] * bs as u32 + (p % bs) as u32;
             // Two chunks: 9 tokens, then the remaining 14.
             let mut out = vec![0.0; q.len()];
-            for (start, end) in [(0, 9), (9, total)] {
+            for (start, end) in chunks {
                 let slots: Vec<u32> = (start..end).map(slot).collect();
                 write_kv(
                     &layout,
