@@ -193,6 +193,7 @@ fn extra_cases_from_files_match_llama_cpp() {
     for file in files.split(',').filter(|f| !f.is_empty()) {
         let doc: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(file).expect("cases file")).expect("json");
+        let start = std::time::Instant::now();
         let t = match doc["gguf"].as_str() {
             Some(path) => {
                 let mut f = std::fs::File::open(path).expect("gguf file");
@@ -207,7 +208,17 @@ fn extra_cases_from_files_match_llama_cpp() {
             }
             None => tokenizer(),
         };
+        let loaded = start.elapsed();
         let cases = doc["cases"].as_array().expect("cases");
+        let start = std::time::Instant::now();
+        let bytes: usize = cases.iter().filter_map(|c| c["text"].as_str()).map(str::len).sum();
+        for case in cases {
+            t.encode(case["text"].as_str().expect("text"), false).unwrap();
+        }
+        eprintln!(
+            "{file}: loaded in {loaded:.2?}, encoded {bytes} bytes in {:.2?}",
+            start.elapsed()
+        );
         let mut wrong = Vec::new();
         for case in cases {
             let text = case["text"].as_str().expect("text");

@@ -465,6 +465,7 @@ pub fn from_metadata(md: &HashMap<String, Value>) -> Result<Tokenizer> {
         vocab_size: n,
         add_bos,
         append_eos: if add_eos { eos_id } else { None },
+        post_process: false,
         bos_token: text_of(bos_id),
         eos_token: text_of(eos_id),
         bos_id,
@@ -748,6 +749,7 @@ mod tests {
             vec![id("▁h"), 3 + 0xC3, 3 + 0xA9]
         );
         assert_eq!(t.bos_id(), Some(1));
+        // <|end|> ends generation by its text, as in llama.cpp.
         assert_eq!(t.eos_ids(), &[2, 289]);
         assert_eq!(t.vocab_size(), 291);
         // Control and unknown tokens are special; user-defined and unused ones are not.

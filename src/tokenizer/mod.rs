@@ -22,6 +22,8 @@ pub struct Tokenizer {
     add_bos: bool,
     /// Appended by `encode` with `add_special` (GGUF `add_eos_token`).
     append_eos: Option<u32>,
+    /// `inner`'s post-processor adds special tokens (Hugging Face snapshots).
+    post_process: bool,
     bos_token: Option<String>,
     eos_token: Option<String>,
     chat_template: Option<String>,
@@ -105,7 +107,27 @@ impl Tokenizer {
                 .and_then(|t| t["template"].as_str().map(str::to_string)),
             _ => std::fs::read_to_string(dir.join("chat_template.jinja")).ok(),
         };
-        // tokenizer.json's post-processor adds BOS itself when the model wants it.
+        // tokenizer.json's post-processor adds BOS/EOS. transformers' Llama and Gemma
+        // tokenizers rebuild it from add_bos_token/add_eos_token; other classes keep it,
+        // but a BOS asked for and not added by it is added here.
+        let class = cfg["tokenizer_class"].as_str().unwrap_or("");
+        let class = class.strip_suffix("Fast").unwrap_or(class);
+        let (add_bos_cfg, add_eos_cfg) = (cfg["add_bos_token"].as_bool(), cfg["add_eos_token"].as_bool());
+        let rebuilds = matches!(class, "LlamaTokenizer" | "CodeLlamaTokenizer" | "GemmaTokenizer")
+            && (add_bos_cfg.is_some() || add_eos_cfg.is_some());
+        let eos_id = eos_token.as_deref().and_then(|t| inner.token_to_id(t));
+        let (post_process, add_bos, append_eos) = if rebuilds {
+            (
+                false,
+                add_bos_cfg.unwrap_or(true) && bos_id.is_some(),
+                eos_id.filter(|_| add_eos_cfg.unwrap_or(false)),
+            )
+        } else {
+            let adds_bos = inner
+                .encode_fast("", true)
+                .is_ok_and(|e| e.get_ids().first().is_some_and(|&id| Some(id) == bos_id));
+            (true, add_bos_cfg == Some(true) && !adds_bos && bos_id.is_some(), None)
+        };
         let special_ids = inner
             .get_added_tokens_decoder()
             .into_iter()
@@ -114,8 +136,9 @@ impl Tokenizer {
             .collect();
         Ok(Self {
             vocab_size: inner.get_vocab_size(true),
-            add_bos: false,
-            append_eos: None,
+            add_bos,
+            append_eos,
+            post_process,
             inner,
             bos_id,
             eos_ids,
@@ -130,17 +153,21 @@ impl Tokenizer {
     /// Token ids of `text`; special-token text is parsed as special tokens (llama.cpp's
     /// `parse_special`). With `add_special`, BOS (and EOS) are added as the model asks.
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
-        let Some(g) = &self.gguf else {
-            let enc = self
-                .inner
-                .encode_fast(text, add_special)
-                .map_err(|e| anyhow!("tokenization failed: {e}"))?;
-            return Ok(enc.get_ids().to_vec());
-        };
         let mut ids = Vec::with_capacity(text.len() / 3 + 2);
         if add_special && self.add_bos {
             ids.extend(self.bos_id);
         }
+        let Some(g) = &self.gguf else {
+            let enc = self
+                .inner
+                .encode_fast(text, add_special && self.post_process)
+                .map_err(|e| anyhow!("tokenization failed: {e}"))?;
+            ids.extend_from_slice(enc.get_ids());
+            if add_special {
+                ids.extend(self.append_eos);
+            }
+            return Ok(ids);
+        };
         for fragment in g.specials.partition(text) {
             match fragment {
                 Fragment::Token(id) => ids.push(id),
@@ -261,5 +288,104 @@ impl Tokenizer {
                 self.eos_token.as_deref(),
             )?)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A word-level tokenizer.json, with or without a post-processor adding `<s>`.
+    fn tokenizer_json(post_processor: bool) -> serde_json::Value {
+        let added: Vec<_> = ["<s>", "</s>", "<eot>"]
+            .iter()
+            .enumerate()
+            .map(|(i, t)| json!({"id": i, "content": t, "single_word": false, "lstrip": false,
+                                 "rstrip": false, "normalized": false, "special": true}))
+            .collect();
+        let pp = json!({"type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {"<s>": {"id": "<s>", "ids": [0], "tokens": ["<s>"]}}});
+        json!({"version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+               "normalizer": null, "pre_tokenizer": {"type": "Whitespace"},
+               "post_processor": if post_processor { pp } else { serde_json::Value::Null },
+               "decoder": null,
+               "model": {"type": "WordLevel", "unk_token": "[UNK]",
+                         "vocab": {"<s>": 0, "</s>": 1, "<eot>": 2, "hello": 3, "world": 4, "[UNK]": 5}}})
+    }
+
+    fn snapshot(
+        post_processor: bool,
+        config: serde_json::Value,
+        generation: Option<serde_json::Value>,
+    ) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, v: &serde_json::Value| {
+            std::fs::write(dir.path().join(name), v.to_string()).unwrap()
+        };
+        write("tokenizer.json", &tokenizer_json(post_processor));
+        write("tokenizer_config.json", &config);
+        if let Some(g) = generation {
+            write("generation_config.json", &g);
+        }
+        dir
+    }
+
+    #[test]
+    fn snapshot_special_tokens_and_templates() {
+        let dir = snapshot(
+            true,
+            json!({"bos_token": {"content": "<s>"}, "eos_token": "</s>",
+                   "chat_template": [{"name": "tool_use", "template": "tools"},
+                                     {"name": "default", "template": "{{ bos_token }}{{ messages[0].content }}"}]}),
+            Some(json!({"eos_token_id": [1, 2]})),
+        );
+        let t = Tokenizer::from_dir(dir.path()).unwrap();
+        assert_eq!(t.bos_id(), Some(0));
+        assert_eq!(t.eos_ids(), &[1, 2]);
+        assert_eq!(t.encode("hello world", true).unwrap(), vec![0, 3, 4]);
+        assert_eq!(t.encode("hello<eot>world", false).unwrap(), vec![3, 2, 4]);
+        assert!(t.is_special(2) && !t.is_special(3));
+        assert_eq!(t.vocab_size(), 6);
+        let chat = t.chat(None).unwrap().unwrap();
+        let m = [ChatMessage {
+            role: "user".into(),
+            content: "hi".into(),
+        }];
+        assert_eq!(chat.render(&m, true).unwrap(), "<s>hi");
+        let chat = t.chat(Some("[{{ eos_token }}]")).unwrap().unwrap();
+        assert_eq!(chat.render(&m, true).unwrap(), "[</s>]");
+    }
+
+    #[test]
+    fn snapshot_add_bos_and_eos_flags() {
+        // transformers' Llama tokenizer rebuilds the post-processor from the flags.
+        let dir = snapshot(
+            true,
+            json!({"tokenizer_class": "LlamaTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
+                   "add_bos_token": false, "add_eos_token": true}),
+            None,
+        );
+        let t = Tokenizer::from_dir(dir.path()).unwrap();
+        assert_eq!(t.encode("hello world", true).unwrap(), vec![3, 4, 1]);
+        assert_eq!(t.encode("hello world", false).unwrap(), vec![3, 4]);
+        assert_eq!(t.eos_ids(), &[1]);
+        // A BOS asked for that the post-processor does not add is added.
+        let dir = snapshot(
+            false,
+            json!({"bos_token": "<s>", "eos_token": "</s>", "add_bos_token": true}),
+            None,
+        );
+        let t = Tokenizer::from_dir(dir.path()).unwrap();
+        assert_eq!(t.encode("hello", true).unwrap(), vec![0, 3]);
+        assert_eq!(t.chat_template(), None);
+        // The template may live in chat_template.jinja.
+        std::fs::write(dir.path().join("chat_template.jinja"), "{{ messages | length }}").unwrap();
+        let t = Tokenizer::from_dir(dir.path()).unwrap();
+        assert_eq!(t.chat_template(), Some("{{ messages | length }}"));
+        let e = Tokenizer::from_dir(&dir.path().join("missing")).unwrap_err().to_string();
+        assert!(e.contains("tokenizer.json"), "{e}");
     }
 }
