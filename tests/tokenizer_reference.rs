@@ -270,3 +270,62 @@ fn extra_cases_from_files_match_llama_cpp() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// Chat templates rendered by transformers' Jinja setup, from files named by
+/// `WICK_CHAT_CASES` (comma-separated): JSON arrays of `{"name", "template", "messages",
+/// "add_generation_prompt", "text" | "error" | "compile_error"}` (bos_token "<s>",
+/// eos_token "</s>"). Skipped when the variable is unset.
+#[test]
+fn extra_chat_cases_from_files_render_like_transformers() {
+    let Ok(files) = std::env::var("WICK_CHAT_CASES") else {
+        return;
+    };
+    let mut wrong = Vec::new();
+    let mut checked = 0;
+    let mut lenient = 0;
+    for file in files.split(',').filter(|f| !f.is_empty()) {
+        let cases: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(file).expect("cases file")).expect("json");
+        for case in cases.as_array().expect("array") {
+            let name = case["name"].as_str().unwrap_or("?");
+            let template = wick::tokenizer::ChatTemplate::new(
+                case["template"].as_str().expect("template"),
+                Some("<s>"),
+                Some("</s>"),
+            );
+            let template = match (template, case["compile_error"].is_null()) {
+                (Ok(t), true) => t,
+                (Err(_), false) => continue,
+                (Ok(_), false) => {
+                    wrong.push(format!("{name}: compiles here, not in jinja2"));
+                    continue;
+                }
+                (Err(e), true) => {
+                    wrong.push(format!("{name}: {e}"));
+                    continue;
+                }
+            };
+            let messages: Vec<ChatMessage> =
+                serde_json::from_value(case["messages"].clone()).expect("messages");
+            let got = template.render(&messages, case["add_generation_prompt"].as_bool().unwrap_or(true));
+            checked += 1;
+            match (got, case["text"].as_str()) {
+                (Ok(got), Some(want)) if got == want => {}
+                (Ok(got), Some(want)) => wrong.push(format!("{name}:\n  wick  {got:?}\n  jinja {want:?}")),
+                // minijinja iterates none as an empty sequence where Python raises
+                // (tool-use templates given no tools): lenient, not wrong.
+                (Ok(_), None) => lenient += 1,
+                (Err(e), Some(_)) => wrong.push(format!("{name}: fails here ({e}), renders in jinja2")),
+                (Err(_), None) => {}
+            }
+        }
+    }
+    eprintln!(
+        "{} of {checked} chat renders differ; {lenient} render where jinja2 raises",
+        wrong.len()
+    );
+    for w in wrong.iter().take(30) {
+        eprintln!("{w}");
+    }
+    assert!(wrong.is_empty());
+}

@@ -248,6 +248,18 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
+        // Python's iter(): None and numbers are not iterable, strings are.
+        env.add_test("iterable", |v: Value| {
+            matches!(
+                v.kind(),
+                ValueKind::Undefined
+                    | ValueKind::String
+                    | ValueKind::Seq
+                    | ValueKind::Map
+                    | ValueKind::Iterable
+                    | ValueKind::Bytes
+            )
+        });
         env.add_template_owned("chat", replace_generation_tags(source))
             .map_err(|e| anyhow!("the chat template does not compile: {e}"))?;
         Ok(Self {
@@ -271,6 +283,9 @@ impl ChatTemplate {
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token,
             eos_token => self.eos_token,
+            // transformers passes these as None when the caller has none.
+            tools => (),
+            documents => (),
         })
         .map_err(|e| match e.kind() {
             ErrorKind::InvalidOperation => anyhow!(
@@ -340,6 +355,14 @@ mod tests {
         assert!(ChatTemplate::new("{% for %}", None, None).is_err());
         let t = ChatTemplate::new("{{ strftime_now('%Y') }}", None, None).unwrap();
         assert_eq!(t.render(&[], false).unwrap().len(), 4);
+        // Like transformers: `tools` is none, which Python does not iterate.
+        let t = ChatTemplate::new(
+            "{{ tools is none }} {{ tools is iterable }} {{ 'a' is iterable }} {{ messages is iterable }}",
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(t.render(&[], false).unwrap(), "True False True True");
         let t = ChatTemplate::new("{{ strftime_now('%d %B %Y') }}", None, None).unwrap();
         assert!(t.render(&[], false).unwrap().len() >= 10);
     }
