@@ -34,7 +34,7 @@ pub fn fetch(repo: &str, revision: &str, file: Option<&str>, opts: &HubOptions) 
         check_relative(file)?;
         return match hub.cached(file) {
             Some(p) => Ok(p),
-            None if opts.offline => Err(hub.offline_error(&[file])),
+            None if opts.offline => Err(hub.offline_error(&[file], Some(file))),
             None => hub.download(file),
         };
     }
@@ -46,7 +46,7 @@ pub fn fetch(repo: &str, revision: &str, file: Option<&str>, opts: &HubOptions) 
     }
     if opts.offline {
         let names: Vec<&str> = missing.iter().map(String::as_str).collect();
-        return Err(hub.offline_error(&names));
+        return Err(hub.offline_error(&names, None));
     }
     let config = hub.get("config.json")?;
     hub.get("tokenizer.json")?;
@@ -174,16 +174,18 @@ impl Hub<'_> {
         Ok(missing)
     }
 
-    fn offline_error(&self, missing: &[&str]) -> anyhow::Error {
+    /// `file`: the one file asked for (a GGUF), else the whole checkpoint is wanted.
+    fn offline_error(&self, missing: &[&str], file: Option<&str>) -> anyhow::Error {
         let also = if missing.len() > 1 {
             format!("; also missing: {}", missing[1..].join(", "))
         } else {
             String::new()
         };
+        let what = file.map(|f| format!(" {f}")).unwrap_or_default();
         anyhow::anyhow!(
             "{} of {}@{} is not in the Hugging Face cache ({}{also}) and offline mode is on: run \
-             `huggingface-cli download {} --revision {}` on a machine with network and copy its \
-             cache here, set HF_HUB_CACHE to where the files are, or unset HF_HUB_OFFLINE",
+             `huggingface-cli download {}{what} --revision {}` on a machine with network and copy \
+             its cache here, set HF_HUB_CACHE to where the files are, or unset HF_HUB_OFFLINE",
             missing.first().copied().unwrap_or("a file"),
             self.repo,
             self.revision,
@@ -311,7 +313,7 @@ pub(crate) mod tests {
             .to_string();
         assert!(
             e.contains("model-q4.gguf of org/tiny@main is not in the Hugging Face cache")
-                && e.contains("huggingface-cli download org/tiny --revision main"),
+                && e.contains("huggingface-cli download org/tiny model-q4.gguf --revision main"),
             "{e}"
         );
         let e = fetch("org/other", "main", None, &o)
@@ -319,7 +321,8 @@ pub(crate) mod tests {
             .to_string();
         assert!(
             e.contains("config.json of org/other@main is not in the Hugging Face cache")
-                && e.contains("also missing: tokenizer.json, model.safetensors"),
+                && e.contains("also missing: tokenizer.json, model.safetensors")
+                && e.contains("huggingface-cli download org/other --revision main"),
             "{e}"
         );
         let e = fetch("org/tiny", "v2", None, &o).unwrap_err().to_string();

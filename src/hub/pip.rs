@@ -124,9 +124,29 @@ fn download_wheel(package: &str, version: &str, into: &Path, opts: &HubOptions) 
             .map(str::trim)
             .find(|l| !l.is_empty())
             .unwrap_or("no error output");
+        let network = [
+            "Retrying (Retry(",
+            "Could not fetch URL",
+            "NewConnectionError",
+            "Failed to establish a new connection",
+            "Temporary failure in name resolution",
+            "Name or service not known",
+            "ConnectTimeout",
+            "Read timed out",
+            "ProxyError",
+            "SSLError",
+        ]
+        .iter()
+        .any(|m| err.contains(m));
+        let cause = if network {
+            "the package index is unreachable (no network?)"
+        } else {
+            "check the package name and version, and the index settings (PIP_INDEX_URL)"
+        };
         bail!(
-            "pip could not download {package}=={version} ({last}): check the network and the package \
-             index settings (PIP_INDEX_URL), or fetch the wheel elsewhere and set PIP_FIND_LINKS"
+            "pip could not download {package}=={version} ({last}): {cause}; or on a machine with \
+             network run `pip download --no-deps --only-binary=:all: {package}=={version}` and set \
+             PIP_FIND_LINKS to the folder holding the wheel"
         );
     }
     let wheel = std::fs::read_dir(into)?
@@ -238,6 +258,14 @@ pub(crate) mod tests {
         assert!(ok, "python3 with pip is required for the pip source tests");
     }
 
+    /// A URL where nothing listens.
+    fn dead_url() -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        format!("http://127.0.0.1:{port}")
+    }
+
     fn sha(data: &[u8]) -> String {
         checksum::hex(&Sha256::digest(data))
     }
@@ -329,9 +357,25 @@ pub(crate) mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("pip could not download nopkg==9.9") && !e.contains('\n'),
+            e.contains("pip could not download nopkg==9.9")
+                && e.contains("pip download --no-deps --only-binary=:all: nopkg==9.9")
+                && !e.contains('\n'),
             "{e}"
         );
+        // An unreachable index: said so (one retry, as pip is silent with none).
+        let unreachable = HubOptions {
+            pip_args: vec![
+                "--retries".into(),
+                "1".into(),
+                "--index-url".into(),
+                format!("{}/simple", dead_url()),
+            ],
+            ..o.clone()
+        };
+        let e = fetch_member("nopkg", "9.9", "x", None, &unreachable)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unreachable (no network?)"), "{e}");
         let no_python = HubOptions {
             python: "/nonexistent/python3".into(),
             ..o.clone()
