@@ -198,6 +198,7 @@ fn extra_cases_from_files_match_llama_cpp() {
             Some(path) => {
                 let mut f = std::fs::File::open(path).expect("gguf file");
                 let content = gguf_file::Content::read(&mut f).expect("gguf");
+                eprintln!("{file}: metadata read in {:.2?}", start.elapsed());
                 match Tokenizer::from_gguf(&content) {
                     Ok(t) => t,
                     Err(e) => {

@@ -403,13 +403,14 @@ pub fn from_metadata(md: &HashMap<String, Value>) -> Result<Tokenizer> {
             .collect(),
     );
     let is_special = |id: u32| vocab.attrs[id as usize] & (CONTROL | UNKNOWN) != 0;
-    let added: Vec<serde_json::Value> = verbatim
+    let added: Vec<tokenizers::AddedToken> = verbatim
         .iter()
         .map(|&id| {
             let (lstrip, rstrip) = strip.get(&id).copied().unwrap_or((false, false));
-            json!({"id": id, "content": vocab.tokens[id as usize], "single_word": false,
-                   "lstrip": lstrip, "rstrip": rstrip, "normalized": false,
-                   "special": is_special(id)})
+            tokenizers::AddedToken::from(vocab.tokens[id as usize].clone(), is_special(id))
+                .lstrip(lstrip)
+                .rstrip(rstrip)
+                .normalized(false)
         })
         .collect();
     let special_ids: HashSet<u32> = verbatim.iter().copied().filter(|&id| is_special(id)).collect();
@@ -431,15 +432,11 @@ pub fn from_metadata(md: &HashMap<String, Value>) -> Result<Tokenizer> {
         bail!("GGUF says add_eos_token but names no EOS token");
     }
 
-    let mut spec = match &bpe {
-        Some(b) => bpe_spec(md, &vocab, b)?,
-        None => spm_spec(md, &vocab, unk_id)?,
+    let parts = match &bpe {
+        Some(b) => bpe_parts(md, &vocab, b)?,
+        None => spm_parts(md, &vocab, unk_id)?,
     };
-    spec["added_tokens"] = serde_json::Value::Array(added);
-    let inner: tokenizers::Tokenizer = spec
-        .to_string()
-        .parse()
-        .map_err(|e| anyhow!("cannot build the tokenizer from GGUF metadata: {e}"))?;
+    let inner = parts.build(added)?;
 
     // Byte-level decoding would garble verbatim token text that is not byte-level
     // encoded; such tokens are decoded as their text.
@@ -481,15 +478,62 @@ pub fn from_metadata(md: &HashMap<String, Value>) -> Result<Tokenizer> {
     })
 }
 
-fn vocab_json(vocab: &Vocab) -> serde_json::Map<String, serde_json::Value> {
-    vocab
-        .index
-        .iter()
-        .map(|(t, &i)| (t.clone(), json!(i)))
-        .collect()
+/// The pieces of a Hugging Face tokenizer: a BPE model and the JSON forms of the rest.
+struct Parts {
+    model: tokenizers::models::bpe::BPE,
+    normalizer: serde_json::Value,
+    pre_tokenizer: serde_json::Value,
+    decoder: serde_json::Value,
 }
 
-fn bpe_spec(md: &HashMap<String, Value>, vocab: &Vocab, pre: &BpePre) -> Result<serde_json::Value> {
+impl Parts {
+    fn build(self, added: Vec<tokenizers::AddedToken>) -> Result<tokenizers::Tokenizer> {
+        fn part<T: serde::de::DeserializeOwned>(v: serde_json::Value, what: &str) -> Result<Option<T>> {
+            if v.is_null() {
+                return Ok(None);
+            }
+            serde_json::from_value(v)
+                .map(Some)
+                .map_err(|e| anyhow!("cannot build the tokenizer's {what}: {e}"))
+        }
+        let mut t = tokenizers::Tokenizer::new(self.model);
+        t.with_normalizer(part::<tokenizers::NormalizerWrapper>(self.normalizer, "normalizer")?);
+        t.with_pre_tokenizer(part::<tokenizers::PreTokenizerWrapper>(
+            self.pre_tokenizer,
+            "pre-tokenizer",
+        )?);
+        t.with_decoder(part::<tokenizers::DecoderWrapper>(self.decoder, "decoder")?);
+        let (special, normal): (Vec<_>, Vec<_>) = added.into_iter().partition(|t| t.special);
+        t.add_special_tokens(&special);
+        t.add_tokens(&normal);
+        Ok(t)
+    }
+}
+
+fn bpe_model(
+    vocab: HashMap<String, u32>,
+    merges: Vec<(String, String)>,
+    unk: Option<String>,
+    byte_fallback: bool,
+    fuse_unk: bool,
+    ignore_merges: bool,
+) -> Result<tokenizers::models::bpe::BPE> {
+    let mut b = tokenizers::models::bpe::BPE::builder()
+        .vocab_and_merges(
+            vocab.into_iter().collect::<tokenizers::models::bpe::Vocab>(),
+            merges,
+        )
+        .byte_fallback(byte_fallback)
+        .fuse_unk(fuse_unk)
+        .ignore_merges(ignore_merges);
+    if let Some(unk) = unk {
+        b = b.unk_token(unk);
+    }
+    b.build()
+        .map_err(|e| anyhow!("cannot build the BPE model from GGUF metadata: {e}"))
+}
+
+fn bpe_parts(md: &HashMap<String, Value>, vocab: &Vocab, pre: &BpePre) -> Result<Parts> {
     let raw = get_strings(md, "tokenizer.ggml.merges")?
         .ok_or_else(|| anyhow!("GGUF metadata lacks 'tokenizer.ggml.merges'"))?;
     // llama.cpp splits a merge at its first space after the first byte, and the first
@@ -507,7 +551,7 @@ fn bpe_spec(md: &HashMap<String, Value>, vocab: &Vocab, pre: &BpePre) -> Result<
             continue;
         }
         if seen.insert((a, b)) {
-            merges.push([a.to_string(), b.to_string()]);
+            merges.push((a.to_string(), b.to_string()));
         }
     }
     let mut pretok: Vec<serde_json::Value> = pre
@@ -515,7 +559,7 @@ fn bpe_spec(md: &HashMap<String, Value>, vocab: &Vocab, pre: &BpePre) -> Result<
         .iter()
         .map(|r| json!({"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated", "invert": false}))
         .collect();
-    let mut vocab_map = vocab_json(vocab);
+    let mut vocab_map = vocab.index.clone();
     // llama.cpp keeps a character that is no token as a symbol of its own while merging
     // and drops it afterwards; an unknown token that `encode` removes does the same.
     let unk = if pre.byte_encode {
@@ -523,7 +567,7 @@ fn bpe_spec(md: &HashMap<String, Value>, vocab: &Vocab, pre: &BpePre) -> Result<
         while vocab_map.contains_key(&sentinel) {
             sentinel.push('_');
         }
-        vocab_map.insert(sentinel.clone(), json!(vocab.tokens.len()));
+        vocab_map.insert(sentinel.clone(), vocab.tokens.len() as u32);
         Some(sentinel)
     } else {
         None
@@ -548,24 +592,22 @@ fn bpe_spec(md: &HashMap<String, Value>, vocab: &Vocab, pre: &BpePre) -> Result<
             ]}),
         )
     };
-    Ok(json!({
-        "version": "1.0", "truncation": null, "padding": null,
-        "normalizer": normalizer,
-        "pre_tokenizer": {"type": "Sequence", "pretokenizers": pretok},
-        "post_processor": null,
-        "decoder": decoder,
-        "model": {"type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
-                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": !pre.byte_encode,
-                  "ignore_merges": pre.ignore_merges,
-                  "vocab": vocab_map, "merges": merges}
-    }))
+    Ok(Parts {
+        model: bpe_model(
+            vocab_map,
+            merges,
+            unk,
+            !pre.byte_encode,
+            false,
+            pre.ignore_merges,
+        )?,
+        normalizer,
+        pre_tokenizer: json!({"type": "Sequence", "pretokenizers": pretok}),
+        decoder,
+    })
 }
 
-fn spm_spec(
-    md: &HashMap<String, Value>,
-    vocab: &Vocab,
-    unk_id: Option<u32>,
-) -> Result<serde_json::Value> {
+fn spm_parts(md: &HashMap<String, Value>, vocab: &Vocab, unk_id: Option<u32>) -> Result<Parts> {
     let n = vocab.tokens.len();
     let scores: Vec<f32> = match get_array(md, "tokenizer.ggml.scores")? {
         Some(a) if a.len() >= n => a.iter().map(|v| as_f32(v).unwrap_or(0.0)).collect(),
@@ -590,8 +632,11 @@ fn spm_spec(
             .then(a.2.cmp(&b.2))
             .then(a.3.cmp(&b.3))
     });
-    let merges: Vec<[&str; 2]> = merges.into_iter().map(|m| [m.4, m.5]).collect();
-    let unk = unk_id.and_then(|i| vocab.text(i));
+    let merges: Vec<(String, String)> = merges
+        .into_iter()
+        .map(|m| (m.4.to_string(), m.5.to_string()))
+        .collect();
+    let unk = unk_id.and_then(|i| vocab.text(i)).map(str::to_string);
     let add_space = get_bool(md, "tokenizer.ggml.add_space_prefix").unwrap_or(true);
     let mut norm = Vec::new();
     if add_space {
@@ -606,15 +651,12 @@ fn spm_spec(
     if add_space {
         dec.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
     }
-    Ok(json!({
-        "version": "1.0", "truncation": null, "padding": null,
-        "normalizer": {"type": "Sequence", "normalizers": norm},
-        "pre_tokenizer": null, "post_processor": null,
-        "decoder": {"type": "Sequence", "decoders": dec},
-        "model": {"type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
-                  "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
-                  "vocab": vocab_json(vocab), "merges": merges}
-    }))
+    Ok(Parts {
+        model: bpe_model(vocab.index.clone(), merges, unk, true, true, false)?,
+        normalizer: json!({"type": "Sequence", "normalizers": norm}),
+        pre_tokenizer: serde_json::Value::Null,
+        decoder: json!({"type": "Sequence", "decoders": dec}),
+    })
 }
 
 #[cfg(test)]
