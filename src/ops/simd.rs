@@ -37,15 +37,10 @@ pub fn dot_ggml(a: &[f32], b: &[f32]) -> f32 {
             }
         }
     }
-    for l in 0..8 {
-        acc[0][l] += acc[2][l];
-        acc[1][l] += acc[3][l];
-    }
-    for l in 0..8 {
-        acc[0][l] += acc[1][l];
-    }
+    let [a0, a1, a2, a3] = acc;
+    let r: [f32; 8] = std::array::from_fn(|l| (a0[l] + a2[l]) + (a1[l] + a3[l]));
     // _mm_add_ps(low, high), then two hadds.
-    let t: [f32; 4] = std::array::from_fn(|i| acc[0][i] + acc[0][i + 4]);
+    let t: [f32; 4] = std::array::from_fn(|i| r[i] + r[i + 4]);
     let (h0, h1) = (t[0] + t[1], t[2] + t[3]);
     let mut sum = h0 + h1;
     for (x, y) in a[main..].iter().zip(&b[main..]) {
