@@ -424,12 +424,14 @@ pub fn from_metadata(md: &HashMap<String, Value>) -> Result<Tokenizer> {
         // llama.cpp always adds BOS for Gemma 4.
         add_bos = true;
     }
-    let add_eos = get_bool(md, "tokenizer.ggml.add_eos_token").unwrap_or(false);
+    let mut add_eos = get_bool(md, "tokenizer.ggml.add_eos_token").unwrap_or(false);
     if add_bos && bos_id.is_none() {
-        bail!("GGUF says add_bos_token but names no BOS token");
+        tracing::warn!("GGUF asks for a BOS token but names none; adding none");
+        add_bos = false;
     }
     if add_eos && eos_id.is_none() {
-        bail!("GGUF says add_eos_token but names no EOS token");
+        tracing::warn!("GGUF asks for an EOS token but names none; adding none");
+        add_eos = false;
     }
 
     let parts = match &bpe {
