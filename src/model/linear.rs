@@ -50,6 +50,80 @@ impl Linear {
         }
     }
 
+    /// Several layers applied to the same input (q/k/v, gate/up). When all run on wick's
+    /// own kernels with one weight type, the input is quantized once and the products
+    /// share one dispatch to the thread pool.
+    pub fn forward_many(layers: &[&Linear], x: &Tensor) -> Result<Vec<Tensor>> {
+        let own: Option<Vec<(&Arc<QTensor>, usize, usize)>> = layers
+            .iter()
+            .map(|l| match &l.weight {
+                Weight::Own { tensor, n, k } => Some((tensor, *n, *k)),
+                Weight::Candle(_) => None,
+            })
+            .collect();
+        let Some(own) = own.filter(|o| {
+            o.iter()
+                .all(|(t, _, k)| t.dtype() == o[0].0.dtype() && *k == o[0].2)
+        }) else {
+            return layers.iter().map(|l| l.forward(x)).collect();
+        };
+        let (m, xk) = x.dims2()?;
+        let k = own[0].2;
+        if xk != k {
+            candle_core::bail!("matmul input has {xk} columns, weight expects {k}");
+        }
+        let x = x.to_dtype(DType::F32)?.contiguous()?;
+        let (storage, layout) = x.storage_and_layout();
+        let xs = match &*storage {
+            Storage::Cpu(cpu) => &cpu.as_slice::<f32>()?[layout.start_offset()..][..m * k],
+            _ => candle_core::bail!("CPU quantized matmul given a non-CPU tensor"),
+        };
+        let bytes: Vec<_> = own
+            .iter()
+            .map(|(t, _, _)| t.data())
+            .collect::<Result<_>>()?;
+        let mut outs: Vec<Vec<f32>> = own.iter().map(|(_, n, _)| vec![0f32; m * n]).collect();
+        let mut out_refs: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+        let bad = || candle_core::Error::Msg("misaligned quantized weight data".into());
+        match own[0].0.dtype() {
+            GgmlDType::Q4_1 => {
+                let ws = bytes
+                    .iter()
+                    .zip(&own)
+                    .map(|(b, (_, n, _))| {
+                        qmatmul::blocks::<qmatmul::BlockQ4_1>(b)
+                            .map(|w| (w, *n))
+                            .ok_or_else(bad)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                qmatmul::matmul_many(xs, m, k, &ws, &mut out_refs);
+            }
+            _ => {
+                let ws = bytes
+                    .iter()
+                    .zip(&own)
+                    .map(|(b, (_, n, _))| {
+                        qmatmul::blocks::<qmatmul::BlockQ8_0>(b)
+                            .map(|w| (w, *n))
+                            .ok_or_else(bad)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                qmatmul::matmul_many(xs, m, k, &ws, &mut out_refs);
+            }
+        }
+        outs.into_iter()
+            .zip(&own)
+            .zip(layers)
+            .map(|((o, (_, n, _)), l)| {
+                let y = Tensor::from_vec(o, (m, *n), &Device::Cpu)?;
+                match &l.bias {
+                    Some(b) => y.broadcast_add(b),
+                    None => Ok(y),
+                }
+            })
+            .collect()
+    }
+
     /// `x`: `[rows, in]` -> `[rows, out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {

@@ -133,17 +133,19 @@ impl LlamaModel {
         let mut attn_out = vec![0f32; n * nh * d];
         for (layer, b) in self.blocks.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &b.attn_norm, eps)?;
-            let mut q = to_f32_vec(&b.q.forward(&h)?)?;
-            let mut k = to_f32_vec(&b.k.forward(&h)?)?;
-            let v = to_f32_vec(&b.v.forward(&h)?)?;
+            let qkv = Linear::forward_many(&[&b.q, &b.k, &b.v], &h)?;
+            let mut q = to_f32_vec(&qkv[0])?;
+            let mut k = to_f32_vec(&qkv[1])?;
+            let v = to_f32_vec(&qkv[2])?;
             self.rope.apply(&mut q, nh, &tables);
             self.rope.apply(&mut k, nkv, &tables);
             attn.attend(layer, batch, &q, &k, &v, nh, &mut attn_out)?;
             let a = Tensor::from_slice(&attn_out, (n, nh * d), &self.device)?;
             x = (x + b.o.forward(&a)?)?;
             let h = candle_nn::ops::rms_norm(&x, &b.ffn_norm, eps)?;
-            let g = b.gate.forward(&h)?.silu()?;
-            let u = b.up.forward(&h)?;
+            let gu = Linear::forward_many(&[&b.gate, &b.up], &h)?;
+            let g = gu[0].silu()?;
+            let u = &gu[1];
             x = (x + b.down.forward(&(g * u)?)?)?;
         }
         let rows = Tensor::from_slice(batch.logits_rows, batch.logits_rows.len(), &self.device)?;

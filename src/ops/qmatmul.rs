@@ -287,42 +287,67 @@ const ROW_TILE: usize = 8;
 
 /// `out[m, n] = x[m, k] · w[n, k]^T` for quantized weights `w` (`n * k / 32` blocks).
 pub fn matmul<T: QType>(x: &[f32], m: usize, k: usize, w: &[T], n: usize, out: &mut [f32]) {
-    assert!(
-        k.is_multiple_of(QK) && x.len() == m * k && w.len() == n * k / QK && out.len() == m * n
-    );
+    matmul_many(x, m, k, &[(w, n)], &mut [out]);
+}
+
+/// Several matmuls of the same input (q/k/v, gate/up): the input is quantized once and
+/// all products run in one dispatch to the thread pool.
+pub fn matmul_many<T: QType>(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    ws: &[(&[T], usize)],
+    outs: &mut [&mut [f32]],
+) {
+    assert!(k.is_multiple_of(QK) && x.len() == m * k && ws.len() == outs.len());
+    for ((w, n), out) in ws.iter().zip(outs.iter()) {
+        assert!(w.len() == n * k / QK && out.len() == m * n);
+    }
     let kb = k / QK;
     let mut xq = vec![T::ZERO_ACT; m * kb];
     for (row, q) in x.chunks_exact(k).zip(xq.chunks_exact_mut(kb)) {
         T::quantize_row(row, q);
     }
-    let wrow = |j: usize| &w[j * kb..(j + 1) * kb];
     let xrow = |i: usize| &xq[i * kb..(i + 1) * kb];
-    let out_ptr = out.as_mut_ptr() as usize;
-    // SAFETY (raw writes): each (row, column) of `out` is written by exactly one item.
-    let write = |i: usize, j: usize, v: f32| unsafe { *(out_ptr as *mut f32).add(i * n + j) = v };
-    let quads = n / 4;
+    let out_ptrs: Vec<usize> = outs.iter_mut().map(|o| o.as_mut_ptr() as usize).collect();
+    // SAFETY (raw writes): each (matrix, row, column) of the outputs is written by exactly
+    // one item.
+    let write = |mat: usize, i: usize, j: usize, v: f32| unsafe {
+        *(out_ptrs[mat] as *mut f32).add(i * ws[mat].1 + j) = v
+    };
     let row_tiles = m.div_ceil(ROW_TILE);
-    let n_items = row_tiles * quads;
+    // Items are numbered matrix after matrix: `first[mat]` is the first of matrix `mat`.
+    let mut first = Vec::with_capacity(ws.len() + 1);
+    first.push(0);
+    for (_, n) in ws {
+        first.push(first[first.len() - 1] + row_tiles * (n / 4));
+    }
+    let n_items = first[ws.len()];
     let run = |items: std::ops::Range<usize>| {
         for item in items {
-            let (tile, quad) = (item / quads, item % quads);
+            let mat = first.partition_point(|&f| f <= item) - 1;
+            let (w, n) = ws[mat];
+            let quads = n / 4;
+            let local = item - first[mat];
+            let (tile, quad) = (local / quads, local % quads);
             let j = quad * 4;
-            let ws = [wrow(j), wrow(j + 1), wrow(j + 2), wrow(j + 3)];
+            let wrow = |j: usize| &w[j * kb..(j + 1) * kb];
+            let wq = [wrow(j), wrow(j + 1), wrow(j + 2), wrow(j + 3)];
             let rows = tile * ROW_TILE..m.min((tile + 1) * ROW_TILE);
             let mut i = rows.start;
             while i + 2 <= rows.end {
-                let d = T::dot_4xr(ws, [xrow(i), xrow(i + 1)]);
+                let d = T::dot_4xr(wq, [xrow(i), xrow(i + 1)]);
                 for (c, row) in d.iter().enumerate() {
                     for (r, &v) in row.iter().enumerate() {
-                        write(i + c, j + r, v);
+                        write(mat, i + c, j + r, v);
                     }
                 }
                 i += 2;
             }
             if i < rows.end {
-                let [d] = T::dot_4xr(ws, [xrow(i)]);
+                let [d] = T::dot_4xr(wq, [xrow(i)]);
                 for (r, v) in d.into_iter().enumerate() {
-                    write(i, j + r, v);
+                    write(mat, i, j + r, v);
                 }
             }
         }
@@ -330,7 +355,7 @@ pub fn matmul<T: QType>(x: &[f32], m: usize, k: usize, w: &[T], n: usize, out: &
     let pool = candle_core::utils::barrier_pool();
     if m == 1 {
         // Decode: one contiguous slice of weight rows per thread, so each thread streams
-        // its part of the matrix front to back (what the hardware prefetcher likes).
+        // its part of the matrices front to back (what the hardware prefetcher likes).
         let threads = pool.n_workers() + 1;
         let chunk = n_items.div_ceil(threads);
         pool.execute(|tid| {
@@ -340,9 +365,11 @@ pub fn matmul<T: QType>(x: &[f32], m: usize, k: usize, w: &[T], n: usize, out: &
     } else {
         pool.execute_chunked(n_items, run);
     }
-    for j in quads * 4..n {
-        for i in 0..m {
-            write(i, j, T::dot_scalar(wrow(j), xrow(i)));
+    for (mat, (w, n)) in ws.iter().enumerate() {
+        for j in n / 4 * 4..*n {
+            for i in 0..m {
+                write(mat, i, j, T::dot_scalar(&w[j * kb..(j + 1) * kb], xrow(i)));
+            }
         }
     }
 }
@@ -428,6 +455,29 @@ mod tests {
             |wb, e| wb.d.to_f32() as f64 * wb.qs[e] as f64,
             |xb, e| xb.d.to_f32() as f64 * xb.qs[e] as f64,
         );
+    }
+
+    #[test]
+    fn many_equals_separate() {
+        let k = 64;
+        let mk = |n: usize, salt: usize| -> Vec<BlockQ8_0> {
+            (0..n * k / QK)
+                .map(|b| BlockQ8_0 {
+                    d: f16::from_f32(0.02),
+                    qs: std::array::from_fn(|i| (rand(b * 32 + i + salt) * 127.0) as i8),
+                })
+                .collect()
+        };
+        let (wa, wb) = (mk(6, 1), mk(9, 2));
+        for m in [1, 3] {
+            let x: Vec<f32> = (0..m * k).map(|i| rand(i + 77)).collect();
+            let (mut a, mut b) = (vec![0.0; m * 6], vec![0.0; m * 9]);
+            matmul(&x, m, k, &wa, 6, &mut a);
+            matmul(&x, m, k, &wb, 9, &mut b);
+            let (mut a2, mut b2) = (vec![0.0; m * 6], vec![0.0; m * 9]);
+            matmul_many(&x, m, k, &[(&wa, 6), (&wb, 9)], &mut [&mut a2, &mut b2]);
+            assert_eq!((a, b), (a2, b2));
+        }
     }
 
     #[test]
