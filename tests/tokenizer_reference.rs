@@ -94,7 +94,10 @@ fn special_ids_match_llama_cpp() {
     assert_eq!(t.vocab_size(), 49152);
     assert!(t.is_special(1) && t.is_special(2) && !t.is_special(504));
     // add_bos_token is false in this GGUF.
-    assert_eq!(t.encode("Hi", true).unwrap(), t.encode("Hi", false).unwrap());
+    assert_eq!(
+        t.encode("Hi", true).unwrap(),
+        t.encode("Hi", false).unwrap()
+    );
     assert_eq!(t.token_str(1).as_deref(), Some("<|im_start|>"));
     assert_eq!(t.token_str(7042).as_deref(), Some(" Paris"));
     let template = t.chat(None).unwrap().expect("template");
@@ -141,29 +144,63 @@ const TRICKY: &[(&str, &[u32])] = &[
     ("\u{85}", &[141, 223]),
     ("e\u{301}", &[85, 151, 219]),
     ("naïve", &[3546, 46494]),
-    ("日本語のテキスト", &[23274, 115, 40993, 179, 120, 248, 26453, 11100, 224, 10391, 251, 10391, 134, 11100, 226]),
+    (
+        "日本語のテキスト",
+        &[
+            23274, 115, 40993, 179, 120, 248, 26453, 11100, 224, 10391, 251, 10391, 134, 11100, 226,
+        ],
+    ),
     ("한국어", &[33085, 246, 181, 130, 251, 183, 240, 129]),
     ("👍🏽", &[10813, 235, 231, 10813, 233, 138]),
-    ("👨\u{200d}👩\u{200d}👧", &[10813, 235, 118, 321, 231, 10813, 235, 119, 321, 231, 10813, 235, 117]),
+    (
+        "👨\u{200d}👩\u{200d}👧",
+        &[
+            10813, 235, 118, 321, 231, 10813, 235, 119, 321, 231, 10813, 235, 117,
+        ],
+    ),
     ("🇫🇷", &[10813, 225, 121, 10813, 225, 132]),
     ("مرحبا", &[21706, 20602, 44626, 31462, 10805]),
     ("नमस्ते", &[30658, 35090, 38770, 16525, 26293, 30581]),
-    ("<|im_start|>user\nHi<|im_end|>\n", &[1, 4093, 198, 26843, 2, 198]),
+    (
+        "<|im_start|>user\nHi<|im_end|>\n",
+        &[1, 4093, 198, 26843, 2, 198],
+    ),
     ("<|im_start|><|im_end|>", &[1, 2]),
     ("<|im_start", &[44, 108, 306, 79, 3738]),
     ("x<|endoftext|>y", &[104, 0, 105]),
     ("<reponame>", &[4]),
     ("<|im_start|> leading", &[1, 2899]),
     ("trailing <|im_end|>", &[4861, 4966, 216, 2]),
-    ("def f(x):\n    return x**2\n", &[1604, 275, 24, 104, 727, 472, 1003, 1792, 828, 34, 198]),
-    ("fn main() { println!(\"hi\"); }", &[7853, 1085, 1000, 1662, 1628, 34115, 17, 1470, 6004, 21646, 4029]),
-    ("<div class=\"a\">&amp;</div>", &[44, 10014, 1128, 2671, 81, 15889, 22, 1613, 43, 9617, 10014, 46]),
+    (
+        "def f(x):\n    return x**2\n",
+        &[1604, 275, 24, 104, 727, 472, 1003, 1792, 828, 34, 198],
+    ),
+    (
+        "fn main() { println!(\"hi\"); }",
+        &[
+            7853, 1085, 1000, 1662, 1628, 34115, 17, 1470, 6004, 21646, 4029,
+        ],
+    ),
+    (
+        "<div class=\"a\">&amp;</div>",
+        &[
+            44, 10014, 1128, 2671, 81, 15889, 22, 1613, 43, 9617, 10014, 46,
+        ],
+    ),
     ("\u{0}\u{1}\u{1b}[0m", &[190, 191, 212, 75, 32, 93]),
     ("\u{7f}", &[217]),
-    ("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", &[46880, 46880, 46880, 46880, 46880, 46880, 46880, 46880]),
+    (
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        &[46880, 46880, 46880, 46880, 46880, 46880, 46880, 46880],
+    ),
     ("!!!!!!!!", &[36689, 36689]),
     ("........", &[13548]),
-    ("http://example.com/a?b=c&d=e#f", &[5031, 1742, 7434, 30, 824, 31, 81, 47, 82, 45, 83, 22, 84, 45, 85, 19, 86]),
+    (
+        "http://example.com/a?b=c&d=e#f",
+        &[
+            5031, 1742, 7434, 30, 824, 31, 81, 47, 82, 45, 83, 22, 84, 45, 85, 19, 86,
+        ],
+    ),
 ];
 
 #[test]
@@ -183,16 +220,17 @@ fn tricky_strings_match_llama_cpp() {
 /// Extra strings from files named by `WICK_TOKENIZER_CASES` (comma-separated): each a
 /// JSON object `{"gguf": path (optional, else the default model), "cases": [{"text", "ids",
 /// "ids_special" (optional)}]}` with ids from llama.cpp's tokenizer (special tokens parsed;
-/// `ids` without, `ids_special` with add_special). Skipped when the variable is unset.
+/// `ids` without, `ids_special` with add_special). Run with `--ignored`.
 #[test]
+#[ignore = "needs case files named by WICK_TOKENIZER_CASES"]
 fn extra_cases_from_files_match_llama_cpp() {
-    let Ok(files) = std::env::var("WICK_TOKENIZER_CASES") else {
-        return;
-    };
+    let files =
+        std::env::var("WICK_TOKENIZER_CASES").expect("set WICK_TOKENIZER_CASES to case files");
     let mut failures = Vec::new();
     for file in files.split(',').filter(|f| !f.is_empty()) {
         let doc: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(file).expect("cases file")).expect("json");
+            serde_json::from_str(&std::fs::read_to_string(file).expect("cases file"))
+                .expect("json");
         let start = std::time::Instant::now();
         let t = match doc["gguf"].as_str() {
             Some(path) => {
@@ -212,9 +250,14 @@ fn extra_cases_from_files_match_llama_cpp() {
         let loaded = start.elapsed();
         let cases = doc["cases"].as_array().expect("cases");
         let start = std::time::Instant::now();
-        let bytes: usize = cases.iter().filter_map(|c| c["text"].as_str()).map(str::len).sum();
+        let bytes: usize = cases
+            .iter()
+            .filter_map(|c| c["text"].as_str())
+            .map(str::len)
+            .sum();
         for case in cases {
-            t.encode(case["text"].as_str().expect("text"), false).unwrap();
+            t.encode(case["text"].as_str().expect("text"), false)
+                .unwrap();
         }
         eprintln!(
             "{file}: loaded in {loaded:.2?}, encoded {bytes} bytes in {:.2?}",
@@ -232,7 +275,9 @@ fn extra_cases_from_files_match_llama_cpp() {
                 let want = ids(&case["ids_special"]);
                 let got = t.encode(text, true).unwrap();
                 if got != want {
-                    wrong.push(format!("(add_special) {text:?}: wick {got:?} llama.cpp {want:?}"));
+                    wrong.push(format!(
+                        "(add_special) {text:?}: wick {got:?} llama.cpp {want:?}"
+                    ));
                 }
             }
         }
@@ -240,7 +285,11 @@ fn extra_cases_from_files_match_llama_cpp() {
         let v = &doc["vocab"];
         if !v.is_null() {
             if t.eos_ids() != ids(&v["eog"]).as_slice() {
-                wrong.push(format!("eos ids: wick {:?} llama.cpp {:?}", t.eos_ids(), v["eog"]));
+                wrong.push(format!(
+                    "eos ids: wick {:?} llama.cpp {:?}",
+                    t.eos_ids(),
+                    v["eog"]
+                ));
             }
             let bos = v["bos"].as_i64().filter(|&b| b >= 0).map(|b| b as u32);
             if t.bos_id() != bos {
@@ -252,7 +301,10 @@ fn extra_cases_from_files_match_llama_cpp() {
             }
             let special: Vec<u32> = (0..n).filter(|&i| t.is_special(i)).collect();
             if special != ids(&v["special"]) {
-                wrong.push(format!("special: wick {special:?} llama.cpp {:?}", v["special"]));
+                wrong.push(format!(
+                    "special: wick {special:?} llama.cpp {:?}",
+                    v["special"]
+                ));
             }
         }
         let mismatched_round_trips = cases
@@ -275,18 +327,18 @@ fn extra_cases_from_files_match_llama_cpp() {
 /// Chat templates rendered by transformers' Jinja setup, from files named by
 /// `WICK_CHAT_CASES` (comma-separated): JSON arrays of `{"name", "template", "messages",
 /// "add_generation_prompt", "text" | "error" | "compile_error"}` (bos_token "<s>",
-/// eos_token "</s>"). Skipped when the variable is unset.
+/// eos_token "</s>"). Run with `--ignored`.
 #[test]
+#[ignore = "needs case files named by WICK_CHAT_CASES"]
 fn extra_chat_cases_from_files_render_like_transformers() {
-    let Ok(files) = std::env::var("WICK_CHAT_CASES") else {
-        return;
-    };
+    let files = std::env::var("WICK_CHAT_CASES").expect("set WICK_CHAT_CASES to case files");
     let mut wrong = Vec::new();
     let mut checked = 0;
     let mut lenient = 0;
     for file in files.split(',').filter(|f| !f.is_empty()) {
         let cases: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(file).expect("cases file")).expect("json");
+            serde_json::from_str(&std::fs::read_to_string(file).expect("cases file"))
+                .expect("json");
         for case in cases.as_array().expect("array") {
             let name = case["name"].as_str().unwrap_or("?");
             let template = wick::tokenizer::ChatTemplate::new(
@@ -308,15 +360,22 @@ fn extra_chat_cases_from_files_render_like_transformers() {
             };
             let messages: Vec<ChatMessage> =
                 serde_json::from_value(case["messages"].clone()).expect("messages");
-            let got = template.render(&messages, case["add_generation_prompt"].as_bool().unwrap_or(true));
+            let got = template.render(
+                &messages,
+                case["add_generation_prompt"].as_bool().unwrap_or(true),
+            );
             checked += 1;
             match (got, case["text"].as_str()) {
                 (Ok(got), Some(want)) if got == want => {}
-                (Ok(got), Some(want)) => wrong.push(format!("{name}:\n  wick  {got:?}\n  jinja {want:?}")),
+                (Ok(got), Some(want)) => {
+                    wrong.push(format!("{name}:\n  wick  {got:?}\n  jinja {want:?}"))
+                }
                 // minijinja iterates none as an empty sequence where Python raises
                 // (tool-use templates given no tools): lenient, not wrong.
                 (Ok(_), None) => lenient += 1,
-                (Err(e), Some(_)) => wrong.push(format!("{name}: fails here ({e}), renders in jinja2")),
+                (Err(e), Some(_)) => {
+                    wrong.push(format!("{name}: fails here ({e}), renders in jinja2"))
+                }
                 (Err(_), None) => {}
             }
         }

@@ -226,7 +226,8 @@ fn replace_generation_tags(source: &str) -> String {
             break;
         };
         let tag = &rest[start..start + len];
-        let word = tag[2..len - 2].trim_matches(|c: char| c == '-' || c == '+' || c.is_whitespace());
+        let word =
+            tag[2..len - 2].trim_matches(|c: char| c == '-' || c == '+' || c.is_whitespace());
         out.push_str(&rest[..start]);
         match word {
             "generation" => out.push_str(&tag.replacen("generation", "if true", 1)),
@@ -336,7 +337,12 @@ mod tests {
                    {% else %}{% set content = message['content'] %}{% endif %}\
                    {% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}\
                    {% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}";
-        let out = render(src, &[msg("system", "Be brief."), msg("user", "Hi ")], false).unwrap();
+        let out = render(
+            src,
+            &[msg("system", "Be brief."), msg("user", "Hi ")],
+            false,
+        )
+        .unwrap();
         assert_eq!(out, "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST]");
         let e = render(src, &[msg("user", "a"), msg("user", "b")], false)
             .unwrap_err()
@@ -383,14 +389,22 @@ mod tests {
             r#"[1, 2.5, null, true, "x"]"\u00e9""#
         );
         assert_eq!(
-            render("{{ {'b': 1, 'a': [1]} | tojson(separators=(',', ':'), sort_keys=true) }}", &m, false).unwrap(),
+            render(
+                "{{ {'b': 1, 'a': [1]} | tojson(separators=(',', ':'), sort_keys=true) }}",
+                &m,
+                false
+            )
+            .unwrap(),
             r#"{"a":[1],"b":1}"#
         );
     }
 
     #[test]
     fn python_methods_and_loop_controls() {
-        let m = [msg("user", "  Hello World  "), msg("assistant", "x<think>t</think>answer")];
+        let m = [
+            msg("user", "  Hello World  "),
+            msg("assistant", "x<think>t</think>answer"),
+        ];
         let src = "{% for m in messages %}{% if loop.last %}{% break %}{% endif %}\
                    {{ m.content.strip().lower() }}|{{ m.content.split() | join(',') }}|{{ m.content.startswith('  H') }}|\
                    {{ m.content.strip().endswith('World') }}|{{ m.content.replace('World', 'there').strip() }}|\

@@ -210,7 +210,11 @@ fn special_id(
             if v >= 0 && (v as usize) < n_tokens {
                 id = Some(v as u32);
             } else {
-                tracing::warn!(key, value = v, "GGUF special token id out of the vocabulary; ignored");
+                tracing::warn!(
+                    key,
+                    value = v,
+                    "GGUF special token id out of the vocabulary; ignored"
+                );
             }
         }
     }
@@ -285,15 +289,24 @@ pub fn from_metadata(md: &HashMap<String, Value>) -> Result<Tokenizer> {
     let mut eom_id = key_id(&["tokenizer.ggml.eom_token_id"]);
     let mut fim = [
         (
-            key_id(&["tokenizer.ggml.fim_pre_token_id", "tokenizer.ggml.prefix_token_id"]),
+            key_id(&[
+                "tokenizer.ggml.fim_pre_token_id",
+                "tokenizer.ggml.prefix_token_id",
+            ]),
             FIM_PRE_TEXTS,
         ),
         (
-            key_id(&["tokenizer.ggml.fim_suf_token_id", "tokenizer.ggml.suffix_token_id"]),
+            key_id(&[
+                "tokenizer.ggml.fim_suf_token_id",
+                "tokenizer.ggml.suffix_token_id",
+            ]),
             FIM_SUF_TEXTS,
         ),
         (
-            key_id(&["tokenizer.ggml.fim_mid_token_id", "tokenizer.ggml.middle_token_id"]),
+            key_id(&[
+                "tokenizer.ggml.fim_mid_token_id",
+                "tokenizer.ggml.middle_token_id",
+            ]),
             FIM_MID_TEXTS,
         ),
         (key_id(&["tokenizer.ggml.fim_pad_token_id"]), FIM_PAD_TEXTS),
@@ -337,12 +350,15 @@ pub fn from_metadata(md: &HashMap<String, Value>) -> Result<Tokenizer> {
     };
     let end = in_eog(&vocab, &eog, "<|end|>");
     let has = |t: &str| in_eog(&vocab, &eog, t).is_some();
-    let (has_return, has_call, has_flush) =
-        (has("<|return|>"), has("<|call|>") || has("<|calls|>"), has("<|flush|>"));
+    let (has_return, has_call, has_flush) = (
+        has("<|return|>"),
+        has("<|call|>") || has("<|calls|>"),
+        has("<|flush|>"),
+    );
     let has_normal_s_marker = has("<|tool_response>") || has("<|plamo:eos|>");
     let s_eog = in_eog(&vocab, &eog, "</s>");
     if let Some(end) = end {
-        if (has_return && has_call) || (has_call && has_flush) {
+        if has_call && (has_return || has_flush) {
             eog.remove(&end);
             vocab.attrs[end as usize] = USER_DEFINED;
         }
@@ -361,7 +377,9 @@ pub fn from_metadata(md: &HashMap<String, Value>) -> Result<Tokenizer> {
     if ["jina-v2-de", "jina-v2-es", "jina-v2-code"]
         .iter()
         .any(|p| pre_str.contains(p))
-        || ["nomic-bert-moe", "jina-bert-v3"].iter().any(|a| arch.contains(a))
+        || ["nomic-bert-moe", "jina-bert-v3"]
+            .iter()
+            .any(|a| arch.contains(a))
     {
         if let Some(id) = vocab.id("<mask>") {
             strip.insert(id, (true, false));
@@ -413,7 +431,11 @@ pub fn from_metadata(md: &HashMap<String, Value>) -> Result<Tokenizer> {
                 .normalized(false)
         })
         .collect();
-    let special_ids: HashSet<u32> = verbatim.iter().copied().filter(|&id| is_special(id)).collect();
+    let special_ids: HashSet<u32> = verbatim
+        .iter()
+        .copied()
+        .filter(|&id| is_special(id))
+        .collect();
 
     let add_bos_default = match &bpe {
         None => true,
@@ -490,7 +512,10 @@ struct Parts {
 
 impl Parts {
     fn build(self, added: Vec<tokenizers::AddedToken>) -> Result<tokenizers::Tokenizer> {
-        fn part<T: serde::de::DeserializeOwned>(v: serde_json::Value, what: &str) -> Result<Option<T>> {
+        fn part<T: serde::de::DeserializeOwned>(
+            v: serde_json::Value,
+            what: &str,
+        ) -> Result<Option<T>> {
             if v.is_null() {
                 return Ok(None);
             }
@@ -499,7 +524,10 @@ impl Parts {
                 .map_err(|e| anyhow!("cannot build the tokenizer's {what}: {e}"))
         }
         let mut t = tokenizers::Tokenizer::new(self.model);
-        t.with_normalizer(part::<tokenizers::NormalizerWrapper>(self.normalizer, "normalizer")?);
+        t.with_normalizer(part::<tokenizers::NormalizerWrapper>(
+            self.normalizer,
+            "normalizer",
+        )?);
         t.with_pre_tokenizer(part::<tokenizers::PreTokenizerWrapper>(
             self.pre_tokenizer,
             "pre-tokenizer",
@@ -522,7 +550,9 @@ fn bpe_model(
 ) -> Result<tokenizers::models::bpe::BPE> {
     let mut b = tokenizers::models::bpe::BPE::builder()
         .vocab_and_merges(
-            vocab.into_iter().collect::<tokenizers::models::bpe::Vocab>(),
+            vocab
+                .into_iter()
+                .collect::<tokenizers::models::bpe::Vocab>(),
             merges,
         )
         .byte_fallback(byte_fallback)
@@ -613,7 +643,10 @@ fn spm_parts(md: &HashMap<String, Value>, vocab: &Vocab, unk_id: Option<u32>) ->
     let n = vocab.tokens.len();
     let scores: Vec<f32> = match get_array(md, "tokenizer.ggml.scores")? {
         Some(a) if a.len() >= n => a.iter().map(|v| as_f32(v).unwrap_or(0.0)).collect(),
-        Some(a) => bail!("GGUF 'tokenizer.ggml.scores' has {} entries for {n} tokens", a.len()),
+        Some(a) => bail!(
+            "GGUF 'tokenizer.ggml.scores' has {} entries for {n} tokens",
+            a.len()
+        ),
         None => vec![0.0; n],
     };
     // llama.cpp merges the adjacent pair whose concatenation is the highest-scoring
@@ -684,7 +717,9 @@ mod tests {
     // A small SentencePiece vocabulary: ids 0-2 <unk> <s> </s>, 3-258 the bytes <0x00>..,
     // 259-271 single characters (low scores), 272-287 merged pieces (scores -1, -2, ...),
     // 288 user-defined <|user|>, 289 control <|end|>, 290 unused <unused0>.
-    const SINGLES: [&str; 13] = ["▁", "h", "e", "l", "o", "w", "r", "d", "a", "c", "t", "s", "!"];
+    const SINGLES: [&str; 13] = [
+        "▁", "h", "e", "l", "o", "w", "r", "d", "a", "c", "t", "s", "!",
+    ];
     const MERGED: [&str; 16] = [
         "he", "ll", "▁h", "▁he", "llo", "▁hello", "▁w", "or", "▁wor", "ld", "▁world", "▁c", "at",
         "▁cat", "▁t", "▁▁",
@@ -697,8 +732,18 @@ mod tests {
             ("</s>".into(), 0.0, 3),
         ];
         toks.extend((0..256).map(|b| (format!("<0x{b:02X}>"), 0.0, 6)));
-        toks.extend(SINGLES.iter().enumerate().map(|(i, p)| (p.to_string(), -1000.0 - i as f32, 1)));
-        toks.extend(MERGED.iter().enumerate().map(|(i, p)| (p.to_string(), -1.0 - i as f32, 1)));
+        toks.extend(
+            SINGLES
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (p.to_string(), -1000.0 - i as f32, 1)),
+        );
+        toks.extend(
+            MERGED
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (p.to_string(), -1.0 - i as f32, 1)),
+        );
         toks.extend([
             ("<|user|>".into(), 0.0, 4),
             ("<|end|>".into(), 0.0, 3),
@@ -735,7 +780,10 @@ mod tests {
         ("hé", &[274, 198, 172]),
         ("<|user|>hello<|end|>", &[288, 277, 289]),
         ("<unk>", &[0]),
-        ("<unused0>", &[259, 63, 120, 113, 120, 270, 261, 266, 51, 65]),
+        (
+            "<unused0>",
+            &[259, 63, 120, 113, 120, 270, 261, 266, 51, 65],
+        ),
         ("", &[]),
         ("cat!", &[285, 271]),
         ("the cat", &[286, 272, 285]),
@@ -811,7 +859,10 @@ mod tests {
 
     /// GPT-2's byte-to-unicode table.
     fn byte_chars() -> Vec<char> {
-        let mut printable: Vec<u32> = (0x21..=0x7e).chain(0xa1..=0xac).chain(0xae..=0xff).collect();
+        let mut printable: Vec<u32> = (0x21..=0x7e)
+            .chain(0xa1..=0xac)
+            .chain(0xae..=0xff)
+            .collect();
         let mut chars = vec!['\0'; 256];
         for &b in &printable {
             chars[b as usize] = char::from_u32(b).unwrap();
@@ -857,7 +908,10 @@ mod tests {
         let common: &[(&str, &[u32])] = &[
             ("the is", &[116, 257, 261]),
             (" the", &[258]),
-            ("<|im_start|>user\nthe<|im_end|>", &[267, 117, 115, 101, 114, 10, 116, 257, 268]),
+            (
+                "<|im_start|>user\nthe<|im_end|>",
+                &[267, 117, 115, 101, 114, 10, 116, 257, 268],
+            ),
             ("<think>x<|endoftext|>", &[269, 120, 270]),
             ("é", &[195, 169]),
             ("\u{a0} the", &[194, 160, 258]),
@@ -883,7 +937,11 @@ mod tests {
             let t = from_metadata(&bpe(pre)).unwrap();
             for (text, want) in common.iter().chain(digits.iter()) {
                 assert_eq!(t.encode(text, false).unwrap(), *want, "{pre} {text:?}");
-                let with_bos: Vec<u32> = bos.then_some(267).into_iter().chain(want.iter().copied()).collect();
+                let with_bos: Vec<u32> = bos
+                    .then_some(267)
+                    .into_iter()
+                    .chain(want.iter().copied())
+                    .collect();
                 assert_eq!(t.encode(text, true).unwrap(), with_bos, "{pre} {text:?}");
                 assert_eq!(t.decode(want, false).unwrap(), *text, "{pre} {text:?}");
             }
@@ -891,7 +949,10 @@ mod tests {
             assert_eq!(t.eos_ids(), &[268, 270], "{pre}");
             assert_eq!(t.bos_id(), Some(267));
             assert!(t.is_special(270) && !t.is_special(269));
-            assert_eq!(t.decode(&[267, 116, 257, 269, 268], true).unwrap(), "the<think>");
+            assert_eq!(
+                t.decode(&[267, 116, 257, 269, 268], true).unwrap(),
+                "the<think>"
+            );
         }
     }
 
@@ -910,7 +971,10 @@ mod tests {
         let e = from_metadata(&md).unwrap_err().to_string();
         assert!(e.contains("tokenizer.ggml.merges"), "{e}");
         let mut md = spm(true, false);
-        md.insert("tokenizer.ggml.scores".into(), Value::Array(vec![Value::F32(0.0)]));
+        md.insert(
+            "tokenizer.ggml.scores".into(),
+            Value::Array(vec![Value::F32(0.0)]),
+        );
         assert!(from_metadata(&md).is_err());
         let mut md = HashMap::new();
         md.insert("general.architecture".into(), Value::String("llama".into()));

@@ -112,9 +112,14 @@ impl Tokenizer {
         // but a BOS asked for and not added by it is added here.
         let class = cfg["tokenizer_class"].as_str().unwrap_or("");
         let class = class.strip_suffix("Fast").unwrap_or(class);
-        let (add_bos_cfg, add_eos_cfg) = (cfg["add_bos_token"].as_bool(), cfg["add_eos_token"].as_bool());
-        let rebuilds = matches!(class, "LlamaTokenizer" | "CodeLlamaTokenizer" | "GemmaTokenizer")
-            && (add_bos_cfg.is_some() || add_eos_cfg.is_some());
+        let (add_bos_cfg, add_eos_cfg) = (
+            cfg["add_bos_token"].as_bool(),
+            cfg["add_eos_token"].as_bool(),
+        );
+        let rebuilds = matches!(
+            class,
+            "LlamaTokenizer" | "CodeLlamaTokenizer" | "GemmaTokenizer"
+        ) && (add_bos_cfg.is_some() || add_eos_cfg.is_some());
         let eos_id = eos_token.as_deref().and_then(|t| inner.token_to_id(t));
         let (post_process, add_bos, append_eos) = if rebuilds {
             (
@@ -126,7 +131,11 @@ impl Tokenizer {
             let adds_bos = inner
                 .encode_fast("", true)
                 .is_ok_and(|e| e.get_ids().first().is_some_and(|&id| Some(id) == bos_id));
-            (true, add_bos_cfg == Some(true) && !adds_bos && bos_id.is_some(), None)
+            (
+                true,
+                add_bos_cfg == Some(true) && !adds_bos && bos_id.is_some(),
+                None,
+            )
         };
         let special_ids = inner
             .get_added_tokens_decoder()
@@ -178,9 +187,7 @@ impl Tokenizer {
                         let mut rest = t;
                         while !rest.is_empty() {
                             let nl = rest.starts_with('\n');
-                            let len = rest
-                                .find(|c: char| (c == '\n') != nl)
-                                .unwrap_or(rest.len());
+                            let len = rest.find(|c: char| (c == '\n') != nl).unwrap_or(rest.len());
                             let (word, tail) = rest.split_at(len);
                             match newlines.get(word).filter(|_| nl) {
                                 Some(&id) => ids.push(id),
@@ -220,7 +227,11 @@ impl Tokenizer {
         // Ids outside the vocabulary are ignored.
         let known: Vec<u32>;
         let ids = if ids.iter().any(|&id| id as usize >= self.vocab_size) {
-            known = ids.iter().copied().filter(|&id| (id as usize) < self.vocab_size).collect();
+            known = ids
+                .iter()
+                .copied()
+                .filter(|&id| (id as usize) < self.vocab_size)
+                .collect();
             &known[..]
         } else {
             ids
@@ -301,8 +312,10 @@ mod tests {
         let added: Vec<_> = ["<s>", "</s>", "<eot>"]
             .iter()
             .enumerate()
-            .map(|(i, t)| json!({"id": i, "content": t, "single_word": false, "lstrip": false,
-                                 "rstrip": false, "normalized": false, "special": true}))
+            .map(|(i, t)| {
+                json!({"id": i, "content": t, "single_word": false, "lstrip": false,
+                                 "rstrip": false, "normalized": false, "special": true})
+            })
             .collect();
         let pp = json!({"type": "TemplateProcessing",
             "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
@@ -382,10 +395,16 @@ mod tests {
         assert_eq!(t.encode("hello", true).unwrap(), vec![0, 3]);
         assert_eq!(t.chat_template(), None);
         // The template may live in chat_template.jinja.
-        std::fs::write(dir.path().join("chat_template.jinja"), "{{ messages | length }}").unwrap();
+        std::fs::write(
+            dir.path().join("chat_template.jinja"),
+            "{{ messages | length }}",
+        )
+        .unwrap();
         let t = Tokenizer::from_dir(dir.path()).unwrap();
         assert_eq!(t.chat_template(), Some("{{ messages | length }}"));
-        let e = Tokenizer::from_dir(&dir.path().join("missing")).unwrap_err().to_string();
+        let e = Tokenizer::from_dir(&dir.path().join("missing"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("tokenizer.json"), "{e}");
     }
 }

@@ -25,7 +25,8 @@ const GPT4O: &str = r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z
 const GRANITE_EMB_MULTI: &str = r"[^\r\n\p{L}\p{N}]?((?=[\p{L}\p{M}])([^a-z]))*((?=[\p{L}\p{M}])([^A-Z]))+(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|[^\r\n\p{L}\p{N}]?((?=[\p{L}\p{M}])([^a-z]))+((?=[\p{L}\p{M}])([^A-Z]))*(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const BAILINGMOE: &str = r"'(?:[sSdDmMtT]|[lL][lL]|[vV][eE]|[rR][eE])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+";
 const SEED_CODER: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1}| ?[^\s\p{L}\p{N}\r\n]+|\s*[\r\n]+|\s+(?!\S)|\s+";
-const UFAKZEKA: &str = r"[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const UFAKZEKA: &str =
+    r"[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const EXAONE_MOE: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?(?:\p{L}\p{M}*(?: \p{L}\p{M}*)*)+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]?|\s*[\r\n]|\s+(?!\S)|\s+";
 const MINICPM5: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}+| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// `[一-龥ࠀ-一가-퟿]+`. llama.cpp runs regexes without Unicode categories on text whose
@@ -64,7 +65,9 @@ impl BpePre {
                 .map(|r| {
                     ["Lu", "Ll", "Lt", "Lm", "Lo"]
                         .iter()
-                        .fold(r.to_string(), |r, c| r.replace(&format!(r"\p{{{c}}}"), r"\p{L}"))
+                        .fold(r.to_string(), |r, c| {
+                            r.replace(&format!(r"\p{{{c}}}"), r"\p{L}")
+                        })
                 })
                 .collect(),
             byte_encode: true,
@@ -132,14 +135,15 @@ pub fn bpe_pre(model: &str, pre: Option<&str>) -> BpePre {
             r"\p{N}",
         ]),
         "falcon" => BpePre::new(&[r"[\p{P}\$\+<=>\^~\|`]+", GPT2, r"[0-9][0-9][0-9]"]),
-        "starcoder" | "refact" | "command-r" | "smollm" | "codeshell" | "exaone"
-        | "minerva-7b" | "mellum2" => BpePre::new(&[r"\p{N}", GPT2]),
+        "starcoder" | "refact" | "command-r" | "smollm" | "codeshell" | "exaone" | "minerva-7b"
+        | "mellum2" => BpePre::new(&[r"\p{N}", GPT2]),
         "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es" | "jina-v2-de"
-        | "a.x-4.0" | "mellum" | "modern-bert" | "jina-v1-en" | "jina-v2-code"
-        | "roberta-bpe" | "exaone4" | "mpt" | "olmo" | "jais" | "trillion"
-        | "granite-docling" => BpePre::new(&[GPT2]),
-        "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "megrez" | "stablelm2"
-        | "hunyuan" | "solar-open" | "grok-2" => BpePre::new(&[QWEN2]),
+        | "a.x-4.0" | "mellum" | "modern-bert" | "jina-v1-en" | "jina-v2-code" | "roberta-bpe"
+        | "exaone4" | "mpt" | "olmo" | "jais" | "trillion" | "granite-docling" => {
+            BpePre::new(&[GPT2])
+        }
+        "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "megrez" | "stablelm2" | "hunyuan"
+        | "solar-open" | "grok-2" => BpePre::new(&[QWEN2]),
         "qwen35" => BpePre::new(&[QWEN35]),
         "poro-chat" | "bloom" | "gpt3-finnish" => BpePre::new(&[FINNISH]),
         "chatglm-bpe" => {
@@ -189,12 +193,7 @@ pub fn bpe_pre(model: &str, pre: Option<&str>) -> BpePre {
 
 /// llama.cpp's pre-tokenizer for "default" (and for GGUFs that do not name one).
 fn default_pre() -> BpePre {
-    BpePre::new(&[
-        r"[\p{P}\$\+<=>\^~\|]+",
-        GPT2,
-        r"\p{N}+",
-        r"[0-9][0-9][0-9]",
-    ])
+    BpePre::new(&[r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"])
 }
 
 #[cfg(test)]
@@ -205,11 +204,36 @@ mod tests {
     #[test]
     fn all_regexes_compile() {
         let names = [
-            "default", "llama3", "dbrx", "jais-2", "deepseek-llm", "deepseek-v3", "spark2_5",
-            "youtu", "deepseek-coder", "falcon", "smollm", "gpt-2", "qwen2", "qwen35", "bloom",
-            "chatglm-bpe", "glm4", "viking", "tekken", "chameleon", "gpt-4o",
-            "granite-embed-multi-97m", "bailingmoe", "seed-coder", "ufakzeka", "laguna",
-            "exaone-moe", "minicpm5", "sarvam-moe", "gemma4",
+            "default",
+            "llama3",
+            "dbrx",
+            "jais-2",
+            "deepseek-llm",
+            "deepseek-v3",
+            "spark2_5",
+            "youtu",
+            "deepseek-coder",
+            "falcon",
+            "smollm",
+            "gpt-2",
+            "qwen2",
+            "qwen35",
+            "bloom",
+            "chatglm-bpe",
+            "glm4",
+            "viking",
+            "tekken",
+            "chameleon",
+            "gpt-4o",
+            "granite-embed-multi-97m",
+            "bailingmoe",
+            "seed-coder",
+            "ufakzeka",
+            "laguna",
+            "exaone-moe",
+            "minicpm5",
+            "sarvam-moe",
+            "gemma4",
         ];
         for name in names {
             for r in bpe_pre("gpt2", Some(name)).regexes {

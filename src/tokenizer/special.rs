@@ -163,9 +163,6 @@ mod tests {
         );
         assert_eq!(s.partition("  <m>  "), vec![Token(7)]);
         // Only C-locale spaces are stripped.
-        assert_eq!(
-            s.partition("a\u{a0}<m>"),
-            vec![Text("a\u{a0}"), Token(7)]
-        );
+        assert_eq!(s.partition("a\u{a0}<m>"), vec![Text("a\u{a0}"), Token(7)]);
     }
 }
