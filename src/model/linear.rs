@@ -82,34 +82,16 @@ impl Linear {
             .iter()
             .map(|(t, _, _)| t.data())
             .collect::<Result<_>>()?;
+        let weights: Vec<(&[u8], usize)> = bytes
+            .iter()
+            .zip(&own)
+            .map(|(b, (_, n, _))| (&b[..], *n))
+            .collect();
         let mut outs: Vec<Vec<f32>> = own.iter().map(|(_, n, _)| vec![0f32; m * n]).collect();
         let mut out_refs: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
-        let bad = || candle_core::Error::Msg("misaligned quantized weight data".into());
         match own[0].0.dtype() {
-            GgmlDType::Q4_1 => {
-                let ws = bytes
-                    .iter()
-                    .zip(&own)
-                    .map(|(b, (_, n, _))| {
-                        qmatmul::blocks::<qmatmul::BlockQ4_1>(b)
-                            .map(|w| (w, *n))
-                            .ok_or_else(bad)
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                qmatmul::matmul_many(xs, m, k, &ws, &mut out_refs);
-            }
-            _ => {
-                let ws = bytes
-                    .iter()
-                    .zip(&own)
-                    .map(|(b, (_, n, _))| {
-                        qmatmul::blocks::<qmatmul::BlockQ8_0>(b)
-                            .map(|w| (w, *n))
-                            .ok_or_else(bad)
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                qmatmul::matmul_many(xs, m, k, &ws, &mut out_refs);
-            }
+            GgmlDType::Q4_1 => own_matmul::<qmatmul::BlockQ4_1>(xs, m, k, &weights, &mut out_refs)?,
+            _ => own_matmul::<qmatmul::BlockQ8_0>(xs, m, k, &weights, &mut out_refs)?,
         }
         outs.into_iter()
             .zip(&own)
@@ -126,40 +108,39 @@ impl Linear {
 
     /// `x`: `[rows, in]` -> `[rows, out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = match &self.weight {
-            Weight::Candle(w) => w.forward(x)?,
-            Weight::Own { tensor, n, k } => {
-                let (m, xk) = x.dims2()?;
-                if xk != *k {
-                    candle_core::bail!("matmul input has {xk} columns, weight expects {k}");
+        match &self.weight {
+            Weight::Candle(w) => {
+                let y = w.forward(x)?;
+                match &self.bias {
+                    Some(b) => y.broadcast_add(b),
+                    None => Ok(y),
                 }
-                let x = x.to_dtype(DType::F32)?.contiguous()?;
-                let (storage, layout) = x.storage_and_layout();
-                let xs = match &*storage {
-                    Storage::Cpu(cpu) => &cpu.as_slice::<f32>()?[layout.start_offset()..][..m * k],
-                    _ => candle_core::bail!("CPU quantized matmul given a non-CPU tensor"),
-                };
-                let bytes = tensor.data()?;
-                let bad = || candle_core::Error::Msg("misaligned quantized weight data".into());
-                let mut out = vec![0f32; m * n];
-                match tensor.dtype() {
-                    GgmlDType::Q4_1 => {
-                        let w = qmatmul::blocks::<qmatmul::BlockQ4_1>(&bytes).ok_or_else(bad)?;
-                        qmatmul::matmul(xs, m, *k, w, *n, &mut out)
-                    }
-                    _ => {
-                        let w = qmatmul::blocks::<qmatmul::BlockQ8_0>(&bytes).ok_or_else(bad)?;
-                        qmatmul::matmul(xs, m, *k, w, *n, &mut out)
-                    }
-                }
-                Tensor::from_vec(out, (m, *n), &Device::Cpu)?
             }
-        };
-        match &self.bias {
-            Some(b) => y.broadcast_add(b),
-            None => Ok(y),
+            Weight::Own { .. } => Linear::forward_many(&[self], x)?
+                .pop()
+                .ok_or_else(|| candle_core::Error::Msg("matmul produced no output".into())),
         }
     }
+}
+
+/// Runs wick's kernel for weight blocks of type `T` over raw GGUF bytes.
+fn own_matmul<T: qmatmul::QType>(
+    xs: &[f32],
+    m: usize,
+    k: usize,
+    weights: &[(&[u8], usize)],
+    outs: &mut [&mut [f32]],
+) -> Result<()> {
+    let ws = weights
+        .iter()
+        .map(|&(bytes, n)| {
+            qmatmul::blocks::<T>(bytes)
+                .map(|w| (w, n))
+                .ok_or_else(|| candle_core::Error::Msg("misaligned quantized weight data".into()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    qmatmul::matmul_many(xs, m, k, &ws, outs);
+    Ok(())
 }
 
 /// Token embedding table.
