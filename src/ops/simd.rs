@@ -1,26 +1,5 @@
 //! Small vector helpers written so that LLVM turns them into FMA loops.
 
-const LANES: usize = 8;
-
-/// Dot product of two equally long slices.
-#[inline]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    debug_assert_eq!(a.len(), b.len());
-    let mut acc = [0f32; LANES];
-    let (a8, a_rest) = a.split_at(a.len() / LANES * LANES);
-    let (b8, b_rest) = b.split_at(a8.len());
-    for (x, y) in a8.chunks_exact(LANES).zip(b8.chunks_exact(LANES)) {
-        for i in 0..LANES {
-            acc[i] = x[i].mul_add(y[i], acc[i]);
-        }
-    }
-    let mut sum = acc.iter().sum::<f32>();
-    for (x, y) in a_rest.iter().zip(b_rest) {
-        sum = x.mul_add(*y, sum);
-    }
-    sum
-}
-
 /// Dot product summed in ggml's `ggml_vec_dot_f16` order on AVX2: four 8-lane
 /// accumulators over 32-element steps, folded pairwise, then a horizontal sum; the tail
 /// (len % 32) is added last in order. Used where attention meets the f16 cache, so
@@ -58,14 +37,6 @@ pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
-/// `y *= alpha`.
-#[inline]
-pub fn scale(alpha: f32, y: &mut [f32]) {
-    for yi in y.iter_mut() {
-        *yi *= alpha;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,7 +46,6 @@ mod tests {
         let a: Vec<f32> = (0..37).map(|i| i as f32 * 0.5 - 3.0).collect();
         let b: Vec<f32> = (0..37).map(|i| (i as f32).sin()).collect();
         let naive: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
-        assert!((dot(&a, &b) - naive).abs() < 1e-4);
         assert!((dot_ggml(&a, &b) - naive).abs() < 1e-4);
         let long: Vec<f32> = (0..64).map(|i| i as f32 * 0.25).collect();
         let expect: f32 = long.iter().map(|x| x * x).sum();
