@@ -21,8 +21,20 @@ impl FlatBatch {
     /// to run. Every sequence's block table must already hold slots for those tokens.
     /// Each item contributes one logits row: its last new token.
     pub fn build(items: &[(&Sequence, usize)], block_size: usize) -> anyhow::Result<Self> {
+        let items: Vec<(&Sequence, usize, bool)> = items.iter().map(|&(s, n)| (s, n, false)).collect();
+        Ok(Self::build_rows(&items, block_size)?.0)
+    }
+
+    /// As [`build`](Self::build), but an item whose flag is set gets a logits row for
+    /// every new token (prompt logprobs). Also returns each item's first logits row; its
+    /// last row is the one before the next item's first.
+    pub fn build_rows(
+        items: &[(&Sequence, usize, bool)],
+        block_size: usize,
+    ) -> anyhow::Result<(Self, Vec<usize>)> {
         let mut b = FlatBatch::default();
-        for &(seq, n) in items {
+        let mut first_rows = Vec::with_capacity(items.len());
+        for &(seq, n, all_rows) in items {
             anyhow::ensure!(
                 n > 0 && seq.num_computed + n <= seq.tokens.len(),
                 "chunk of {n} tokens does not fit a sequence with {} pending",
@@ -41,9 +53,14 @@ impl FlatBatch {
             }
             b.ranges.push((q_start, n, start + n));
             b.block_tables.push(seq.block_table.blocks().to_vec());
-            b.logits_rows.push((q_start + n - 1) as u32);
+            first_rows.push(b.logits_rows.len());
+            if all_rows {
+                b.logits_rows.extend((q_start..q_start + n).map(|r| r as u32));
+            } else {
+                b.logits_rows.push((q_start + n - 1) as u32);
+            }
         }
-        Ok(b)
+        Ok((b, first_rows))
     }
 
     pub fn attn_seqs(&self) -> Vec<AttnSeq<'_>> {

@@ -2,11 +2,23 @@
 //! KV cache and its block pool. The continuous-batching scheduler builds on these.
 
 pub mod batch;
+mod core;
 pub mod generate;
+pub mod handle;
+pub mod request;
 pub mod runner;
+pub mod scheduler;
 pub mod sequence;
+pub mod stats;
 
 pub use batch::FlatBatch;
 pub use generate::{generate_greedy, GenerateOutput};
+pub use request::{
+    Completion, EngineError, Event, FinishReason, GeneratedToken, GenerationRequest, StoppingParams,
+    Timings, TokenInfo,
+};
+pub use handle::{EngineConfig, EngineHandle, EventReceiver, FaultHook};
+pub use scheduler::{SchedulerConfig, Scheduler, SeqId, StepPlan};
+pub use stats::StatsSnapshot;
 pub use runner::{CacheConfig, ModelRunner};
 pub use sequence::Sequence;

@@ -116,6 +116,11 @@ impl ModelRunner {
         seq.block_table.release(&mut self.pool)
     }
 
+    /// Copies a block's K/V to another block (copy-on-write of a shared partial block).
+    pub fn copy_block(&mut self, src: u32, dst: u32) {
+        self.cache.copy_block(src as usize, dst as usize);
+    }
+
     /// Runs a prepared batch (slots must be reserved) and returns the logits of its
     /// `logits_rows`.
     pub fn forward(&mut self, batch: &FlatBatch) -> Result<Tensor> {

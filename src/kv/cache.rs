@@ -94,3 +94,16 @@ impl KvCache {
         self.layers.len() * 2 * self.layout.layer_len() * std::mem::size_of::<f16>()
     }
 }
+
+impl KvCache {
+    /// Copies the K/V of every layer from block `src` to block `dst`.
+    pub fn copy_block(&mut self, src: usize, dst: usize) {
+        let l = self.layout;
+        let len = l.num_kv_heads * l.block_size * l.head_dim;
+        let (s, d) = (l.block_offset(src, 0), l.block_offset(dst, 0));
+        for layer in &mut self.layers {
+            layer.k.copy_within(s..s + len, d);
+            layer.v.copy_within(s..s + len, d);
+        }
+    }
+}

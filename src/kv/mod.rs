@@ -5,7 +5,7 @@ pub mod block_pool;
 pub mod block_table;
 pub mod cache;
 
-pub use block_pool::{BlockId, BlockPool};
+pub use block_pool::{block_hash, BlockHash, BlockId, BlockPool, PoolError};
 pub use block_table::BlockTable;
 pub use cache::{CacheLayout, KvCache};
 

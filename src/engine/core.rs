@@ -1,0 +1,599 @@
+//! The engine core: requests, their sequences, and the step loop that runs on the
+//! engine thread (plan with the scheduler, run the model, sample, detokenize, check
+//! stops, send events).
+
+use std::collections::HashMap;
+use std::sync::{mpsc, Arc};
+use std::time::Instant;
+
+use anyhow::{anyhow, Result};
+
+use super::batch::FlatBatch;
+use super::handle::{Command, EngineConfig, Submission};
+use super::request::{
+    Completion, EngineError, Event, FinishReason, GeneratedToken, GenerationRequest, Timings,
+    TokenInfo,
+};
+use super::runner::{CacheConfig, ModelRunner};
+use super::scheduler::{Scheduler, SeqId, StepPlan};
+use super::sequence::Sequence;
+use super::stats::{EngineStats, StepFigures};
+use crate::model::LlamaModel;
+use crate::sampling::{log_softmax_at, Sampler, StopSequences};
+use crate::tokenizer::{DecodeStream, Tokenizer};
+use tokio::sync::mpsc::UnboundedSender;
+
+/// One request: its candidates and where its events go.
+struct Group {
+    request: GenerationRequest,
+    events: UnboundedSender<Event>,
+    /// Sequence ids of candidates, by candidate index (None once finished).
+    candidates: Vec<Option<SeqId>>,
+    forked: bool,
+    unfinished: usize,
+    /// Prompt token logprobs gathered so far (when asked).
+    prefill: Vec<TokenInfo>,
+    prefill_sent: bool,
+    queued: Instant,
+    started: Option<Instant>,
+    first_token: Option<Instant>,
+}
+
+/// A candidate's generation state (the scheduler holds its tokens and blocks).
+struct Candidate {
+    group: u64,
+    index: usize,
+    sampler: Sampler,
+    detok: DecodeStream,
+    stop: StopSequences,
+    text: String,
+    cumulative_logprob: f64,
+}
+
+pub(crate) struct EngineCore {
+    runner: ModelRunner,
+    scheduler: Scheduler,
+    tokenizer: Arc<Tokenizer>,
+    stats: Arc<EngineStats>,
+    config: EngineConfig,
+    eos_ids: Vec<u32>,
+    groups: HashMap<u64, Group>,
+    candidates: HashMap<SeqId, Candidate>,
+    next_group: u64,
+    next_seq: SeqId,
+    shutting_down: bool,
+}
+
+impl EngineCore {
+    pub fn new(
+        model: LlamaModel,
+        cache: CacheConfig,
+        tokenizer: Arc<Tokenizer>,
+        stats: Arc<EngineStats>,
+        config: EngineConfig,
+    ) -> Self {
+        let scheduler = Scheduler::new(config.scheduler.clone(), cache.num_blocks);
+        let eos_ids = tokenizer.eos_ids().to_vec();
+        Self {
+            runner: ModelRunner::new(model, cache),
+            scheduler,
+            tokenizer,
+            stats,
+            config,
+            eos_ids,
+            groups: HashMap::new(),
+            candidates: HashMap::new(),
+            next_group: 0,
+            next_seq: 0,
+            shutting_down: false,
+        }
+    }
+
+    /// One small forward pass, so the first request does not pay for lazy setup.
+    pub fn warmup(&mut self) -> Result<()> {
+        let n = 16.min(self.config.scheduler.max_batch_prefill_tokens).max(1);
+        let id = SeqId::MAX;
+        let vocab = self.runner.model().config().vocab_size as u32;
+        let prompt: Vec<u32> = (0..n as u32).map(|t| t % vocab).collect();
+        self.scheduler.add(id, Sequence::new(prompt), true);
+        let plan = self.scheduler.schedule()?;
+        let result = self.forward(&plan);
+        self.scheduler.remove(id)?;
+        self.scheduler.clear_prefix_cache();
+        result.map(|_| ())
+    }
+
+    /// Serves commands until the handle is dropped or shut down.
+    pub fn run(&mut self, commands: mpsc::Receiver<Command>) {
+        loop {
+            if !self.scheduler.has_work() {
+                match commands.recv() {
+                    Ok(cmd) => self.handle(cmd),
+                    Err(_) => return,
+                }
+            }
+            loop {
+                match commands.try_recv() {
+                    Ok(cmd) => self.handle(cmd),
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        self.shutting_down = true;
+                        break;
+                    }
+                }
+            }
+            if self.shutting_down {
+                return;
+            }
+            self.drop_cancelled();
+            if self.scheduler.has_work() {
+                self.step();
+            }
+        }
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Submit(sub) => self.admit(sub),
+            Command::ClearPrefixCache => {
+                self.scheduler.clear_prefix_cache();
+                self.publish_gauges();
+            }
+            Command::Shutdown => self.shutting_down = true,
+        }
+    }
+
+    fn admit(&mut self, sub: Submission) {
+        let Submission {
+            request,
+            events,
+            queued,
+        } = sub;
+        let total = request.prompt.len() + request.stopping.max_new_tokens;
+        if let Err(e) = self.scheduler.check_fits(total) {
+            let _ = events.send(Event::Error(EngineError::Validation(e.to_string())));
+            self.stats.leave();
+            self.stats.failed();
+            return;
+        }
+        let gid = self.next_group;
+        self.next_group += 1;
+        let sid = self.new_seq_id();
+        let cand = self.new_candidate(gid, 0, &request);
+        self.candidates.insert(sid, cand);
+        self.scheduler.add(
+            sid,
+            Sequence::new(request.prompt.clone()),
+            request.prompt_logprobs,
+        );
+        let mut candidates = vec![None; request.candidates];
+        candidates[0] = Some(sid);
+        let prefill = if request.prompt_logprobs {
+            vec![self.prompt_token(request.prompt[0], f32::NAN)]
+        } else {
+            Vec::new()
+        };
+        self.groups.insert(
+            gid,
+            Group {
+                unfinished: request.candidates,
+                request,
+                events,
+                candidates,
+                forked: false,
+                prefill,
+                prefill_sent: false,
+                queued,
+                started: None,
+                first_token: None,
+            },
+        );
+        self.publish_gauges();
+    }
+
+    fn new_seq_id(&mut self) -> SeqId {
+        let id = self.next_seq;
+        self.next_seq += 1;
+        id
+    }
+
+    fn new_candidate(&self, group: u64, index: usize, r: &GenerationRequest) -> Candidate {
+        let seed = r.sampling.seed.wrapping_add(index as u64);
+        // A few prompt tokens give the detokenizer the context for the first token's
+        // leading space.
+        let tail = &r.prompt[r.prompt.len().saturating_sub(4)..];
+        Candidate {
+            group,
+            index,
+            sampler: Sampler::new(&r.sampling, seed),
+            detok: DecodeStream::new(tail),
+            stop: StopSequences::new(
+                r.stopping.stop_sequences.clone(),
+                r.stopping.include_stop_sequence,
+            ),
+            text: String::new(),
+            cumulative_logprob: 0.0,
+        }
+    }
+
+    fn prompt_token(&self, id: u32, logprob: f32) -> TokenInfo {
+        TokenInfo {
+            id,
+            text: self.token_text(id),
+            logprob,
+            special: self.tokenizer.is_special(id),
+        }
+    }
+
+    fn token_text(&self, id: u32) -> String {
+        self.tokenizer.decode(&[id], false).unwrap_or_default()
+    }
+
+    /// Removes requests whose receiver is gone.
+    fn drop_cancelled(&mut self) {
+        let gone: Vec<u64> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| g.events.is_closed())
+            .map(|(&id, _)| id)
+            .collect();
+        for gid in gone {
+            self.end_group(gid);
+            self.stats.cancelled();
+        }
+        self.publish_gauges();
+    }
+
+    /// Forgets a request and every sequence it still has.
+    fn end_group(&mut self, gid: u64) {
+        if let Some(g) = self.groups.remove(&gid) {
+            for sid in g.candidates.into_iter().flatten() {
+                self.candidates.remove(&sid);
+                if let Err(e) = self.scheduler.remove(sid) {
+                    tracing::error!("releasing sequence {sid}: {e}");
+                }
+            }
+            self.stats.leave();
+        }
+    }
+
+    fn fail_group(&mut self, gid: u64, err: EngineError) {
+        if let Some(g) = self.groups.get(&gid) {
+            let _ = g.events.send(Event::Error(err));
+        }
+        self.end_group(gid);
+        self.stats.failed();
+    }
+
+    /// Ends every request with `err` (engine stopping).
+    pub fn fail_all(&mut self, err: EngineError) {
+        let all: Vec<u64> = self.groups.keys().copied().collect();
+        for gid in all {
+            self.fail_group(gid, err.clone());
+        }
+        self.publish_gauges();
+    }
+
+    fn figures(&self) -> StepFigures {
+        let pool = self.scheduler.pool();
+        StepFigures {
+            queue_size: self.scheduler.num_waiting() as u64,
+            running: self.scheduler.num_running() as u64,
+            blocks_used: pool.num_used() as u64,
+            blocks_cached: pool.num_cached() as u64,
+            batch_tokens: (pool.num_used() * self.scheduler.config().block_size) as u64,
+            ..Default::default()
+        }
+    }
+
+    fn publish_gauges(&self) {
+        self.stats.gauges(self.figures());
+    }
+
+    /// Runs the model on a plan; returns the logits (rows in plan order) and each item's
+    /// first logits row.
+    fn forward(&mut self, plan: &StepPlan) -> Result<(Vec<f32>, Vec<usize>)> {
+        let mut items = Vec::with_capacity(plan.items.len());
+        for it in &plan.items {
+            let seq = self
+                .scheduler
+                .sequence(it.id)
+                .ok_or_else(|| anyhow!("sequence {} vanished", it.id))?;
+            // Every row of a prompt chunk when its logprobs are wanted.
+            let all_rows = self
+                .candidates
+                .get(&it.id)
+                .and_then(|c| self.groups.get(&c.group))
+                .is_some_and(|g| g.request.prompt_logprobs && !g.prefill_sent && !g.forked);
+            items.push((seq, it.num_tokens, all_rows));
+        }
+        let (batch, first_rows) = FlatBatch::build_rows(&items, self.runner.block_size())?;
+        let logits = self.runner.forward(&batch)?;
+        let logits = logits.flatten_all()?.to_vec1::<f32>()?;
+        Ok((logits, first_rows))
+    }
+
+    fn step(&mut self) {
+        let plan = match self.scheduler.schedule() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!("scheduling failed: {e}");
+                self.fail_all(EngineError::Generation(e.to_string()));
+                return;
+            }
+        };
+        if plan.is_empty() {
+            self.publish_gauges();
+            return;
+        }
+        let now = Instant::now();
+        let gids: Vec<u64> = {
+            let mut v: Vec<u64> = plan
+                .items
+                .iter()
+                .filter_map(|it| self.candidates.get(&it.id).map(|c| c.group))
+                .collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        for gid in &gids {
+            if let Some(g) = self.groups.get_mut(gid) {
+                g.started.get_or_insert(now);
+            }
+        }
+        let result = match &self.config.fault_hook {
+            Some(hook) => {
+                let ids: Vec<u64> = gids
+                    .iter()
+                    .filter_map(|g| self.groups.get(g).map(|g| g.request.id))
+                    .collect();
+                hook(&ids).map_err(|e| anyhow!(e))
+            }
+            None => Ok(()),
+        }
+        .and_then(|()| self.forward(&plan));
+        let (logits, first_rows) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                // A failed step fails the requests in it; the others go on.
+                tracing::error!("step failed: {e:#}");
+                for gid in gids {
+                    self.fail_group(gid, EngineError::Generation(format!("{e:#}")));
+                }
+                self.publish_gauges();
+                return;
+            }
+        };
+        if let Err(e) = self.scheduler.complete(&plan) {
+            tracing::error!("completing step: {e}");
+        }
+        let vocab = self.runner.model().config().vocab_size;
+        let mut figures = self.figures();
+        figures.prefill_tokens = plan.prefill_tokens as u64;
+        figures.decode_tokens = plan.decode_tokens as u64;
+        figures.preemptions = plan.preempted.len() as u64;
+        figures.prefix_hit_tokens = plan.prefix_hit_tokens as u64;
+        for (k, item) in plan.items.iter().enumerate() {
+            let first = first_rows[k];
+            let last = first_rows.get(k + 1).map_or(logits.len() / vocab, |&r| r) - 1;
+            self.record_prompt_logprobs(item.id, item.num_tokens, &logits, first, last, vocab);
+            if !item.completes {
+                continue;
+            }
+            let row = &logits[last * vocab..(last + 1) * vocab];
+            if let Err(e) = self.on_logits(item.id, row) {
+                if let Some(gid) = self.candidates.get(&item.id).map(|c| c.group) {
+                    self.fail_group(gid, EngineError::Generation(format!("{e:#}")));
+                }
+            }
+        }
+        let after = self.figures();
+        figures.queue_size = after.queue_size;
+        figures.running = after.running;
+        figures.blocks_used = after.blocks_used;
+        figures.blocks_cached = after.blocks_cached;
+        figures.batch_tokens = after.batch_tokens;
+        self.stats.record_step(figures);
+        if self.config.check_invariants {
+            if let Err(e) = self.scheduler.check_invariants() {
+                panic!("KV block invariant broken: {e}");
+            }
+        }
+    }
+
+    /// Gathers prompt logprobs from a prompt chunk's rows, and sends them once the
+    /// prompt is done.
+    fn record_prompt_logprobs(
+        &mut self,
+        sid: SeqId,
+        n: usize,
+        logits: &[f32],
+        first: usize,
+        last: usize,
+        vocab: usize,
+    ) {
+        let Some(gid) = self.candidates.get(&sid).map(|c| c.group) else {
+            return;
+        };
+        let Some(seq) = self.scheduler.sequence(sid) else {
+            return;
+        };
+        let Some(g) = self.groups.get(&gid) else {
+            return;
+        };
+        if !g.request.prompt_logprobs || g.prefill_sent || g.forked || last + 1 - first != n {
+            return;
+        }
+        let prompt_len = g.request.prompt.len();
+        // Rows cover positions [computed - n, computed); row r predicts position r + 1.
+        let start = seq.num_computed - n;
+        let mut infos = Vec::new();
+        for (r, pos) in (start..start + n).enumerate() {
+            let target = pos + 1;
+            if target >= prompt_len || target < g.prefill.len() {
+                continue;
+            }
+            let row = &logits[(first + r) * vocab..(first + r + 1) * vocab];
+            let id = g.request.prompt[target];
+            infos.push(self.prompt_token(id, log_softmax_at(row, id)));
+        }
+        let done = seq.num_computed >= prompt_len;
+        if let Some(g) = self.groups.get_mut(&gid) {
+            g.prefill.extend(infos);
+            if done && g.prefill.len() == prompt_len {
+                g.prefill_sent = true;
+                let tokens = std::mem::take(&mut g.prefill);
+                let _ = g.events.send(Event::Prefill { tokens });
+            }
+        }
+    }
+
+    /// Samples the next token of `sid` (and, at the end of a multi-candidate prompt, of
+    /// its forks) from its logits row.
+    fn on_logits(&mut self, sid: SeqId, row: &[f32]) -> Result<()> {
+        let gid = self
+            .candidates
+            .get(&sid)
+            .map(|c| c.group)
+            .ok_or_else(|| anyhow!("sequence {sid} has no candidate"))?;
+        let mut targets = vec![sid];
+        let fork_now = self
+            .groups
+            .get(&gid)
+            .is_some_and(|g| !g.forked && g.request.candidates > 1);
+        if fork_now {
+            let n = self.groups[&gid].request.candidates;
+            for index in 1..n {
+                let child = self.new_seq_id();
+                if let Some((src, dst)) = self.scheduler.fork(sid, child)? {
+                    self.runner.copy_block(src, dst);
+                }
+                let cand = self.new_candidate(gid, index, &self.groups[&gid].request);
+                self.candidates.insert(child, cand);
+                if let Some(g) = self.groups.get_mut(&gid) {
+                    g.candidates[index] = Some(child);
+                }
+                targets.push(child);
+            }
+        }
+        if let Some(g) = self.groups.get_mut(&gid) {
+            g.forked = true;
+        }
+        let mut buf = row.to_vec();
+        for target in targets {
+            buf.copy_from_slice(row);
+            self.sample_one(target, &mut buf)?;
+        }
+        Ok(())
+    }
+
+    fn sample_one(&mut self, sid: SeqId, logits: &mut [f32]) -> Result<()> {
+        let Some(cand) = self.candidates.get_mut(&sid) else {
+            return Ok(());
+        };
+        let gid = cand.group;
+        let Some(g) = self.groups.get_mut(&gid) else {
+            return Ok(());
+        };
+        let seq = self
+            .scheduler
+            .sequence(sid)
+            .ok_or_else(|| anyhow!("sequence {sid} vanished"))?;
+        let prompt = &seq.tokens[..seq.prompt_len];
+        let generated = &seq.tokens[seq.prompt_len..];
+        let top_n = g.request.top_n_tokens;
+        let sampled = cand.sampler.sample(logits, prompt, generated, top_n);
+        let n_generated = generated.len() + 1;
+        let id = sampled.id;
+        let tok = &self.tokenizer;
+        let special = tok.is_special(id);
+        let raw = cand.detok.step(tok, id)?;
+        let stop = cand.stop.push(&raw);
+        let mut piece = stop.emit;
+        let eos = !g.request.stopping.ignore_eos && self.eos_ids.contains(&id);
+        let reason = if stop.stopped {
+            Some(FinishReason::StopSequence)
+        } else if eos {
+            Some(FinishReason::EosToken)
+        } else if n_generated >= g.request.stopping.max_new_tokens {
+            Some(FinishReason::Length)
+        } else {
+            None
+        };
+        if reason.is_some() && !stop.stopped {
+            piece.push_str(&cand.stop.finish());
+        }
+        cand.text.push_str(&piece);
+        cand.cumulative_logprob += sampled.logprob as f64;
+        let index = cand.index;
+        let top_tokens = sampled
+            .top
+            .iter()
+            .map(|&(t, lp)| TokenInfo {
+                id: t,
+                text: tok.decode(&[t], false).unwrap_or_default(),
+                logprob: lp,
+                special: tok.is_special(t),
+            })
+            .collect();
+        let token = GeneratedToken {
+            token: TokenInfo {
+                id,
+                text: tok.decode(&[id], false).unwrap_or_default(),
+                logprob: sampled.logprob,
+                special,
+            },
+            text_piece: piece,
+            top_tokens,
+        };
+        let now = Instant::now();
+        g.first_token.get_or_insert(now);
+        if g.request.prompt_logprobs && !g.prefill_sent {
+            // The prompt was fully cached or chunk bookkeeping missed rows: send what
+            // we have so the order of events holds.
+            g.prefill_sent = true;
+            let tokens = std::mem::take(&mut g.prefill);
+            let _ = g.events.send(Event::Prefill { tokens });
+        }
+        let _ = g.events.send(Event::Token {
+            candidate: index,
+            token,
+        });
+        self.scheduler.append_token(sid, id)?;
+        let Some(reason) = reason else {
+            return Ok(());
+        };
+        let cand = self.candidates.remove(&sid);
+        if let Some(c) = &cand {
+            let _ = g.events.send(Event::CandidateFinished {
+                candidate: c.index,
+                reason,
+                text: c.text.clone(),
+                generated_tokens: n_generated,
+                cumulative_logprob: c.cumulative_logprob,
+            });
+        }
+        g.candidates[index] = None;
+        g.unfinished -= 1;
+        let all_done = g.unfinished == 0 && g.forked;
+        self.scheduler.remove(sid)?;
+        if all_done {
+            let started = g.started.unwrap_or(now);
+            let _ = g.events.send(Event::Done(Completion {
+                prompt_tokens: g.request.prompt.len(),
+                seed: g.request.sampling.seed,
+                timings: Timings {
+                    queued: g.queued,
+                    started,
+                    first_token: g.first_token.unwrap_or(now),
+                    finished: now,
+                },
+            }));
+            self.groups.remove(&gid);
+            self.stats.leave();
+            self.stats.finished();
+        }
+        Ok(())
+    }
+}
