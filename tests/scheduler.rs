@@ -72,15 +72,28 @@ fn collect(mut rx: EventReceiver) -> Outcome {
                 tokens.push(token.token.id);
                 streamed.push_str(&token.text_piece);
             }
-            Event::CandidateFinished { text, reason, generated_tokens, .. } => {
+            Event::CandidateFinished {
+                text,
+                reason,
+                generated_tokens,
+                ..
+            } => {
                 assert_eq!(generated_tokens, tokens.len());
                 finished = Some((text, reason));
             }
             Event::Done(c) => {
                 let (text, reason) = finished.expect("candidate finished before Done");
                 assert!(c.timings.first_token >= c.timings.queued);
-                assert!(rx.blocking_recv().is_none(), "nothing after the terminal event");
-                return Outcome { tokens, text, streamed, reason };
+                assert!(
+                    rx.blocking_recv().is_none(),
+                    "nothing after the terminal event"
+                );
+                return Outcome {
+                    tokens,
+                    text,
+                    streamed,
+                    reason,
+                };
             }
             Event::Error(e) => panic!("request failed: {e}"),
         }
@@ -91,8 +104,13 @@ fn collect(mut rx: EventReceiver) -> Outcome {
 fn prompts(handle: &EngineHandle, n: usize) -> Vec<Vec<u32>> {
     let text = "The quick brown fox jumps over the lazy dog. A journey of a thousand miles \
                 begins with a single step. To be or not to be, that is the question. ";
-    let base = handle.tokenizer().encode(&text.repeat(8), false).expect("encodes");
-    (0..n).map(|i| base[i * 7 % 40..(i * 7 % 40) + 3 + i * 13].to_vec()).collect()
+    let base = handle
+        .tokenizer()
+        .encode(&text.repeat(8), false)
+        .expect("encodes");
+    (0..n)
+        .map(|i| base[i * 7 % 40..(i * 7 % 40) + 3 + i * 13].to_vec())
+        .collect()
 }
 
 fn wait_idle(handle: &EngineHandle) {
@@ -118,7 +136,11 @@ fn concurrent_requests_equal_their_solo_runs() {
     let rxs: Vec<EventReceiver> = ps
         .iter()
         .enumerate()
-        .map(|(i, p)| handle.submit(request(100 + i as u64, p.clone(), 24)).unwrap())
+        .map(|(i, p)| {
+            handle
+                .submit(request(100 + i as u64, p.clone(), 24))
+                .unwrap()
+        })
         .collect();
     let together: Vec<Outcome> = rxs.into_iter().map(collect).collect();
     for (i, (a, b)) in solo.iter().zip(&together).enumerate() {
@@ -140,8 +162,14 @@ fn shared_prefix_is_computed_once() {
                 physics and the history of science with care. "
         .repeat(12);
     let prefix: Vec<u32> = handle.tokenizer().encode(&text, false).unwrap()[..200].to_vec();
-    let tail_a = handle.tokenizer().encode(" What is a comet?", false).unwrap();
-    let tail_b = handle.tokenizer().encode(" Why is the sky blue at noon?", false).unwrap();
+    let tail_a = handle
+        .tokenizer()
+        .encode(" What is a comet?", false)
+        .unwrap();
+    let tail_b = handle
+        .tokenizer()
+        .encode(" Why is the sky blue at noon?", false)
+        .unwrap();
     let prompt_b: Vec<u32> = prefix.iter().chain(&tail_b).copied().collect();
 
     // Cache off (cleared): the reference output.
@@ -159,7 +187,11 @@ fn shared_prefix_is_computed_once() {
     let hits = (after.prefix_hit_tokens - before.prefix_hit_tokens) as usize;
     let computed = (after.prefill_tokens - before.prefill_tokens) as usize;
     let block = handle.block_size();
-    assert_eq!(hits, 200 / block * block, "every full block of the prefix is reused");
+    assert_eq!(
+        hits,
+        200 / block * block,
+        "every full block of the prefix is reused"
+    );
     assert_eq!(computed, prompt_b.len() - hits, "only the tail is computed");
     assert_eq!(out, reference, "cached prefix gives the cache-off output");
 }
@@ -255,7 +287,10 @@ fn random_submits_and_cancels_leave_no_block_behind() {
     drop(live);
     wait_idle(&handle);
     let s = handle.stats();
-    assert_eq!(s.blocks_used, 0, "every block is free or only cached: {s:?}");
+    assert_eq!(
+        s.blocks_used, 0,
+        "every block is free or only cached: {s:?}"
+    );
     assert!(s.requests_cancelled > 0 && completed > 0, "{s:?}");
     // The engine still serves normally afterwards.
     let out = collect(handle.submit(request(5000, ps[0].clone(), 4)).unwrap());

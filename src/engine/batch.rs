@@ -21,7 +21,8 @@ impl FlatBatch {
     /// to run. Every sequence's block table must already hold slots for those tokens.
     /// Each item contributes one logits row: its last new token.
     pub fn build(items: &[(&Sequence, usize)], block_size: usize) -> anyhow::Result<Self> {
-        let items: Vec<(&Sequence, usize, bool)> = items.iter().map(|&(s, n)| (s, n, false)).collect();
+        let items: Vec<(&Sequence, usize, bool)> =
+            items.iter().map(|&(s, n)| (s, n, false)).collect();
         Ok(Self::build_rows(&items, block_size)?.0)
     }
 
@@ -55,7 +56,8 @@ impl FlatBatch {
             b.block_tables.push(seq.block_table.blocks().to_vec());
             first_rows.push(b.logits_rows.len());
             if all_rows {
-                b.logits_rows.extend((q_start..q_start + n).map(|r| r as u32));
+                b.logits_rows
+                    .extend((q_start..q_start + n).map(|r| r as u32));
             } else {
                 b.logits_rows.push((q_start + n - 1) as u32);
             }

@@ -91,7 +91,9 @@ impl EngineCore {
 
     /// One small forward pass, so the first request does not pay for lazy setup.
     pub fn warmup(&mut self) -> Result<()> {
-        let n = 16.min(self.config.scheduler.max_batch_prefill_tokens).max(1);
+        let n = 16
+            .min(self.config.scheduler.max_batch_prefill_tokens)
+            .max(1);
         let id = SeqId::MAX;
         let vocab = self.runner.model().config().vocab_size as u32;
         let prompt: Vec<u32> = (0..n as u32).map(|t| t % vocab).collect();

@@ -191,7 +191,10 @@ impl EngineHandle {
         if r.prompt.is_empty() {
             return invalid("the prompt has no tokens".into());
         }
-        if let Some(&t) = r.prompt.iter().find(|&&t| t as usize >= self.shared.config.vocab_size)
+        if let Some(&t) = r
+            .prompt
+            .iter()
+            .find(|&&t| t as usize >= self.shared.config.vocab_size)
         {
             return invalid(format!(
                 "token id {t} is outside the vocabulary ({})",

@@ -13,12 +13,12 @@ pub mod stats;
 
 pub use batch::FlatBatch;
 pub use generate::{generate_greedy, GenerateOutput};
-pub use request::{
-    Completion, EngineError, Event, FinishReason, GeneratedToken, GenerationRequest, StoppingParams,
-    Timings, TokenInfo,
-};
 pub use handle::{EngineConfig, EngineHandle, EventReceiver, FaultHook};
-pub use scheduler::{SchedulerConfig, Scheduler, SeqId, StepPlan};
-pub use stats::StatsSnapshot;
+pub use request::{
+    Completion, EngineError, Event, FinishReason, GeneratedToken, GenerationRequest,
+    StoppingParams, Timings, TokenInfo,
+};
 pub use runner::{CacheConfig, ModelRunner};
+pub use scheduler::{Scheduler, SchedulerConfig, SeqId, StepPlan};
 pub use sequence::Sequence;
+pub use stats::StatsSnapshot;

@@ -307,7 +307,10 @@ impl Scheduler {
             }
             let mut scheduled = false;
             loop {
-                let e = self.entries.get_mut(&id).ok_or(ScheduleError::Unknown(id))?;
+                let e = self
+                    .entries
+                    .get_mut(&id)
+                    .ok_or(ScheduleError::Unknown(id))?;
                 let have = e.seq.block_table.num_tokens();
                 let grow = (e.seq.num_computed + n).saturating_sub(have);
                 if e.seq.block_table.blocks_needed(grow, bs) <= self.pool.num_free() {
@@ -356,7 +359,10 @@ impl Scheduler {
             if self.running.len() >= self.cfg.max_batch_size || prefill_budget == 0 {
                 break;
             }
-            let e = self.entries.get_mut(&id).ok_or(ScheduleError::Unknown(id))?;
+            let e = self
+                .entries
+                .get_mut(&id)
+                .ok_or(ScheduleError::Unknown(id))?;
             // Leading blocks found in the prefix cache (always leaving one token to
             // compute, whose logits give the next token).
             let mut hits: Vec<BlockId> = Vec::new();
@@ -426,7 +432,8 @@ impl Scheduler {
                     let j = e.registered;
                     // Another block may hold the same contents already: then this one
                     // simply stays private.
-                    self.pool.register(e.seq.block_table.blocks()[j], e.hashes[j]);
+                    self.pool
+                        .register(e.seq.block_table.blocks()[j], e.hashes[j]);
                     e.registered += 1;
                 }
             }
@@ -524,10 +531,7 @@ mod tests {
             for it in &plan.items {
                 admitted_at.entry(it.id).or_insert(t);
             }
-            let done: Vec<SeqId> = s
-                .ids()
-                .filter(|&id| generated(&s, id) >= max_new)
-                .collect();
+            let done: Vec<SeqId> = s.ids().filter(|&id| generated(&s, id) >= max_new).collect();
             for id in done {
                 s.remove(id).unwrap();
             }
@@ -643,6 +647,9 @@ mod tests {
     fn too_long_is_refused_up_front() {
         let s = Scheduler::new(cfg(64, 4, 4), 2);
         assert!(s.check_fits(8).is_ok());
-        assert!(matches!(s.check_fits(9), Err(ScheduleError::TooLong { .. })));
+        assert!(matches!(
+            s.check_fits(9),
+            Err(ScheduleError::TooLong { .. })
+        ));
     }
 }
