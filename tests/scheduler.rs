@@ -315,3 +315,38 @@ fn overload_and_impossible_requests_are_refused() {
         wick::engine::EngineError::Validation(_)
     ));
 }
+
+#[test]
+fn a_failing_step_fails_its_requests_and_the_engine_recovers() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let armed = Arc::new(AtomicBool::new(false));
+    let hook_armed = armed.clone();
+    let handle = engine(4096, move |c| {
+        c.fault_hook = Some(Arc::new(move |ids: &[u64]| {
+            if hook_armed.load(Ordering::SeqCst) && ids.contains(&666) {
+                Err("injected device fault".to_string())
+            } else {
+                Ok(())
+            }
+        }))
+    });
+    let p = prompts(&handle, 2);
+    armed.store(true, Ordering::SeqCst);
+    let mut bad = handle.submit(request(666, p[0].clone(), 8)).unwrap();
+    let err = loop {
+        match bad.blocking_recv().expect("terminal event") {
+            Event::Error(e) => break e,
+            Event::Done(_) => panic!("the faulty request cannot finish"),
+            _ => {}
+        }
+    };
+    assert!(matches!(err, wick::engine::EngineError::Generation(ref m) if m.contains("injected")));
+    assert!(bad.blocking_recv().is_none(), "one terminal event");
+    // Others are served, and the failed request's blocks are back.
+    let out = collect(handle.submit(request(1, p[1].clone(), 6)).unwrap());
+    assert_eq!(out.tokens.len(), 6);
+    wait_idle(&handle);
+    let s = handle.stats();
+    assert_eq!((s.blocks_used, s.requests_failed), (0, 1), "{s:?}");
+}
