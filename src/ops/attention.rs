@@ -81,7 +81,7 @@ pub fn paged_attention(
     }
     let out_ptr = out.as_mut_ptr() as usize;
     let bs = layout.block_size;
-    candle_core::utils::barrier_pool().execute_chunked(items.len(), |range| {
+    super::pool::global().execute_chunked(items.len(), |range| {
         let mut scratch = Scratch::default();
         for &(s, kvh, start, len) in &items[range] {
             let seq = &seqs[s];

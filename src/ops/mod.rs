@@ -1,8 +1,9 @@
 //! Device kernels the model calls between its matmuls: rotary embeddings, KV cache writes
-//! and paged attention. The CPU versions are plain Rust over slices, run on candle's barrier
-//! thread pool (spinning workers, as llama.cpp's), the same threads candle's ops use.
+//! and paged attention. The CPU versions are plain Rust over slices, run on wick's own
+//! thread pool (`pool`: spin, then yield, then sleep).
 
 pub mod attention;
+pub mod pool;
 pub mod qmatmul;
 pub mod rope;
 pub mod simd;

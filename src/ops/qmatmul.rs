@@ -352,11 +352,11 @@ pub fn matmul_many<T: QType>(
             }
         }
     };
-    let pool = candle_core::utils::barrier_pool();
+    let pool = super::pool::global();
     if m == 1 {
         // Decode: one contiguous slice of weight rows per thread, so each thread streams
         // its part of the matrices front to back (what the hardware prefetcher likes).
-        let threads = pool.n_workers() + 1;
+        let threads = pool.threads();
         let chunk = n_items.div_ceil(threads);
         pool.execute(|tid| {
             let start = (tid * chunk).min(n_items);
