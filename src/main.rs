@@ -32,6 +32,11 @@ enum Command {
     ModelPath(ModelArgs),
     /// Measure prefill and single-stream decode throughput on a model.
     Bench(BenchArgs),
+    /// Load-test a running TGI- or OpenAI-compatible server over HTTP: throughput, TTFT,
+    /// TPOT and latency percentiles for each concurrency level.
+    Benchmark(wick::loadgen::cli::BenchmarkArgs),
+    /// Serve a model over HTTP: Hugging Face TGI's and OpenAI's APIs (TGI's launcher flags).
+    Serve(wick::config::LauncherArgs),
 }
 
 /// Which model to run and how much KV cache to give it.
@@ -99,22 +104,39 @@ fn main() {
         Command::Generate(a) => a.model.threads,
         Command::ModelPath(a) => a.threads,
         Command::Bench(a) => a.model.threads,
+        Command::Benchmark(_) => None,
+        Command::Serve(a) => a.threads,
     };
     if let Some(n) = threads {
         // Read by candle's worker pool when it starts; no thread exists yet.
         std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string());
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // The server logs one line per request (as JSON lines with --json-output).
+    let (default_filter, json_logs) = match &cli.command {
+        Command::Serve(a) => ("warn,wick=info", a.json_output),
+        _ => ("warn", false),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    if json_logs {
+        tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let result = match cli.command {
         Command::Generate(a) => generate(a),
         Command::ModelPath(a) => model_path(a),
         Command::Bench(a) => bench(a),
+        Command::Benchmark(a) => wick::loadgen::run_cli(a),
+        Command::Serve(a) => wick::server::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

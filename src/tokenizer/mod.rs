@@ -5,6 +5,7 @@ pub mod chat;
 pub mod gguf;
 mod pre;
 mod special;
+pub mod stream;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -13,6 +14,7 @@ use anyhow::{anyhow, Context, Result};
 
 pub use chat::{ChatMessage, ChatTemplate};
 use special::{Fragment, Specials};
+pub use stream::DecodeStream;
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,

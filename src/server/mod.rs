@@ -1,0 +1,217 @@
+//! The HTTP server: a drop-in for Hugging Face TGI and the OpenAI API.
+//!
+//! Routes: TGI's `/generate`, `/generate_stream`, `POST /`, `/info`, `/health`,
+//! `/metrics`, `/tokenize`; OpenAI's `/v1/chat/completions`, `/v1/completions`,
+//! `/v1/models`; the OpenAPI document at `/api-doc/openapi.json`. Requests are
+//! validated (tokenized, limits checked) before the engine sees them; the engine's
+//! events become JSON answers or server-sent events. Dropping a response (client gone)
+//! drops the request's event receiver, which cancels it in the engine.
+
+mod auth;
+pub mod error;
+mod generation;
+mod json;
+mod metrics;
+mod openapi;
+pub mod routes;
+mod state;
+pub mod types;
+mod validation;
+
+use std::future::{Future, IntoFuture};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+pub use self::error::{ApiError, Flavor};
+use self::state::AppState;
+pub use self::state::ServerOptions;
+use crate::config::{LauncherArgs, ModelsConfig};
+use crate::engine::EngineHandle;
+use crate::hub::{self, HubOptions};
+use crate::model::{self, LoadOptions};
+
+async fn openapi_json(State(st): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        st.openapi.clone(),
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "Not found").into_response()
+}
+
+fn cors(origins: &[String]) -> Result<CorsLayer> {
+    let allow = if origins.is_empty() {
+        AllowOrigin::any()
+    } else {
+        let list = origins
+            .iter()
+            .map(|o| {
+                HeaderValue::from_str(o.trim())
+                    .with_context(|| format!("invalid CORS origin {o:?}"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        AllowOrigin::list(list)
+    };
+    Ok(CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
+        .allow_origin(allow))
+}
+
+/// The application: every route, auth (all but `/health`), CORS and the body limit.
+fn app(state: Arc<AppState>) -> Result<Router> {
+    use routes::{openai, tgi};
+    let protected = Router::new()
+        .route("/", post(tgi::compat_generate).get(tgi::health))
+        .route("/generate", post(tgi::generate))
+        .route("/generate_stream", post(tgi::generate_stream))
+        .route("/tokenize", post(tgi::tokenize))
+        .route("/info", get(tgi::info))
+        .route("/metrics", get(tgi::metrics))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/models", get(openai::models))
+        .route("/api-doc/openapi.json", get(openapi_json))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ));
+    Ok(Router::new()
+        .route("/health", get(tgi::health))
+        .merge(protected)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(state.options.payload_limit))
+        .layer(cors(&state.options.cors_allow_origin)?)
+        .with_state(state))
+}
+
+/// Serves `engine` on `listener` until `shutdown` completes, then stops accepting
+/// connections, lets in-flight requests finish for up to `options.shutdown_timeout`,
+/// stops the engine (requests still running end with an error event) and returns.
+pub async fn serve<F>(
+    listener: tokio::net::TcpListener,
+    engine: EngineHandle,
+    options: ServerOptions,
+    shutdown: F,
+) -> Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let timeout = options.shutdown_timeout;
+    let state = AppState::new(engine.clone(), options)?;
+    let app = app(state.clone())?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = stop_rx.await;
+    });
+    let mut server = tokio::spawn(server.into_future());
+    tokio::select! {
+        r = &mut server => {
+            engine.shutdown();
+            return r.context("the server task failed")?.context("the server failed");
+        }
+        _ = shutdown => {}
+    }
+    tracing::info!(
+        "shutting down: no new connections, in-flight requests get {}s to finish",
+        timeout.as_secs_f64()
+    );
+    state.begin_shutdown();
+    let _ = stop_tx.send(());
+    let finished = match tokio::time::timeout(timeout, &mut server).await {
+        Ok(r) => Some(r),
+        Err(_) => {
+            tracing::warn!("shutdown deadline reached: cancelling the requests still running");
+            engine.shutdown();
+            tokio::time::timeout(Duration::from_secs(10), &mut server)
+                .await
+                .ok()
+        }
+    };
+    engine.shutdown();
+    match finished {
+        Some(r) => r
+            .context("the server task failed")?
+            .context("the server failed"),
+        None => {
+            server.abort();
+            Ok(())
+        }
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("signal received");
+}
+
+fn parse_dtype(s: &str) -> Result<candle_core::DType> {
+    use candle_core::DType;
+    Ok(match s.to_ascii_lowercase().as_str() {
+        "float16" | "f16" | "half" => DType::F16,
+        "bfloat16" | "bf16" => DType::BF16,
+        "float32" | "f32" | "float" => DType::F32,
+        other => anyhow::bail!("unsupported --dtype {other:?} (float16, bfloat16 or float32)"),
+    })
+}
+
+/// `wick serve`: loads the model, starts the engine and serves until SIGINT/SIGTERM.
+pub fn run(args: LauncherArgs) -> Result<()> {
+    for flag in args.ignored_flags() {
+        tracing::warn!("{flag} is accepted for compatibility with TGI and has no effect");
+    }
+    let models = ModelsConfig::load(args.models_config.as_deref())?;
+    let model_id = args.model_id_with_revision();
+    let resolved = hub::resolve(model_id.as_deref(), &models, &HubOptions::from_env())?;
+    let mut load = LoadOptions::default();
+    if let Some(d) = &args.dtype {
+        load.dtype = Some(parse_dtype(d)?);
+    }
+    let loaded = model::load(&resolved, &load)?;
+    let name = args.model_id.clone().unwrap_or_else(|| loaded.name.clone());
+    let engine = EngineHandle::start(loaded, args.engine_config())?;
+    let options = ServerOptions::from_args(&args, name.clone());
+    let addr = args.bind_addr();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("wick-http")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        tracing::info!("serving {name} on http://{}", listener.local_addr()?);
+        serve(listener, engine, options, shutdown_signal()).await
+    })
+}

@@ -1,0 +1,4 @@
+//! Route handlers: TGI's and OpenAI's.
+
+pub mod openai;
+pub mod tgi;
