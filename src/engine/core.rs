@@ -514,7 +514,7 @@ impl EngineCore {
         let stop = cand.stop.push(&raw);
         let mut piece = stop.emit;
         let eos = !g.request.stopping.ignore_eos && self.eos_ids.contains(&id);
-        let reason = if stop.stopped {
+        let mut reason = if stop.stopped {
             Some(FinishReason::StopSequence)
         } else if eos {
             Some(FinishReason::EosToken)
@@ -524,7 +524,15 @@ impl EngineCore {
             None
         };
         if reason.is_some() && !stop.stopped {
-            piece.push_str(&cand.stop.finish());
+            // Text the detokenizer still holds (an unfinished character), then whatever
+            // the stop matcher held back.
+            let tail = cand.stop.push(&cand.detok.flush(tok)?);
+            piece.push_str(&tail.emit);
+            if tail.stopped {
+                reason = Some(FinishReason::StopSequence);
+            } else {
+                piece.push_str(&cand.stop.finish());
+            }
         }
         cand.text.push_str(&piece);
         cand.cumulative_logprob += sampled.logprob as f64;
