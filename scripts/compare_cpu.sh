@@ -122,8 +122,8 @@ fi
 echo ">> model: $MODEL, threads: $THREADS, out: $OUT_DIR" >&2
 
 # Same prompts for both: exact-length, seeded, measured with the GGUF's own tokenizer.
-bench() { # label url api
-    "$WICK" benchmark --url "$2" --api "$3" --label "$1" \
+bench() { # label url api [extra benchmark flags]
+    "$WICK" benchmark --url "$2" --api "$3" --label "$1" "${@:4}" \
         --concurrency "$CONCURRENCY" --prompts-per-concurrency "$PROMPTS_PER_CONCURRENCY" \
         --input-len "$INPUT_LEN" --output-len "$OUTPUT_LEN" --seed "$SEED" \
         --warmup "$WARMUP" --tokenizer "$MODEL" --model "$(basename "$MODEL")" \
@@ -153,7 +153,9 @@ echo ">> llama.cpp server (llama-cpp-python $LLAMA_CPP_PYTHON_VERSION) on $HOST:
     --interrupt_requests False --verbose False >"$OUT_DIR/llama.log" 2>&1 &
 SERVER_PID=$!
 wait_http "http://$HOST:$LLAMA_PORT/v1/models" "$SERVER_PID" "llama.cpp server" "$OUT_DIR/llama.log"
-bench llama.cpp "http://$HOST:$LLAMA_PORT" openai
+# llama-cpp-python's completions default to repeat_penalty 1.1; wick's greedy decoding
+# has no penalty: ask for the same decoding from both.
+bench llama.cpp "http://$HOST:$LLAMA_PORT" openai --extra-body '{"repeat_penalty": 1.0}'
 stop_server
 
 # --- table ----------------------------------------------------------------------------

@@ -331,6 +331,8 @@ fn openai_stream_counts_usage_and_sends_ignore_eos() {
             "my-model",
             "--api-key",
             "sekret",
+            "--extra-body",
+            r#"{"repeat_penalty": 1.0}"#,
             "--warmup",
             "0",
         ],
@@ -354,6 +356,7 @@ fn openai_stream_counts_usage_and_sends_ignore_eos() {
         assert_eq!(b["model"], "my-model");
         assert_eq!(b["max_tokens"], 5);
         assert_eq!(b["ignore_eos"], true);
+        assert_eq!(b["repeat_penalty"], 1.0, "--extra-body");
         assert_eq!(b["stream"], true);
         assert_eq!(b["stream_options"]["include_usage"], true);
         assert_eq!(b["prompt"].as_str().unwrap().split_whitespace().count(), 8);

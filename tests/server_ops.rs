@@ -202,6 +202,7 @@ async fn overload_and_disconnects() {
     )
     .await;
     assert_eq!(ok.status, 200, "{}", ok.text);
+    server.wait_idle(Duration::from_secs(20)).await;
     // A failing engine step: 424 `generation`, in a stream an error event.
     fail.store(true, Ordering::SeqCst);
     let g = post(
@@ -210,6 +211,9 @@ async fn overload_and_disconnects() {
     )
     .await;
     g.assert_tgi_error(424, "generation");
+    // The engine frees a request's slot just after its terminal event: with one slot,
+    // wait for it before the next request.
+    server.wait_idle(Duration::from_secs(20)).await;
     let gs = post(
         &server.url("/generate_stream"),
         &json!({"inputs": "Hi", "parameters": {"max_new_tokens": 2}}),
@@ -218,12 +222,14 @@ async fn overload_and_disconnects() {
     assert_eq!(gs.status, 200);
     let last = gs.json_events().pop().unwrap();
     assert_eq!(last["error_type"], "generation", "{last}");
+    server.wait_idle(Duration::from_secs(20)).await;
     let gc = post(
         &server.url("/v1/chat/completions"),
         &json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": 2}),
     )
     .await;
     assert_eq!(gc.assert_openai_error(424)["type"], "server_error");
+    server.wait_idle(Duration::from_secs(20)).await;
     let gcs = post(
         &server.url("/v1/chat/completions"),
         &json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": 2, "stream": true}),

@@ -74,6 +74,10 @@ pub struct BenchmarkArgs {
     /// The `model` field of OpenAI requests.
     #[arg(long, default_value = "tgi")]
     pub model: String,
+    /// A JSON object merged into every generation request (for TGI, into `parameters`),
+    /// e.g. `{"repeat_penalty": 1.0}` for a server whose defaults differ.
+    #[arg(long, value_parser = parse_json_object)]
+    pub extra_body: Option<serde_json::Map<String, serde_json::Value>>,
     /// Bearer token sent as `Authorization: Bearer ...`.
     #[arg(long, env = "WICK_BENCHMARK_API_KEY")]
     pub api_key: Option<String>,
@@ -89,6 +93,14 @@ pub struct BenchmarkArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+}
+
+fn parse_json_object(s: &str) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    match serde_json::from_str(s) {
+        Ok(serde_json::Value::Object(map)) => Ok(map),
+        Ok(_) => Err("expected a JSON object".into()),
+        Err(e) => Err(format!("not JSON: {e}")),
+    }
 }
 
 impl BenchmarkArgs {

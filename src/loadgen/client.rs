@@ -157,6 +157,7 @@ pub struct Client {
     model: String,
     api_key: Option<String>,
     timeout: Duration,
+    extra: serde_json::Map<String, Value>,
 }
 
 impl Client {
@@ -189,7 +190,14 @@ impl Client {
             model: model.to_string(),
             api_key: api_key.map(str::to_string),
             timeout,
+            extra: serde_json::Map::new(),
         })
+    }
+
+    /// Fields merged into every generation request (for TGI, into `parameters`).
+    pub fn with_extra_body(mut self, extra: serde_json::Map<String, Value>) -> Self {
+        self.extra = extra;
+        self
     }
 
     pub fn api(&self) -> Api {
@@ -224,8 +232,21 @@ impl Client {
             .map_err(|e| RequestError::new(ErrorKind::Protocol, e.to_string()))
     }
 
-    /// The request body asking for exactly `max_tokens` tokens of `prompt`, greedy.
+    /// The request body asking for exactly `max_tokens` tokens of `prompt`, greedy, with
+    /// the extra fields merged in.
     pub fn body(&self, prompt: &str, max_tokens: usize) -> (&'static str, Value) {
+        let (path, mut body) = self.base_body(prompt, max_tokens);
+        let target = match self.api {
+            Api::Tgi => &mut body["parameters"],
+            Api::Openai => &mut body,
+        };
+        if let Value::Object(map) = target {
+            map.extend(self.extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        (path, body)
+    }
+
+    fn base_body(&self, prompt: &str, max_tokens: usize) -> (&'static str, Value) {
         match self.api {
             // TGI cannot be told to ignore EOS: the report counts what was generated.
             Api::Tgi => (
@@ -569,6 +590,31 @@ mod tests {
         s.event("[DONE]", t0).unwrap();
         let r = s.finish(t0).unwrap();
         assert_eq!((r.output_tokens, r.prompt_tokens), (5, Some(4)));
+    }
+
+    #[test]
+    fn extra_fields_go_into_tgi_parameters_or_the_openai_body() {
+        let extra: serde_json::Map<String, Value> =
+            serde_json::from_str(r#"{"repeat_penalty": 1.0, "top_k": 1}"#).unwrap();
+        let timeout = Duration::from_secs(1);
+        let tgi = Client::new("127.0.0.1:1/", Api::Tgi, "m", None, timeout)
+            .unwrap()
+            .with_extra_body(extra.clone());
+        let (path, body) = tgi.body("hi", 7);
+        assert_eq!(path, "/generate_stream");
+        assert_eq!(body["parameters"]["max_new_tokens"], 7);
+        assert_eq!(body["parameters"]["repeat_penalty"], 1.0);
+        assert_eq!(tgi.url(path), "http://127.0.0.1:1/generate_stream");
+        let openai = Client::new("http://h:2/v1", Api::Openai, "m", None, timeout)
+            .unwrap()
+            .with_extra_body(extra);
+        let (path, body) = openai.body("hi", 7);
+        assert_eq!(openai.url(path), "http://h:2/v1/completions");
+        assert_eq!(
+            (body["top_k"].clone(), body["max_tokens"].clone()),
+            (json!(1), json!(7))
+        );
+        assert_eq!(body["ignore_eos"], true);
     }
 
     #[test]

@@ -63,13 +63,16 @@ fn progress(args: &BenchmarkArgs, len: usize, what: String) -> ProgressBar {
 /// Runs the sweep and returns the report.
 pub async fn run(args: &BenchmarkArgs) -> Result<BenchmarkReport> {
     args.validate()?;
-    let client = Arc::new(Client::new(
-        &args.url,
-        args.api,
-        &args.model,
-        args.api_key.as_deref(),
-        Duration::from_secs_f64(args.timeout),
-    )?);
+    let client = Arc::new(
+        Client::new(
+            &args.url,
+            args.api,
+            &args.model,
+            args.api_key.as_deref(),
+            Duration::from_secs_f64(args.timeout),
+        )?
+        .with_extra_body(args.extra_body.clone().unwrap_or_default()),
+    );
     let date = chrono::Local::now()
         .format("%Y-%m-%d %H:%M:%S %z")
         .to_string();
@@ -165,7 +168,7 @@ async fn prepare_prompts(
             .with_context(|| format!("loading the tokenizer of {model}"))?,
         None => match client.api() {
             Api::Tgi => match client.tokenize_count("hello world").await {
-                Ok(_) => TokenCounter::Remote(client.clone()),
+                Ok(_) => TokenCounter::Remote(Box::new(client.clone())),
                 Err(e) => {
                     eprintln!(
                         "warning: cannot count tokens with the server's /tokenize ({e:#}); \

@@ -306,7 +306,13 @@ pub fn chart_svg(reports: &[&BenchmarkReport]) -> Result<String> {
         ];
 
         type Metric = fn(&LevelReport) -> f64;
-        let panels: [(_, &str, &str, Vec<(&str, Metric)>); 2] = [
+        type Panel<'a, A> = (
+            &'a A,
+            &'static str,
+            &'static str,
+            Vec<(&'static str, Metric)>,
+        );
+        let panels: [Panel<'_, _>; 2] = [
             (
                 &left,
                 "Output throughput",

@@ -71,7 +71,7 @@ pub enum TokenCounter {
     /// The served model's tokenizer, loaded here.
     Local(Box<Tokenizer>),
     /// The server's TGI `/tokenize` route.
-    Remote(Client),
+    Remote(Box<Client>),
     /// No tokenizer: one token per word (prompts then have about, not exactly, the length).
     Estimate,
 }
