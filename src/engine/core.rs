@@ -260,10 +260,12 @@ impl EngineCore {
     }
 
     fn fail_group(&mut self, gid: u64, err: EngineError) {
-        if let Some(g) = self.groups.get(&gid) {
-            let _ = g.events.send(Event::Error(err));
-        }
+        // Release first (blocks and the in-flight slot), then tell the client.
+        let events = self.groups.get(&gid).map(|g| g.events.clone());
         self.end_group(gid);
+        if let Some(events) = events {
+            let _ = events.send(Event::Error(err));
+        }
         self.stats.failed();
     }
 
@@ -590,6 +592,9 @@ impl EngineCore {
         self.scheduler.remove(sid)?;
         if all_done {
             let started = g.started.unwrap_or(now);
+            // Free the in-flight slot before the client hears it is done, so a client
+            // that sends its next request at once is not refused as overloaded.
+            self.stats.leave();
             let _ = g.events.send(Event::Done(Completion {
                 prompt_tokens: g.request.prompt.len(),
                 seed: g.request.sampling.seed,
@@ -601,7 +606,6 @@ impl EngineCore {
                 },
             }));
             self.groups.remove(&gid);
-            self.stats.leave();
             self.stats.finished();
         }
         Ok(())
