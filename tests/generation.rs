@@ -84,7 +84,9 @@ fn collect(mut rx: EventReceiver) -> (Vec<Cand>, Option<Vec<TokenInfo>>) {
                 assert!(cands.is_empty(), "prefill comes first");
                 prefill = Some(tokens);
             }
-            Event::Token { candidate, token } => {
+            Event::Token {
+                candidate, token, ..
+            } => {
                 if cands.len() <= candidate {
                     cands.resize(candidate + 1, Cand::default());
                 }

@@ -63,12 +63,19 @@ struct Outcome {
 fn collect(mut rx: EventReceiver) -> Outcome {
     let (mut tokens, mut streamed) = (Vec::new(), String::new());
     let mut finished = None;
+    let mut last_flagged = false;
     loop {
         match rx.blocking_recv().expect("a terminal event arrives") {
             Event::Prefill { .. } => {}
-            Event::Token { candidate, token } => {
+            Event::Token {
+                candidate,
+                token,
+                last,
+            } => {
                 assert_eq!(candidate, 0);
                 assert!(finished.is_none(), "token after the candidate finished");
+                assert!(!last_flagged, "a token after the one flagged last");
+                last_flagged = last;
                 tokens.push(token.token.id);
                 streamed.push_str(&token.text_piece);
             }
@@ -78,6 +85,7 @@ fn collect(mut rx: EventReceiver) -> Outcome {
                 generated_tokens,
                 ..
             } => {
+                assert!(last_flagged, "the candidate's last token was flagged");
                 assert_eq!(generated_tokens, tokens.len());
                 finished = Some((text, reason));
             }

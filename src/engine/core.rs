@@ -571,6 +571,7 @@ impl EngineCore {
         let _ = g.events.send(Event::Token {
             candidate: index,
             token,
+            last: reason.is_some(),
         });
         self.scheduler.append_token(sid, id)?;
         let Some(reason) = reason else {

@@ -96,6 +96,8 @@ pub enum Event {
     Token {
         candidate: usize,
         token: GeneratedToken,
+        /// This is the candidate's last token: its `CandidateFinished` follows at once.
+        last: bool,
     },
     CandidateFinished {
         candidate: usize,

@@ -347,7 +347,7 @@ fn chat_events(
                     break;
                 }
                 Some(Event::Prefill { .. }) => {}
-                Some(Event::Token { candidate, token: GeneratedToken { token, text_piece, top_tokens } }) => {
+                Some(Event::Token { candidate, token: GeneratedToken { token, text_piece, top_tokens }, .. }) => {
                     let lp = (logprobs && !token.special).then(|| ChatLogprobs {
                         content: vec![logprob_content(&token, &top_tokens)],
                     });
@@ -737,7 +737,7 @@ fn completion_events(
                         }
                     }
                 }
-                Event::Token { candidate, token: GeneratedToken { token, text_piece, top_tokens } } => {
+                Event::Token { candidate, token: GeneratedToken { token, text_piece, top_tokens }, .. } => {
                     let lp = (want_logprobs && !token.special).then(|| {
                         completion_logprobs(None, std::slice::from_ref(&token), std::slice::from_ref(&top_tokens))
                     });

@@ -11,7 +11,6 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::Stream;
-use tokio::sync::mpsc::error::TryRecvError;
 
 use crate::engine::{Event, EventReceiver, TokenInfo};
 use crate::server::error::ApiError;
@@ -240,7 +239,12 @@ async fn generate_inner(
         })
         .unwrap_or(0);
     let best = candidates.remove(best);
-    let seed = v.sampling.then_some(result.completion.seed);
+    // Candidate i samples with seed + i (as the engine seeds it).
+    let seed_of = |i: usize| {
+        v.sampling
+            .then_some(result.completion.seed.wrapping_add(i as u64))
+    };
+    let seed = seed_of(best.index);
     let prefix = if v.return_full_text {
         inputs.as_str()
     } else {
@@ -272,7 +276,7 @@ async fn generate_inner(
                     generated_text: format!("{prefix}{}", c.text),
                     finish_reason: c.reason.as_tgi(),
                     generated_tokens: c.generated_tokens as u32,
-                    seed,
+                    seed: seed_of(c.index),
                     prefill: prefill.clone(),
                     tokens: c.tokens.iter().map(token).collect(),
                     top_tokens: top(&c.top_tokens),
@@ -333,112 +337,74 @@ fn run_stream(
     } else {
         String::new()
     };
-    let events = tgi_events(st, log, v, prefix, rx);
+    let events = tgi_events(log, v, prefix, rx);
     (headers, Sse::new(events).keep_alive(KeepAlive::default())).into_response()
 }
 
 /// The SSE events of a TGI stream. The last token's event carries `generated_text` (and
-/// `details`), so each token is checked for being the last before it is sent: the
-/// engine sends `CandidateFinished` right after a candidate's last token.
+/// `details`): the engine flags a candidate's last token and sends its
+/// `CandidateFinished` right after it, so that event is awaited before the token goes out.
 fn tgi_events(
-    st: Arc<AppState>,
     mut log: RequestLog,
     v: TgiRequest,
     prefix: String,
     mut rx: EventReceiver,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
-    let eos = st.engine.tokenizer().eos_ids().to_vec();
-    let max_new = v.request.stopping.max_new_tokens;
-    let stops = v.request.stopping.stop_sequences.clone();
     let seed = v.sampling.then_some(v.request.sampling.seed);
     let input_length = v.request.prompt.len() as u32;
     async_stream::stream! {
-        let mut peeked: Option<Event> = None;
         let mut index = 0u32;
-        let mut text = String::new();
-        let mut last: Option<Token> = None;
         let mut finish = None;
         loop {
-            let ev = match peeked.take() {
-                Some(e) => Some(e),
-                None => rx.recv().await,
-            };
-            match ev {
+            match rx.recv().await {
                 None => {
                     let e = ApiError::incomplete();
                     log.fail(&e);
                     yield sse_json(&e.body());
                     break;
                 }
-                Some(Event::Prefill { .. }) => {}
-                Some(Event::Token { token: t, .. }) => {
+                Some(Event::Prefill { .. }) | Some(Event::CandidateFinished { .. }) => {}
+                Some(Event::Token { token: t, last, .. }) => {
                     index += 1;
-                    text.push_str(&t.text_piece);
                     let mut tok = token(&t.token);
                     if !t.token.special {
                         tok.text = t.text_piece.clone();
                     }
                     let top_tokens: Vec<Token> = t.top_tokens.iter().map(token).collect();
-                    let likely_last = index as usize >= max_new
-                        || eos.contains(&t.token.id)
-                        || stops.iter().any(|s| text.contains(s.as_str()));
-                    let next = match rx.try_recv() {
-                        Ok(e) => Some(e),
-                        Err(TryRecvError::Empty) if likely_last => rx.recv().await,
-                        Err(_) => None,
-                    };
-                    match next {
-                        Some(Event::CandidateFinished { reason, text: full, generated_tokens, .. }) => {
-                            finish = Some((reason, generated_tokens));
-                            yield sse_json(&StreamResponse {
-                                index,
-                                token: tok,
-                                top_tokens,
-                                generated_text: Some(format!("{prefix}{full}")),
-                                details: v.details.then_some(StreamDetails {
+                    let mut generated_text = None;
+                    let mut details = None;
+                    if last {
+                        match rx.recv().await {
+                            Some(Event::CandidateFinished { reason, text: full, generated_tokens, .. }) => {
+                                finish = Some((reason, generated_tokens));
+                                generated_text = Some(format!("{prefix}{full}"));
+                                details = v.details.then_some(StreamDetails {
                                     finish_reason: reason.as_tgi(),
                                     generated_tokens: generated_tokens as u32,
                                     seed,
                                     input_length,
-                                }),
-                            });
-                        }
-                        other => {
-                            peeked = other;
-                            last = Some(tok.clone());
-                            yield sse_json(&StreamResponse {
-                                index,
-                                token: tok,
-                                top_tokens,
-                                generated_text: None,
-                                details: None,
-                            });
+                                });
+                            }
+                            Some(Event::Error(e)) => {
+                                let e = ApiError::from(e);
+                                log.fail(&e);
+                                yield sse_json(&e.body());
+                                break;
+                            }
+                            _ => {
+                                let e = ApiError::incomplete();
+                                log.fail(&e);
+                                yield sse_json(&e.body());
+                                break;
+                            }
                         }
                     }
-                }
-                Some(Event::CandidateFinished { reason, text: full, generated_tokens, .. }) => {
-                    // Only when the last token went out before its end was known: the
-                    // final event repeats nothing and adds no text.
-                    finish = Some((reason, generated_tokens));
-                    let mut tok = last.take().unwrap_or(Token {
-                        id: 0,
-                        text: String::new(),
-                        logprob: f32::NAN,
-                        special: true,
-                    });
-                    tok.text = String::new();
-                    tok.special = true;
                     yield sse_json(&StreamResponse {
-                        index: index + 1,
+                        index,
                         token: tok,
-                        top_tokens: Vec::new(),
-                        generated_text: Some(format!("{prefix}{full}")),
-                        details: v.details.then_some(StreamDetails {
-                            finish_reason: reason.as_tgi(),
-                            generated_tokens: generated_tokens as u32,
-                            seed,
-                            input_length,
-                        }),
+                        top_tokens,
+                        generated_text,
+                        details,
                     });
                 }
                 Some(Event::Done(c)) => {
