@@ -6,11 +6,15 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Storage, Tensor};
 
 use crate::ops::qmatmul;
+use crate::ops::qpacked::{self, PackedMatrix, Q4_1x8, Q8_0x8};
 
 #[derive(Debug, Clone)]
 enum Weight {
     /// Candle's matmul (dense, or quantized types it runs well).
     Candle(QMatMul),
+    /// Q4_1 / Q8_0 on an AVX2 CPU, repacked in groups of 8 rows for wick's batched kernels.
+    PackedQ4_1(Arc<PackedMatrix<Q4_1x8>>),
+    PackedQ8_0(Arc<PackedMatrix<Q8_0x8>>),
     /// Q4_1 / Q8_0 on the CPU through wick's own kernels.
     Own {
         tensor: Arc<QTensor>,
@@ -29,6 +33,28 @@ pub struct Linear {
 impl Linear {
     pub fn quantized(weight: Arc<QTensor>, bias: Option<Tensor>) -> Result<Self> {
         let weight = match (weight.dtype(), weight.device(), weight.shape().dims()) {
+            (GgmlDType::Q4_1 | GgmlDType::Q8_0, Device::Cpu, &[n, k])
+                if k.is_multiple_of(qmatmul::QK)
+                    && n.is_multiple_of(qpacked::GROUP)
+                    && qpacked::has_avx2() =>
+            {
+                let bytes = weight.data()?;
+                let misaligned =
+                    || candle_core::Error::Msg("misaligned quantized weight data".into());
+                let bad_shape = || {
+                    candle_core::Error::Msg(format!(
+                        "quantized weight of {} bytes does not hold [{n}, {k}]",
+                        bytes.len()
+                    ))
+                };
+                if weight.dtype() == GgmlDType::Q4_1 {
+                    let w = qmatmul::blocks::<qmatmul::BlockQ4_1>(&bytes).ok_or_else(misaligned)?;
+                    Weight::PackedQ4_1(Arc::new(PackedMatrix::new(w, n, k).ok_or_else(bad_shape)?))
+                } else {
+                    let w = qmatmul::blocks::<qmatmul::BlockQ8_0>(&bytes).ok_or_else(misaligned)?;
+                    Weight::PackedQ8_0(Arc::new(PackedMatrix::new(w, n, k).ok_or_else(bad_shape)?))
+                }
+            }
             (GgmlDType::Q4_1 | GgmlDType::Q8_0, Device::Cpu, &[n, k])
                 if k.is_multiple_of(qmatmul::QK) && n >= 4 =>
             {
@@ -54,11 +80,14 @@ impl Linear {
     /// own kernels with one weight type, the input is quantized once and the products
     /// share one dispatch to the thread pool.
     pub fn forward_many(layers: &[&Linear], x: &Tensor) -> Result<Vec<Tensor>> {
+        if let Some(y) = Self::forward_packed(layers, x)? {
+            return Ok(y);
+        }
         let own: Option<Vec<(&Arc<QTensor>, usize, usize)>> = layers
             .iter()
             .map(|l| match &l.weight {
                 Weight::Own { tensor, n, k } => Some((tensor, *n, *k)),
-                Weight::Candle(_) => None,
+                _ => None,
             })
             .collect();
         let Some(own) = own.filter(|o| {
@@ -116,10 +145,65 @@ impl Linear {
                     None => Ok(y),
                 }
             }
-            Weight::Own { .. } => Linear::forward_many(&[self], x)?
-                .pop()
-                .ok_or_else(|| candle_core::Error::Msg("matmul produced no output".into())),
+            Weight::Own { .. } | Weight::PackedQ4_1(_) | Weight::PackedQ8_0(_) => {
+                Linear::forward_many(&[self], x)?
+                    .pop()
+                    .ok_or_else(|| candle_core::Error::Msg("matmul produced no output".into()))
+            }
         }
+    }
+
+    /// `forward_many` when every layer is packed with one weight type and one input
+    /// width; `None` otherwise.
+    fn forward_packed(layers: &[&Linear], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
+        let q4: Option<Vec<&PackedMatrix<Q4_1x8>>> = layers
+            .iter()
+            .map(|l| match &l.weight {
+                Weight::PackedQ4_1(w) => Some(&**w),
+                _ => None,
+            })
+            .collect();
+        let q8: Option<Vec<&PackedMatrix<Q8_0x8>>> = layers
+            .iter()
+            .map(|l| match &l.weight {
+                Weight::PackedQ8_0(w) => Some(&**w),
+                _ => None,
+            })
+            .collect();
+        let (m, xk) = x.dims2()?;
+        let shapes: Vec<(usize, usize)> = match (&q4, &q8) {
+            (Some(w), _) => w.iter().map(|w| (w.rows(), w.cols())).collect(),
+            (_, Some(w)) => w.iter().map(|w| (w.rows(), w.cols())).collect(),
+            _ => return Ok(None),
+        };
+        if shapes.iter().any(|&(_, k)| k != xk) {
+            candle_core::bail!("matmul input has {xk} columns, a weight expects another width");
+        }
+        let x = x.to_dtype(DType::F32)?.contiguous()?;
+        let (storage, layout) = x.storage_and_layout();
+        let xs = match &*storage {
+            Storage::Cpu(cpu) => &cpu.as_slice::<f32>()?[layout.start_offset()..][..m * xk],
+            _ => candle_core::bail!("CPU quantized matmul given a non-CPU tensor"),
+        };
+        let mut outs: Vec<Vec<f32>> = shapes.iter().map(|&(n, _)| vec![0f32; m * n]).collect();
+        let mut out_refs: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+        match (&q4, &q8) {
+            (Some(w), _) => qpacked::matmul_many(xs, m, w, &mut out_refs),
+            (_, Some(w)) => qpacked::matmul_many(xs, m, w, &mut out_refs),
+            _ => return Ok(None),
+        }
+        outs.into_iter()
+            .zip(&shapes)
+            .zip(layers)
+            .map(|((o, &(n, _)), l)| {
+                let y = Tensor::from_vec(o, (m, n), &Device::Cpu)?;
+                match &l.bias {
+                    Some(b) => y.broadcast_add(b),
+                    None => Ok(y),
+                }
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod attention;
 pub mod pool;
 pub mod qmatmul;
+pub mod qpacked;
 pub mod rope;
 pub mod simd;
 
