@@ -90,6 +90,14 @@ pub struct LauncherArgs {
     /// cancelled.
     #[arg(long, env = "GRACEFUL_TERMINATION_TIMEOUT", default_value_t = 90)]
     pub graceful_termination_timeout: u64,
+    /// Seconds a client may take to send a request's whole body; slower ones are cut
+    /// off with 408.
+    #[arg(long, env = "REQUEST_BODY_TIMEOUT", default_value_t = 30.0)]
+    pub request_body_timeout: f64,
+    /// Log request bodies (prompts included); off by default, so prompts stay out of
+    /// the logs.
+    #[arg(long, env = "LOG_PROMPTS")]
+    pub log_prompts: bool,
 
     /// Tokens per KV cache block.
     #[arg(long, env = "BLOCK_SIZE", default_value_t = crate::kv::DEFAULT_BLOCK_SIZE)]
@@ -210,6 +218,14 @@ impl LauncherArgs {
         Duration::from_secs(self.graceful_termination_timeout)
     }
 
+    /// `--request-body-timeout` as a duration (non-finite or negative: the default).
+    pub fn request_body_timeout(&self) -> Duration {
+        Duration::try_from_secs_f64(self.request_body_timeout)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .unwrap_or(Duration::from_secs(30))
+    }
+
     /// Warnings for flags that are accepted but have no effect here.
     pub fn ignored_flags(&self) -> Vec<&'static str> {
         let mut out = Vec::new();
@@ -268,6 +284,9 @@ mod tests {
             "--api-key",
             "k",
             "--json-output",
+            "--request-body-timeout",
+            "0.5",
+            "--log-prompts",
             "--quantize",
             "bitsandbytes",
             "--num-shard",
@@ -279,6 +298,8 @@ mod tests {
         assert_eq!(a.cors_allow_origin, vec!["http://a", "http://b"]);
         assert_eq!(a.api_key.as_deref(), Some("k"));
         assert!(a.json_output);
+        assert_eq!(a.request_body_timeout(), Duration::from_millis(500));
+        assert!(a.log_prompts);
         let e = a.engine_config();
         assert_eq!(e.scheduler.max_batch_prefill_tokens, 300);
         assert_eq!(e.max_concurrent_requests, 7);
@@ -295,6 +316,8 @@ mod tests {
         assert_eq!(a.max_best_of, 2);
         assert_eq!(a.max_stop_sequences, 4);
         assert_eq!(a.max_top_n_tokens, 5);
+        assert_eq!(a.request_body_timeout(), Duration::from_secs(30));
+        assert!(!a.log_prompts);
         assert_eq!(a.bind_addr(), "0.0.0.0:3000".parse().unwrap());
         let a = LauncherArgs {
             hostname: "localhost".into(),

@@ -93,6 +93,23 @@ struct Shared {
     block_size: usize,
 }
 
+/// Marks the engine stopped when its thread ends, even by a panic (whose requests then
+/// see their event channel close), so the server stops reporting healthy.
+struct StopGuard {
+    ready: Arc<AtomicBool>,
+    stopped: Arc<AtomicBool>,
+}
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!("the engine thread panicked: the requests in flight fail");
+        }
+        self.ready.store(false, Ordering::SeqCst);
+        self.stopped.store(true, Ordering::SeqCst);
+    }
+}
+
 /// A cheap, cloneable handle to a running engine.
 #[derive(Clone)]
 pub struct EngineHandle {
@@ -140,6 +157,11 @@ impl EngineHandle {
         std::thread::Builder::new()
             .name("wick-engine".into())
             .spawn(move || {
+                // However the thread ends (a panic included), the handle learns it.
+                let _guard = StopGuard {
+                    ready: ready.clone(),
+                    stopped: stopped.clone(),
+                };
                 let mut core = EngineCore::new(model, cache, tokenizer, stats, config);
                 match core.warmup() {
                     Ok(()) => {
@@ -218,6 +240,11 @@ impl EngineHandle {
             ));
         }
         Ok(())
+    }
+
+    /// True once the engine thread has ended (shut down, failed to warm up, or panicked).
+    pub fn has_stopped(&self) -> bool {
+        self.shared.stopped.load(Ordering::SeqCst)
     }
 
     /// True once the model has warmed up, until the engine stops.

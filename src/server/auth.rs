@@ -38,6 +38,11 @@ pub async fn require_key(State(st): State<Arc<AppState>>, req: Request, next: Ne
     let mut r = ApiError::unauthorized().flavor(flavor).into_response();
     r.headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    // The body is not read: the connection cannot carry another request.
+    if super::body::has_body(req.headers()) {
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     r
 }
 

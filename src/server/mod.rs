@@ -8,7 +8,10 @@
 //! drops the request's event receiver, which cancels it in the engine.
 
 mod auth;
+mod body;
 pub mod error;
+#[cfg(test)]
+mod fuzz;
 mod generation;
 mod json;
 mod metrics;
@@ -24,7 +27,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -46,8 +49,20 @@ async fn openapi_json(State(st): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-async fn not_found() -> Response {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "Not found").into_response()
+async fn not_found(uri: Uri) -> Response {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "Not found")
+        .flavor(body::flavor(uri.path()))
+        .into_response()
+}
+
+async fn method_not_allowed(uri: Uri) -> Response {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "Method not allowed",
+    )
+    .flavor(body::flavor(uri.path()))
+    .into_response()
 }
 
 fn cors(origins: &[String]) -> Result<CorsLayer> {
@@ -69,7 +84,8 @@ fn cors(origins: &[String]) -> Result<CorsLayer> {
         .allow_origin(allow))
 }
 
-/// The application: every route, auth (all but `/health`), CORS and the body limit.
+/// The application: every route, auth (all but `/health`), request ids, the body's time
+/// and size limits, CORS.
 fn app(state: Arc<AppState>) -> Result<Router> {
     use routes::{openai, tgi};
     let protected = Router::new()
@@ -83,6 +99,11 @@ fn app(state: Arc<AppState>) -> Result<Router> {
         .route("/v1/completions", post(openai::completions))
         .route("/v1/models", get(openai::models))
         .route("/api-doc/openapi.json", get(openapi_json))
+        // Auth runs first (no body is read for a refused request), then the body is read.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            body::prepare,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_key,
@@ -91,6 +112,7 @@ fn app(state: Arc<AppState>) -> Result<Router> {
         .route("/health", get(tgi::health))
         .merge(protected)
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.options.payload_limit))
         .layer(cors(&state.options.cors_allow_origin)?)
         .with_state(state))
@@ -116,12 +138,31 @@ where
         let _ = stop_rx.await;
     });
     let mut server = tokio::spawn(server.into_future());
+    let engine_stopped = {
+        let engine = engine.clone();
+        async move {
+            while !engine.has_stopped() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
     tokio::select! {
         r = &mut server => {
             engine.shutdown();
             return r.context("the server task failed")?.context("the server failed");
         }
         _ = shutdown => {}
+        _ = engine_stopped => {
+            // Requests in flight have failed with it; a server without an engine would
+            // only answer errors, so it stops (and `wick serve` exits non-zero).
+            tracing::error!("the engine stopped unexpectedly: the server stops");
+            state.begin_shutdown();
+            let _ = stop_tx.send(());
+            if tokio::time::timeout(Duration::from_secs(10), &mut server).await.is_err() {
+                server.abort();
+            }
+            anyhow::bail!("the engine stopped unexpectedly");
+        }
     }
     tracing::info!(
         "shutting down: no new connections, in-flight requests get {}s to finish",

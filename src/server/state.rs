@@ -32,6 +32,10 @@ pub struct ServerOptions {
     pub cors_allow_origin: Vec<String>,
     /// How long in-flight requests may run on after the shutdown signal.
     pub shutdown_timeout: Duration,
+    /// Longest time a client may take to send a request's body (408 beyond).
+    pub request_body_timeout: Duration,
+    /// Log request bodies (prompts); off: no prompt text reaches the logs.
+    pub log_prompts: bool,
     /// `return_full_text` on `POST /` when the request leaves it unset (TGI: true for
     /// text-generation models).
     pub compat_return_full_text: bool,
@@ -66,6 +70,8 @@ impl ServerOptions {
             api_key: a.api_key.clone().filter(|k| !k.is_empty()),
             cors_allow_origin: a.cors_allow_origin.clone(),
             shutdown_timeout: a.shutdown_timeout(),
+            request_body_timeout: a.request_body_timeout(),
+            log_prompts: a.log_prompts,
             compat_return_full_text: true,
             compute_type: std::env::var("COMPUTE_TYPE").unwrap_or_else(|_| "cpu".into()),
             model_dtype: a.dtype.clone().unwrap_or_else(|| "auto".into()),
@@ -228,11 +234,13 @@ impl Elapsed {
 }
 
 impl RequestLog {
+    /// A request's log, with the id the body middleware gave it (a fresh one outside it).
     pub fn new(state: &Arc<AppState>, route: &'static str, start: Instant) -> Self {
         state.metrics.request();
+        let id = super::body::current_request_id().unwrap_or_else(|| state.next_id());
         Self {
             state: state.clone(),
-            id: state.next_id(),
+            id,
             route,
             start,
             prompt_tokens: 0,
@@ -290,12 +298,39 @@ impl RequestLog {
             route = self.route,
             status = err.status.as_u16(),
             error_type = err.kind,
-            error = %err.message,
+            error = %log_text(&err.message, self.state.options.log_prompts),
             prompt_tokens = self.prompt_tokens,
             total_ms = self.start.elapsed().as_millis() as u64,
             "request failed"
         );
     }
+}
+
+/// An error message as logged: unless prompts may be logged, the contents of its quoted
+/// strings (which may echo request text, e.g. `invalid type: string "..."`) are elided.
+pub fn log_text(message: &str, log_prompts: bool) -> std::borrow::Cow<'_, str> {
+    if log_prompts || !message.contains('"') {
+        return message.into();
+    }
+    let mut out = String::with_capacity(message.len());
+    let (mut quoted, mut escaped, mut elided) = (false, false, false);
+    for c in message.chars() {
+        if quoted && escaped {
+            escaped = false;
+        } else if quoted && c == '\\' {
+            escaped = true;
+        } else if c == '"' {
+            quoted = !quoted;
+            elided = false;
+            out.push(c);
+        } else if !quoted {
+            out.push(c);
+        } else if !elided {
+            out.push('…');
+            elided = true;
+        }
+    }
+    out.into()
 }
 
 impl RequestLog {
@@ -321,5 +356,21 @@ impl Drop for RequestLog {
                 "request cancelled by the client"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_text;
+
+    #[test]
+    fn logged_errors_elide_quoted_text() {
+        let m = r#"invalid type: string "my \"secret\" prompt", expected a sequence"#;
+        assert_eq!(
+            log_text(m, false),
+            "invalid type: string \"…\", expected a sequence"
+        );
+        assert_eq!(log_text(m, true), m);
+        assert_eq!(log_text("`n` must be >= 1", false), "`n` must be >= 1");
     }
 }

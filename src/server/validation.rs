@@ -174,14 +174,14 @@ pub fn tgi(
         ));
     }
     let temperature = p.temperature.unwrap_or(1.0);
-    if temperature.is_nan() || temperature <= 0.0 {
+    if !(temperature.is_finite() && temperature > 0.0) {
         return Err(ApiError::param(
             "temperature",
             "`temperature` must be strictly positive",
         ));
     }
     let repetition_penalty = p.repetition_penalty.unwrap_or(1.0);
-    if repetition_penalty.is_nan() || repetition_penalty <= 0.0 {
+    if !(repetition_penalty.is_finite() && repetition_penalty > 0.0) {
         return Err(ApiError::param(
             "repetition_penalty",
             "`repetition_penalty` must be strictly positive",
@@ -335,7 +335,7 @@ pub fn openai_sampling(limits: &Limits, s: &OpenAiSampling) -> Result<SamplingPa
     let presence_penalty = penalty(s.presence_penalty, "presence_penalty")?;
     let frequency_penalty = penalty(s.frequency_penalty, "frequency_penalty")?;
     let repetition_penalty = s.repetition_penalty.unwrap_or(1.0);
-    if repetition_penalty.is_nan() || repetition_penalty <= 0.0 {
+    if !(repetition_penalty.is_finite() && repetition_penalty > 0.0) {
         return Err(ApiError::param(
             "repetition_penalty",
             "`repetition_penalty` must be strictly positive",

@@ -14,6 +14,13 @@ use wick::server::ServerOptions;
 #[path = "../common/mod.rs"]
 mod common;
 
+/// The default model, loaded.
+pub fn load_default_model() -> wick::model::LoadedModel {
+    let resolved = common::default_model();
+    wick::model::load(&resolved, &wick::model::LoadOptions::default())
+        .expect("the default model loads")
+}
+
 /// A server running on its own thread and runtime.
 pub struct TestServer {
     pub base: String,
@@ -47,9 +54,15 @@ pub fn options() -> ServerOptions {
 
 impl TestServer {
     pub fn start(config: EngineConfig, options: ServerOptions) -> Self {
-        let resolved = common::default_model();
-        let loaded = wick::model::load(&resolved, &wick::model::LoadOptions::default())
-            .expect("the default model loads");
+        Self::start_model(load_default_model(), config, options)
+    }
+
+    /// A server for an already loaded model (e.g. one given another chat template).
+    pub fn start_model(
+        loaded: wick::model::LoadedModel,
+        config: EngineConfig,
+        options: ServerOptions,
+    ) -> Self {
         let engine = EngineHandle::start(loaded, config).expect("the engine starts");
         let (addr_tx, addr_rx) = std::sync::mpsc::channel::<SocketAddr>();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
