@@ -1,8 +1,10 @@
 //! Per-layer K/V storage in fixed-size blocks.
 //!
-//! Layout of one layer's K (and V): `[num_blocks][num_kv_heads][block_size][head_dim]`,
-//! so the keys of one head inside one block are contiguous: the attention loop streams
-//! through them without gathering a sequence's cache into a contiguous copy. Values are
+//! Layout of one layer's V: `[num_blocks][num_kv_heads][block_size][head_dim]`; of its K:
+//! `[num_blocks][num_kv_heads][head_dim][block_size]` (each block's keys transposed, so
+//! attention scores for a block's keys build up lane by lane with no horizontal sums).
+//! Either way one head's part of a block is contiguous: the attention loop streams through
+//! it without gathering a sequence's cache into a contiguous copy. Values are
 //! stored as f16 (llama.cpp's and vLLM's default), halving the cache's memory and bandwidth.
 
 use half::f16;
@@ -22,7 +24,9 @@ impl CacheLayout {
         self.num_blocks * self.num_kv_heads * self.block_size * self.head_dim
     }
 
-    /// Offset of (slot, kv head) in a layer's K or V buffer.
+    /// Offset of (slot, kv head) in a layer's V buffer (in K, the same block region holds
+    /// the keys transposed: component `c` of the key at `slot` is at
+    /// `block_offset + c * block_size + slot % block_size`).
     #[inline]
     pub fn offset(&self, slot: usize, kv_head: usize) -> usize {
         let block = slot / self.block_size;

@@ -6,13 +6,18 @@
 //! contiguous copy. Query heads that share a KV head (GQA) are processed together so each
 //! key and value is loaded once per group.
 //!
-//! K/V are stored as f16. Like llama.cpp's CPU attention, queries and softmax weights are
-//! rounded to f16 before they meet the f16 cache, and products are summed in f32.
+//! K/V are stored as f16 (keys transposed within their block, see `kv::cache`). Like
+//! llama.cpp's CPU attention, queries and softmax weights are rounded to f16 before they
+//! meet the f16 cache, and products are summed in f32.
+//!
+//! Every query row gets the same arithmetic whatever its tile, chunk or batch (so outputs
+//! do not depend on what else runs). For the common head sizes (64, 128) the weighted sum
+//! of values keeps its output head in registers across the keys.
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
-use super::simd::{axpy, dot_ggml};
+use super::simd::{axpy, exp};
 use crate::kv::CacheLayout;
 
 /// One sequence's part of a flattened batch, as attention sees it.
@@ -38,13 +43,19 @@ pub fn write_kv(
     slots: &[u32],
 ) {
     let d = layout.head_dim;
+    let bs = layout.block_size;
     let row = layout.num_kv_heads * d;
     for (t, &slot) in slots.iter().enumerate() {
+        let (block, within) = (slot as usize / bs, slot as usize % bs);
         for h in 0..layout.num_kv_heads {
-            let dst = layout.offset(slot as usize, h);
             let src = t * row + h * d;
-            k_cache[dst..dst + d].convert_from_f32_slice(&k[src..src + d]);
+            let dst = layout.offset(slot as usize, h);
             v_cache[dst..dst + d].convert_from_f32_slice(&v[src..src + d]);
+            // Keys are stored transposed within their block.
+            let kb = &mut k_cache[layout.block_offset(block, h)..][..d * bs];
+            for (c, &x) in k[src..src + d].iter().enumerate() {
+                kb[c * bs + within] = f16::from_f32(x);
+            }
         }
     }
 }
@@ -104,14 +115,16 @@ pub fn paged_attention(
             scores.resize(len * group * vmax, 0.0);
             // Pass 1: scores, laid out [row][head][key].
             for_each_block(layout, seq.block_table, kvh, vmax, |first, n, off| {
-                k_cache[off..off + n * d].convert_to_f32_slice(&mut row[..n * d]);
+                // The block's keys, transposed: row[c * bs + j] = component c of key j.
+                k_cache[off..off + bs * d].convert_to_f32_slice(&mut row[..bs * d]);
                 for i in 0..len {
                     let n_i = n.min(visible(i).saturating_sub(first));
                     for h in 0..group {
                         let qh = &q16[(i * group + h) * d..][..d];
                         let sc = &mut scores[(i * group + h) * vmax + first..][..n_i];
-                        for (x, key) in sc.iter_mut().zip(row.chunks_exact(d)) {
-                            *x = dot_ggml(qh, key) * softmax_scale;
+                        block_scores(qh, row, bs, sc);
+                        for x in sc.iter_mut() {
+                            *x *= softmax_scale;
                         }
                     }
                 }
@@ -123,7 +136,7 @@ pub fn paged_attention(
                     let max = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                     let mut sum = 0.0;
                     for x in r.iter_mut() {
-                        *x = (*x - max).exp();
+                        *x = exp(*x - max);
                         sum += *x;
                     }
                     let inv = 1.0 / sum;
@@ -157,8 +170,14 @@ pub fn paged_attention(
                     for h in 0..group {
                         let p = &scores[(i * group + h) * vmax + first..][..n_i];
                         let oh = &mut o[h * d..(h + 1) * d];
-                        for (&w, value) in p.iter().zip(row.chunks_exact(d)) {
-                            axpy(w, value, oh);
+                        match d {
+                            64 => weighted_sum::<64>(p, row, oh),
+                            128 => weighted_sum::<128>(p, row, oh),
+                            _ => {
+                                for (&w, value) in p.iter().zip(row.chunks_exact(d)) {
+                                    axpy(w, value, oh);
+                                }
+                            }
                         }
                     }
                 }
@@ -175,6 +194,52 @@ struct Scratch {
     scores: Vec<f32>,
     q16: Vec<f32>,
     row: Vec<f32>,
+}
+
+/// Keys whose scores build up together, one per vector lane.
+const KEY_LANES: usize = 16;
+
+/// `out[j] = Σ_c q[c] · kt[c * bs + j]` for the first `out.len()` keys of a transposed
+/// block (`kt`: `[d][bs]`). Each score is one fused multiply-add chain over `c` in order,
+/// whichever lane computes it, so scores do not depend on the block size or on how many
+/// keys are visible.
+#[inline]
+fn block_scores(q: &[f32], kt: &[f32], bs: usize, out: &mut [f32]) {
+    let mut j0 = 0;
+    // Whole groups of lanes, also past the visible keys while the block has room (the
+    // extra lanes read other slots of the block and are dropped).
+    while j0 < out.len() && j0 + KEY_LANES <= bs {
+        let mut acc = [0f32; KEY_LANES];
+        for (c, &qc) in q.iter().enumerate() {
+            let keys = &kt[c * bs + j0..][..KEY_LANES];
+            for (a, &k) in acc.iter_mut().zip(keys) {
+                *a = k.mul_add(qc, *a);
+            }
+        }
+        let take = KEY_LANES.min(out.len() - j0);
+        out[j0..j0 + take].copy_from_slice(&acc[..take]);
+        j0 += take;
+    }
+    for (j, o) in out.iter_mut().enumerate().skip(j0) {
+        let mut a = 0f32;
+        for (c, &qc) in q.iter().enumerate() {
+            a = kt[c * bs + j].mul_add(qc, a);
+        }
+        *o = a;
+    }
+}
+
+/// `out += Σ_j p[j] · values[j]` over rows of `D` values, with `out` held in registers.
+#[inline]
+fn weighted_sum<const D: usize>(p: &[f32], values: &[f32], out: &mut [f32]) {
+    let mut acc = [0f32; D];
+    acc.copy_from_slice(&out[..D]);
+    for (&w, v) in p.iter().zip(values.chunks_exact(D)) {
+        for (a, &x) in acc.iter_mut().zip(v) {
+            *a = x.mul_add(w, *a);
+        }
+    }
+    out[..D].copy_from_slice(&acc);
 }
 
 /// Calls `f(first_key_index, keys_in_block, offset)` for each block holding the first
@@ -246,7 +311,13 @@ mod tests {
 
     #[test]
     fn matches_naive_attention_across_blocks_and_chunks() {
-        let (nh, nkv, d) = (4, 2, 8);
+        for d in [8, 64, 128] {
+            check_against_naive(d);
+        }
+    }
+
+    fn check_against_naive(d: usize) {
+        let (nh, nkv) = (6, 2);
         let total = 23;
         let r = |i: usize| ((i as f32 * 12.9898).sin() * 43758.547).fract();
         let k: Vec<f32> = (0..total * nkv * d).map(r).collect();
@@ -300,7 +371,10 @@ mod tests {
             }
             for (a, b) in out.iter().zip(&expect) {
                 // f16 storage: agreement to f16 precision.
-                assert!((a - b).abs() < 2e-3, "block size {bs}: {a} vs {b}");
+                assert!(
+                    (a - b).abs() < 2e-3,
+                    "head dim {d}, block size {bs}: {a} vs {b}"
+                );
             }
         }
     }

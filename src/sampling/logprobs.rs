@@ -10,36 +10,7 @@ pub(crate) const BLOCK: usize = 64;
 /// 8 lanes, the partial sums are added in f64).
 pub(crate) const SUM_BLOCK: usize = 256;
 
-const LN2_HI: f32 = 0.693_359_4;
-const LN2_LO: f32 = -2.121_944_4e-4;
-const EXP_LO: f32 = -87.336_55;
-const EXP_HI: f32 = 88.0;
-
-/// `exp(x)`, Cephes' `expf` polynomial (relative error below 1e-7): 0 below -87.3 (and
-/// for -inf and NaN), finite up to 88. Branch-free, so loops over it vectorize.
-#[inline(always)]
-pub(crate) fn exp1(x: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
-    let c = x.clamp(EXP_LO, EXP_HI);
-    // t = MAGIC + round(c / ln 2); its low mantissa bits hold that integer n.
-    let t = c * std::f32::consts::LOG2_E + MAGIC;
-    let n = t - MAGIC;
-    let r = (c - n * LN2_HI) - n * LN2_LO;
-    let mut q = 1.987_569_1e-4f32;
-    q = q * r + 1.398_199_9e-3;
-    q = q * r + 8.333_452e-3;
-    q = q * r + 4.166_579_6e-2;
-    q = q * r + 1.666_666_5e-1;
-    q = q * r + 0.5;
-    let p = q * (r * r) + r + 1.0;
-    let scale = f32::from_bits(t.to_bits().wrapping_sub(MAGIC.to_bits()).wrapping_add(127) << 23);
-    // False for NaN and -inf.
-    if x >= EXP_LO {
-        p * scale
-    } else {
-        0.0
-    }
-}
+pub(crate) use crate::ops::simd::exp as exp1;
 
 /// `out[i] = exp((v[i] - m) * inv_t)`.
 #[inline]
