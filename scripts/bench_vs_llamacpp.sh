@@ -40,17 +40,8 @@ if ! "$VENV/bin/python" -c "import numpy, llama_cpp, sys; sys.exit(llama_cpp.__v
 fi
 
 # --- wick -------------------------------------------------------------------
-WICK="${WICK:-target/release/wick}"
-if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
-    echo ">> cargo build --release" >&2
-    cargo build --release >&2
-fi
-[[ -x "$WICK" ]] || { echo "$WICK not found (build failed?)" >&2; exit 1; }
-
-if [[ -z "${MODEL:-}" ]]; then
-    MODEL="$("$WICK" model-path | tail -n 1)"
-fi
-[[ -f "$MODEL" ]] || { echo "model file not found: '$MODEL' (set MODEL=path.gguf to override)" >&2; exit 1; }
+# shellcheck source=scripts/bench_common.sh
+source "$(dirname "$0")/bench_common.sh"
 echo ">> model: $MODEL" >&2
 
 # --- run ----------------------------------------------------------------------
