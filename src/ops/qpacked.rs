@@ -602,9 +602,15 @@ mod tests {
             }
         };
         let p4 = PackedMatrix::<Q4_1x8>::new(&q4_1_weights(n, k, 11), n, k).unwrap();
-        close(Q4_1x8::dot_8xr(p4.group(0), x), q4_1x8_scalar(p4.group(0), x));
+        close(
+            Q4_1x8::dot_8xr(p4.group(0), x),
+            q4_1x8_scalar(p4.group(0), x),
+        );
         let p8 = PackedMatrix::<Q8_0x8>::new(&q8_0_weights(n, k, 12), n, k).unwrap();
-        close(Q8_0x8::dot_8xr(p8.group(0), x), q8_0x8_scalar(p8.group(0), x));
+        close(
+            Q8_0x8::dot_8xr(p8.group(0), x),
+            q8_0x8_scalar(p8.group(0), x),
+        );
     }
 
     #[test]

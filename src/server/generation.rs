@@ -48,7 +48,9 @@ pub async fn collect(
     while let Some(ev) = rx.recv().await {
         match ev {
             Event::Prefill { tokens } => prefill = tokens,
-            Event::Token { candidate, token, .. } => {
+            Event::Token {
+                candidate, token, ..
+            } => {
                 if candidate < candidates {
                     tokens[candidate].push(token.token);
                     tops[candidate].push(token.top_tokens);
