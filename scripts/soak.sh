@@ -14,7 +14,8 @@
 #   WICK           the wick binary [target/release/wick, built if missing]
 #   PORT           [3999]
 #   REQUESTS       benchmark requests after warm-up [10000]
-#   WARMUP         benchmark requests before the RSS baseline [500]
+#   WARMUP         benchmark requests before the RSS baseline [1000]; they must cycle
+#                  through the whole KV cache (its pages are touched on first use)
 #   CHUNK          requests per benchmark run [250]
 #   INPUT_LEN      synthetic prompt tokens [16]
 #   OUTPUT_LEN     tokens per request [8]
@@ -24,21 +25,21 @@
 #   SOAK_PAUSE_FILE  while this file exists the server and the load generator are
 #                  frozen (SIGSTOP, then SIGCONT), so the machine can be shared with
 #                  timing runs [unset]
-#   SERVE_ARGS     extra `wick serve` flags [--max-batch-total-tokens 16384]
+#   SERVE_ARGS     extra `wick serve` flags [--max-batch-total-tokens 4096]
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 WICK=${WICK:-target/release/wick}
 PORT=${PORT:-3999}
 REQUESTS=${REQUESTS:-10000}
-WARMUP=${WARMUP:-500}
+WARMUP=${WARMUP:-1000}
 CHUNK=${CHUNK:-250}
 INPUT_LEN=${INPUT_LEN:-16}
 OUTPUT_LEN=${OUTPUT_LEN:-8}
 SAMPLE_SECS=${SAMPLE_SECS:-5}
 MAX_DRIFT_PCT=${MAX_DRIFT_PCT:-5}
 SOAK_DIR=${SOAK_DIR:-$(mktemp -d -t wick-soak.XXXXXX)}
-SERVE_ARGS=${SERVE_ARGS:---max-batch-total-tokens 16384}
+SERVE_ARGS=${SERVE_ARGS:---max-batch-total-tokens 4096}
 URL="http://127.0.0.1:$PORT"
 mkdir -p "$SOAK_DIR"
 
