@@ -102,7 +102,7 @@ struct StopGuard {
 
 impl Drop for StopGuard {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if std::thread::panicking() && !self.stopped.load(Ordering::SeqCst) {
             tracing::error!("the engine thread panicked: the requests in flight fail");
         }
         self.ready.store(false, Ordering::SeqCst);
@@ -157,12 +157,19 @@ impl EngineHandle {
         std::thread::Builder::new()
             .name("wick-engine".into())
             .spawn(move || {
-                // However the thread ends (a panic included), the handle learns it.
-                let _guard = StopGuard {
+                // However the thread ends (a panic included), the handle learns it: the
+                // first guard covers building the core, the second (dropped before the
+                // core, whose drop closes the requests' channels) makes sure a client
+                // that sees its request fail already sees the engine stopped.
+                let _building = StopGuard {
                     ready: ready.clone(),
                     stopped: stopped.clone(),
                 };
                 let mut core = EngineCore::new(model, cache, tokenizer, stats, config);
+                let _running = StopGuard {
+                    ready: ready.clone(),
+                    stopped: stopped.clone(),
+                };
                 match core.warmup() {
                     Ok(()) => {
                         ready.store(true, Ordering::SeqCst);
