@@ -96,8 +96,30 @@ impl Linear {
         }) else {
             return layers.iter().map(|l| l.forward(x)).collect();
         };
-        let (m, xk) = x.dims2()?;
         let k = own[0].2;
+        let ns: Vec<usize> = own.iter().map(|(_, n, _)| *n).collect();
+        let bytes: Vec<_> = own
+            .iter()
+            .map(|(t, _, _)| t.data())
+            .collect::<Result<_>>()?;
+        let weights: Vec<(&[u8], usize)> =
+            bytes.iter().zip(&ns).map(|(b, &n)| (&b[..], n)).collect();
+        Self::run_on_cpu(layers, x, k, &ns, |xs, m, outs| match own[0].0.dtype() {
+            GgmlDType::Q4_1 => own_matmul::<qmatmul::BlockQ4_1>(xs, m, k, &weights, outs),
+            _ => own_matmul::<qmatmul::BlockQ8_0>(xs, m, k, &weights, outs),
+        })
+    }
+
+    /// The shared frame of wick's CPU matmuls: checks that `x` has `k` columns, hands its
+    /// rows as f32 and one zeroed `[m, n]` output per layer to `run`, then adds the biases.
+    fn run_on_cpu(
+        layers: &[&Linear],
+        x: &Tensor,
+        k: usize,
+        ns: &[usize],
+        run: impl FnOnce(&[f32], usize, &mut [&mut [f32]]) -> Result<()>,
+    ) -> Result<Vec<Tensor>> {
+        let (m, xk) = x.dims2()?;
         if xk != k {
             candle_core::bail!("matmul input has {xk} columns, weight expects {k}");
         }
@@ -107,26 +129,14 @@ impl Linear {
             Storage::Cpu(cpu) => &cpu.as_slice::<f32>()?[layout.start_offset()..][..m * k],
             _ => candle_core::bail!("CPU quantized matmul given a non-CPU tensor"),
         };
-        let bytes: Vec<_> = own
-            .iter()
-            .map(|(t, _, _)| t.data())
-            .collect::<Result<_>>()?;
-        let weights: Vec<(&[u8], usize)> = bytes
-            .iter()
-            .zip(&own)
-            .map(|(b, (_, n, _))| (&b[..], *n))
-            .collect();
-        let mut outs: Vec<Vec<f32>> = own.iter().map(|(_, n, _)| vec![0f32; m * n]).collect();
+        let mut outs: Vec<Vec<f32>> = ns.iter().map(|&n| vec![0f32; m * n]).collect();
         let mut out_refs: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
-        match own[0].0.dtype() {
-            GgmlDType::Q4_1 => own_matmul::<qmatmul::BlockQ4_1>(xs, m, k, &weights, &mut out_refs)?,
-            _ => own_matmul::<qmatmul::BlockQ8_0>(xs, m, k, &weights, &mut out_refs)?,
-        }
+        run(xs, m, &mut out_refs)?;
         outs.into_iter()
-            .zip(&own)
+            .zip(ns)
             .zip(layers)
-            .map(|((o, (_, n, _)), l)| {
-                let y = Tensor::from_vec(o, (m, *n), &Device::Cpu)?;
+            .map(|((o, &n), l)| {
+                let y = Tensor::from_vec(o, (m, n), &Device::Cpu)?;
                 match &l.bias {
                     Some(b) => y.broadcast_add(b),
                     None => Ok(y),
@@ -170,40 +180,28 @@ impl Linear {
                 _ => None,
             })
             .collect();
-        let (m, xk) = x.dims2()?;
         let shapes: Vec<(usize, usize)> = match (&q4, &q8) {
             (Some(w), _) => w.iter().map(|w| (w.rows(), w.cols())).collect(),
             (_, Some(w)) => w.iter().map(|w| (w.rows(), w.cols())).collect(),
             _ => return Ok(None),
         };
-        if shapes.iter().any(|&(_, k)| k != xk) {
-            candle_core::bail!("matmul input has {xk} columns, a weight expects another width");
-        }
-        let x = x.to_dtype(DType::F32)?.contiguous()?;
-        let (storage, layout) = x.storage_and_layout();
-        let xs = match &*storage {
-            Storage::Cpu(cpu) => &cpu.as_slice::<f32>()?[layout.start_offset()..][..m * xk],
-            _ => candle_core::bail!("CPU quantized matmul given a non-CPU tensor"),
+        let Some(&(_, k)) = shapes.first() else {
+            return Ok(Some(Vec::new()));
         };
-        let mut outs: Vec<Vec<f32>> = shapes.iter().map(|&(n, _)| vec![0f32; m * n]).collect();
-        let mut out_refs: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
-        match (&q4, &q8) {
-            (Some(w), _) => qpacked::matmul_many(xs, m, w, &mut out_refs),
-            (_, Some(w)) => qpacked::matmul_many(xs, m, w, &mut out_refs),
-            _ => return Ok(None),
+        if shapes.iter().any(|&(_, wk)| wk != k) {
+            // Mixed widths: each layer on its own.
+            return Ok(None);
         }
-        outs.into_iter()
-            .zip(&shapes)
-            .zip(layers)
-            .map(|((o, &(n, _)), l)| {
-                let y = Tensor::from_vec(o, (m, n), &Device::Cpu)?;
-                match &l.bias {
-                    Some(b) => y.broadcast_add(b),
-                    None => Ok(y),
-                }
-            })
-            .collect::<Result<Vec<_>>>()
-            .map(Some)
+        let ns: Vec<usize> = shapes.iter().map(|&(n, _)| n).collect();
+        Self::run_on_cpu(layers, x, k, &ns, |xs, m, outs| {
+            match (&q4, &q8) {
+                (Some(w), _) => qpacked::matmul_many(xs, m, w, outs),
+                (_, Some(w)) => qpacked::matmul_many(xs, m, w, outs),
+                _ => {}
+            }
+            Ok(())
+        })
+        .map(Some)
     }
 }
 

@@ -140,6 +140,17 @@ impl WorkPool {
         }
     }
 
+    /// Runs `f` over `0..n_items` split into one contiguous range per thread, so each
+    /// thread streams its part of the data front to back (what the hardware prefetcher
+    /// likes; the matmuls' decode path).
+    pub fn execute_contiguous<F: Fn(std::ops::Range<usize>) + Sync>(&self, n_items: usize, f: F) {
+        let chunk = n_items.div_ceil(self.threads());
+        self.execute(|tid| {
+            let start = (tid * chunk).min(n_items);
+            f(start..n_items.min(start + chunk));
+        });
+    }
+
     /// Runs `f` over `0..n_items` in chunks shared out through a cursor.
     pub fn execute_chunked<F: Fn(std::ops::Range<usize>) + Sync>(&self, n_items: usize, f: F) {
         if n_items == 0 {

@@ -354,14 +354,8 @@ pub fn matmul_many<T: QType>(
     };
     let pool = super::pool::global();
     if m == 1 {
-        // Decode: one contiguous slice of weight rows per thread, so each thread streams
-        // its part of the matrices front to back (what the hardware prefetcher likes).
-        let threads = pool.threads();
-        let chunk = n_items.div_ceil(threads);
-        pool.execute(|tid| {
-            let start = (tid * chunk).min(n_items);
-            run(start..n_items.min(start + chunk));
-        });
+        // Decode: one contiguous slice of weight rows per thread.
+        pool.execute_contiguous(n_items, run);
     } else {
         pool.execute_chunked(n_items, run);
     }

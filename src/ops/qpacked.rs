@@ -406,14 +406,8 @@ pub fn matmul_many<T: Packed>(
     };
     let pool = super::pool::global();
     if m == 1 {
-        // Decode: one contiguous slice of weight groups per thread, so each thread streams
-        // its part of the matrices front to back.
-        let threads = pool.threads();
-        let chunk = n_items.div_ceil(threads);
-        pool.execute(|tid| {
-            let start = (tid * chunk).min(n_items);
-            run(start..n_items.min(start + chunk));
-        });
+        // Decode: one contiguous slice of weight groups per thread.
+        pool.execute_contiguous(n_items, run);
     } else {
         pool.execute_chunked(n_items, run);
     }
