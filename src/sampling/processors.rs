@@ -412,6 +412,22 @@ mod tests {
         }
     }
 
+    /// The ids typical_p keeps of candidates (sorted, most likely first) at `mass`.
+    fn typical_kept(base: &[(u32, f32)], mass: f32) -> Vec<u32> {
+        let mut cands = base.to_vec();
+        let mut w = Vec::new();
+        weights(&cands, cands[0].1, 1.0, &mut w);
+        let z: f64 = w.iter().map(|&x| x as f64).sum();
+        let moment: f64 = cands
+            .iter()
+            .zip(&w)
+            .map(|(c, &x)| x as f64 * (c.1 - cands[0].1) as f64)
+            .sum();
+        let m = cands[0].1;
+        typical_filter(&mut cands, &w, m, 1.0, z, moment, mass, &mut Vec::new());
+        cands.iter().map(|c| c.0).collect()
+    }
+
     #[test]
     fn typical_by_hand() {
         // probs 0.7, 0.1, 0.1, 0.1: H = -(0.7 ln 0.7 + 0.3 ln 0.1) = 0.9404;
@@ -422,20 +438,7 @@ mod tests {
             .enumerate()
             .map(|(i, p)| (i as u32, p.ln()))
             .collect();
-        let run = |mass: f32| {
-            let mut cands = base.clone();
-            let mut w = Vec::new();
-            weights(&cands, cands[0].1, 1.0, &mut w);
-            let z: f64 = w.iter().map(|&x| x as f64).sum();
-            let moment: f64 = cands
-                .iter()
-                .zip(&w)
-                .map(|(c, &x)| x as f64 * (c.1 - cands[0].1) as f64)
-                .sum();
-            let m = cands[0].1;
-            typical_filter(&mut cands, &w, m, 1.0, z, moment, mass, &mut Vec::new());
-            cands.iter().map(|c| c.0).collect::<Vec<_>>()
-        };
+        let run = |mass: f32| typical_kept(&base, mass);
         assert_eq!(run(0.5), vec![0]);
         assert_eq!(run(0.65), vec![0]);
         // Past 0.7 the next shift (1.362) is shared by all three 0.1 tokens: all kept.
@@ -447,18 +450,7 @@ mod tests {
             .enumerate()
             .map(|(i, p)| (i as u32, p.ln()))
             .collect();
-        let mut cands = cands0.clone();
-        let mut w = Vec::new();
-        weights(&cands, cands[0].1, 1.0, &mut w);
-        let z: f64 = w.iter().map(|&x| x as f64).sum();
-        let moment: f64 = cands
-            .iter()
-            .zip(&w)
-            .map(|(c, &x)| x as f64 * (c.1 - cands[0].1) as f64)
-            .sum();
-        let m = cands[0].1;
-        typical_filter(&mut cands, &w, m, 1.0, z, moment, 0.5, &mut Vec::new());
-        assert_eq!(cands.iter().map(|c| c.0).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(typical_kept(&cands0, 0.5), vec![1, 2]);
     }
 
     #[test]
