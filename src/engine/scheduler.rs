@@ -7,7 +7,9 @@
 //! budget, the batch size and free blocks allow. A running sequence that needs a block
 //! when none is free preempts the most recently admitted one, which goes back to the
 //! front of the queue to be recomputed. New admissions reuse every leading block of their
-//! tokens found in the prefix cache.
+//! tokens found in the prefix cache. While a batch runs, TGI's `waiting_served_ratio`
+//! and `max_waiting_tokens` decide whether a step admits at all: admission is planned as
+//! a dry run and kept only if enough requests fit.
 //!
 //! The scheduler knows sequences only by id, tokens and block tables: the engine core runs
 //! the model and samples, then reports back with [`Scheduler::complete`].
@@ -15,7 +17,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use super::sequence::Sequence;
-use crate::kv::{block_hash, BlockHash, BlockId, BlockPool};
+use crate::kv::{block_hash, BlockHash, BlockId, BlockPool, BlockTable};
 
 pub type SeqId = u64;
 
@@ -27,11 +29,14 @@ pub struct SchedulerConfig {
     pub max_batch_prefill_tokens: usize,
     /// Most sequences in one step.
     pub max_batch_size: usize,
-    /// Steps a waiting request may be held back (to gather admissions into one prefill)
-    /// before it is admitted regardless of `waiting_served_ratio`.
+    /// Steps after the last admission during which `waiting_served_ratio` may hold
+    /// waiting requests back (to gather them into one prefill); from then on whatever
+    /// fits is admitted.
     pub max_waiting_tokens: usize,
-    /// While running, admit waiting requests only once at least this fraction of the
-    /// running batch size is waiting (or `max_waiting_tokens` steps have passed).
+    /// While a batch is running, waiting requests are admitted only when at least this
+    /// fraction of the running batch size (rounded down) of them would be admitted in the
+    /// step, within its budgets and the free blocks, as TGI's router; or once
+    /// `max_waiting_tokens` steps have passed since the last admission.
     pub waiting_served_ratio: f32,
     /// Tokens per KV block.
     pub block_size: usize,
@@ -88,6 +93,17 @@ pub struct ScheduledItem {
     pub completes: bool,
 }
 
+/// A waiting sequence that fits in the step: its block table with the prefix-cache hits
+/// and the new chunk's slots.
+#[derive(Debug)]
+struct Admission {
+    id: SeqId,
+    table: BlockTable,
+    hit_blocks: usize,
+    num_tokens: usize,
+    completes: bool,
+}
+
 /// The outcome of planning one step.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StepPlan {
@@ -128,8 +144,9 @@ pub struct Scheduler {
     waiting: VecDeque<SeqId>,
     /// In admission order, oldest first.
     running: Vec<SeqId>,
-    /// Steps since waiting requests were last admitted while some were waiting.
-    held_steps: usize,
+    /// Steps since the last one that admitted waiting requests (TGI's `waiting_tokens`):
+    /// at `max_waiting_tokens`, `waiting_served_ratio` no longer holds admissions back.
+    waiting_steps: usize,
 }
 
 impl Scheduler {
@@ -140,7 +157,7 @@ impl Scheduler {
             entries: HashMap::new(),
             waiting: VecDeque::new(),
             running: Vec::new(),
-            held_steps: 0,
+            waiting_steps: 0,
         }
     }
 
@@ -344,32 +361,115 @@ impl Scheduler {
 
         // 2. Waiting sequences, first come first served, unless something was preempted
         // this step (memory is short) or TGI's waiting rules hold admissions back.
-        if !plan.preempted.is_empty() || self.waiting.is_empty() {
-            return Ok(plan);
+        let admitted = if plan.preempted.is_empty() {
+            self.admit(&mut plan, prefill_budget)?
+        } else {
+            0
+        };
+        // TGI's `waiting_tokens`: steps since the last one that admitted requests.
+        self.waiting_steps = if admitted > 0 {
+            1
+        } else {
+            self.waiting_steps.saturating_add(1)
+        };
+        Ok(plan)
+    }
+
+    /// Admits waiting sequences into the step as TGI's router does (`batching_task` and
+    /// `Queue::next_batch`): while a batch is running and fewer than `max_waiting_tokens`
+    /// steps have passed since the last admission, the requests that would be admitted
+    /// now (a dry run under the prefill budget, the batch size and the free blocks) are
+    /// admitted only if there are at least `waiting_served_ratio` × the running batch
+    /// size of them; otherwise nobody is and the running sequences keep decoding.
+    /// Returns how many were admitted.
+    fn admit(
+        &mut self,
+        plan: &mut StepPlan,
+        prefill_budget: usize,
+    ) -> Result<usize, ScheduleError> {
+        if self.waiting.is_empty()
+            || self.running.len() >= self.cfg.max_batch_size
+            || prefill_budget == 0
+        {
+            return Ok(0);
         }
-        if !self.running.is_empty() && self.held_steps < self.cfg.max_waiting_tokens {
-            let min_size = (self.running.len() as f32 * self.cfg.waiting_served_ratio) as usize;
-            if self.waiting.len() < min_size {
-                self.held_steps += 1;
-                return Ok(plan);
-            }
+        let min_size =
+            if self.running.is_empty() || self.waiting_steps >= self.cfg.max_waiting_tokens {
+                0
+            } else {
+                // Floor, as TGI (a negative or NaN ratio gives 0).
+                (self.running.len() as f32 * self.cfg.waiting_served_ratio) as usize
+            };
+        if self.waiting.len() < min_size {
+            return Ok(0);
         }
-        let mut admitted = 0;
-        while let Some(&id) = self.waiting.front() {
-            if self.running.len() >= self.cfg.max_batch_size || prefill_budget == 0 {
-                break;
+        let admissions = if min_size <= 1 {
+            // Any admission meets the minimum: plan on the pool itself.
+            self.plan_admissions(None, prefill_budget)?
+        } else {
+            // Dry run on a copy of the pool, kept only if enough requests fit, so a
+            // held-back step leaves the cache exactly as it was (reference counts, the
+            // prefix cache and its LRU order).
+            let mut trial = self.pool.clone();
+            let admissions = self.plan_admissions(Some(&mut trial), prefill_budget)?;
+            if admissions.len() < min_size {
+                return Ok(0);
             }
+            self.pool = trial;
+            admissions
+        };
+        let admitted = admissions.len();
+        for a in admissions {
             let e = self
                 .entries
-                .get_mut(&id)
-                .ok_or(ScheduleError::Unknown(id))?;
+                .get_mut(&a.id)
+                .ok_or(ScheduleError::Unknown(a.id))?;
+            debug_assert_eq!(self.waiting.front(), Some(&a.id));
+            e.seq.block_table = a.table;
+            if a.hit_blocks > 0 {
+                e.seq.num_computed = a.hit_blocks * self.cfg.block_size;
+                e.registered = a.hit_blocks;
+            }
+            self.waiting.pop_front();
+            self.running.push(a.id);
+            plan.items.push(ScheduledItem {
+                id: a.id,
+                num_tokens: a.num_tokens,
+                completes: a.completes,
+            });
+            plan.prefill_tokens += a.num_tokens;
+            plan.prefix_hit_tokens += a.hit_blocks * self.cfg.block_size;
+        }
+        Ok(admitted)
+    }
+
+    /// The admissions from the front of the queue that fit in this step, with the
+    /// blocks they take from `pool` (the scheduler's own when None), in queue order.
+    fn plan_admissions(
+        &mut self,
+        pool: Option<&mut BlockPool>,
+        mut prefill_budget: usize,
+    ) -> Result<Vec<Admission>, ScheduleError> {
+        let bs = self.cfg.block_size;
+        let pool = match pool {
+            Some(p) => p,
+            None => &mut self.pool,
+        };
+        let mut admissions = Vec::new();
+        for &id in &self.waiting {
+            if self.running.len() + admissions.len() >= self.cfg.max_batch_size
+                || prefill_budget == 0
+            {
+                break;
+            }
+            let e = self.entries.get(&id).ok_or(ScheduleError::Unknown(id))?;
             // Leading blocks found in the prefix cache (always leaving one token to
             // compute, whose logits give the next token).
             let mut hits: Vec<BlockId> = Vec::new();
             if self.cfg.prefix_caching && !e.no_prefix_reuse && e.seq.num_computed == 0 {
-                let max_hits = (e.seq.tokens.len() - 1) / bs;
+                let max_hits = e.seq.tokens.len().saturating_sub(1) / bs;
                 for &h in e.hashes.iter().take(max_hits) {
-                    match self.pool.lookup(h) {
+                    match pool.lookup(h) {
                         Some(b) => hits.push(b),
                         None => break,
                     }
@@ -377,44 +477,31 @@ impl Scheduler {
             }
             let hit_tokens = hits.len() * bs;
             let start = e.seq.num_computed.max(hit_tokens);
-            let n = (e.seq.tokens.len() - start).min(prefill_budget);
+            let n = e.seq.tokens.len().saturating_sub(start).min(prefill_budget);
             let blocks_after = (start + n).div_ceil(bs);
-            let new_blocks = blocks_after - hits.len().max(e.seq.block_table.blocks().len());
-            let hits_free = hits
-                .iter()
-                .filter(|&&b| self.pool.ref_count(b) == 0)
-                .count();
-            if new_blocks + hits_free > self.pool.num_free() {
+            let new_blocks =
+                blocks_after.saturating_sub(hits.len().max(e.seq.block_table.blocks().len()));
+            let hits_free = hits.iter().filter(|&&b| pool.ref_count(b) == 0).count();
+            if new_blocks + hits_free > pool.num_free() {
                 break;
             }
+            let mut table = e.seq.block_table.clone();
             for &b in &hits {
-                self.pool.acquire_cached(b)?;
-                e.seq.block_table.push_full(b, bs);
+                pool.acquire_cached(b)?;
+                table.push_full(b, bs);
             }
-            if !hits.is_empty() {
-                e.seq.num_computed = hit_tokens;
-                e.registered = hits.len();
-            }
-            let grow = (start + n).saturating_sub(e.seq.block_table.num_tokens());
-            e.seq.block_table.grow(grow, bs, &mut self.pool)?;
-            self.waiting.pop_front();
-            self.running.push(id);
-            plan.items.push(ScheduledItem {
+            let grow = (start + n).saturating_sub(table.num_tokens());
+            table.grow(grow, bs, pool)?;
+            admissions.push(Admission {
                 id,
+                table,
+                hit_blocks: hits.len(),
                 num_tokens: n,
                 completes: start + n == e.seq.tokens.len(),
             });
             prefill_budget -= n;
-            plan.prefill_tokens += n;
-            plan.prefix_hit_tokens += hit_tokens;
-            admitted += 1;
         }
-        if admitted > 0 || self.waiting.is_empty() {
-            self.held_steps = 0;
-        } else {
-            self.held_steps += 1;
-        }
-        Ok(plan)
+        Ok(admissions)
     }
 
     /// Records that the plan's tokens were computed, and registers newly full blocks in
@@ -641,6 +728,140 @@ mod tests {
         s.remove(0).unwrap();
         s.remove(1).unwrap();
         assert_eq!(s.pool().num_used(), 0);
+    }
+
+    /// A scheduler (16-token blocks, `max_waiting_tokens` 4, ratio 0.3) whose running
+    /// batch is `n` two-token prompts, just prefilled: `extra` blocks stay free.
+    fn running_batch(n: u32, extra: usize) -> (Scheduler, u32) {
+        let mut s = Scheduler::new(cfg(1024, 64, 16), n as usize + extra);
+        let mut tok = 0;
+        for i in 0..n {
+            s.add(
+                i as SeqId,
+                Sequence::new(vec![10 + 2 * i, 11 + 2 * i]),
+                false,
+            );
+        }
+        let plan = step(&mut s, &mut tok);
+        assert_eq!(
+            plan.items.len(),
+            n as usize,
+            "nothing runs: all admitted at once"
+        );
+        assert_eq!(s.pool().num_free(), extra);
+        (s, tok)
+    }
+
+    /// `n` ten-token prompts of their own, queued with ids from 100.
+    fn queue_prompts(s: &mut Scheduler, n: u32) {
+        for i in 0..n {
+            let prompt = (0..10).map(|t| 5000 + 10 * i + t).collect();
+            s.add(100 + i as SeqId, Sequence::new(prompt), false);
+        }
+    }
+
+    #[test]
+    fn waiting_served_ratio_counts_what_fits_not_what_waits() {
+        // 10 running, 10 waiting, but one free block: one admission fits, fewer than
+        // 10 × 0.3 = 3, so nobody is admitted until 4 steps have passed since the last
+        // admission (a count of waiting requests would have admitted one at once).
+        let (mut s, mut tok) = running_batch(10, 1);
+        queue_prompts(&mut s, 10);
+        for k in 1..4 {
+            let plan = step(&mut s, &mut tok);
+            assert_eq!(plan.decode_tokens, 10, "step {k}: the batch keeps decoding");
+            assert_eq!(plan.prefill_tokens, 0, "step {k}: held back");
+            assert_eq!((s.num_running(), s.num_waiting()), (10, 10));
+            assert_eq!(s.pool().num_free(), 1, "a held step takes no block");
+        }
+        let plan = step(&mut s, &mut tok);
+        assert_eq!((plan.prefill_tokens, plan.decode_tokens), (10, 10));
+        assert_eq!((s.num_running(), s.num_waiting()), (11, 9));
+        assert!(plan.items.iter().any(|i| i.id == 100 && i.completes));
+    }
+
+    #[test]
+    fn waiting_served_ratio_admits_when_enough_fit() {
+        for (free, at_step, admitted) in [(3, 1, 3), (10, 1, 10), (2, 4, 2), (0, 0, 0)] {
+            let (mut s, mut tok) = running_batch(10, free);
+            queue_prompts(&mut s, 10);
+            for k in 1..=6 {
+                let plan = step(&mut s, &mut tok);
+                let n = plan.items.iter().filter(|i| i.num_tokens == 10).count();
+                let expect = if k == at_step { admitted } else { 0 };
+                assert_eq!(n, expect, "{free} free blocks, step {k}");
+                assert_eq!(plan.prefill_tokens, 10 * n);
+            }
+            assert_eq!(s.num_waiting(), 10 - admitted);
+        }
+    }
+
+    #[test]
+    fn max_waiting_tokens_counts_steps_since_the_last_admission() {
+        // As TGI's `waiting_tokens`: the steps count whether or not anybody waits.
+        let (mut s, mut tok) = running_batch(10, 20);
+        for _ in 0..5 {
+            step(&mut s, &mut tok);
+        }
+        queue_prompts(&mut s, 1);
+        let plan = step(&mut s, &mut tok);
+        assert_eq!(
+            plan.prefill_tokens, 10,
+            "admitted at once: 5 steps since the last"
+        );
+        // The admission restarts the count: the next one waits 3 steps (1 of 11 × 0.3).
+        s.add(
+            200,
+            Sequence::new((0..10).map(|t| 7000 + t).collect()),
+            false,
+        );
+        for _ in 1..4 {
+            assert_eq!(step(&mut s, &mut tok).prefill_tokens, 0);
+        }
+        let plan = step(&mut s, &mut tok);
+        assert!(plan.items.iter().any(|i| i.id == 200));
+    }
+
+    #[test]
+    fn a_held_back_step_leaves_the_prefix_cache_as_it_was() {
+        // Two cached free blocks (a 32-token prompt computed, then removed), 10 running
+        // sequences, one more free block. The first waiting request would take both
+        // cached blocks and the free one; the second fits no more: held back.
+        let mut s = Scheduler::new(cfg(1024, 64, 16), 13);
+        let mut tok = 0;
+        let prefix: Vec<u32> = (0..32).map(|t| 9000 + t).collect();
+        s.add(50, Sequence::new(prefix.clone()), false);
+        step(&mut s, &mut tok);
+        s.remove(50).unwrap();
+        assert_eq!(s.pool().num_cached_free(), 2);
+        for i in 0..10 {
+            s.add(
+                i,
+                Sequence::new(vec![10 + 2 * i as u32, 11 + 2 * i as u32]),
+                false,
+            );
+        }
+        step(&mut s, &mut tok);
+        assert_eq!((s.num_running(), s.pool().num_free()), (10, 3));
+        let mut first = prefix;
+        first.extend([1, 2, 3, 4]);
+        s.add(100, Sequence::new(first), false);
+        for i in 1..3 {
+            s.add(100 + i, Sequence::new(vec![8000 + i as u32; 4]), false);
+        }
+        for _ in 1..4 {
+            let plan = step(&mut s, &mut tok);
+            assert_eq!(plan.prefill_tokens, 0);
+            assert_eq!(s.pool().num_free(), 3);
+            assert_eq!(
+                s.pool().num_cached_free(),
+                2,
+                "the dry run took no cached block"
+            );
+        }
+        let plan = step(&mut s, &mut tok);
+        assert_eq!((plan.prefill_tokens, plan.prefix_hit_tokens), (4, 32));
+        assert_eq!(s.pool().num_free(), 0);
     }
 
     #[test]
