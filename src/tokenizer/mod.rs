@@ -6,6 +6,7 @@ pub mod gguf;
 mod pre;
 mod special;
 pub mod stream;
+pub mod synthetic;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -159,6 +160,12 @@ impl Tokenizer {
             special_ids,
             gguf: None,
         })
+    }
+
+    /// A byte-level tokenizer built in code with exactly `vocab_size` ids, for models that
+    /// ship none (random-weight models); see [`synthetic`].
+    pub fn byte_level(vocab_size: usize) -> Result<Self> {
+        synthetic::byte_level(vocab_size)
     }
 
     /// Token ids of `text`; special-token text is parsed as special tokens (llama.cpp's
