@@ -61,6 +61,9 @@ struct ModelArgs {
     /// Worker threads for the CPU kernels (default: all cores).
     #[arg(long, env = "WICK_THREADS")]
     threads: Option<usize>,
+    /// Where the model runs: auto, cpu, cuda or cuda:N.
+    #[arg(long, env = "WICK_DEVICE", default_value = "auto")]
+    device: String,
 }
 
 #[derive(Args, Debug)]
@@ -151,12 +154,19 @@ fn resolve(args: &ModelArgs) -> Result<hub::ResolvedModel> {
 
 fn load(args: &ModelArgs) -> Result<(LoadedModel, CacheConfig)> {
     let resolved = resolve(args)?;
-    let loaded = model::load(&resolved, &LoadOptions::default())?;
-    let cache = CacheConfig::for_model(
+    let opts = LoadOptions {
+        device: model::select_device(&args.device)?,
+        ..LoadOptions::default()
+    };
+    let loaded = model::load(&resolved, &opts)?;
+    let cache = CacheConfig::for_device(
         loaded.model.config(),
+        loaded.model.device(),
         args.block_size,
         args.max_batch_total_tokens,
         args.kv_memory_fraction,
+        1.0,
+        1 << 30,
     )?;
     Ok((loaded, cache))
 }
@@ -197,7 +207,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
     if prompt.is_empty() {
         anyhow::bail!("the prompt is empty after tokenization");
     }
-    let mut runner = ModelRunner::new(model, cache);
+    let mut runner = ModelRunner::try_new(model, cache)?;
     let mut stream = tokenizer.inner().decode_stream(true);
     let mut stdout = std::io::stdout().lock();
     let mut failed = None;
@@ -233,7 +243,7 @@ fn bench(args: BenchArgs) -> Result<()> {
     let vocab = loaded.model.config().vocab_size as u32;
     let need = args.prompt_tokens.max(8 + args.decode_tokens) + cache.block_size;
     cache.num_blocks = cache.num_blocks.max(need.div_ceil(cache.block_size));
-    let mut runner = ModelRunner::new(loaded.model, cache);
+    let mut runner = ModelRunner::try_new(loaded.model, cache)?;
     // A fixed pseudo-random prompt of exactly `prompt_tokens` ids.
     let prompt: Vec<u32> = (0..args.prompt_tokens as u64)
         .map(|i| (100 + (i * 2654435761) % (vocab as u64 - 200)) as u32)

@@ -108,13 +108,19 @@ pub struct LauncherArgs {
     /// Worker threads for the CPU kernels (default: all cores).
     #[arg(long, env = "WICK_THREADS")]
     pub threads: Option<usize>,
+    /// Where the model runs: auto (the first GPU when built with CUDA and one is present,
+    /// else the CPU), cpu, cuda or cuda:N.
+    #[arg(long, env = "WICK_DEVICE", default_value = "auto")]
+    pub device: String,
+    /// On a GPU, the fraction of its memory wick may use (weights, activations and the KV
+    /// cache, which gets the rest).
+    #[arg(long, env = "CUDA_MEMORY_FRACTION")]
+    pub cuda_memory_fraction: Option<f32>,
     /// Do not reuse the KV blocks of shared prompt prefixes.
     #[arg(long, env = "DISABLE_PREFIX_CACHING")]
     pub disable_prefix_caching: bool,
 
     // TGI launcher flags accepted and ignored.
-    #[arg(long, env = "CUDA_MEMORY_FRACTION", hide = true)]
-    pub cuda_memory_fraction: Option<f32>,
     #[arg(long, env = "DISABLE_GRAMMAR_SUPPORT", hide = true)]
     pub disable_grammar_support: bool,
     #[arg(long, env = "VALIDATION_WORKERS", hide = true)]
@@ -210,6 +216,7 @@ impl LauncherArgs {
             max_concurrent_requests: self.max_concurrent_requests,
             max_batch_total_tokens: self.max_batch_total_tokens,
             kv_memory_fraction: self.kv_memory_fraction,
+            cuda_memory_fraction: self.cuda_memory_fraction.map_or(1.0, f64::from),
             ..EngineConfig::default()
         }
     }
@@ -235,10 +242,6 @@ impl LauncherArgs {
             }
         };
         note(self.quantize.is_some(), "--quantize");
-        note(
-            self.cuda_memory_fraction.is_some(),
-            "--cuda-memory-fraction",
-        );
         note(self.disable_grammar_support, "--disable-grammar-support");
         note(self.validation_workers.is_some(), "--validation-workers");
         note(self.sharded.is_some(), "--sharded");

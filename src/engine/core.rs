@@ -7,6 +7,7 @@ use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 use anyhow::{anyhow, Result};
+use candle_core::Tensor;
 
 use super::batch::FlatBatch;
 use super::handle::{Command, EngineConfig, Submission};
@@ -14,11 +15,10 @@ use super::request::{
     Completion, EngineError, Event, FinishReason, GeneratedToken, GenerationRequest, Timings,
     TokenInfo,
 };
-use super::runner::{CacheConfig, ModelRunner};
+use super::runner::ModelRunner;
 use super::scheduler::{Scheduler, SeqId, StepPlan};
 use super::sequence::Sequence;
 use super::stats::{EngineStats, StepFigures};
-use crate::model::LlamaModel;
 use crate::sampling::{log_softmax_at, Sampler, StopSequences};
 use crate::tokenizer::{DecodeStream, Tokenizer};
 use tokio::sync::mpsc::UnboundedSender;
@@ -66,16 +66,15 @@ pub(crate) struct EngineCore {
 
 impl EngineCore {
     pub fn new(
-        model: LlamaModel,
-        cache: CacheConfig,
+        runner: ModelRunner,
         tokenizer: Arc<Tokenizer>,
         stats: Arc<EngineStats>,
         config: EngineConfig,
     ) -> Self {
-        let scheduler = Scheduler::new(config.scheduler.clone(), cache.num_blocks);
+        let scheduler = Scheduler::new(config.scheduler.clone(), runner.pool().num_blocks());
         let eos_ids = tokenizer.eos_ids().to_vec();
         Self {
-            runner: ModelRunner::new(model, cache),
+            runner,
             scheduler,
             tokenizer,
             stats,
@@ -296,24 +295,30 @@ impl EngineCore {
 
     /// Runs the model on a plan; returns the logits (rows in plan order) and each item's
     /// first logits row.
-    fn forward(&mut self, plan: &StepPlan) -> Result<(Vec<f32>, Vec<usize>)> {
+    fn forward(&mut self, plan: &StepPlan) -> Result<(StepLogits, Vec<usize>)> {
         let mut items = Vec::with_capacity(plan.items.len());
+        // Per item: whether its last row needs the whole vocabulary on the host (a
+        // sampler that is not a plain argmax, or top-n alternatives asked for).
+        let mut needs_row = Vec::with_capacity(plan.items.len());
         for it in &plan.items {
             let seq = self
                 .scheduler
                 .sequence(it.id)
                 .ok_or_else(|| anyhow!("sequence {} vanished", it.id))?;
+            let cand = self.candidates.get(&it.id);
+            let group = cand.and_then(|c| self.groups.get(&c.group));
             // Every row of a prompt chunk when its logprobs are wanted.
-            let all_rows = self
-                .candidates
-                .get(&it.id)
-                .and_then(|c| self.groups.get(&c.group))
-                .is_some_and(|g| g.request.prompt_logprobs && !g.prefill_sent && !g.forked);
+            let all_rows =
+                group.is_some_and(|g| g.request.prompt_logprobs && !g.prefill_sent && !g.forked);
+            let plain = cand.is_some_and(|c| c.sampler.is_plain_greedy())
+                && group.is_some_and(|g| g.request.top_n_tokens == 0 && g.request.candidates == 1);
+            needs_row.push(all_rows || !plain);
             items.push((seq, it.num_tokens, all_rows));
         }
         let (batch, first_rows) = FlatBatch::build_rows(&items, self.runner.block_size())?;
         let logits = self.runner.forward(&batch)?;
-        let logits = logits.flatten_all()?.to_vec1::<f32>()?;
+        let vocab = self.runner.model().config().vocab_size;
+        let logits = StepLogits::gather(logits, vocab, &first_rows, &needs_row, &items)?;
         Ok((logits, first_rows))
     }
 
@@ -372,7 +377,6 @@ impl EngineCore {
         if let Err(e) = self.scheduler.complete(&plan) {
             tracing::error!("completing step: {e}");
         }
-        let vocab = self.runner.model().config().vocab_size;
         let mut figures = self.figures();
         figures.prefill_tokens = plan.prefill_tokens as u64;
         figures.decode_tokens = plan.decode_tokens as u64;
@@ -380,13 +384,16 @@ impl EngineCore {
         figures.prefix_hit_tokens = plan.prefix_hit_tokens as u64;
         for (k, item) in plan.items.iter().enumerate() {
             let first = first_rows[k];
-            let last = first_rows.get(k + 1).map_or(logits.len() / vocab, |&r| r) - 1;
-            self.record_prompt_logprobs(item.id, item.num_tokens, &logits, first, last, vocab);
+            let last = first_rows.get(k + 1).map_or(logits.rows(), |&r| r) - 1;
+            self.record_prompt_logprobs(item.id, item.num_tokens, &logits, first, last);
             if !item.completes {
                 continue;
             }
-            let row = &logits[last * vocab..(last + 1) * vocab];
-            if let Err(e) = self.on_logits(item.id, row) {
+            let result = match logits.choice(last) {
+                Some(row) => self.on_logits(item.id, row),
+                None => Err(anyhow!("no logits for row {last}")),
+            };
+            if let Err(e) = result {
                 if let Some(gid) = self.candidates.get(&item.id).map(|c| c.group) {
                     self.fail_group(gid, EngineError::Generation(format!("{e:#}")));
                 }
@@ -412,10 +419,9 @@ impl EngineCore {
         &mut self,
         sid: SeqId,
         n: usize,
-        logits: &[f32],
+        logits: &StepLogits,
         first: usize,
         last: usize,
-        vocab: usize,
     ) {
         let Some(gid) = self.candidates.get(&sid).map(|c| c.group) else {
             return;
@@ -438,7 +444,9 @@ impl EngineCore {
             if target >= prompt_len || target < g.prefill.len() {
                 continue;
             }
-            let row = &logits[(first + r) * vocab..(first + r + 1) * vocab];
+            let Some(row) = logits.row(first + r) else {
+                continue;
+            };
             let id = g.request.prompt[target];
             infos.push(self.prompt_token(id, log_softmax_at(row, id)));
         }
@@ -455,7 +463,7 @@ impl EngineCore {
 
     /// Samples the next token of `sid` (and, at the end of a multi-candidate prompt, of
     /// its forks) from its logits row.
-    fn on_logits(&mut self, sid: SeqId, row: &[f32]) -> Result<()> {
+    fn on_logits(&mut self, sid: SeqId, row: RowChoice<'_>) -> Result<()> {
         let gid = self
             .candidates
             .get(&sid)
@@ -471,7 +479,7 @@ impl EngineCore {
             for index in 1..n {
                 let child = self.new_seq_id();
                 if let Some((src, dst)) = self.scheduler.fork(sid, child)? {
-                    self.runner.copy_block(src, dst);
+                    self.runner.copy_block(src, dst)?;
                 }
                 let cand = self.new_candidate(gid, index, &self.groups[&gid].request);
                 self.candidates.insert(child, cand);
@@ -484,15 +492,24 @@ impl EngineCore {
         if let Some(g) = self.groups.get_mut(&gid) {
             g.forked = true;
         }
-        let mut buf = row.to_vec();
-        for target in targets {
-            buf.copy_from_slice(row);
-            self.sample_one(target, &mut buf)?;
+        match row {
+            RowChoice::Logits(row) => {
+                let mut buf = row.to_vec();
+                for target in targets {
+                    buf.copy_from_slice(row);
+                    self.sample_one(target, Choice::Sample(&mut buf))?;
+                }
+            }
+            RowChoice::Greedy(id, logprob) => {
+                for target in targets {
+                    self.sample_one(target, Choice::Chosen(id, logprob))?;
+                }
+            }
         }
         Ok(())
     }
 
-    fn sample_one(&mut self, sid: SeqId, logits: &mut [f32]) -> Result<()> {
+    fn sample_one(&mut self, sid: SeqId, choice: Choice<'_>) -> Result<()> {
         let Some(cand) = self.candidates.get_mut(&sid) else {
             return Ok(());
         };
@@ -507,7 +524,15 @@ impl EngineCore {
         let prompt = &seq.tokens[..seq.prompt_len];
         let generated = &seq.tokens[seq.prompt_len..];
         let top_n = g.request.top_n_tokens;
-        let sampled = cand.sampler.sample(logits, prompt, generated, top_n);
+        let sampled = match choice {
+            Choice::Sample(logits) => cand.sampler.sample(logits, prompt, generated, top_n),
+            // Chosen on the device by the same rule (a plain argmax, see `forward`).
+            Choice::Chosen(id, logprob) => crate::sampling::Sampled {
+                id,
+                logprob,
+                top: Vec::new(),
+            },
+        };
         let n_generated = generated.len() + 1;
         let id = sampled.id;
         let tok = &self.tokenizer;
@@ -610,5 +635,110 @@ impl EngineCore {
             self.stats.finished();
         }
         Ok(())
+    }
+}
+
+/// One step's logits as the sampler needs them. On the host: every row. From a GPU: the
+/// rows that need the whole vocabulary (prompt logprobs, non-greedy samplers, top-n
+/// alternatives), plus the device's argmax and its logprob for every row.
+struct StepLogits {
+    vocab: usize,
+    rows: usize,
+    /// Downloaded rows, packed; `at[r]` is row r's index in it.
+    data: Vec<f32>,
+    at: Vec<Option<usize>>,
+    /// Per row: (argmax token, its logprob), when chosen on the device.
+    greedy: Vec<(u32, f32)>,
+}
+
+/// What sampling gets for a row.
+enum RowChoice<'a> {
+    Logits(&'a [f32]),
+    Greedy(u32, f32),
+}
+
+enum Choice<'a> {
+    Sample(&'a mut [f32]),
+    Chosen(u32, f32),
+}
+
+impl StepLogits {
+    /// Brings the logits `[rows, vocab]` to the host: all of them from the CPU, only the
+    /// needed rows from a GPU (`needs_row[k]`: item k's last row; every row of an item
+    /// whose prompt logprobs are wanted, `items[k].2`).
+    fn gather(
+        logits: Tensor,
+        vocab: usize,
+        first_rows: &[usize],
+        needs_row: &[bool],
+        items: &[(&Sequence, usize, bool)],
+    ) -> Result<Self> {
+        let rows = logits.dim(0)?;
+        #[cfg(feature = "cuda")]
+        if let candle_core::Device::Cuda(dev) = logits.device() {
+            let kernels = crate::ops::cuda::Kernels::new(dev)?;
+            let (ids, lps) = kernels.greedy(&logits)?;
+            let mut wanted = Vec::new();
+            for (k, &need) in needs_row.iter().enumerate() {
+                let first = first_rows[k];
+                let end = first_rows.get(k + 1).copied().unwrap_or(rows);
+                if items[k].2 {
+                    wanted.extend(first..end);
+                } else if need && end > first {
+                    wanted.push(end - 1);
+                }
+            }
+            let mut at = vec![None; rows];
+            for (i, &r) in wanted.iter().enumerate() {
+                at[r] = Some(i);
+            }
+            let data = if wanted.is_empty() {
+                Vec::new()
+            } else {
+                let idx: Vec<u32> = wanted.iter().map(|&r| r as u32).collect();
+                let idx = Tensor::from_vec(idx, wanted.len(), logits.device())?;
+                logits
+                    .index_select(&idx, 0)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?
+            };
+            return Ok(Self {
+                vocab,
+                rows,
+                data,
+                at,
+                greedy: ids.into_iter().zip(lps).collect(),
+            });
+        }
+        let _ = (first_rows, needs_row, items);
+        Ok(Self {
+            vocab,
+            rows,
+            data: logits.flatten_all()?.to_vec1::<f32>()?,
+            at: (0..rows).map(Some).collect(),
+            greedy: Vec::new(),
+        })
+    }
+
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Row `r`'s logits, when on the host.
+    fn row(&self, r: usize) -> Option<&[f32]> {
+        let i = (*self.at.get(r)?)?;
+        self.data.get(i * self.vocab..(i + 1) * self.vocab)
+    }
+
+    /// What sampling gets for row `r`: its logits when downloaded, else the device's
+    /// greedy choice.
+    fn choice(&self, r: usize) -> Option<RowChoice<'_>> {
+        match self.row(r) {
+            Some(row) => Some(RowChoice::Logits(row)),
+            None => self
+                .greedy
+                .get(r)
+                .map(|&(id, lp)| RowChoice::Greedy(id, lp)),
+        }
     }
 }

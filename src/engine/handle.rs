@@ -13,7 +13,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use super::core::EngineCore;
 use super::request::{EngineError, Event, GenerationRequest};
-use super::runner::CacheConfig;
+use super::runner::{CacheConfig, ModelRunner};
 use super::scheduler::SchedulerConfig;
 use super::stats::{EngineStats, StatsSnapshot};
 use crate::model::{LoadedModel, ModelConfig};
@@ -35,6 +35,10 @@ pub struct EngineConfig {
     /// KV cache size in tokens; None: `kv_memory_fraction` of available memory.
     pub max_batch_total_tokens: Option<usize>,
     pub kv_memory_fraction: f64,
+    /// On a GPU: the fraction of its memory wick may use in all (TGI's
+    /// `--cuda-memory-fraction`); the KV cache gets what the weights and a step's
+    /// activations leave.
+    pub cuda_memory_fraction: f64,
     /// Check block reference counts after every step (on in debug builds).
     pub check_invariants: bool,
     pub fault_hook: Option<FaultHook>,
@@ -47,6 +51,7 @@ impl Default for EngineConfig {
             max_concurrent_requests: 128,
             max_batch_total_tokens: None,
             kv_memory_fraction: 0.2,
+            cuda_memory_fraction: 1.0,
             check_invariants: cfg!(debug_assertions),
             fault_hook: None,
         }
@@ -122,11 +127,24 @@ impl EngineHandle {
     /// (one small forward pass), then serves submissions.
     pub fn start(model: LoadedModel, config: EngineConfig) -> Result<Self> {
         let cfg = model.model.config().clone();
-        let cache = CacheConfig::for_model(
+        // Activations and logits of the largest step stay free on a GPU: hidden states,
+        // q/k/v, the MLP's three intermediate rows (f32 worst case) per prefill token,
+        // plus logits rows, with room to spare for cuBLAS workspaces.
+        let step_tokens = config
+            .scheduler
+            .max_batch_prefill_tokens
+            .max(config.scheduler.max_batch_size);
+        let reserve = 4 * step_tokens * (4 * cfg.hidden_size + 3 * cfg.intermediate_size)
+            + 4 * config.scheduler.max_batch_size * cfg.vocab_size
+            + (512 << 20);
+        let cache = CacheConfig::for_device(
             &cfg,
+            model.model.device(),
             config.scheduler.block_size,
             config.max_batch_total_tokens,
             config.kv_memory_fraction,
+            config.cuda_memory_fraction,
+            reserve,
         )?;
         anyhow::ensure!(
             config.scheduler.max_batch_prefill_tokens > 0,
@@ -153,7 +171,7 @@ impl EngineHandle {
         });
         let (tx, rx) = mpsc::channel();
         let (ready, stopped) = (shared.ready.clone(), shared.stopped.clone());
-        let model = model.model;
+        let runner = ModelRunner::try_new(model.model, cache)?;
         std::thread::Builder::new()
             .name("wick-engine".into())
             .spawn(move || {
@@ -165,7 +183,7 @@ impl EngineHandle {
                     ready: ready.clone(),
                     stopped: stopped.clone(),
                 };
-                let mut core = EngineCore::new(model, cache, tokenizer, stats, config);
+                let mut core = EngineCore::new(runner, tokenizer, stats, config);
                 let _running = StopGuard {
                     ready: ready.clone(),
                     stopped: stopped.clone(),

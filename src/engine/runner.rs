@@ -2,7 +2,7 @@
 //! flattened step at a time.
 
 use anyhow::Result;
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 
 use super::batch::FlatBatch;
 use super::sequence::Sequence;
@@ -47,6 +47,68 @@ impl CacheConfig {
     }
 }
 
+impl CacheConfig {
+    /// Sizes the pool for a model on `device`. On the CPU as [`CacheConfig::for_model`]; on
+    /// a GPU (with the weights already loaded) from the device's free memory: at most
+    /// `cuda_memory_fraction` of the GPU is used in all, and a reserve for activations and
+    /// logits of the largest step (`reserve_bytes`) is left free.
+    pub fn for_device(
+        config: &ModelConfig,
+        device: &Device,
+        block_size: usize,
+        max_batch_total_tokens: Option<usize>,
+        kv_memory_fraction: f64,
+        cuda_memory_fraction: f64,
+        reserve_bytes: usize,
+    ) -> Result<Self> {
+        #[cfg(not(feature = "cuda"))]
+        let _ = (cuda_memory_fraction, reserve_bytes);
+        match device {
+            Device::Cpu => Self::for_model(
+                config,
+                block_size,
+                max_batch_total_tokens,
+                kv_memory_fraction,
+            ),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(dev) => {
+                anyhow::ensure!(block_size > 0, "block size must be at least 1");
+                let tokens = match max_batch_total_tokens {
+                    Some(t) => t,
+                    None => {
+                        let (free, total) = dev.cuda_stream().context().mem_get_info()?;
+                        let fraction = cuda_memory_fraction.clamp(0.0, 1.0);
+                        let unusable = (total as f64 * (1.0 - fraction)) as usize;
+                        let budget = free.saturating_sub(unusable).saturating_sub(reserve_bytes);
+                        // bf16/f16 cache: the same bytes per token as the host cache.
+                        let per_token = CacheLayout::bytes_per_token(
+                            config.num_layers,
+                            config.num_kv_heads,
+                            config.head_dim,
+                        );
+                        let tokens = budget / per_token;
+                        anyhow::ensure!(
+                            tokens >= block_size,
+                            "not enough free GPU memory for a KV cache: {} MiB free of {} MiB \
+                             after loading the model (CUDA_MEMORY_FRACTION {fraction}, {} MiB \
+                             reserved for activations)",
+                            free >> 20,
+                            total >> 20,
+                            reserve_bytes >> 20
+                        );
+                        tokens
+                    }
+                };
+                Ok(Self {
+                    block_size,
+                    num_blocks: tokens.div_ceil(block_size).max(1),
+                })
+            }
+            other => anyhow::bail!("unsupported device {other:?}"),
+        }
+    }
+}
+
 /// MemAvailable from /proc/meminfo.
 fn available_memory_bytes() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -55,30 +117,85 @@ fn available_memory_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Where the K/V live: host memory (CPU models) or GPU memory (models on a GPU).
+enum Cache {
+    Host(KvCache),
+    #[cfg(feature = "cuda")]
+    Device(crate::kv::DeviceKvCache),
+}
+
+impl Cache {
+    fn attention(&mut self) -> &mut dyn crate::model::Attention {
+        match self {
+            Cache::Host(c) => c,
+            #[cfg(feature = "cuda")]
+            Cache::Device(c) => c,
+        }
+    }
+}
+
 pub struct ModelRunner {
     model: LlamaModel,
-    cache: KvCache,
+    cache: Cache,
     pool: BlockPool,
     block_size: usize,
 }
 
 impl ModelRunner {
+    /// A runner whose cache is in host memory (for CPU models; see [`ModelRunner::try_new`]
+    /// for any device).
     pub fn new(model: LlamaModel, cache: CacheConfig) -> Self {
+        let layout = Self::layout(&model, cache);
+        let kv = KvCache::new(model.config().num_layers, layout);
+        Self::log(cache, kv.size_in_bytes(), "host");
+        Self::with_cache(model, cache, Cache::Host(kv))
+    }
+
+    /// A runner whose cache lives where the model does: host memory for a CPU model, GPU
+    /// memory (in the model's 16-bit dtype) for a model on a GPU.
+    pub fn try_new(model: LlamaModel, cache: CacheConfig) -> Result<Self> {
+        match model.device().clone() {
+            Device::Cpu => Ok(Self::new(model, cache)),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(dev) => {
+                let layout = Self::layout(&model, cache);
+                let cfg = model.config();
+                let kv = crate::kv::DeviceKvCache::new(
+                    &dev,
+                    cfg.num_layers,
+                    layout,
+                    model.kv_dtype(),
+                    cfg.num_heads,
+                )?;
+                Self::log(cache, kv.size_in_bytes(), "gpu");
+                Ok(Self::with_cache(model, cache, Cache::Device(kv)))
+            }
+            other => anyhow::bail!("unsupported device {other:?}"),
+        }
+    }
+
+    fn layout(model: &LlamaModel, cache: CacheConfig) -> CacheLayout {
         let cfg = model.config();
-        let layout = CacheLayout {
+        CacheLayout {
             num_blocks: cache.num_blocks,
             block_size: cache.block_size,
             num_kv_heads: cfg.num_kv_heads,
             head_dim: cfg.head_dim,
-        };
-        let kv = KvCache::new(cfg.num_layers, layout);
+        }
+    }
+
+    fn log(cache: CacheConfig, bytes: usize, place: &str) {
         tracing::info!(
             blocks = cache.num_blocks,
             block_size = cache.block_size,
             tokens = cache.num_blocks * cache.block_size,
-            mib = kv.size_in_bytes() >> 20,
+            mib = bytes >> 20,
+            memory = place,
             "KV cache allocated"
         );
+    }
+
+    fn with_cache(model: LlamaModel, cache: CacheConfig, kv: Cache) -> Self {
         Self {
             model,
             cache: kv,
@@ -117,8 +234,13 @@ impl ModelRunner {
     }
 
     /// Copies a block's K/V to another block (copy-on-write of a shared partial block).
-    pub fn copy_block(&mut self, src: u32, dst: u32) {
-        self.cache.copy_block(src as usize, dst as usize);
+    pub fn copy_block(&mut self, src: u32, dst: u32) -> Result<()> {
+        match &mut self.cache {
+            Cache::Host(c) => c.copy_block(src as usize, dst as usize),
+            #[cfg(feature = "cuda")]
+            Cache::Device(c) => c.copy_block(src as usize, dst as usize)?,
+        }
+        Ok(())
     }
 
     /// Runs a prepared batch (slots must be reserved) and returns the logits of its
@@ -126,7 +248,7 @@ impl ModelRunner {
     pub fn forward(&mut self, batch: &FlatBatch) -> Result<Tensor> {
         let seqs = batch.attn_seqs();
         self.model
-            .forward(&batch.forward_batch(&seqs), &mut self.cache)
+            .forward(&batch.forward_batch(&seqs), self.cache.attention())
     }
 
     /// Runs `n` pending tokens of each sequence (slots must be reserved) and returns the
@@ -137,7 +259,7 @@ impl ModelRunner {
         let seqs = batch.attn_seqs();
         let logits = self
             .model
-            .forward(&batch.forward_batch(&seqs), &mut self.cache)?;
+            .forward(&batch.forward_batch(&seqs), self.cache.attention())?;
         for (seq, n) in items.iter_mut() {
             seq.num_computed += *n;
         }

@@ -84,18 +84,7 @@ impl TokenCounter {
         use crate::hub::{self, HubOptions};
         let models = ModelsConfig::load(None)?;
         let resolved = hub::resolve(Some(model), &models, &HubOptions::from_env())?;
-        let path = &resolved.path;
-        let tokenizer = if path.is_dir() {
-            Tokenizer::from_dir(path)?
-        } else {
-            let mut file = std::fs::File::open(path)
-                .with_context(|| format!("cannot open {}", path.display()))?;
-            let content =
-                candle_core::quantized::gguf_file::Content::read(&mut file).map_err(|e| {
-                    anyhow::anyhow!("{} is not a readable GGUF file: {e}", path.display())
-                })?;
-            Tokenizer::from_gguf(&content)?
-        };
+        let tokenizer = crate::model::load_tokenizer(&resolved)?;
         Ok(Self::Local(Box::new(tokenizer)))
     }
 

@@ -234,6 +234,14 @@ pub enum Embedding {
 }
 
 impl Embedding {
+    /// The dtype of looked-up rows (quantized tables dequantize to f32).
+    pub fn dtype(&self) -> DType {
+        match self {
+            Embedding::Quantized(_) => DType::F32,
+            Embedding::Dense(t) => t.dtype(),
+        }
+    }
+
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         match self {
             Embedding::Quantized(q) => q.embedding(ids),

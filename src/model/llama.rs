@@ -48,6 +48,65 @@ pub trait Attention {
         num_heads: usize,
         out: &mut [f32],
     ) -> Result<()>;
+
+    /// Called once per forward pass, before the first layer (a device cache uploads the
+    /// step's block tables here).
+    fn begin_step(&mut self, _batch: &ForwardBatch<'_>) -> Result<()> {
+        Ok(())
+    }
+
+    /// Device attention: writes `k`, `v` (`[tokens, kv_heads * head_dim]`) into layer
+    /// `layer`'s cache and attends every row of `q` (`[tokens, heads * head_dim]`), all in
+    /// the cache's dtype; returns `[tokens, heads * head_dim]`.
+    #[cfg(feature = "cuda")]
+    fn attend_device(
+        &mut self,
+        _layer: usize,
+        _q: &Tensor,
+        _k: &Tensor,
+        _v: &Tensor,
+    ) -> Result<Tensor> {
+        anyhow::bail!("this attention backend keeps its cache in host memory")
+    }
+
+    /// The dtype device attention takes (`None`: host attention only).
+    fn device_dtype(&self) -> Option<DType> {
+        None
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl Attention for crate::kv::DeviceKvCache {
+    fn attend(
+        &mut self,
+        _layer: usize,
+        _batch: &ForwardBatch<'_>,
+        _q: &[f32],
+        _k: &[f32],
+        _v: &[f32],
+        _num_heads: usize,
+        _out: &mut [f32],
+    ) -> Result<()> {
+        anyhow::bail!("the GPU KV cache attends device tensors (attend_device)")
+    }
+
+    fn begin_step(&mut self, batch: &ForwardBatch<'_>) -> Result<()> {
+        crate::kv::DeviceKvCache::begin_step(self, batch)
+    }
+
+    fn attend_device(
+        &mut self,
+        layer: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<Tensor> {
+        crate::kv::DeviceKvCache::attend(self, layer, q, k, v)
+    }
+
+    fn device_dtype(&self) -> Option<DType> {
+        Some(self.dtype())
+    }
 }
 
 impl Attention for KvCache {
@@ -94,6 +153,27 @@ pub struct LlamaModel {
     lm_head: Linear,
     rope: Rope,
     device: Device,
+    /// On a GPU: wick's kernels and the rope frequencies in device memory.
+    #[cfg(feature = "cuda")]
+    gpu: Option<GpuParts>,
+}
+
+#[cfg(feature = "cuda")]
+#[derive(Debug)]
+struct GpuParts {
+    kernels: crate::ops::cuda::Kernels,
+    inv_freq: candle_core::cuda_backend::cudarc::driver::CudaSlice<f32>,
+}
+
+#[cfg(feature = "cuda")]
+fn gpu_parts(device: &Device, rope: &Rope) -> Result<Option<GpuParts>> {
+    match device {
+        Device::Cuda(dev) => Ok(Some(GpuParts {
+            kernels: crate::ops::cuda::Kernels::new(dev)?,
+            inv_freq: dev.clone_htod(rope.inv_freq())?,
+        })),
+        _ => Ok(None),
+    }
 }
 
 fn to_f32_vec(t: &Tensor) -> Result<Vec<f32>> {
@@ -107,6 +187,15 @@ impl LlamaModel {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// The dtype a GPU KV cache for this model holds: the activations' dtype when it is
+    /// 16-bit (bf16/f16 checkpoints), else f16 (GGUF models compute in f32 on the GPU).
+    pub fn kv_dtype(&self) -> DType {
+        match self.embed.dtype() {
+            DType::BF16 => DType::BF16,
+            _ => DType::F16,
+        }
     }
 
     /// Runs the batch; returns logits `[logits_rows.len(), vocab]` (f32).
@@ -124,6 +213,10 @@ impl LlamaModel {
                 "token id {bad} is outside the vocabulary ({})",
                 cfg.vocab_size
             );
+        }
+        #[cfg(feature = "cuda")]
+        if let Some(gpu) = &self.gpu {
+            return self.forward_gpu(gpu, batch, attn);
         }
         let (nh, nkv, d) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
         let eps = cfg.rms_norm_eps as f32;
@@ -147,6 +240,58 @@ impl LlamaModel {
             let g = gu[0].silu()?;
             let u = &gu[1];
             x = (x + b.down.forward(&(g * u)?)?)?;
+        }
+        let rows = Tensor::from_slice(batch.logits_rows, batch.logits_rows.len(), &self.device)?;
+        let x = x.index_select(&rows, 0)?;
+        let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
+        Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
+    }
+
+    /// The forward pass on a GPU: activations stay on the device; q/k/v are cast to the
+    /// cache's dtype for rope and attention (wick's kernels), matmuls and norms are
+    /// candle's (cuBLAS, and candle's quantized CUDA matmuls for GGUF weights).
+    #[cfg(feature = "cuda")]
+    fn forward_gpu(
+        &self,
+        gpu: &GpuParts,
+        batch: &ForwardBatch<'_>,
+        attn: &mut dyn Attention,
+    ) -> Result<Tensor> {
+        let cfg = &self.config;
+        let n = batch.tokens.len();
+        let (nh, nkv) = (cfg.num_heads, cfg.num_kv_heads);
+        let eps = cfg.rms_norm_eps as f32;
+        let Some(kv_dtype) = attn.device_dtype() else {
+            anyhow::bail!("a model on the GPU needs a GPU KV cache");
+        };
+        let Device::Cuda(dev) = &self.device else {
+            anyhow::bail!("GPU forward on a non-GPU device");
+        };
+        attn.begin_step(batch)?;
+        let positions = dev.clone_htod(batch.positions)?;
+        let positions = positions.slice(0..n);
+        let interleaved = self.rope.style() == crate::ops::RopeStyle::Interleaved;
+        let ids = Tensor::from_slice(batch.tokens, n, &self.device)?;
+        let mut x = self.embed.forward(&ids)?;
+        let act = x.dtype();
+        for (layer, b) in self.blocks.iter().enumerate() {
+            let h = candle_nn::ops::rms_norm(&x, &b.attn_norm, eps)?;
+            let qkv = Linear::forward_many(&[&b.q, &b.k, &b.v], &h)?;
+            let q = qkv[0].to_dtype(kv_dtype)?;
+            let k = qkv[1].to_dtype(kv_dtype)?;
+            let v = qkv[2].to_dtype(kv_dtype)?.contiguous()?;
+            let q = gpu
+                .kernels
+                .rope(&q, &positions, &gpu.inv_freq, nh, interleaved)?;
+            let k = gpu
+                .kernels
+                .rope(&k, &positions, &gpu.inv_freq, nkv, interleaved)?;
+            let a = attn.attend_device(layer, &q, &k, &v)?.to_dtype(act)?;
+            x = (x + b.o.forward(&a)?)?;
+            let h = candle_nn::ops::rms_norm(&x, &b.ffn_norm, eps)?;
+            let gu = Linear::forward_many(&[&b.gate, &b.up], &h)?;
+            let g = gu[0].silu()?;
+            x = (x + b.down.forward(&(g * &gu[1])?)?)?;
         }
         let rows = Tensor::from_slice(batch.logits_rows, batch.logits_rows.len(), &self.device)?;
         let x = x.index_select(&rows, 0)?;
@@ -200,6 +345,8 @@ impl LlamaModel {
             config.rope_style,
         );
         Ok(Self {
+            #[cfg(feature = "cuda")]
+            gpu: gpu_parts(device, &rope)?,
             embed: Embedding::Quantized(embed_q),
             blocks,
             norm,
@@ -268,6 +415,8 @@ impl LlamaModel {
             config.rope_style,
         );
         Ok(Self {
+            #[cfg(feature = "cuda")]
+            gpu: gpu_parts(&device, &rope)?,
             embed: Embedding::Dense(embed),
             blocks,
             norm,

@@ -63,6 +63,8 @@ pub fn load(resolved: &ResolvedModel, opts: &LoadOptions) -> Result<LoadedModel>
             let dtype = match (&opts.dtype, &resolved.dtype) {
                 (Some(d), _) => *d,
                 (None, Some(name)) => parse_dtype(name)?,
+                // The CPU computes in f32 whatever the dtype; a GPU keeps bf16 weights.
+                (None, None) if opts.device.is_cuda() => DType::BF16,
                 (None, None) => DType::F32,
             };
             load_safetensors(&resolved.path, dtype, &opts.device)?

@@ -4,12 +4,14 @@
 //! shapes (`random:<shape>`).
 
 pub mod config;
+pub mod device;
 pub mod linear;
 pub mod llama;
 pub mod loader;
 pub mod random;
 
 pub use config::{Arch, ModelConfig};
+pub use device::select_device;
 pub use llama::{Attention, ForwardBatch, LlamaModel};
 pub use loader::{load, load_tokenizer, LoadOptions, LoadedModel};
 pub use random::{RandomShape, RandomSpec};

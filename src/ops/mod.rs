@@ -3,6 +3,8 @@
 //! thread pool (`pool`: spin, then yield, then sleep).
 
 pub mod attention;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod pool;
 pub mod qmatmul;
 pub mod qpacked;

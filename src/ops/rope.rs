@@ -90,6 +90,15 @@ impl Rope {
         }
     }
 
+    /// Inverse frequency of each rotated pair (`head_dim / 2` values, scaling applied).
+    pub fn inv_freq(&self) -> &[f32] {
+        &self.inv_freq
+    }
+
+    pub fn style(&self) -> RopeStyle {
+        self.style
+    }
+
     pub fn tables(&self, positions: &[u32]) -> RopeTables {
         let half = self.head_dim / 2;
         let mut cos = Vec::with_capacity(positions.len() * half);

@@ -96,6 +96,20 @@ impl Sampler {
         &self.params
     }
 
+    /// True when [`Sampler::sample`] is a plain argmax of the raw logits: no sampling, no
+    /// logit_bias, no penalties. Such rows can be chosen on the device (only the token
+    /// and its logprob are copied back), with the same result.
+    pub fn is_plain_greedy(&self) -> bool {
+        let p = &self.params;
+        let t = p.temperature;
+        let samples = p.do_sample && t > 0.0 && (1.0 / t).is_finite();
+        !samples
+            && p.logit_bias.is_empty()
+            && p.repetition_penalty == 1.0
+            && p.frequency_penalty == 0.0
+            && p.presence_penalty == 0.0
+    }
+
     /// Chooses the next token from one row of logits. `prompt` and `generated` are the
     /// sequence's tokens so far (for the penalties). On return `logits` holds the logits
     /// after logit_bias and penalties (what greedy takes the argmax of); temperature and

@@ -233,7 +233,10 @@ pub fn run(args: LauncherArgs) -> Result<()> {
     let models = ModelsConfig::load(args.models_config.as_deref())?;
     let model_id = args.model_id_with_revision();
     let resolved = hub::resolve(model_id.as_deref(), &models, &HubOptions::from_env())?;
-    let mut load = LoadOptions::default();
+    let mut load = LoadOptions {
+        device: model::select_device(&args.device)?,
+        ..LoadOptions::default()
+    };
     if let Some(d) = &args.dtype {
         load.dtype = Some(parse_dtype(d)?);
     }

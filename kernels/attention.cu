@@ -1,0 +1,334 @@
+// wick's CUDA kernels for the paged KV cache: rotary embeddings, cache writes, paged
+// attention over a flattened batch (decode, prefill and chunked prefill in one launch),
+// the split-context reduction, and block copies.
+//
+// Device cache layout, K and V alike: [num_blocks][num_kv_heads][block_size][head_dim],
+// so one key (or value) of one head is head_dim contiguous elements and a warp reads it
+// with one coalesced load. (The CPU cache stores keys transposed within a block instead,
+// for its SIMD lanes; see src/kv/cache.rs.)
+//
+// Element types: __nv_bfloat16 (suffix bf16) and __half (suffix f16). All arithmetic is
+// in f32.
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#define WARP 32
+// Warps per attention thread block; each warp walks every NWARPS-th key of its range.
+#define NWARPS 4
+// Query heads of one KV head handled by one thread block (their queries stay in
+// registers and every key and value is loaded once for all of them).
+#define GMAX 8
+#define NO_SLOT 0xffffffffu
+
+__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <typename T> __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ __half from_f<__half>(float x) {
+    return __float2half(x);
+}
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) {
+    return __float2bfloat16(x);
+}
+
+__device__ __forceinline__ float warp_sum(float x) {
+#pragma unroll
+    for (int o = WARP / 2; o > 0; o /= 2) x += __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
+}
+
+// Loads E consecutive elements starting at p (E * sizeof(T) bytes, aligned to that size)
+// as floats.
+template <typename T, int E>
+__device__ __forceinline__ void load_vec(const T* __restrict__ p, float* out) {
+    static_assert(sizeof(T) == 2, "16-bit element types only");
+    if constexpr (E == 8) {
+        uint4 raw = *reinterpret_cast<const uint4*>(p);
+        const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+        for (int i = 0; i < 8; i++) out[i] = to_f(e[i]);
+    } else if constexpr (E == 4) {
+        uint2 raw = *reinterpret_cast<const uint2*>(p);
+        const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+        for (int i = 0; i < 4; i++) out[i] = to_f(e[i]);
+    } else if constexpr (E == 2) {
+        uint32_t raw = *reinterpret_cast<const uint32_t*>(p);
+        const T* e = reinterpret_cast<const T*>(&raw);
+        out[0] = to_f(e[0]);
+        out[1] = to_f(e[1]);
+    } else {
+#pragma unroll
+        for (int i = 0; i < E; i++) out[i] = to_f(p[i]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Rotary embeddings. x, out: [tokens][heads][head_dim]; positions: [tokens];
+// inv_freq: [head_dim / 2]. interleaved != 0: pairs (2i, 2i+1) (GGUF llama), else
+// (i, i + head_dim/2) (Hugging Face). Angles as the CPU path computes them: f32
+// position * f32 inverse frequency, then an accurate sincos.
+// grid: tokens; block: any.
+template <typename T>
+__device__ void rope(const T* __restrict__ x, T* __restrict__ out,
+                     const uint32_t* __restrict__ positions,
+                     const float* __restrict__ inv_freq, int heads, int head_dim,
+                     int interleaved) {
+    const int t = blockIdx.x;
+    const int half = head_dim / 2;
+    const float pos = (float)positions[t];
+    const size_t row = (size_t)t * heads * head_dim;
+    for (int i = threadIdx.x; i < heads * half; i += blockDim.x) {
+        const int h = i / half, j = i % half;
+        const T* head = x + row + (size_t)h * head_dim;
+        T* dst = out + row + (size_t)h * head_dim;
+        const int a = interleaved ? 2 * j : j;
+        const int b = interleaved ? 2 * j + 1 : j + half;
+        float s, c;
+        sincosf(pos * inv_freq[j], &s, &c);
+        const float x0 = to_f(head[a]), x1 = to_f(head[b]);
+        dst[a] = from_f<T>(x0 * c - x1 * s);
+        dst[b] = from_f<T>(x0 * s + x1 * c);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Writes the new tokens' K and V ([tokens][kv_heads][head_dim]) into their cache slots.
+// A slot of NO_SLOT is skipped. grid: tokens; block: any.
+template <typename T>
+__device__ void write_kv(const T* __restrict__ k, const T* __restrict__ v,
+                         T* __restrict__ k_cache, T* __restrict__ v_cache,
+                         const uint32_t* __restrict__ slots, int kv_heads, int head_dim,
+                         int block_size) {
+    const int t = blockIdx.x;
+    const uint32_t slot = slots[t];
+    if (slot == NO_SLOT) return;
+    const size_t block = slot / block_size, within = slot % block_size;
+    const int row = kv_heads * head_dim;
+    for (int i = threadIdx.x; i < row; i += blockDim.x) {
+        const int h = i / head_dim, c = i % head_dim;
+        const size_t dst = ((block * kv_heads + h) * block_size + within) * head_dim + c;
+        k_cache[dst] = k[(size_t)t * row + i];
+        v_cache[dst] = v[(size_t)t * row + i];
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Paged attention for every query row of a flattened batch.
+//
+// Row r belongs to sequence s = row_seq[r]; it is query number r - q_start[s] of the
+// sequence's q_len[s] new tokens, whose K/V are already in the cache; it attends to keys
+// 0 .. context_len[s] - q_len[s] + (r - q_start[s]) (causal). Keys are read through the
+// sequence's block table (block_tables[s * max_blocks ..]).
+//
+// grid: (rows, kv_heads * subgroups, partitions), block: NWARPS * WARP threads. A thread
+// block handles one row, up to GMAX query heads of one KV head (subgroup sg covers heads
+// kvh * group + sg * GMAX ..), and keys [p * part_size, (p + 1) * part_size) of the row's
+// range. Each warp keeps an online softmax (running max, sum, weighted values) per head,
+// a lane holding head_dim / 32 dimensions; the warps are then merged in shared memory.
+// With one partition the normalized output is written as T; otherwise the partial
+// (unnormalized sum, max, denominator) goes to part_acc / part_ml for reduce_partitions.
+template <typename T, int D>
+__device__ void paged_attention(
+    T* __restrict__ out, float* __restrict__ part_acc, float* __restrict__ part_ml,
+    const T* __restrict__ q, const T* __restrict__ k_cache, const T* __restrict__ v_cache,
+    const uint32_t* __restrict__ row_seq, const uint32_t* __restrict__ q_start,
+    const uint32_t* __restrict__ q_len, const uint32_t* __restrict__ context_len,
+    const uint32_t* __restrict__ block_tables, int max_blocks, int num_heads, int kv_heads,
+    int block_size, int part_size, float scale) {
+    constexpr int E = D / WARP;
+    __shared__ float sm_m[NWARPS][GMAX];
+    __shared__ float sm_l[NWARPS][GMAX];
+    __shared__ float sm_acc[NWARPS][GMAX][D];
+
+    const int parts = gridDim.z;
+    const int p = blockIdx.z;
+    const int group = num_heads / kv_heads;
+    const int subgroups = (group + GMAX - 1) / GMAX;
+    const int kvh = blockIdx.y / subgroups;
+    const int sg = blockIdx.y % subgroups;
+    const int h0 = kvh * group + sg * GMAX;
+    const int ng = min(GMAX, group - sg * GMAX);
+    const int r = blockIdx.x;
+    const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
+
+    const uint32_t s = row_seq[r];
+    const int n_keys = (int)context_len[s] - (int)q_len[s] + (r - (int)q_start[s]) + 1;
+    const int k0 = p * part_size;
+    const int k1 = min(n_keys, k0 + part_size);
+    const uint32_t* table = block_tables + (size_t)s * max_blocks;
+
+    float qr[GMAX][E];
+    float m[GMAX], l[GMAX], acc[GMAX][E];
+#pragma unroll
+    for (int g = 0; g < GMAX; g++) {
+        m[g] = -INFINITY;
+        l[g] = 0.f;
+#pragma unroll
+        for (int e = 0; e < E; e++) {
+            acc[g][e] = 0.f;
+            qr[g][e] = 0.f;
+        }
+        if (g < ng) {
+            load_vec<T, E>(q + ((size_t)r * num_heads + h0 + g) * D + lane * E, qr[g]);
+#pragma unroll
+            for (int e = 0; e < E; e++) qr[g][e] *= scale;
+        }
+    }
+
+    for (int j = k0 + warp; j < k1; j += NWARPS) {
+        const uint32_t blk = table[j / block_size];
+        const size_t base =
+            (((size_t)blk * kv_heads + kvh) * block_size + (j % block_size)) * D + lane * E;
+        float kr[E], vr[E];
+        load_vec<T, E>(k_cache + base, kr);
+        load_vec<T, E>(v_cache + base, vr);
+#pragma unroll
+        for (int g = 0; g < GMAX; g++) {
+            if (g < ng) {
+                float dot = 0.f;
+#pragma unroll
+                for (int e = 0; e < E; e++) dot = fmaf(qr[g][e], kr[e], dot);
+                dot = warp_sum(dot);
+                const float mn = fmaxf(m[g], dot);
+                const float corr = __expf(m[g] - mn);  // 0 for the first key (m = -inf)
+                const float pj = __expf(dot - mn);
+                l[g] = l[g] * corr + pj;
+#pragma unroll
+                for (int e = 0; e < E; e++) acc[g][e] = fmaf(pj, vr[e], acc[g][e] * corr);
+                m[g] = mn;
+            }
+        }
+    }
+
+#pragma unroll
+    for (int g = 0; g < GMAX; g++) {
+        if (lane == 0) {
+            sm_m[warp][g] = m[g];
+            sm_l[warp][g] = l[g];
+        }
+#pragma unroll
+        for (int e = 0; e < E; e++) sm_acc[warp][g][lane * E + e] = acc[g][e];
+    }
+    __syncthreads();
+
+    for (int i = threadIdx.x; i < ng * D; i += blockDim.x) {
+        const int g = i / D, c = i % D;
+        float mx = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < NWARPS; w++) mx = fmaxf(mx, sm_m[w][g]);
+        float sum = 0.f, a = 0.f;
+        if (mx != -INFINITY) {
+#pragma unroll
+            for (int w = 0; w < NWARPS; w++) {
+                const float f = sm_l[w][g] > 0.f ? __expf(sm_m[w][g] - mx) : 0.f;
+                sum += sm_l[w][g] * f;
+                a += sm_acc[w][g][c] * f;
+            }
+        }
+        const int h = h0 + g;
+        if (parts == 1) {
+            out[((size_t)r * num_heads + h) * D + c] = from_f<T>(sum > 0.f ? a / sum : 0.f);
+        } else {
+            const size_t idx = ((size_t)r * num_heads + h) * parts + p;
+            part_acc[idx * D + c] = a;
+            if (c == 0) {
+                part_ml[idx * 2] = mx;
+                part_ml[idx * 2 + 1] = sum;
+            }
+        }
+    }
+}
+
+// Merges the partitions of paged_attention. grid: (rows, num_heads); block: head_dim.
+template <typename T>
+__device__ void reduce_partitions(T* __restrict__ out, const float* __restrict__ part_acc,
+                                  const float* __restrict__ part_ml, int num_heads,
+                                  int head_dim, int parts) {
+    const int r = blockIdx.x, h = blockIdx.y;
+    const size_t base = ((size_t)r * num_heads + h) * parts;
+    float mx = -INFINITY;
+    for (int p = 0; p < parts; p++) {
+        if (part_ml[(base + p) * 2 + 1] > 0.f) mx = fmaxf(mx, part_ml[(base + p) * 2]);
+    }
+    for (int c = threadIdx.x; c < head_dim; c += blockDim.x) {
+        float sum = 0.f, a = 0.f;
+        if (mx != -INFINITY) {
+            for (int p = 0; p < parts; p++) {
+                const float l = part_ml[(base + p) * 2 + 1];
+                if (l > 0.f) {
+                    const float f = __expf(part_ml[(base + p) * 2] - mx);
+                    sum += l * f;
+                    a += part_acc[(base + p) * head_dim + c] * f;
+                }
+            }
+        }
+        out[((size_t)r * num_heads + h) * head_dim + c] = from_f<T>(sum > 0.f ? a / sum : 0.f);
+    }
+}
+
+// Copies `len` elements from offset src to offset dst of one buffer (a KV block of one
+// layer; the ranges never overlap). grid: any; block: any.
+__device__ void copy_range(uint16_t* __restrict__ buf, size_t src, size_t dst, size_t len) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < len;
+         i += (size_t)gridDim.x * blockDim.x) {
+        buf[dst + i] = buf[src + i];
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Entry points (C names, one per element type and head size).
+
+#define ROPE(SUFFIX, T)                                                                    \
+    extern "C" __global__ void wick_rope_##SUFFIX(const T* x, T* out,                     \
+                                                  const uint32_t* positions,              \
+                                                  const float* inv_freq, int heads,       \
+                                                  int head_dim, int interleaved) {        \
+        rope<T>(x, out, positions, inv_freq, heads, head_dim, interleaved);               \
+    }
+
+#define WRITE_KV(SUFFIX, T)                                                                \
+    extern "C" __global__ void wick_write_kv_##SUFFIX(                                     \
+        const T* k, const T* v, T* k_cache, T* v_cache, const uint32_t* slots,            \
+        int kv_heads, int head_dim, int block_size) {                                      \
+        write_kv<T>(k, v, k_cache, v_cache, slots, kv_heads, head_dim, block_size);       \
+    }
+
+#define PAGED_ATTENTION(SUFFIX, T, D)                                                      \
+    extern "C" __global__ void __launch_bounds__(NWARPS * WARP)                            \
+        wick_paged_attention_##SUFFIX##_d##D(                                              \
+            T* out, float* part_acc, float* part_ml, const T* q, const T* k_cache,         \
+            const T* v_cache, const uint32_t* row_seq, const uint32_t* q_start,            \
+            const uint32_t* q_len, const uint32_t* context_len,                            \
+            const uint32_t* block_tables, int max_blocks, int num_heads, int kv_heads,     \
+            int block_size, int part_size, float scale) {                                  \
+        paged_attention<T, D>(out, part_acc, part_ml, q, k_cache, v_cache, row_seq,       \
+                              q_start, q_len, context_len, block_tables, max_blocks,       \
+                              num_heads, kv_heads, block_size, part_size, scale);          \
+    }
+
+#define REDUCE(SUFFIX, T)                                                                  \
+    extern "C" __global__ void wick_reduce_partitions_##SUFFIX(                            \
+        T* out, const float* part_acc, const float* part_ml, int num_heads, int head_dim,  \
+        int parts) {                                                                       \
+        reduce_partitions<T>(out, part_acc, part_ml, num_heads, head_dim, parts);         \
+    }
+
+ROPE(bf16, __nv_bfloat16)
+ROPE(f16, __half)
+WRITE_KV(bf16, __nv_bfloat16)
+WRITE_KV(f16, __half)
+PAGED_ATTENTION(bf16, __nv_bfloat16, 64)
+PAGED_ATTENTION(bf16, __nv_bfloat16, 128)
+PAGED_ATTENTION(bf16, __nv_bfloat16, 256)
+PAGED_ATTENTION(f16, __half, 64)
+PAGED_ATTENTION(f16, __half, 128)
+PAGED_ATTENTION(f16, __half, 256)
+REDUCE(bf16, __nv_bfloat16)
+REDUCE(f16, __half)
+
+extern "C" __global__ void wick_copy_range(uint16_t* buf, unsigned long long src,
+                                           unsigned long long dst, unsigned long long len) {
+    copy_range(buf, (size_t)src, (size_t)dst, (size_t)len);
+}

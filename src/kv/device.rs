@@ -1,0 +1,174 @@
+//! The paged KV cache in GPU memory (`cuda` feature).
+//!
+//! Same blocks, slots and block tables as the host cache; the storage is one K and one V
+//! buffer per layer in the model's 16-bit dtype, laid out
+//! `[num_blocks][num_kv_heads][block_size][head_dim]` for both (a key is `head_dim`
+//! contiguous elements, which one warp reads in one coalesced load). The step's batch
+//! description (slots, per-row sequence, per-sequence query ranges, context lengths and
+//! padded block tables) is packed into one buffer and uploaded once per step; the host
+//! staging vector and the device buffer are reused and only grow.
+
+use anyhow::{bail, ensure, Result};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView};
+use candle_core::cuda_backend::CudaDevice;
+use candle_core::{DType, Tensor};
+
+use super::step_meta::{pack_step, Packed};
+use super::CacheLayout;
+use crate::model::ForwardBatch;
+use crate::ops::cuda::{AttnMeta, Kernels};
+
+struct DeviceLayer {
+    k: CudaSlice<u16>,
+    v: CudaSlice<u16>,
+}
+
+pub struct DeviceKvCache {
+    layout: CacheLayout,
+    dtype: DType,
+    layers: Vec<DeviceLayer>,
+    kernels: Kernels,
+    host: Vec<u32>,
+    upload: CudaSlice<u32>,
+    packed: Option<Packed>,
+    num_heads: usize,
+    scale: f32,
+}
+
+impl std::fmt::Debug for DeviceKvCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceKvCache")
+            .field("layout", &self.layout)
+            .field("dtype", &self.dtype)
+            .field("layers", &self.layers.len())
+            .finish()
+    }
+}
+
+impl DeviceKvCache {
+    /// Allocates a zeroed cache of `dtype` (bf16 or f16) for `num_layers` layers.
+    pub fn new(
+        dev: &CudaDevice,
+        num_layers: usize,
+        layout: CacheLayout,
+        dtype: DType,
+        num_heads: usize,
+    ) -> Result<Self> {
+        ensure!(
+            matches!(dtype, DType::BF16 | DType::F16),
+            "the GPU KV cache holds bf16 or f16, not {dtype:?}"
+        );
+        ensure!(
+            crate::ops::cuda::HEAD_DIMS.contains(&layout.head_dim),
+            "the CUDA attention kernel supports head sizes {:?}, not {}",
+            crate::ops::cuda::HEAD_DIMS,
+            layout.head_dim
+        );
+        let kernels = Kernels::new(dev)?;
+        let mut layers = Vec::with_capacity(num_layers);
+        for _ in 0..num_layers {
+            layers.push(DeviceLayer {
+                k: dev.alloc_zeros::<u16>(layout.layer_len())?,
+                v: dev.alloc_zeros::<u16>(layout.layer_len())?,
+            });
+        }
+        Ok(Self {
+            layout,
+            dtype,
+            layers,
+            kernels,
+            host: Vec::new(),
+            upload: dev.alloc_zeros::<u32>(1024)?,
+            packed: None,
+            num_heads,
+            scale: 1.0 / (layout.head_dim as f32).sqrt(),
+        })
+    }
+
+    pub fn layout(&self) -> &CacheLayout {
+        &self.layout
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn kernels(&self) -> &Kernels {
+        &self.kernels
+    }
+
+    pub fn size_in_bytes(&self) -> usize {
+        self.layers.len() * 2 * self.layout.layer_len() * 2
+    }
+
+    /// Copies the K/V of every layer from block `src` to block `dst`.
+    pub fn copy_block(&mut self, src: usize, dst: usize) -> Result<()> {
+        let l = self.layout;
+        ensure!(
+            src < l.num_blocks && dst < l.num_blocks && src != dst,
+            "copy_block({src}, {dst}) outside 0..{}",
+            l.num_blocks
+        );
+        let len = l.num_kv_heads * l.block_size * l.head_dim;
+        let (s, d) = (l.block_offset(src, 0), l.block_offset(dst, 0));
+        for layer in &mut self.layers {
+            self.kernels.copy_range(&mut layer.k, s, d, len)?;
+            self.kernels.copy_range(&mut layer.v, s, d, len)?;
+        }
+        Ok(())
+    }
+
+    /// Checks the step's batch and uploads its description (one copy for all layers).
+    pub fn begin_step(&mut self, batch: &ForwardBatch<'_>) -> Result<()> {
+        let packed = pack_step(&self.layout, batch, &mut self.host)?;
+        let dev = self.kernels.device();
+        let host = &self.host;
+        if self.upload.len() < host.len() {
+            self.upload = dev.alloc_zeros::<u32>(host.len().next_power_of_two())?;
+        }
+        let mut dst = self.upload.slice_mut(0..host.len());
+        dev.memcpy_htod(host.as_slice(), &mut dst)?;
+        self.packed = Some(packed);
+        Ok(())
+    }
+
+    /// Writes the new tokens' K/V (`[tokens, kv_heads * head_dim]`) into `layer` and
+    /// attends every query row (`q`: `[tokens, heads * head_dim]`). All three must be in
+    /// the cache's dtype.
+    pub fn attend(&mut self, layer: usize, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let Some(p) = self.packed else {
+            bail!("attend before begin_step");
+        };
+        let l = self.layout;
+        let Some(cache) = self.layers.get_mut(layer) else {
+            bail!("layer {layer} is outside the cache");
+        };
+        let upload = &self.upload;
+        let view = |r: std::ops::Range<usize>| -> CudaView<'_, u32> { upload.slice(r) };
+        self.kernels.write_kv(
+            k,
+            v,
+            &mut cache.k,
+            &mut cache.v,
+            &view(p.slots()),
+            l.num_kv_heads,
+            l.head_dim,
+            l.block_size,
+        )?;
+        let meta = AttnMeta {
+            row_seq: view(p.row_seq()),
+            q_start: view(p.q_start()),
+            q_len: view(p.q_len()),
+            context_len: view(p.context_len()),
+            block_tables: view(p.block_tables()),
+            max_blocks: p.max_blocks,
+            max_context: p.max_context,
+            num_heads: self.num_heads,
+            kv_heads: l.num_kv_heads,
+            head_dim: l.head_dim,
+            block_size: l.block_size,
+            scale: self.scale,
+        };
+        Ok(self.kernels.paged_attention(q, &cache.k, &cache.v, &meta)?)
+    }
+}

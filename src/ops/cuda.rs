@@ -1,0 +1,550 @@
+//! wick's own CUDA kernels (`kernels/*.cu`, compiled to PTX by `build.rs`), launched on
+//! candle's device and stream so they order with candle's own kernels and cuBLAS calls.
+//!
+//! Element types: bf16 and f16 (the KV cache's dtype). Tensors must be contiguous.
+
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchArgs, LaunchConfig,
+    PushKernelArg,
+};
+use candle_core::cuda_backend::{CudaDevice, WrapErr};
+use candle_core::{
+    backend::BackendStorage, CpuStorage, CudaStorage, CustomOp1, DType, Error, Layout, Result,
+    Shape, Storage, Tensor,
+};
+use half::{bf16, f16};
+
+mod ptx {
+    include!(concat!(env!("OUT_DIR"), "/kernels_ptx.rs"));
+}
+
+/// Keys per attention partition: a row with a longer context is split across thread
+/// blocks (flash-decoding) and merged by a second kernel.
+pub const PARTITION_SIZE: usize = 512;
+
+/// Head sizes the attention kernel is instantiated for.
+pub const HEAD_DIMS: [usize; 3] = [64, 128, 256];
+
+/// The PTX of `file` for the newest compute capability that is not above `cap`.
+fn ptx_for(file: &str, cap: u32) -> Option<(u32, &'static str)> {
+    ptx::PTX
+        .iter()
+        .filter(|(f, c, _)| *f == file && *c <= cap)
+        .max_by_key(|(_, c, _)| *c)
+        .map(|(_, c, p)| (*c, *p))
+}
+
+fn suffix(dtype: DType) -> Result<&'static str> {
+    match dtype {
+        DType::BF16 => Ok("bf16"),
+        DType::F16 => Ok("f16"),
+        other => Err(Error::Msg(format!(
+            "wick's CUDA kernels take bf16 or f16, not {other:?}"
+        ))),
+    }
+}
+
+/// wick's kernel modules for one device (loaded on first use).
+#[derive(Clone)]
+pub struct Kernels {
+    dev: CudaDevice,
+    /// The device's compute capability, e.g. 90.
+    cap: u32,
+}
+
+impl std::fmt::Debug for Kernels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kernels").field("cap", &self.cap).finish()
+    }
+}
+
+impl Kernels {
+    pub fn new(dev: &CudaDevice) -> Result<Self> {
+        let (major, minor) = dev.cuda_stream().context().compute_capability().w()?;
+        let cap = (major * 10 + minor) as u32;
+        if ptx_for("attention", cap).is_none() {
+            let built: Vec<u32> = ptx::PTX.iter().map(|(_, c, _)| *c).collect();
+            return Err(Error::Msg(format!(
+                "wick's CUDA kernels were built for compute capabilities {built:?}, but this \
+                 GPU has {cap}: rebuild with CUDA_COMPUTE_CAP={cap}"
+            )));
+        }
+        Ok(Self {
+            dev: dev.clone(),
+            cap,
+        })
+    }
+
+    pub fn device(&self) -> &CudaDevice {
+        &self.dev
+    }
+
+    fn func(&self, name: &str) -> Result<CudaFunction> {
+        self.func_in("attention", name)
+    }
+
+    /// The stream candle's own kernels run on (kernels launched on it order with them).
+    fn stream(&self) -> std::sync::Arc<CudaStream> {
+        self.dev.cuda_stream()
+    }
+
+    /// Kernel `name` of `kernels/<file>.cu`.
+    fn func_in(&self, file: &str, name: &str) -> Result<CudaFunction> {
+        let (built, ptx) = ptx_for(file, self.cap).ok_or_else(|| {
+            Error::Msg(format!(
+                "no PTX of kernels/{file}.cu for compute capability {}",
+                self.cap
+            ))
+        })?;
+        Ok(self
+            .dev
+            .get_or_load_custom_func(name, &format!("wick_{file}_sm{built}"), ptx)?
+            .into_cuda_function())
+    }
+
+    /// Greedy choice per row of f32 logits `[rows, vocab]`: the argmax token (lowest id
+    /// among ties) and its log-probability under the plain softmax. Only `rows` ids and
+    /// floats reach the host.
+    pub fn greedy(&self, logits: &Tensor) -> Result<(Vec<u32>, Vec<f32>)> {
+        let (rows, vocab) = logits.dims2()?;
+        if rows == 0 {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let logits = logits.to_dtype(DType::F32)?.contiguous()?;
+        let (st, l) = logits.storage_and_layout();
+        let Storage::Cuda(st) = &*st else {
+            return Err(Error::Msg("greedy: logits are not on the GPU".into()));
+        };
+        let x = st
+            .as_cuda_slice::<f32>()?
+            .slice(l.start_offset()..l.start_offset() + rows * vocab);
+        let mut ids = alloc_like::<u32>(&self.dev, rows)?;
+        let mut lps = alloc_like::<f32>(&self.dev, rows)?;
+        let f = self.func_in("sampling", "wick_greedy_f32")?;
+        let v = vocab as i32;
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (1024, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        {
+            let stream = self.stream();
+            let mut b = stream.launch_builder(&f);
+            b.arg(&x);
+            b.arg(&v);
+            b.arg(&mut ids);
+            b.arg(&mut lps);
+            // SAFETY: matches wick_greedy_f32; one output per row.
+            unsafe { b.launch(cfg) }.w()?;
+        }
+        Ok((self.dev.clone_dtoh(&ids)?, self.dev.clone_dtoh(&lps)?))
+    }
+
+    /// Rotary embeddings of `x` (`[tokens, heads * head_dim]`, bf16/f16), one position per
+    /// token; `inv_freq` has `head_dim / 2` entries.
+    pub fn rope(
+        &self,
+        x: &Tensor,
+        positions: &CudaView<'_, u32>,
+        inv_freq: &CudaSlice<f32>,
+        heads: usize,
+        interleaved: bool,
+    ) -> Result<Tensor> {
+        let op = RopeOp {
+            k: self,
+            positions,
+            inv_freq,
+            heads,
+            interleaved,
+        };
+        x.contiguous()?.apply_op1_no_bwd(&op)
+    }
+
+    /// Writes the new tokens' K and V (`[tokens, kv_heads * head_dim]`) into their slots of
+    /// one layer's cache (`[blocks][kv_heads][block_size][head_dim]`, raw 16-bit storage).
+    #[allow(clippy::too_many_arguments)]
+    pub fn write_kv(
+        &self,
+        k: &Tensor,
+        v: &Tensor,
+        k_cache: &mut CudaSlice<u16>,
+        v_cache: &mut CudaSlice<u16>,
+        slots: &CudaView<'_, u32>,
+        kv_heads: usize,
+        head_dim: usize,
+        block_size: usize,
+    ) -> Result<()> {
+        let tokens = k.dim(0)?;
+        if tokens == 0 {
+            return Ok(());
+        }
+        if k.dtype() != v.dtype()
+            || k.dims() != v.dims()
+            || k.elem_count() != tokens * kv_heads * head_dim
+        {
+            return Err(Error::Msg(format!(
+                "write_kv: k {:?} {:?} and v {:?} {:?} do not match [{tokens}, {kv_heads} x {head_dim}]",
+                k.dims(),
+                k.dtype(),
+                v.dims(),
+                v.dtype()
+            )));
+        }
+        let f = self.func(&format!("wick_write_kv_{}", suffix(k.dtype())?))?;
+        let (k, v) = (k.contiguous()?, v.contiguous()?);
+        let (ks, kl) = k.storage_and_layout();
+        let (vs, vl) = v.storage_and_layout();
+        let (Storage::Cuda(ks), Storage::Cuda(vs)) = (&*ks, &*vs) else {
+            return Err(Error::Msg("write_kv: tensors are not on the GPU".into()));
+        };
+        let (kh, vh, bs) = (kv_heads as i32, head_dim as i32, block_size as i32);
+        let cfg = LaunchConfig {
+            grid_dim: (tokens as u32, 1, 1),
+            block_dim: (((kv_heads * head_dim).min(1024)) as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let stream = self.stream();
+        let mut b = stream.launch_builder(&f);
+        let (kv, vv) = (raw_view(ks, &kl)?, raw_view(vs, &vl)?);
+        b.arg(&kv);
+        b.arg(&vv);
+        b.arg(k_cache);
+        b.arg(v_cache);
+        b.arg(slots);
+        b.arg(&kh);
+        b.arg(&vh);
+        b.arg(&bs);
+        // SAFETY: the argument list matches wick_write_kv_*; every slot was reserved in the
+        // cache by the block pool, so writes stay inside the buffers.
+        unsafe { b.launch(cfg) }.w()?;
+        Ok(())
+    }
+
+    /// Paged attention of every query row (`q`: `[tokens, heads * head_dim]`) over one
+    /// layer's cache; returns `[tokens, heads * head_dim]` in q's dtype.
+    pub fn paged_attention(
+        &self,
+        q: &Tensor,
+        k_cache: &CudaSlice<u16>,
+        v_cache: &CudaSlice<u16>,
+        meta: &AttnMeta<'_>,
+    ) -> Result<Tensor> {
+        let op = AttentionOp {
+            k: self,
+            k_cache,
+            v_cache,
+            meta,
+        };
+        // The kernel loads up to 16 bytes at once: q must start 16-byte aligned.
+        let q = q.contiguous()?;
+        let q = if q.layout().start_offset() % 8 == 0 {
+            q
+        } else {
+            // A fresh buffer (an identity op's output starts at offset 0).
+            q.affine(1.0, 0.0)?
+        };
+        q.apply_op1_no_bwd(&op)
+    }
+
+    /// Copies `len` 16-bit elements within `buf` from offset `src` to `dst`.
+    pub fn copy_range(
+        &self,
+        buf: &mut CudaSlice<u16>,
+        src: usize,
+        dst: usize,
+        len: usize,
+    ) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let f = self.func("wick_copy_range")?;
+        let cfg = LaunchConfig {
+            grid_dim: (len.div_ceil(256).min(1024) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (s, d, n) = (src as u64, dst as u64, len as u64);
+        let stream = self.stream();
+        let mut b = stream.launch_builder(&f);
+        b.arg(buf);
+        b.arg(&s);
+        b.arg(&d);
+        b.arg(&n);
+        // SAFETY: matches wick_copy_range; the caller passes in-bounds, disjoint ranges.
+        unsafe { b.launch(cfg) }.w()?;
+        Ok(())
+    }
+}
+
+/// A tensor's storage as a typeless 16-bit view starting at its layout's offset.
+fn raw_view<'a>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, u16>> {
+    let off = l.start_offset();
+    let n = l.shape().elem_count();
+    let view = match s.dtype() {
+        DType::BF16 => {
+            let sl = s.as_cuda_slice::<bf16>()?;
+            // SAFETY: bf16 and u16 have the same size and alignment; kernels reinterpret.
+            unsafe { sl.transmute::<u16>(sl.len()) }
+        }
+        DType::F16 => {
+            let sl = s.as_cuda_slice::<f16>()?;
+            // SAFETY: as above, for f16.
+            unsafe { sl.transmute::<u16>(sl.len()) }
+        }
+        other => {
+            return Err(Error::Msg(format!(
+                "wick's CUDA kernels take bf16 or f16, not {other:?}"
+            )))
+        }
+    };
+    let view = view.ok_or_else(|| Error::Msg("cannot view tensor storage as 16-bit".into()))?;
+    Ok(view.slice(off..off + n))
+}
+
+fn alloc_like<T: DeviceRepr>(dev: &CudaDevice, n: usize) -> Result<CudaSlice<T>> {
+    // SAFETY: every element is written by the kernel the buffer is allocated for.
+    unsafe { dev.alloc::<T>(n) }
+}
+
+/// A kernel's 16-bit output buffer, typed by the tensor dtype it becomes.
+enum Out16 {
+    Bf16(CudaSlice<bf16>),
+    F16(CudaSlice<f16>),
+}
+
+impl Out16 {
+    fn new(dev: &CudaDevice, dtype: DType, n: usize) -> Result<Self> {
+        match dtype {
+            DType::BF16 => Ok(Out16::Bf16(alloc_like(dev, n)?)),
+            DType::F16 => Ok(Out16::F16(alloc_like(dev, n)?)),
+            other => Err(Error::Msg(format!(
+                "wick's CUDA kernels take bf16 or f16, not {other:?}"
+            ))),
+        }
+    }
+
+    fn push<'a, 'b: 'a>(&'b mut self, b: &mut LaunchArgs<'a>) {
+        match self {
+            Out16::Bf16(s) => b.arg(s),
+            Out16::F16(s) => b.arg(s),
+        };
+    }
+
+    fn into_storage(self, dev: &CudaDevice) -> CudaStorage {
+        match self {
+            Out16::Bf16(s) => CudaStorage::wrap_cuda_slice(s, dev.clone()),
+            Out16::F16(s) => CudaStorage::wrap_cuda_slice(s, dev.clone()),
+        }
+    }
+}
+
+struct RopeOp<'a> {
+    k: &'a Kernels,
+    positions: &'a CudaView<'a, u32>,
+    inv_freq: &'a CudaSlice<f32>,
+    heads: usize,
+    interleaved: bool,
+}
+
+impl CustomOp1 for RopeOp<'_> {
+    fn name(&self) -> &'static str {
+        "wick-rope"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        Err(Error::Msg(
+            "wick-rope runs on CUDA; the CPU path uses ops::rope".into(),
+        ))
+    }
+
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dev = s.device().clone();
+        let n = l.shape().elem_count();
+        let half = self.inv_freq.len();
+        let head_dim = 2 * half;
+        let row = self.heads * head_dim;
+        if row == 0 || n % row != 0 || n / row != self.positions.len() {
+            return Err(Error::Msg(format!(
+                "rope: {n} elements are not {} tokens of {} heads x {head_dim}",
+                self.positions.len(),
+                self.heads
+            )));
+        }
+        let tokens = n / row;
+        let mut out = Out16::new(&dev, s.dtype(), n)?;
+        if tokens > 0 {
+            let f = self.k.func(&format!("wick_rope_{}", suffix(s.dtype())?))?;
+            let x = raw_view(s, l)?;
+            let (h, d, il) = (self.heads as i32, head_dim as i32, self.interleaved as i32);
+            let cfg = LaunchConfig {
+                grid_dim: (tokens as u32, 1, 1),
+                block_dim: ((self.heads * half).min(512) as u32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let stream = self.k.stream();
+            let mut b = stream.launch_builder(&f);
+            b.arg(&x);
+            out.push(&mut b);
+            b.arg(self.positions);
+            b.arg(self.inv_freq);
+            b.arg(&h);
+            b.arg(&d);
+            b.arg(&il);
+            // SAFETY: matches wick_rope_*; sizes checked above.
+            unsafe { b.launch(cfg) }.w()?;
+        }
+        Ok((out.into_storage(&dev), l.shape().clone()))
+    }
+}
+
+/// One step's batch as the attention kernel reads it, uploaded once per step and shared
+/// by every layer.
+pub struct AttnMeta<'a> {
+    /// Sequence index of every query row.
+    pub row_seq: CudaView<'a, u32>,
+    /// Per sequence: first query row, query rows, context length after the step.
+    pub q_start: CudaView<'a, u32>,
+    pub q_len: CudaView<'a, u32>,
+    pub context_len: CudaView<'a, u32>,
+    /// `[seqs, max_blocks]` block tables, padded.
+    pub block_tables: CudaView<'a, u32>,
+    pub max_blocks: usize,
+    /// Longest context of any row: sets the number of partitions.
+    pub max_context: usize,
+    pub num_heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub block_size: usize,
+    pub scale: f32,
+}
+
+struct AttentionOp<'a> {
+    k: &'a Kernels,
+    k_cache: &'a CudaSlice<u16>,
+    v_cache: &'a CudaSlice<u16>,
+    meta: &'a AttnMeta<'a>,
+}
+
+/// Most query heads per KV head one thread block handles (`GMAX` in the kernel).
+const GMAX: usize = 8;
+const NWARPS: u32 = 4;
+
+impl CustomOp1 for AttentionOp<'_> {
+    fn name(&self) -> &'static str {
+        "wick-paged-attention"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        Err(Error::Msg(
+            "wick-paged-attention runs on CUDA; the CPU path uses ops::paged_attention".into(),
+        ))
+    }
+
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        let m = self.meta;
+        let dev = s.device().clone();
+        let n = l.shape().elem_count();
+        let row = m.num_heads * m.head_dim;
+        let tokens = self.meta.row_seq.len();
+        if n != tokens * row {
+            return Err(Error::Msg(format!(
+                "paged attention: q has {n} elements, expected {tokens} x {} x {}",
+                m.num_heads, m.head_dim
+            )));
+        }
+        if !HEAD_DIMS.contains(&m.head_dim) {
+            return Err(Error::Msg(format!(
+                "the CUDA attention kernel supports head sizes {HEAD_DIMS:?}, not {}",
+                m.head_dim
+            )));
+        }
+        if m.kv_heads == 0 || m.num_heads % m.kv_heads != 0 {
+            return Err(Error::Msg(format!(
+                "{} query heads cannot share {} KV heads",
+                m.num_heads, m.kv_heads
+            )));
+        }
+        let sfx = suffix(s.dtype())?;
+        let mut out = Out16::new(&dev, s.dtype(), n)?;
+        if tokens == 0 {
+            return Ok((out.into_storage(&dev), l.shape().clone()));
+        }
+        let parts = m.max_context.div_ceil(PARTITION_SIZE).max(1);
+        if parts > 65535 {
+            return Err(Error::Msg(format!(
+                "a context of {} tokens is beyond the attention kernel's grid",
+                m.max_context
+            )));
+        }
+        let (mut part_acc, mut part_ml) = if parts > 1 {
+            (
+                alloc_like::<f32>(&dev, tokens * m.num_heads * parts * m.head_dim)?,
+                alloc_like::<f32>(&dev, tokens * m.num_heads * parts * 2)?,
+            )
+        } else {
+            (alloc_like::<f32>(&dev, 1)?, alloc_like::<f32>(&dev, 1)?)
+        };
+        let group = m.num_heads / m.kv_heads;
+        let subgroups = group.div_ceil(GMAX);
+        let q = raw_view(s, l)?;
+        let f = self
+            .k
+            .func(&format!("wick_paged_attention_{sfx}_d{}", m.head_dim))?;
+        let cfg = LaunchConfig {
+            grid_dim: (tokens as u32, (m.kv_heads * subgroups) as u32, parts as u32),
+            block_dim: (NWARPS * 32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (mb, nh, kvh, bs, ps) = (
+            m.max_blocks as i32,
+            m.num_heads as i32,
+            m.kv_heads as i32,
+            m.block_size as i32,
+            PARTITION_SIZE as i32,
+        );
+        {
+            let stream = self.k.stream();
+            let mut b = stream.launch_builder(&f);
+            out.push(&mut b);
+            b.arg(&mut part_acc);
+            b.arg(&mut part_ml);
+            b.arg(&q);
+            b.arg(self.k_cache);
+            b.arg(self.v_cache);
+            b.arg(&m.row_seq);
+            b.arg(&m.q_start);
+            b.arg(&m.q_len);
+            b.arg(&m.context_len);
+            b.arg(&m.block_tables);
+            b.arg(&mb);
+            b.arg(&nh);
+            b.arg(&kvh);
+            b.arg(&bs);
+            b.arg(&ps);
+            b.arg(&m.scale);
+            // SAFETY: matches wick_paged_attention_*; block tables hold blocks of this
+            // cache for every position below each row's context length.
+            unsafe { b.launch(cfg) }.w()?;
+        }
+        if parts > 1 {
+            let f = self.k.func(&format!("wick_reduce_partitions_{sfx}"))?;
+            let cfg = LaunchConfig {
+                grid_dim: (tokens as u32, m.num_heads as u32, 1),
+                block_dim: (m.head_dim as u32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let (nh, d, p) = (m.num_heads as i32, m.head_dim as i32, parts as i32);
+            let stream = self.k.stream();
+            let mut b = stream.launch_builder(&f);
+            out.push(&mut b);
+            b.arg(&part_acc);
+            b.arg(&part_ml);
+            b.arg(&nh);
+            b.arg(&d);
+            b.arg(&p);
+            // SAFETY: matches wick_reduce_partitions_*; buffers sized above.
+            unsafe { b.launch(cfg) }.w()?;
+        }
+        Ok((out.into_storage(&dev), l.shape().clone()))
+    }
+}

@@ -1,0 +1,397 @@
+//! wick's CUDA kernels against independent references (`--features cuda`, on a GPU).
+//!
+//! Paged attention is checked against a plain f64 attention over the same (dtype-rounded)
+//! inputs and against wick's CPU kernel, over head sizes 64/128/256, GQA ratios 1 to 16,
+//! block sizes 16 and 32, scattered block tables, and batches that mix decode rows
+//! (contexts up to 32k, which take the split-context path), whole prompts and prompt
+//! chunks over a cached context. Rope is checked against the CPU rope in both pair
+//! layouts, and block copies byte for byte.
+//!
+//! Without a GPU the tests print why and pass, unless `WICK_REQUIRE_GPU=1` (set by
+//! scripts/gpu-check.sh), which turns a missing GPU into a failure.
+#![cfg(feature = "cuda")]
+
+use candle_core::cuda_backend::cudarc::driver::CudaSlice;
+use candle_core::cuda_backend::CudaDevice;
+use candle_core::{DType, Device, Tensor};
+use half::{bf16, f16};
+use wick::kv::CacheLayout;
+use wick::ops::cuda::{AttnMeta, Kernels};
+use wick::ops::{AttnSeq, Rope, RopeScaling, RopeStyle};
+
+fn gpu() -> Option<CudaDevice> {
+    match Device::new_cuda(0) {
+        Ok(Device::Cuda(d)) => Some(d),
+        other => {
+            assert!(
+                std::env::var_os("WICK_REQUIRE_GPU").is_none(),
+                "WICK_REQUIRE_GPU is set but no GPU opened: {:?}",
+                other.err()
+            );
+            eprintln!("skipping: no CUDA device ({:?})", other.err());
+            None
+        }
+    }
+}
+
+/// A small deterministic generator (xorshift) for reproducible inputs.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    /// Roughly standard normal (sum of uniforms).
+    fn normal(&mut self) -> f32 {
+        let mut s = 0.0;
+        for _ in 0..4 {
+            s += (self.next() >> 40) as f32 / (1u64 << 24) as f32;
+        }
+        (s - 2.0) * 1.732
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Rounds through the kernel dtype, so the reference sees exactly the kernel's inputs.
+fn round(x: f32, dtype: DType) -> f32 {
+    match dtype {
+        DType::BF16 => bf16::from_f32(x).to_f32(),
+        _ => f16::from_f32(x).to_f32(),
+    }
+}
+
+fn to_gpu(dev: &CudaDevice, x: &[f32], shape: (usize, usize), dtype: DType) -> Tensor {
+    Tensor::from_slice(x, shape, &Device::Cuda(dev.clone()))
+        .and_then(|t| t.to_dtype(dtype))
+        .expect("upload")
+}
+
+fn from_gpu(t: &Tensor) -> Vec<f32> {
+    t.to_dtype(DType::F32)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1::<f32>())
+        .expect("download")
+}
+
+struct Case {
+    head_dim: usize,
+    num_heads: usize,
+    kv_heads: usize,
+    block_size: usize,
+    /// Per sequence: (tokens already cached, new query tokens this step).
+    seqs: Vec<(usize, usize)>,
+    dtype: DType,
+}
+
+fn check_attention(dev: &CudaDevice, case: &Case, seed: u64) {
+    let Case {
+        head_dim: d,
+        num_heads: nh,
+        kv_heads: nkv,
+        block_size: bs,
+        dtype,
+        ..
+    } = *case;
+    let mut rng = Rng(seed | 1);
+    let kernels = Kernels::new(dev).expect("kernels load");
+    // Blocks for every sequence, handed out in a scrambled order.
+    let blocks_per: Vec<usize> = case
+        .seqs
+        .iter()
+        .map(|&(c, q)| (c + q).div_ceil(bs))
+        .collect();
+    let num_blocks: usize = blocks_per.iter().sum::<usize>() + 3;
+    let mut free: Vec<u32> = (0..num_blocks as u32).collect();
+    for i in (1..free.len()).rev() {
+        free.swap(i, rng.below(i + 1));
+    }
+    let tables: Vec<Vec<u32>> = blocks_per
+        .iter()
+        .map(|&n| free.drain(..n).collect())
+        .collect();
+    let layout = CacheLayout {
+        num_blocks,
+        block_size: bs,
+        num_kv_heads: nkv,
+        head_dim: d,
+    };
+    // Every position's K/V (context and new tokens), written to the cache in one launch.
+    let row_kv = nkv * d;
+    let mut all_k = Vec::new();
+    let mut all_v = Vec::new();
+    let mut slots = Vec::new();
+    for (s, &(c, q)) in case.seqs.iter().enumerate() {
+        for pos in 0..c + q {
+            slots.push(tables[s][pos / bs] * bs as u32 + (pos % bs) as u32);
+            for _ in 0..row_kv {
+                all_k.push(round(rng.normal(), dtype));
+                all_v.push(round(rng.normal(), dtype));
+            }
+        }
+    }
+    let n_all = slots.len();
+    let mut k_cache: CudaSlice<u16> = dev.alloc_zeros(layout.layer_len()).unwrap();
+    let mut v_cache: CudaSlice<u16> = dev.alloc_zeros(layout.layer_len()).unwrap();
+    let slots_dev = dev.clone_htod(&slots).unwrap();
+    kernels
+        .write_kv(
+            &to_gpu(dev, &all_k, (n_all, row_kv), dtype),
+            &to_gpu(dev, &all_v, (n_all, row_kv), dtype),
+            &mut k_cache,
+            &mut v_cache,
+            &slots_dev.slice(..),
+            nkv,
+            d,
+            bs,
+        )
+        .expect("write_kv");
+
+    // Queries for the new tokens.
+    let tokens: usize = case.seqs.iter().map(|s| s.1).sum();
+    let q: Vec<f32> = (0..tokens * nh * d)
+        .map(|_| round(rng.normal(), dtype))
+        .collect();
+    let mut row_seq = Vec::new();
+    let (mut q_start, mut q_len, mut ctx) = (Vec::new(), Vec::new(), Vec::new());
+    let max_blocks = *blocks_per.iter().max().unwrap();
+    let mut flat_tables = Vec::new();
+    for (s, &(c, n)) in case.seqs.iter().enumerate() {
+        q_start.push(row_seq.len() as u32);
+        q_len.push(n as u32);
+        ctx.push((c + n) as u32);
+        row_seq.extend(std::iter::repeat_n(s as u32, n));
+        flat_tables.extend_from_slice(&tables[s]);
+        flat_tables.extend(std::iter::repeat_n(0, max_blocks - tables[s].len()));
+    }
+    let up = |v: &[u32]| dev.clone_htod(v).unwrap();
+    let (rs, qs, ql, cl, bt) = (
+        up(&row_seq),
+        up(&q_start),
+        up(&q_len),
+        up(&ctx),
+        up(&flat_tables),
+    );
+    let scale = 1.0 / (d as f32).sqrt();
+    let meta = AttnMeta {
+        row_seq: rs.slice(..),
+        q_start: qs.slice(..),
+        q_len: ql.slice(..),
+        context_len: cl.slice(..),
+        block_tables: bt.slice(..),
+        max_blocks,
+        max_context: case.seqs.iter().map(|&(c, q)| c + q).max().unwrap(),
+        num_heads: nh,
+        kv_heads: nkv,
+        head_dim: d,
+        block_size: bs,
+        scale,
+    };
+    let out = kernels
+        .paged_attention(
+            &to_gpu(dev, &q, (tokens, nh * d), dtype),
+            &k_cache,
+            &v_cache,
+            &meta,
+        )
+        .expect("paged attention");
+    let got = from_gpu(&out);
+
+    // Reference 1: plain f64 attention over the inputs.
+    let group = nh / nkv;
+    let (atol, rtol) = match dtype {
+        DType::BF16 => (1.5e-2, 2e-2),
+        _ => (2e-3, 4e-3),
+    };
+    let mut base = 0; // first position of sequence s in all_k
+    let mut row = 0;
+    let mut worst = 0f64;
+    for &(c, n) in &case.seqs {
+        for i in 0..n {
+            let visible = c + i + 1;
+            for h in 0..nh {
+                let kvh = h / group;
+                let qh = &q[((row + i) * nh + h) * d..][..d];
+                let scores: Vec<f64> = (0..visible)
+                    .map(|j| {
+                        let kj = &all_k[((base + j) * nkv + kvh) * d..][..d];
+                        qh.iter()
+                            .zip(kj)
+                            .map(|(a, b)| *a as f64 * *b as f64)
+                            .sum::<f64>()
+                            * scale as f64
+                    })
+                    .collect();
+                let m = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let w: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+                let z: f64 = w.iter().sum();
+                for e in 0..d {
+                    let want: f64 = (0..visible)
+                        .map(|j| w[j] * all_v[((base + j) * nkv + kvh) * d + e] as f64)
+                        .sum::<f64>()
+                        / z;
+                    let g = got[((row + i) * nh + h) * d + e] as f64;
+                    let err = (g - want).abs();
+                    worst = worst.max(err);
+                    assert!(
+                        err <= atol + rtol * want.abs(),
+                        "d={d} heads={nh}/{nkv} bs={bs} {dtype:?} seq ctx={c} q={n}: row {i} \
+                         head {h} dim {e}: gpu {g} vs f64 {want}"
+                    );
+                }
+            }
+        }
+        base += c + n;
+        row += n;
+    }
+
+    // Reference 2: wick's CPU kernel (f16 cache, keys transposed) on the same inputs.
+    let mut kc = vec![f16::ZERO; layout.layer_len()];
+    let mut vc = vec![f16::ZERO; layout.layer_len()];
+    wick::ops::write_kv(&layout, &mut kc, &mut vc, &all_k, &all_v, &slots);
+    let seqs: Vec<AttnSeq<'_>> = case
+        .seqs
+        .iter()
+        .enumerate()
+        .map(|(s, &(c, n))| AttnSeq {
+            q_start: q_start[s] as usize,
+            q_len: n,
+            context_len: c + n,
+            block_table: &tables[s],
+        })
+        .collect();
+    let mut cpu = vec![0f32; tokens * nh * d];
+    wick::ops::paged_attention(&layout, &kc, &vc, &q, nh, &seqs, scale, &mut cpu);
+    let cpu_worst = got
+        .iter()
+        .zip(&cpu)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        (cpu_worst as f64) <= 2.0 * atol + 0.05,
+        "d={d} heads={nh}/{nkv} bs={bs} {dtype:?}: GPU and CPU kernels differ by {cpu_worst}"
+    );
+    eprintln!(
+        "ok d={d} heads={nh}/{nkv} bs={bs} {dtype:?} seqs={:?}: max err vs f64 {worst:.2e}, vs CPU {cpu_worst:.2e}",
+        case.seqs
+    );
+}
+
+#[test]
+fn paged_attention_matches_references() {
+    let Some(dev) = gpu() else { return };
+    let mixes: Vec<Vec<(usize, usize)>> = vec![
+        // decode rows of assorted context lengths
+        vec![(0, 1), (16, 1), (31, 1), (511, 1), (512, 1), (1500, 1)],
+        // whole prompts, a chunk over a cached context, and decodes together
+        vec![(0, 37), (600, 100), (5, 1), (0, 1)],
+    ];
+    let shapes = [
+        (64, 8, 8),   // MHA
+        (128, 32, 8), // llama-3-8b: GQA 4
+        (128, 64, 8), // GQA 8
+        (64, 14, 2),  // qwen2-0.5b: GQA 7
+        (128, 32, 2), // GQA 16: two head subgroups per KV head
+        (256, 8, 2),
+    ];
+    let mut seed = 1;
+    for &(d, nh, nkv) in &shapes {
+        for bs in [16, 32] {
+            for dtype in [DType::BF16, DType::F16] {
+                for seqs in &mixes {
+                    seed += 1;
+                    let case = Case {
+                        head_dim: d,
+                        num_heads: nh,
+                        kv_heads: nkv,
+                        block_size: bs,
+                        seqs: seqs.clone(),
+                        dtype,
+                    };
+                    check_attention(&dev, &case, seed);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn long_contexts_split_across_partitions() {
+    let Some(dev) = gpu() else { return };
+    for (bs, dtype) in [(16, DType::BF16), (32, DType::F16)] {
+        let case = Case {
+            head_dim: 128,
+            num_heads: 32,
+            kv_heads: 8,
+            block_size: bs,
+            seqs: vec![(32767, 1), (8191, 1), (4000, 3)],
+            dtype,
+        };
+        check_attention(&dev, &case, 99 + bs as u64);
+    }
+}
+
+#[test]
+fn rope_matches_the_cpu_rope() {
+    let Some(dev) = gpu() else { return };
+    let kernels = Kernels::new(&dev).unwrap();
+    let mut rng = Rng(7);
+    for (style, d, heads) in [
+        (RopeStyle::Interleaved, 64, 9),
+        (RopeStyle::Neox, 128, 32),
+        (RopeStyle::Neox, 64, 14),
+    ] {
+        let scaling = RopeScaling::Llama3 {
+            factor: 32.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192,
+        };
+        let rope = Rope::new(d, 500_000.0, &scaling, style);
+        let positions: Vec<u32> = vec![0, 1, 2, 17, 511, 4096, 32767, 100_000];
+        let n = positions.len();
+        for dtype in [DType::BF16, DType::F16] {
+            let x: Vec<f32> = (0..n * heads * d)
+                .map(|_| round(rng.normal(), dtype))
+                .collect();
+            let mut want = x.clone();
+            rope.apply(&mut want, heads, &rope.tables(&positions));
+            let pos = dev.clone_htod(&positions).unwrap();
+            let inv = dev.clone_htod(rope.inv_freq()).unwrap();
+            let out = kernels
+                .rope(
+                    &to_gpu(&dev, &x, (n, heads * d), dtype),
+                    &pos.slice(..),
+                    &inv,
+                    heads,
+                    style == RopeStyle::Interleaved,
+                )
+                .unwrap();
+            let got = from_gpu(&out);
+            let tol = if dtype == DType::BF16 { 3e-2 } else { 4e-3 };
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= tol * (1.0 + w.abs()),
+                    "{style:?} d={d} {dtype:?} element {i}: gpu {g} vs cpu {w}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn copy_range_copies_a_block() {
+    let Some(dev) = gpu() else { return };
+    let kernels = Kernels::new(&dev).unwrap();
+    let host: Vec<u16> = (0..4096u32).map(|i| (i * 7919 % 65521) as u16).collect();
+    let mut buf = dev.clone_htod(&host).unwrap();
+    kernels.copy_range(&mut buf, 100, 3000, 900).unwrap();
+    let back = dev.clone_dtoh(&buf).unwrap();
+    let mut want = host.clone();
+    want.copy_within(100..1000, 3000);
+    assert_eq!(back, want);
+}
