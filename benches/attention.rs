@@ -7,6 +7,13 @@
 //! - `attention/prefill/512`: one 512-token prompt, causal, empty cache before it.
 //!
 //! Throughput is in query tokens.
+//!
+//! With `--features cuda` and a GPU, the same kernels' CUDA versions at the
+//! llama-3-8b shape (32 query heads, 8 KV heads, head dim 128, bf16, 16-token blocks):
+//! - `attention_cuda/decode_batch_64/ctx_{512,4096}`: 64 sequences, one new token each.
+//! - `attention_cuda/decode/ctx_32768`: one long context (split across partitions).
+//! - `attention_cuda/prefill/512`: one 512-token prompt.
+//! - `attention_cuda/greedy_64x128256`: device argmax + logprob over 64 rows of logits.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use half::f16;
@@ -105,5 +112,87 @@ fn attention(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, attention);
+#[cfg(feature = "cuda")]
+fn attention_cuda(c: &mut Criterion) {
+    use candle_core::{DType, Device, Tensor};
+    use wick::ops::cuda::{AttnMeta, Kernels};
+    let dev = match Device::new_cuda(0) {
+        Ok(Device::Cuda(d)) => d,
+        _ => {
+            eprintln!("attention_cuda: no CUDA device, skipped");
+            return;
+        }
+    };
+    let device = Device::Cuda(dev.clone());
+    let kernels = Kernels::new(&dev).expect("kernels");
+    let (heads, kv_heads, d, bs) = (32usize, 8usize, 128usize, 16usize);
+    let mut group = c.benchmark_group("attention_cuda");
+    let mut run = |name: &str, seqs: usize, ctx: usize, q_len: usize| {
+        let per = ctx.div_ceil(bs);
+        let layout = CacheLayout {
+            num_blocks: seqs * per,
+            block_size: bs,
+            num_kv_heads: kv_heads,
+            head_dim: d,
+        };
+        let k_cache = dev.alloc_zeros::<u16>(layout.layer_len()).expect("alloc");
+        let v_cache = dev.alloc_zeros::<u16>(layout.layer_len()).expect("alloc");
+        let tables: Vec<u32> = (0..seqs * per)
+            .map(|i| ((i % per) * seqs + i / per) as u32)
+            .collect();
+        let rows = seqs * q_len;
+        let row_seq: Vec<u32> = (0..rows).map(|r| (r / q_len) as u32).collect();
+        let q_start: Vec<u32> = (0..seqs).map(|s| (s * q_len) as u32).collect();
+        let up = |v: &[u32]| dev.clone_htod(v).expect("upload");
+        let (rs, qs, ql, cl, bt) = (
+            up(&row_seq),
+            up(&q_start),
+            up(&vec![q_len as u32; seqs]),
+            up(&vec![ctx as u32; seqs]),
+            up(&tables),
+        );
+        let meta = AttnMeta {
+            row_seq: rs.slice(..),
+            q_start: qs.slice(..),
+            q_len: ql.slice(..),
+            context_len: cl.slice(..),
+            block_tables: bt.slice(..),
+            max_blocks: per,
+            max_context: ctx,
+            num_heads: heads,
+            kv_heads,
+            head_dim: d,
+            block_size: bs,
+            scale: 1.0 / (d as f32).sqrt(),
+        };
+        let q = Tensor::randn(0f32, 1.0, (rows, heads * d), &device)
+            .and_then(|t| t.to_dtype(DType::BF16))
+            .expect("q");
+        group.throughput(Throughput::Elements(rows as u64));
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let out = kernels
+                    .paged_attention(&q, &k_cache, &v_cache, &meta)
+                    .expect("attention");
+                device.synchronize().expect("sync");
+                black_box(out)
+            })
+        });
+    };
+    run("decode_batch_64/ctx_512", 64, 512, 1);
+    run("decode_batch_64/ctx_4096", 64, 4096, 1);
+    run("decode/ctx_32768", 1, 32768, 1);
+    run("prefill/512", 1, 512, 512);
+    let logits = Tensor::randn(0f32, 3.0, (64, 128_256), &device).expect("logits");
+    group.throughput(Throughput::Elements(64));
+    group.bench_function("greedy_64x128256", |b| {
+        b.iter(|| black_box(kernels.greedy(&logits).expect("greedy")))
+    });
+    group.finish();
+}
+
+#[cfg(not(feature = "cuda"))]
+fn attention_cuda(_: &mut Criterion) {}
+
+criterion_group!(benches, attention, attention_cuda);
 criterion_main!(benches);
