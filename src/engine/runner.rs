@@ -121,7 +121,7 @@ fn available_memory_bytes() -> Option<u64> {
 enum Cache {
     Host(KvCache),
     #[cfg(feature = "cuda")]
-    Device(crate::kv::DeviceKvCache),
+    Device(Box<crate::kv::DeviceKvCache>),
 }
 
 impl Cache {
@@ -129,7 +129,7 @@ impl Cache {
         match self {
             Cache::Host(c) => c,
             #[cfg(feature = "cuda")]
-            Cache::Device(c) => c,
+            Cache::Device(c) => &mut **c,
         }
     }
 }
@@ -168,7 +168,7 @@ impl ModelRunner {
                     cfg.num_heads,
                 )?;
                 Self::log(cache, kv.size_in_bytes(), "gpu");
-                Ok(Self::with_cache(model, cache, Cache::Device(kv)))
+                Ok(Self::with_cache(model, cache, Cache::Device(Box::new(kv))))
             }
             other => anyhow::bail!("unsupported device {other:?}"),
         }

@@ -205,7 +205,7 @@ impl Kernels {
         };
         let stream = self.stream();
         let mut b = stream.launch_builder(&f);
-        let (kv, vv) = (raw_view(ks, &kl)?, raw_view(vs, &vl)?);
+        let (kv, vv) = (raw_view(ks, kl)?, raw_view(vs, vl)?);
         b.arg(&kv);
         b.arg(&vv);
         b.arg(k_cache);
@@ -363,7 +363,7 @@ impl CustomOp1 for RopeOp<'_> {
         let half = self.inv_freq.len();
         let head_dim = 2 * half;
         let row = self.heads * head_dim;
-        if row == 0 || n % row != 0 || n / row != self.positions.len() {
+        if row == 0 || !n.is_multiple_of(row) || n / row != self.positions.len() {
             return Err(Error::Msg(format!(
                 "rope: {n} elements are not {} tokens of {} heads x {head_dim}",
                 self.positions.len(),
@@ -458,7 +458,7 @@ impl CustomOp1 for AttentionOp<'_> {
                 m.head_dim
             )));
         }
-        if m.kv_heads == 0 || m.num_heads % m.kv_heads != 0 {
+        if m.kv_heads == 0 || !m.num_heads.is_multiple_of(m.kv_heads) {
             return Err(Error::Msg(format!(
                 "{} query heads cannot share {} KV heads",
                 m.num_heads, m.kv_heads
