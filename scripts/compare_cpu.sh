@@ -55,40 +55,9 @@ OUT_DIR="${OUT_DIR:-$(mktemp -d)}"
 mkdir -p "$OUT_DIR"
 MAX_C="$(tr ',' '\n' <<<"$CONCURRENCY" | sort -n | tail -n 1)"
 
-# --- stop servers on exit -----------------------------------------------------------
-SERVER_PID=""
-stop_server() {
-    if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill "$SERVER_PID" 2>/dev/null || true
-        for _ in $(seq 1 50); do
-            kill -0 "$SERVER_PID" 2>/dev/null || break
-            sleep 0.2
-        done
-        kill -9 "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-    fi
-    SERVER_PID=""
-}
-trap stop_server EXIT
-trap 'stop_server; exit 130' INT TERM
-
-wait_http() { # url pid name log
-    local url="$1" pid="$2" name="$3" log="$4"
-    for _ in $(seq 1 600); do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            echo "$name exited during startup; its log ($log):" >&2
-            tail -n 30 "$log" >&2
-            exit 1
-        fi
-        if curl -sf -o /dev/null "$url"; then
-            return 0
-        fi
-        sleep 0.5
-    done
-    echo "$name did not answer $url within 300 s; its log ($log):" >&2
-    tail -n 30 "$log" >&2
-    exit 1
-}
+# --- stop servers on exit (helpers in bench_common.sh, sourced below) -----------------
+trap 'declare -F stop_server >/dev/null && stop_server' EXIT
+trap 'declare -F stop_server >/dev/null && stop_server; exit 130' INT TERM
 
 # --- llama-cpp-python[server] venv ----------------------------------------------------
 llama_ok() {

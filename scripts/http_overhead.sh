@@ -72,19 +72,6 @@ source "$(dirname "$0")/bench_common.sh"
 OUT_DIR="${OUT_DIR:-$(mktemp -d)}"
 mkdir -p "$OUT_DIR"
 
-SERVER_PID=""
-stop_server() {
-    if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill "$SERVER_PID" 2>/dev/null || true
-        for _ in $(seq 1 50); do
-            kill -0 "$SERVER_PID" 2>/dev/null || break
-            sleep 0.2
-        done
-        kill -9 "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-    fi
-    SERVER_PID=""
-}
 trap stop_server EXIT
 trap 'stop_server; exit 130' INT TERM
 
@@ -94,16 +81,7 @@ echo ">> wick serve on $HOST:$PORT (model $MODEL, $THREADS threads), out: $OUT_D
     --max-concurrent-requests "$((CONCURRENCY * 2))" ${WICK_EXTRA_ARGS:-} \
     >"$OUT_DIR/wick.log" 2>&1 &
 SERVER_PID=$!
-for i in $(seq 1 600); do
-    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-        echo "wick serve exited during startup; its log:" >&2
-        tail -n 30 "$OUT_DIR/wick.log" >&2
-        exit 1
-    fi
-    curl -sf -o /dev/null "http://$HOST:$PORT/health" && break
-    ((i == 600)) && { echo "wick serve did not become healthy in 300 s" >&2; exit 1; }
-    sleep 0.5
-done
+wait_http "http://$HOST:$PORT/health" "$SERVER_PID" "wick serve" "$OUT_DIR/wick.log"
 
 CPU="$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//' || true)"
 for api in ${API//,/ }; do
