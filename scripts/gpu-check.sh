@@ -11,8 +11,12 @@
 # Then on the GPU machine:
 #   scripts/gpu-check.sh DIR [kernels|e2e|bench|all]
 #
-# DIR holds `wick` and `cuda_kernels` (the test binary), and optionally `model.gguf` (the
-# default model, for the end-to-end GPU-vs-CPU check). The CUDA libraries the binary
+# DIR holds `wick` and `cuda_kernels` (the test binary: kernel checks, and the whole GPU
+# forward pass against the CPU's on the same random weights), and optionally `model.gguf`
+# (the default model, for greedy generations GPU vs CPU). Each binary is about 61 MiB
+# stripped (candle's PTX is most of it), so with a 64 MiB limit on what one transfer
+# carries, bring them in separate calls: `kernels` needs only cuda_kernels, `e2e` and
+# `bench` only wick (and model.gguf, 94 MiB, only where it can be copied). The CUDA libraries the binary
 # links (libcudart, libcublas, libcublasLt, libcurand, libnvrtc: CUDA 13) come from the
 # machine's toolkit (/usr/local/cuda) or from CUDA_LIBS=dir.
 #
@@ -52,12 +56,15 @@ for lib in "${CUDA_LIBS:-}" /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64
 done
 chmod +x "$dir/wick" "$dir/cuda_kernels" 2>/dev/null || true
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-echo "== shared libraries of wick"
-ldd "$dir/wick" | grep -E "cuda|cublas|curand|nvrtc|not found" || true
-if ldd "$dir/wick" | grep -q "not found"; then
-    echo "missing shared libraries: set CUDA_LIBS to a directory with the CUDA 13 libraries" >&2
-    exit 1
-fi
+for bin in "$dir/wick" "$dir/cuda_kernels"; do
+    [[ -f "$bin" ]] || continue
+    echo "== shared libraries of $bin"
+    ldd "$bin" | grep -E "cuda|cublas|curand|nvrtc|not found" || true
+    if ldd "$bin" | grep -q "not found"; then
+        echo "missing shared libraries: set CUDA_LIBS to a directory with the CUDA 13 libraries" >&2
+        exit 1
+    fi
+done
 
 run_kernels() {
     echo "== kernel correctness (GPU vs f64 and CPU references)"
