@@ -3,6 +3,11 @@
 //! top_k + top_p + repetition/frequency/presence penalties, with top_p alone, with
 //! temperature alone (the whole row), and greedy, on LLM-like rows; top_p alone on flat
 //! rows (a worst case); and one detokenizer step on the default model's tokenizer.
+//!
+//! With `--features cuda` and a GPU: `sampler_cuda/{top_k_top_p,greedy}/batch_{1,64,256}`,
+//! the device sampler (temperature 0.8, top_k 50, top_p 0.9; penalties and logit_bias rows
+//! go to the host sampler) and the device argmax, over the same LLM-like rows already in
+//! GPU memory, copying only the chosen tokens back.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use wick::sampling::{Sampler, SamplingParams};
@@ -146,5 +151,49 @@ fn detokenizer_bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, sampler_benches, detokenizer_bench);
+#[cfg(feature = "cuda")]
+fn sampler_cuda(c: &mut Criterion) {
+    use candle_core::{Device, Tensor};
+    use wick::ops::cuda::Kernels;
+    use wick::sampling::gumbel::RowSample;
+    let dev = match Device::new_cuda(0) {
+        Ok(Device::Cuda(d)) => d,
+        _ => {
+            eprintln!("sampler_cuda: no CUDA device, skipped");
+            return;
+        }
+    };
+    let device = Device::Cuda(dev.clone());
+    let kernels = Kernels::new(&dev).expect("kernels");
+    let mut group = c.benchmark_group("sampler_cuda");
+    for batch in [1usize, 64, 256] {
+        let rows: Vec<f32> = (0..batch).flat_map(|r| logits(r as u64, true)).collect();
+        let t = Tensor::from_vec(rows, (batch, VOCAB), &device).expect("upload");
+        let idx: Vec<u32> = (0..batch as u32).collect();
+        let params: Vec<RowSample> = (0..batch)
+            .map(|r| RowSample {
+                temperature: 0.8,
+                top_p: 0.9,
+                min_p: 0.0,
+                top_k: 50,
+                seed: r as u64,
+                step: 0,
+                _pad: 0,
+            })
+            .collect();
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_function(format!("top_k_top_p/batch_{batch}"), |b| {
+            b.iter(|| kernels.sample(&t, &idx, &params).expect("sample"))
+        });
+        group.bench_function(format!("greedy/batch_{batch}"), |b| {
+            b.iter(|| kernels.greedy(&t).expect("greedy"))
+        });
+    }
+    group.finish();
+}
+
+#[cfg(not(feature = "cuda"))]
+fn sampler_cuda(_: &mut Criterion) {}
+
+criterion_group!(benches, sampler_benches, detokenizer_bench, sampler_cuda);
 criterion_main!(benches);

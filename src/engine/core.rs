@@ -297,9 +297,8 @@ impl EngineCore {
     /// first logits row.
     fn forward(&mut self, plan: &StepPlan) -> Result<(StepLogits, Vec<usize>)> {
         let mut items = Vec::with_capacity(plan.items.len());
-        // Per item: whether its last row needs the whole vocabulary on the host (a
-        // sampler that is not a plain argmax, or top-n alternatives asked for).
-        let mut needs_row = Vec::with_capacity(plan.items.len());
+        // Per item: how its last row is chosen on a GPU (see `RowMode`).
+        let mut modes = Vec::with_capacity(plan.items.len());
         for it in &plan.items {
             let seq = self
                 .scheduler
@@ -310,15 +309,27 @@ impl EngineCore {
             // Every row of a prompt chunk when its logprobs are wanted.
             let all_rows =
                 group.is_some_and(|g| g.request.prompt_logprobs && !g.prefill_sent && !g.forked);
-            let plain = cand.is_some_and(|c| c.sampler.is_plain_greedy())
-                && group.is_some_and(|g| g.request.top_n_tokens == 0 && g.request.candidates == 1);
-            needs_row.push(all_rows || !plain);
+            // The device chooses for single-candidate requests without top-n alternatives
+            // whose sampler it implements; everything else gets its row on the host.
+            let simple =
+                group.is_some_and(|g| g.request.top_n_tokens == 0 && g.request.candidates == 1);
+            let generated = (seq.tokens.len() - seq.prompt_len) as u32;
+            let mode = match cand {
+                _ if all_rows || !simple => RowMode::Host,
+                Some(c) if c.sampler.is_plain_greedy() => RowMode::Greedy,
+                Some(c) => c
+                    .sampler
+                    .device_params(generated)
+                    .map_or(RowMode::Host, RowMode::Sample),
+                None => RowMode::Host,
+            };
+            modes.push(mode);
             items.push((seq, it.num_tokens, all_rows));
         }
         let (batch, first_rows) = FlatBatch::build_rows(&items, self.runner.block_size())?;
         let logits = self.runner.forward(&batch)?;
         let vocab = self.runner.model().config().vocab_size;
-        let logits = StepLogits::gather(logits, vocab, &first_rows, &needs_row, &items)?;
+        let logits = StepLogits::gather(logits, vocab, &first_rows, &modes, &items)?;
         Ok((logits, first_rows))
     }
 
@@ -500,7 +511,7 @@ impl EngineCore {
                     self.sample_one(target, Choice::Sample(&mut buf))?;
                 }
             }
-            RowChoice::Greedy(id, logprob) => {
+            RowChoice::Chosen(id, logprob) => {
                 for target in targets {
                     self.sample_one(target, Choice::Chosen(id, logprob))?;
                 }
@@ -526,7 +537,8 @@ impl EngineCore {
         let top_n = g.request.top_n_tokens;
         let sampled = match choice {
             Choice::Sample(logits) => cand.sampler.sample(logits, prompt, generated, top_n),
-            // Chosen on the device by the same rule (a plain argmax, see `forward`).
+            // Chosen on the device (see `forward`): the argmax, or a draw by
+            // `sampling::gumbel`'s rule from the same distribution.
             Choice::Chosen(id, logprob) => crate::sampling::Sampled {
                 id,
                 logprob,
@@ -649,12 +661,27 @@ struct StepLogits {
     at: Vec<Option<usize>>,
     /// Per row: (argmax token, its logprob), when chosen on the device.
     greedy: Vec<(u32, f32)>,
+    /// (row, token, logprob) of the rows sampled on the device.
+    sampled: Vec<(usize, u32, f32)>,
+}
+
+/// How a row's token is chosen when the logits are on a GPU.
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+enum RowMode {
+    /// The whole row goes to the host sampler.
+    Host,
+    /// A plain argmax, on the device.
+    Greedy,
+    /// Sampled on the device with these parameters.
+    Sample(crate::sampling::gumbel::RowSample),
 }
 
 /// What sampling gets for a row.
 enum RowChoice<'a> {
     Logits(&'a [f32]),
-    Greedy(u32, f32),
+    /// A token chosen on the device, and its logprob.
+    Chosen(u32, f32),
 }
 
 enum Choice<'a> {
@@ -663,14 +690,15 @@ enum Choice<'a> {
 }
 
 impl StepLogits {
-    /// Brings the logits `[rows, vocab]` to the host: all of them from the CPU, only the
-    /// needed rows from a GPU (`needs_row[k]`: item k's last row; every row of an item
-    /// whose prompt logprobs are wanted, `items[k].2`).
+    /// Brings the logits `[rows, vocab]` to the host: all of them from the CPU; from a GPU
+    /// only the rows the host needs (item k's last row when `modes[k]` is `Host`; every
+    /// row of an item whose prompt logprobs are wanted, `items[k].2`), with the others'
+    /// tokens chosen on the device.
     fn gather(
         logits: Tensor,
         vocab: usize,
         first_rows: &[usize],
-        needs_row: &[bool],
+        modes: &[RowMode],
         items: &[(&Sequence, usize, bool)],
     ) -> Result<Self> {
         let rows = logits.dim(0)?;
@@ -679,15 +707,29 @@ impl StepLogits {
             let kernels = crate::ops::cuda::Kernels::new(dev)?;
             let (ids, lps) = kernels.greedy(&logits)?;
             let mut wanted = Vec::new();
-            for (k, &need) in needs_row.iter().enumerate() {
+            let (mut sample_rows, mut sample_params) = (Vec::new(), Vec::new());
+            for (k, mode) in modes.iter().enumerate() {
                 let first = first_rows[k];
                 let end = first_rows.get(k + 1).copied().unwrap_or(rows);
                 if items[k].2 {
                     wanted.extend(first..end);
-                } else if need && end > first {
-                    wanted.push(end - 1);
+                } else if end > first {
+                    match mode {
+                        RowMode::Host => wanted.push(end - 1),
+                        RowMode::Greedy => {}
+                        RowMode::Sample(p) => {
+                            sample_rows.push((end - 1) as u32);
+                            sample_params.push(*p);
+                        }
+                    }
                 }
             }
+            let (sids, slps) = kernels.sample(&logits, &sample_rows, &sample_params)?;
+            let sampled = sample_rows
+                .iter()
+                .zip(sids.into_iter().zip(slps))
+                .map(|(&r, (id, lp))| (r as usize, id, lp))
+                .collect();
             let mut at = vec![None; rows];
             for (i, &r) in wanted.iter().enumerate() {
                 at[r] = Some(i);
@@ -708,15 +750,17 @@ impl StepLogits {
                 data,
                 at,
                 greedy: ids.into_iter().zip(lps).collect(),
+                sampled,
             });
         }
-        let _ = (first_rows, needs_row, items);
+        let _ = (first_rows, modes, items);
         Ok(Self {
             vocab,
             rows,
             data: logits.flatten_all()?.to_vec1::<f32>()?,
             at: (0..rows).map(Some).collect(),
             greedy: Vec::new(),
+            sampled: Vec::new(),
         })
     }
 
@@ -731,14 +775,16 @@ impl StepLogits {
     }
 
     /// What sampling gets for row `r`: its logits when downloaded, else the device's
-    /// greedy choice.
+    /// draw or greedy choice.
     fn choice(&self, r: usize) -> Option<RowChoice<'_>> {
-        match self.row(r) {
-            Some(row) => Some(RowChoice::Logits(row)),
-            None => self
-                .greedy
-                .get(r)
-                .map(|&(id, lp)| RowChoice::Greedy(id, lp)),
+        if let Some(row) = self.row(r) {
+            return Some(RowChoice::Logits(row));
         }
+        if let Some(&(_, id, lp)) = self.sampled.iter().find(|s| s.0 == r) {
+            return Some(RowChoice::Chosen(id, lp));
+        }
+        self.greedy
+            .get(r)
+            .map(|&(id, lp)| RowChoice::Chosen(id, lp))
     }
 }

@@ -102,6 +102,60 @@ impl Kernels {
             .into_cuda_function())
     }
 
+    /// Draws one token per listed row of f32 logits `[rows, vocab]` by the device
+    /// sampler's rule (`sampling::gumbel`): `rows[i]` is sampled with `params[i]`. Only the
+    /// chosen ids and their logprobs reach the host.
+    pub fn sample(
+        &self,
+        logits: &Tensor,
+        rows: &[u32],
+        params: &[crate::sampling::gumbel::RowSample],
+    ) -> Result<(Vec<u32>, Vec<f32>)> {
+        if rows.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        if rows.len() != params.len() {
+            return Err(Error::Msg("sample: one parameter set per row".into()));
+        }
+        let vocab = logits.dim(1)?;
+        let idx = Tensor::from_slice(rows, rows.len(), logits.device())?;
+        let picked = logits
+            .index_select(&idx, 0)?
+            .to_dtype(DType::F32)?
+            .contiguous()?;
+        let (st, l) = picked.storage_and_layout();
+        let Storage::Cuda(st) = &*st else {
+            return Err(Error::Msg("sample: logits are not on the GPU".into()));
+        };
+        let n = rows.len();
+        let x = st
+            .as_cuda_slice::<f32>()?
+            .slice(l.start_offset()..l.start_offset() + n * vocab);
+        let params = self.dev.clone_htod(params)?;
+        let mut ids = alloc_like::<u32>(&self.dev, n)?;
+        let mut lps = alloc_like::<f32>(&self.dev, n)?;
+        let f = self.func_in("sampling", "wick_sample_f32")?;
+        let v = vocab as i32;
+        let cfg = LaunchConfig {
+            grid_dim: (n as u32, 1, 1),
+            block_dim: (1024, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        {
+            let stream = self.stream();
+            let mut b = stream.launch_builder(&f);
+            b.arg(&x);
+            b.arg(&v);
+            b.arg(&params);
+            b.arg(&mut ids);
+            b.arg(&mut lps);
+            // SAFETY: matches wick_sample_f32 (RowSample is repr(C), as the kernel's
+            // struct); one output per row.
+            unsafe { b.launch(cfg) }.w()?;
+        }
+        Ok((self.dev.clone_dtoh(&ids)?, self.dev.clone_dtoh(&lps)?))
+    }
+
     /// Greedy choice per row of f32 logits `[rows, vocab]`: the argmax token (lowest id
     /// among ties) and its log-probability under the plain softmax. Only `rows` ids and
     /// floats reach the host.
@@ -275,6 +329,10 @@ impl Kernels {
         Ok(())
     }
 }
+
+// SAFETY: RowSample is repr(C) plain data (f32, u32 and u64 fields), laid out as the
+// kernel's struct.
+unsafe impl DeviceRepr for crate::sampling::gumbel::RowSample {}
 
 /// A tensor's storage as a typeless 16-bit view starting at its layout's offset.
 fn raw_view<'a>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, u16>> {

@@ -16,6 +16,7 @@
 //!   longest of those ending there); the stop string stays in the text or not as asked
 //!   (TGI: stays, OpenAI: does not).
 
+pub mod gumbel;
 mod logprobs;
 mod params;
 mod processors;

@@ -96,6 +96,31 @@ impl Sampler {
         &self.params
     }
 
+    /// The device sampler's parameters for this row at generation step `step`, when it can
+    /// sample it (temperature with top_k / top_p / min_p; no penalties, logit_bias or
+    /// typical_p, which the host sampler handles). Draws then follow
+    /// [`super::gumbel`]'s rule: the same distribution as [`Sampler::sample`], from a
+    /// counter-based generator seeded by the request's seed.
+    pub fn device_params(&self, step: u32) -> Option<super::gumbel::RowSample> {
+        let p = &self.params;
+        let t = p.temperature;
+        let samples = p.do_sample && t > 0.0 && (1.0 / t).is_finite();
+        let plain = p.logit_bias.is_empty()
+            && p.repetition_penalty == 1.0
+            && p.frequency_penalty == 0.0
+            && p.presence_penalty == 0.0
+            && p.typical_p >= 1.0;
+        (samples && plain).then(|| super::gumbel::RowSample {
+            temperature: t,
+            top_p: p.top_p,
+            min_p: p.min_p,
+            top_k: p.top_k.min(u32::MAX as usize) as u32,
+            seed: p.seed,
+            step,
+            _pad: 0,
+        })
+    }
+
     /// True when [`Sampler::sample`] is a plain argmax of the raw logits: no sampling, no
     /// logit_bias, no penalties. Such rows can be chosen on the device (only the token
     /// and its logprob are copied back), with the same result.
