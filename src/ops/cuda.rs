@@ -117,49 +117,27 @@ impl Kernels {
         if rows.len() != params.len() {
             return Err(Error::Msg("sample: one parameter set per row".into()));
         }
-        let vocab = logits.dim(1)?;
         let idx = Tensor::from_slice(rows, rows.len(), logits.device())?;
-        let picked = logits
-            .index_select(&idx, 0)?
-            .to_dtype(DType::F32)?
-            .contiguous()?;
-        let (st, l) = picked.storage_and_layout();
-        let Storage::Cuda(st) = &*st else {
-            return Err(Error::Msg("sample: logits are not on the GPU".into()));
-        };
-        let n = rows.len();
-        let x = st
-            .as_cuda_slice::<f32>()?
-            .slice(l.start_offset()..l.start_offset() + n * vocab);
-        let params = self.dev.clone_htod(params)?;
-        let mut ids = alloc_like::<u32>(&self.dev, n)?;
-        let mut lps = alloc_like::<f32>(&self.dev, n)?;
-        let f = self.func_in("sampling", "wick_sample_f32")?;
-        let v = vocab as i32;
-        let cfg = LaunchConfig {
-            grid_dim: (n as u32, 1, 1),
-            block_dim: (1024, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        {
-            let stream = self.stream();
-            let mut b = stream.launch_builder(&f);
-            b.arg(&x);
-            b.arg(&v);
-            b.arg(&params);
-            b.arg(&mut ids);
-            b.arg(&mut lps);
-            // SAFETY: matches wick_sample_f32 (RowSample is repr(C), as the kernel's
-            // struct); one output per row.
-            unsafe { b.launch(cfg) }.w()?;
-        }
-        Ok((self.dev.clone_dtoh(&ids)?, self.dev.clone_dtoh(&lps)?))
+        let picked = logits.index_select(&idx, 0)?;
+        self.choose_rows(&picked, "wick_sample_f32", Some(params))
     }
 
     /// Greedy choice per row of f32 logits `[rows, vocab]`: the argmax token (lowest id
     /// among ties) and its log-probability under the plain softmax. Only `rows` ids and
     /// floats reach the host.
     pub fn greedy(&self, logits: &Tensor) -> Result<(Vec<u32>, Vec<f32>)> {
+        self.choose_rows(logits, "wick_greedy_f32", None)
+    }
+
+    /// Runs a per-row choice kernel of kernels/sampling.cu (one 1024-thread block per row
+    /// of f32 logits `[rows, vocab]`, then `params` when given, writing a token and a
+    /// logprob per row) and brings the tokens and logprobs to the host.
+    fn choose_rows(
+        &self,
+        logits: &Tensor,
+        kernel: &str,
+        params: Option<&[crate::sampling::gumbel::RowSample]>,
+    ) -> Result<(Vec<u32>, Vec<f32>)> {
         let (rows, vocab) = logits.dims2()?;
         if rows == 0 {
             return Ok((Vec::new(), Vec::new()));
@@ -167,14 +145,15 @@ impl Kernels {
         let logits = logits.to_dtype(DType::F32)?.contiguous()?;
         let (st, l) = logits.storage_and_layout();
         let Storage::Cuda(st) = &*st else {
-            return Err(Error::Msg("greedy: logits are not on the GPU".into()));
+            return Err(Error::Msg(format!("{kernel}: logits are not on the GPU")));
         };
         let x = st
             .as_cuda_slice::<f32>()?
             .slice(l.start_offset()..l.start_offset() + rows * vocab);
+        let params = params.map(|p| self.dev.clone_htod(p)).transpose()?;
         let mut ids = alloc_like::<u32>(&self.dev, rows)?;
         let mut lps = alloc_like::<f32>(&self.dev, rows)?;
-        let f = self.func_in("sampling", "wick_greedy_f32")?;
+        let f = self.func_in("sampling", kernel)?;
         let v = vocab as i32;
         let cfg = LaunchConfig {
             grid_dim: (rows as u32, 1, 1),
@@ -186,9 +165,13 @@ impl Kernels {
             let mut b = stream.launch_builder(&f);
             b.arg(&x);
             b.arg(&v);
+            if let Some(p) = &params {
+                b.arg(p);
+            }
             b.arg(&mut ids);
             b.arg(&mut lps);
-            // SAFETY: matches wick_greedy_f32; one output per row.
+            // SAFETY: matches wick_greedy_f32 / wick_sample_f32 (RowSample is repr(C), as
+            // the kernel's struct); one output per row.
             unsafe { b.launch(cfg) }.w()?;
         }
         Ok((self.dev.clone_dtoh(&ids)?, self.dev.clone_dtoh(&lps)?))
