@@ -316,6 +316,8 @@ impl EngineCore {
             let generated = (seq.tokens.len() - seq.prompt_len) as u32;
             let mode = match cand {
                 _ if all_rows || !simple => RowMode::Host,
+                // A prompt chunk that does not end the prompt samples nothing.
+                _ if !it.completes => RowMode::Greedy,
                 Some(c) if c.sampler.is_plain_greedy() => RowMode::Greedy,
                 Some(c) => c
                     .sampler
