@@ -4,7 +4,6 @@
 
 mod server_support;
 
-use std::io::BufRead;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -99,22 +98,6 @@ async fn random_tiny_serves_tgi_and_openai_routes() {
     // "user: Hello!\nassistant:", one token per byte.
     assert_eq!(v["usage"]["prompt_tokens"], 23, "{v}");
     server.wait_idle(Duration::from_secs(10)).await;
-}
-
-/// Reads the lines of a child's stderr on a thread.
-fn line_reader(stderr: std::process::ChildStderr) -> std::sync::mpsc::Receiver<String> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 /// Kills the child when the test ends, passed or not.

@@ -4,7 +4,6 @@
 
 mod server_support;
 
-use std::io::BufRead;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -314,22 +313,6 @@ async fn graceful_shutdown_finishes_short_requests_and_cancels_the_rest() {
     server.join().expect("serve returns Ok");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!server.engine.is_ready());
-}
-
-/// Reads the lines of a child's stderr on a thread.
-fn line_reader(stderr: std::process::ChildStderr) -> std::sync::mpsc::Receiver<String> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 fn wait_line(

@@ -261,3 +261,16 @@ pub async fn read_events(resp: &mut reqwest::Response, n: usize) -> Vec<String> 
         }
     }
 }
+
+/// Reads the lines of a child's stderr on a thread.
+pub fn line_reader(stderr: std::process::ChildStderr) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
