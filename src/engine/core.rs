@@ -330,8 +330,7 @@ impl EngineCore {
         }
         let (batch, first_rows) = FlatBatch::build_rows(&items, self.runner.block_size())?;
         let logits = self.runner.forward(&batch)?;
-        let vocab = self.runner.model().config().vocab_size;
-        let logits = StepLogits::gather(logits, vocab, &first_rows, &modes, &items)?;
+        let logits = StepLogits::gather(&self.runner, logits, &first_rows, &modes, &items)?;
         Ok((logits, first_rows))
     }
 
@@ -695,18 +694,18 @@ impl StepLogits {
     /// Brings the logits `[rows, vocab]` to the host: all of them from the CPU; from a GPU
     /// only the rows the host needs (item k's last row when `modes[k]` is `Host`; every
     /// row of an item whose prompt logprobs are wanted, `items[k].2`), with the others'
-    /// tokens chosen on the device.
+    /// tokens chosen on the device by the runner's kernels.
     fn gather(
+        runner: &ModelRunner,
         logits: Tensor,
-        vocab: usize,
         first_rows: &[usize],
         modes: &[RowMode],
         items: &[(&Sequence, usize, bool)],
     ) -> Result<Self> {
         let rows = logits.dim(0)?;
+        let vocab = runner.model().config().vocab_size;
         #[cfg(feature = "cuda")]
-        if let candle_core::Device::Cuda(dev) = logits.device() {
-            let kernels = crate::ops::cuda::Kernels::new(dev)?;
+        if let Some(kernels) = runner.kernels() {
             let (ids, lps) = kernels.greedy(&logits)?;
             let mut wanted = Vec::new();
             let (mut sample_rows, mut sample_params) = (Vec::new(), Vec::new());

@@ -208,6 +208,15 @@ impl ModelRunner {
         &self.model
     }
 
+    /// wick's CUDA kernels, when the cache is on a GPU.
+    #[cfg(feature = "cuda")]
+    pub fn kernels(&self) -> Option<&crate::ops::cuda::Kernels> {
+        match &self.cache {
+            Cache::Host(_) => None,
+            Cache::Device(c) => Some(c.kernels()),
+        }
+    }
+
     pub fn pool(&self) -> &BlockPool {
         &self.pool
     }
