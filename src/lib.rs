@@ -15,3 +15,6 @@ pub mod ops;
 pub mod sampling;
 pub mod server;
 pub mod tokenizer;
+
+#[cfg(test)]
+mod test_alloc;

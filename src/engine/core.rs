@@ -62,6 +62,24 @@ pub(crate) struct EngineCore {
     next_group: u64,
     next_seq: SeqId,
     shutting_down: bool,
+    /// The step's buffers, reused from step to step.
+    scratch: StepScratch,
+}
+
+/// Everything a step fills, kept between steps so that their capacity is reused: a
+/// steady stream of steps makes no host allocation on the way to and from the model,
+/// whatever the batch size. (Each generated token still costs its event to the client.)
+#[derive(Default)]
+struct StepScratch {
+    plan: StepPlan,
+    batch: FlatBatch,
+    /// Per plan item: how its token is chosen.
+    modes: Vec<RowMode>,
+    /// Requests with an item in the step.
+    gids: Vec<u64>,
+    logits: StepLogits,
+    /// A row's logits, copied for a sampler that processes them in place.
+    row: Vec<f32>,
 }
 
 impl EngineCore {
@@ -85,6 +103,7 @@ impl EngineCore {
             next_group: 0,
             next_seq: 0,
             shutting_down: false,
+            scratch: StepScratch::default(),
         }
     }
 
@@ -97,8 +116,13 @@ impl EngineCore {
         let vocab = self.runner.model().config().vocab_size as u32;
         let prompt: Vec<u32> = (0..n as u32).map(|t| t % vocab).collect();
         self.scheduler.add(id, Sequence::new(prompt), true);
-        let plan = self.scheduler.schedule()?;
-        let result = self.forward(&plan);
+        let mut s = std::mem::take(&mut self.scratch);
+        let result = self
+            .scheduler
+            .schedule_into(&mut s.plan)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| self.forward(&mut s));
+        self.scratch = s;
         self.scheduler.remove(id)?;
         self.scheduler.clear_prefix_cache();
         result.map(|_| ())
@@ -293,12 +317,14 @@ impl EngineCore {
         self.stats.gauges(self.figures());
     }
 
-    /// Runs the model on a plan; returns the logits (rows in plan order) and each item's
-    /// first logits row.
-    fn forward(&mut self, plan: &StepPlan) -> Result<(StepLogits, Vec<usize>)> {
-        let mut items = Vec::with_capacity(plan.items.len());
-        // Per item: how its last row is chosen on a GPU (see `RowMode`).
-        let mut modes = Vec::with_capacity(plan.items.len());
+    /// Fills the step's batch from its plan, and how each item's token is chosen.
+    fn prepare(&self, s: &mut StepScratch) -> Result<()> {
+        let StepScratch {
+            plan, batch, modes, ..
+        } = s;
+        batch.clear();
+        modes.clear();
+        let block_size = self.runner.block_size();
         for it in &plan.items {
             let seq = self
                 .scheduler
@@ -315,7 +341,8 @@ impl EngineCore {
                 group.is_some_and(|g| g.request.top_n_tokens == 0 && g.request.candidates == 1);
             let generated = (seq.tokens.len() - seq.prompt_len) as u32;
             let mode = match cand {
-                _ if all_rows || !simple => RowMode::Host,
+                _ if all_rows => RowMode::AllRows,
+                _ if !simple => RowMode::Host,
                 // A prompt chunk that does not end the prompt samples nothing.
                 _ if !it.completes => RowMode::Greedy,
                 Some(c) if c.sampler.is_plain_greedy() => RowMode::Greedy,
@@ -326,46 +353,57 @@ impl EngineCore {
                 None => RowMode::Host,
             };
             modes.push(mode);
-            items.push((seq, it.num_tokens, all_rows));
+            batch.push(seq, it.num_tokens, all_rows, block_size)?;
         }
-        let (batch, first_rows) = FlatBatch::build_rows(&items, self.runner.block_size())?;
-        let logits = self.runner.forward(&batch)?;
-        let logits = StepLogits::gather(&self.runner, logits, &first_rows, &modes, &items)?;
-        Ok((logits, first_rows))
+        Ok(())
+    }
+
+    /// Runs the model on the step's plan and brings its logits (or chosen tokens) to the
+    /// host, into `s.logits`.
+    fn forward(&mut self, s: &mut StepScratch) -> Result<()> {
+        self.prepare(s)?;
+        let logits = self.runner.forward(&s.batch)?;
+        s.logits.gather(&self.runner, logits, &s.batch, &s.modes)
     }
 
     fn step(&mut self) {
-        let plan = match self.scheduler.schedule() {
-            Ok(p) => p,
+        let mut s = std::mem::take(&mut self.scratch);
+        self.step_with(&mut s);
+        self.scratch = s;
+    }
+
+    fn step_with(&mut self, s: &mut StepScratch) {
+        match self.scheduler.schedule_into(&mut s.plan) {
+            Ok(()) => {}
             Err(e) => {
                 tracing::error!("scheduling failed: {e}");
                 self.fail_all(EngineError::Generation(e.to_string()));
                 return;
             }
         };
-        if plan.is_empty() {
+        if s.plan.is_empty() {
             self.publish_gauges();
             return;
         }
         let now = Instant::now();
-        let gids: Vec<u64> = {
-            let mut v: Vec<u64> = plan
+        s.gids.clear();
+        s.gids.extend(
+            s.plan
                 .items
                 .iter()
-                .filter_map(|it| self.candidates.get(&it.id).map(|c| c.group))
-                .collect();
-            v.sort_unstable();
-            v.dedup();
-            v
-        };
-        for gid in &gids {
+                .filter_map(|it| self.candidates.get(&it.id).map(|c| c.group)),
+        );
+        s.gids.sort_unstable();
+        s.gids.dedup();
+        for gid in &s.gids {
             if let Some(g) = self.groups.get_mut(gid) {
                 g.started.get_or_insert(now);
             }
         }
         let result = match &self.config.fault_hook {
             Some(hook) => {
-                let ids: Vec<u64> = gids
+                let ids: Vec<u64> = s
+                    .gids
                     .iter()
                     .filter_map(|g| self.groups.get(g).map(|g| g.request.id))
                     .collect();
@@ -373,20 +411,24 @@ impl EngineCore {
             }
             None => Ok(()),
         }
-        .and_then(|()| self.forward(&plan));
-        let (logits, first_rows) = match result {
-            Ok(r) => r,
-            Err(e) => {
-                // A failed step fails the requests in it; the others go on.
-                tracing::error!("step failed: {e:#}");
-                for gid in gids {
-                    self.fail_group(gid, EngineError::Generation(format!("{e:#}")));
-                }
-                self.publish_gauges();
-                return;
+        .and_then(|()| self.forward(s));
+        if let Err(e) = result {
+            // A failed step fails the requests in it; the others go on.
+            tracing::error!("step failed: {e:#}");
+            for &gid in &s.gids {
+                self.fail_group(gid, EngineError::Generation(format!("{e:#}")));
             }
-        };
-        if let Err(e) = self.scheduler.complete(&plan) {
+            self.publish_gauges();
+            return;
+        }
+        let StepScratch {
+            plan,
+            batch,
+            logits,
+            row: row_buf,
+            ..
+        } = s;
+        if let Err(e) = self.scheduler.complete(plan) {
             tracing::error!("completing step: {e}");
         }
         let mut figures = self.figures();
@@ -395,14 +437,17 @@ impl EngineCore {
         figures.preemptions = plan.preempted.len() as u64;
         figures.prefix_hit_tokens = plan.prefix_hit_tokens as u64;
         for (k, item) in plan.items.iter().enumerate() {
-            let first = first_rows[k];
-            let last = first_rows.get(k + 1).map_or(logits.rows(), |&r| r) - 1;
-            self.record_prompt_logprobs(item.id, item.num_tokens, &logits, first, last);
+            let rows = batch.item_rows(k);
+            if rows.is_empty() {
+                continue;
+            }
+            let (first, last) = (rows.start, rows.end - 1);
+            self.record_prompt_logprobs(item.id, item.num_tokens, logits, first, last);
             if !item.completes {
                 continue;
             }
             let result = match logits.choice(last) {
-                Some(row) => self.on_logits(item.id, row),
+                Some(row) => self.on_logits(item.id, row, row_buf),
                 None => Err(anyhow!("no logits for row {last}")),
             };
             if let Err(e) = result {
@@ -475,13 +520,15 @@ impl EngineCore {
 
     /// Samples the next token of `sid` (and, at the end of a multi-candidate prompt, of
     /// its forks) from its logits row.
-    fn on_logits(&mut self, sid: SeqId, row: RowChoice<'_>) -> Result<()> {
+    /// `buf` holds a copy of the row for each candidate's sampler.
+    fn on_logits(&mut self, sid: SeqId, row: RowChoice<'_>, buf: &mut Vec<f32>) -> Result<()> {
         let gid = self
             .candidates
             .get(&sid)
             .map(|c| c.group)
             .ok_or_else(|| anyhow!("sequence {sid} has no candidate"))?;
-        let mut targets = vec![sid];
+        // The new candidates' ids are consecutive (`new_seq_id`).
+        let mut children = self.next_seq..self.next_seq;
         let fork_now = self
             .groups
             .get(&gid)
@@ -498,18 +545,19 @@ impl EngineCore {
                 if let Some(g) = self.groups.get_mut(&gid) {
                     g.candidates[index] = Some(child);
                 }
-                targets.push(child);
+                children.end = child + 1;
             }
         }
         if let Some(g) = self.groups.get_mut(&gid) {
             g.forked = true;
         }
+        let targets = std::iter::once(sid).chain(children);
         match row {
             RowChoice::Logits(row) => {
-                let mut buf = row.to_vec();
                 for target in targets {
-                    buf.copy_from_slice(row);
-                    self.sample_one(target, Choice::Sample(&mut buf))?;
+                    buf.clear();
+                    buf.extend_from_slice(row);
+                    self.sample_one(target, Choice::Sample(buf))?;
                 }
             }
             RowChoice::Chosen(id, logprob) => {
@@ -653,24 +701,34 @@ impl EngineCore {
 
 /// One step's logits as the sampler needs them. On the host: every row. From a GPU: the
 /// rows that need the whole vocabulary (prompt logprobs, non-greedy samplers, top-n
-/// alternatives), plus the device's argmax and its logprob for every row.
+/// alternatives), plus the device's argmax and its logprob for every row. Kept between
+/// steps (refilled by [`StepLogits::gather`]).
+#[derive(Default)]
 struct StepLogits {
     vocab: usize,
-    rows: usize,
     /// Downloaded rows, packed; `at[r]` is row r's index in it.
     data: Vec<f32>,
     at: Vec<Option<usize>>,
     /// Per row: (argmax token, its logprob), when chosen on the device.
     greedy: Vec<(u32, f32)>,
-    /// (row, token, logprob) of the rows sampled on the device.
+    /// (row, token, logprob) of the rows sampled on the device, by row.
     sampled: Vec<(usize, u32, f32)>,
+    /// Rows to download, and rows to sample on the device with their parameters.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    wanted: Vec<u32>,
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    sample_rows: Vec<u32>,
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    sample_params: Vec<crate::sampling::gumbel::RowSample>,
 }
 
 /// How a row's token is chosen when the logits are on a GPU.
 #[derive(Debug, Clone, Copy)]
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 enum RowMode {
-    /// The whole row goes to the host sampler.
+    /// Every row of the item goes to the host (prompt logprobs).
+    AllRows,
+    /// The item's last row goes to the host sampler.
     Host,
     /// A plain argmax, on the device.
     Greedy,
@@ -692,81 +750,64 @@ enum Choice<'a> {
 
 impl StepLogits {
     /// Brings the logits `[rows, vocab]` to the host: all of them from the CPU; from a GPU
-    /// only the rows the host needs (item k's last row when `modes[k]` is `Host`; every
-    /// row of an item whose prompt logprobs are wanted, `items[k].2`), with the others'
-    /// tokens chosen on the device by the runner's kernels.
+    /// only the rows the host needs (item k's last row when `modes[k]` is `Host`, all its
+    /// rows when `AllRows`), with the others' tokens chosen on the device by the
+    /// runner's kernels.
     fn gather(
+        &mut self,
         runner: &ModelRunner,
         logits: Tensor,
-        first_rows: &[usize],
+        batch: &FlatBatch,
         modes: &[RowMode],
-        items: &[(&Sequence, usize, bool)],
-    ) -> Result<Self> {
+    ) -> Result<()> {
         let rows = logits.dim(0)?;
-        let vocab = runner.model().config().vocab_size;
+        self.vocab = runner.model().config().vocab_size;
+        self.at.clear();
+        self.greedy.clear();
+        self.sampled.clear();
         #[cfg(feature = "cuda")]
         if let Some(kernels) = runner.kernels() {
             let (ids, lps) = kernels.greedy(&logits)?;
-            let mut wanted = Vec::new();
-            let (mut sample_rows, mut sample_params) = (Vec::new(), Vec::new());
+            self.wanted.clear();
+            self.sample_rows.clear();
+            self.sample_params.clear();
             for (k, mode) in modes.iter().enumerate() {
-                let first = first_rows[k];
-                let end = first_rows.get(k + 1).copied().unwrap_or(rows);
-                if items[k].2 {
-                    wanted.extend(first..end);
-                } else if end > first {
-                    match mode {
-                        RowMode::Host => wanted.push(end - 1),
-                        RowMode::Greedy => {}
-                        RowMode::Sample(p) => {
-                            sample_rows.push((end - 1) as u32);
-                            sample_params.push(*p);
-                        }
+                let r = batch.item_rows(k);
+                match mode {
+                    RowMode::AllRows => self.wanted.extend(r.map(|r| r as u32)),
+                    _ if r.is_empty() => {}
+                    RowMode::Host => self.wanted.push(r.end as u32 - 1),
+                    RowMode::Greedy => {}
+                    RowMode::Sample(p) => {
+                        self.sample_rows.push(r.end as u32 - 1);
+                        self.sample_params.push(*p);
                     }
                 }
             }
-            let (sids, slps) = kernels.sample(&logits, &sample_rows, &sample_params)?;
-            let sampled = sample_rows
-                .iter()
-                .zip(sids.into_iter().zip(slps))
-                .map(|(&r, (id, lp))| (r as usize, id, lp))
-                .collect();
-            let mut at = vec![None; rows];
-            for (i, &r) in wanted.iter().enumerate() {
-                at[r] = Some(i);
+            let (sids, slps) = kernels.sample(&logits, &self.sample_rows, &self.sample_params)?;
+            self.sampled.extend(
+                self.sample_rows
+                    .iter()
+                    .zip(sids.into_iter().zip(slps))
+                    .map(|(&r, (id, lp))| (r as usize, id, lp)),
+            );
+            self.at.resize(rows, None);
+            for (i, &r) in self.wanted.iter().enumerate() {
+                self.at[r as usize] = Some(i);
             }
-            let data = if wanted.is_empty() {
-                Vec::new()
-            } else {
-                let idx: Vec<u32> = wanted.iter().map(|&r| r as u32).collect();
-                let idx = Tensor::from_vec(idx, wanted.len(), logits.device())?;
-                logits
-                    .index_select(&idx, 0)?
-                    .flatten_all()?
-                    .to_vec1::<f32>()?
-            };
-            return Ok(Self {
-                vocab,
-                rows,
-                data,
-                at,
-                greedy: ids.into_iter().zip(lps).collect(),
-                sampled,
-            });
+            self.data.clear();
+            if !self.wanted.is_empty() {
+                let idx = Tensor::from_slice(&self.wanted, self.wanted.len(), logits.device())?;
+                let picked = logits.index_select(&idx, 0)?.flatten_all()?;
+                self.data.extend(picked.to_vec1::<f32>()?);
+            }
+            self.greedy.extend(ids.into_iter().zip(lps));
+            return Ok(());
         }
-        let _ = (first_rows, modes, items);
-        Ok(Self {
-            vocab,
-            rows,
-            data: logits.flatten_all()?.to_vec1::<f32>()?,
-            at: (0..rows).map(Some).collect(),
-            greedy: Vec::new(),
-            sampled: Vec::new(),
-        })
-    }
-
-    fn rows(&self) -> usize {
-        self.rows
+        let _ = (batch, modes);
+        copy_to_host(&logits, &mut self.data)?;
+        self.at.extend((0..rows).map(Some));
+        Ok(())
     }
 
     /// Row `r`'s logits, when on the host.
@@ -781,11 +822,156 @@ impl StepLogits {
         if let Some(row) = self.row(r) {
             return Some(RowChoice::Logits(row));
         }
-        if let Some(&(_, id, lp)) = self.sampled.iter().find(|s| s.0 == r) {
+        if let Ok(i) = self.sampled.binary_search_by_key(&r, |s| s.0) {
+            let (_, id, lp) = self.sampled[i];
             return Some(RowChoice::Chosen(id, lp));
         }
         self.greedy
             .get(r)
             .map(|&(id, lp)| RowChoice::Chosen(id, lp))
+    }
+}
+
+/// Copies an f32 tensor's elements into `out` (cleared first); from CPU memory without
+/// an intermediate vector.
+fn copy_to_host(t: &Tensor, out: &mut Vec<f32>) -> Result<()> {
+    out.clear();
+    {
+        let (storage, layout) = t.storage_and_layout();
+        if let (candle_core::Storage::Cpu(cpu), Some((a, b))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            if let Ok(data) = cpu.as_slice::<f32>() {
+                out.extend_from_slice(&data[a..b]);
+                return Ok(());
+            }
+        }
+    }
+    out.extend(
+        t.to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?,
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::request::StoppingParams;
+    use crate::engine::runner::CacheConfig;
+    use crate::engine::scheduler::SchedulerConfig;
+    use crate::model::random::{load, RandomShape, RandomSpec};
+    use crate::sampling::SamplingParams;
+    use crate::test_alloc::allocations;
+    use candle_core::{DType, Device};
+
+    fn engine(batch: usize) -> (EngineCore, Vec<tokio::sync::mpsc::UnboundedReceiver<Event>>) {
+        let spec = RandomSpec {
+            shape: RandomShape::Tiny,
+            seed: 5,
+        };
+        let (model, tok) = load(spec, DType::F32, &Device::Cpu).unwrap();
+        let cache = CacheConfig {
+            block_size: 16,
+            num_blocks: 4 * batch + 8,
+        };
+        let runner = ModelRunner::new(model, cache);
+        let config = EngineConfig {
+            scheduler: SchedulerConfig {
+                max_batch_size: batch,
+                max_batch_prefill_tokens: 4096,
+                ..Default::default()
+            },
+            check_invariants: true,
+            ..Default::default()
+        };
+        let mut core = EngineCore::new(
+            runner,
+            Arc::new(tok),
+            Arc::new(EngineStats::default()),
+            config,
+        );
+        let mut receivers = Vec::new();
+        for i in 0..batch {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            // Greedy, sampled and penalised rows, so every row mode is prepared.
+            let sampling = SamplingParams {
+                do_sample: i % 3 != 0,
+                temperature: 0.8,
+                top_k: if i % 3 == 1 { 20 } else { 0 },
+                top_p: 0.9,
+                repetition_penalty: if i % 3 == 2 { 1.2 } else { 1.0 },
+                seed: i as u64,
+                ..Default::default()
+            };
+            core.admit(Submission {
+                request: GenerationRequest {
+                    id: i as u64,
+                    // 20 prompt tokens: the measured steps stay inside the second block.
+                    prompt: (0..20).map(|t| 40 + t + i as u32).collect(),
+                    sampling,
+                    stopping: StoppingParams {
+                        max_new_tokens: 100,
+                        stop_sequences: vec![],
+                        include_stop_sequence: true,
+                        ignore_eos: true,
+                    },
+                    top_n_tokens: 0,
+                    prompt_logprobs: false,
+                    candidates: 1,
+                },
+                events: tx,
+                queued: Instant::now(),
+            });
+            receivers.push(rx);
+        }
+        (core, receivers)
+    }
+
+    /// Allocations of one decode step's preparation (plan, batch, row modes) and of
+    /// bringing its logits to the host, with the model's forward pass left out.
+    fn step_allocations(core: &mut EngineCore) -> (u64, u64) {
+        let mut s = std::mem::take(&mut core.scratch);
+        let a0 = allocations();
+        core.scheduler.schedule_into(&mut s.plan).unwrap();
+        core.prepare(&mut s).unwrap();
+        let a1 = allocations();
+        let logits = core.runner.forward(&s.batch).unwrap();
+        let a2 = allocations();
+        s.logits
+            .gather(&core.runner, logits, &s.batch, &s.modes)
+            .unwrap();
+        let a3 = allocations();
+        assert_eq!(s.plan.decode_tokens, s.plan.items.len());
+        // Put the step back so the engine stays consistent.
+        core.scheduler.complete(&s.plan).unwrap();
+        for k in 0..s.plan.items.len() {
+            let last = s.batch.item_rows(k).end - 1;
+            let row = s.logits.choice(last).unwrap();
+            core.on_logits(s.plan.items[k].id, row, &mut s.row).unwrap();
+        }
+        core.scratch = s;
+        (a1 - a0, a3 - a2)
+    }
+
+    #[test]
+    fn steady_steps_allocate_nothing_outside_the_model() {
+        for batch in [3, 24] {
+            let (mut core, _rx) = engine(batch);
+            // Prefill, then two decode steps to size the buffers.
+            for _ in 0..3 {
+                core.step();
+            }
+            assert_eq!(core.scheduler.num_running(), batch);
+            for _ in 0..2 {
+                let (prepare, gather) = step_allocations(&mut core);
+                assert_eq!(
+                    (prepare, gather),
+                    (0, 0),
+                    "batch {batch}: preparing a decode step and gathering its logits allocated"
+                );
+            }
+        }
     }
 }

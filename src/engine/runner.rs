@@ -4,7 +4,7 @@
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 
-use super::batch::FlatBatch;
+use super::batch::{recycle, FlatBatch};
 use super::sequence::Sequence;
 use crate::kv::block_pool::PoolError;
 use crate::kv::{BlockPool, CacheLayout, KvCache};
@@ -139,6 +139,8 @@ pub struct ModelRunner {
     cache: Cache,
     pool: BlockPool,
     block_size: usize,
+    /// Kept between steps so that building a step's attention view does not allocate.
+    seq_buf: Vec<crate::ops::AttnSeq<'static>>,
 }
 
 impl ModelRunner {
@@ -201,6 +203,7 @@ impl ModelRunner {
             cache: kv,
             pool: BlockPool::new(cache.num_blocks),
             block_size: cache.block_size,
+            seq_buf: Vec::new(),
         }
     }
 
@@ -255,9 +258,13 @@ impl ModelRunner {
     /// Runs a prepared batch (slots must be reserved) and returns the logits of its
     /// `logits_rows`.
     pub fn forward(&mut self, batch: &FlatBatch) -> Result<Tensor> {
-        let seqs = batch.attn_seqs();
-        self.model
-            .forward(&batch.forward_batch(&seqs), self.cache.attention())
+        let mut seqs = recycle(std::mem::take(&mut self.seq_buf));
+        batch.fill_attn_seqs(&mut seqs);
+        let out = self
+            .model
+            .forward(&batch.forward_batch(&seqs), self.cache.attention());
+        self.seq_buf = recycle(seqs);
+        out
     }
 
     /// Runs `n` pending tokens of each sequence (slots must be reserved) and returns the
@@ -265,10 +272,7 @@ impl ModelRunner {
     pub fn step(&mut self, items: &mut [(&mut Sequence, usize)]) -> Result<Tensor> {
         let view: Vec<(&Sequence, usize)> = items.iter().map(|(s, n)| (&**s, *n)).collect();
         let batch = FlatBatch::build(&view, self.block_size)?;
-        let seqs = batch.attn_seqs();
-        let logits = self
-            .model
-            .forward(&batch.forward_batch(&seqs), self.cache.attention())?;
+        let logits = self.forward(&batch)?;
         for (seq, n) in items.iter_mut() {
             seq.num_computed += *n;
         }

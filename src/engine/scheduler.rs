@@ -120,6 +120,15 @@ impl StepPlan {
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
+
+    /// Empties the plan, keeping its capacity.
+    pub fn clear(&mut self) {
+        self.items.clear();
+        self.preempted.clear();
+        self.prefill_tokens = 0;
+        self.decode_tokens = 0;
+        self.prefix_hit_tokens = 0;
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -303,8 +312,16 @@ impl Scheduler {
 
     /// Plans the next step and reserves the KV slots it writes.
     pub fn schedule(&mut self) -> Result<StepPlan, ScheduleError> {
-        let bs = self.cfg.block_size;
         let mut plan = StepPlan::default();
+        self.schedule_into(&mut plan)?;
+        Ok(plan)
+    }
+
+    /// As [`schedule`](Self::schedule), into a plan kept between steps (cleared first),
+    /// so a steady step makes no allocation.
+    pub fn schedule_into(&mut self, plan: &mut StepPlan) -> Result<(), ScheduleError> {
+        plan.clear();
+        let bs = self.cfg.block_size;
         let mut prefill_budget = self.cfg.max_batch_prefill_tokens;
 
         // 1. Running sequences, oldest first.
@@ -335,7 +352,7 @@ impl Scheduler {
                     scheduled = true;
                     break;
                 }
-                match self.preempt_newest(&mut plan)? {
+                match self.preempt_newest(plan)? {
                     Some(victim) if victim == id => break,
                     Some(_) => continue,
                     None => break,
@@ -362,7 +379,7 @@ impl Scheduler {
         // 2. Waiting sequences, first come first served, unless something was preempted
         // this step (memory is short) or TGI's waiting rules hold admissions back.
         let admitted = if plan.preempted.is_empty() {
-            self.admit(&mut plan, prefill_budget)?
+            self.admit(plan, prefill_budget)?
         } else {
             0
         };
@@ -372,7 +389,7 @@ impl Scheduler {
         } else {
             self.waiting_steps.saturating_add(1)
         };
-        Ok(plan)
+        Ok(())
     }
 
     /// Admits waiting sequences into the step as TGI's router does (`batching_task` and

@@ -98,14 +98,22 @@ impl BlockPool {
     /// Takes `n` free blocks (each with reference count 1), or none at all. Cached blocks
     /// among them lose their cache entry.
     pub fn allocate(&mut self, n: usize) -> Result<Vec<BlockId>, PoolError> {
+        let mut blocks = Vec::with_capacity(n);
+        self.allocate_into(n, &mut blocks)?;
+        Ok(blocks)
+    }
+
+    /// As [`allocate`](Self::allocate), appending the blocks to `out` (no allocation when
+    /// `out` has room). On failure `out` is unchanged.
+    pub fn allocate_into(&mut self, n: usize, out: &mut Vec<BlockId>) -> Result<(), PoolError> {
         if n > self.num_free {
             return Err(PoolError::OutOfBlocks {
                 wanted: n,
                 free: self.num_free,
             });
         }
-        let mut blocks = Vec::with_capacity(n);
-        while blocks.len() < n {
+        let target = out.len() + n;
+        while out.len() < target {
             let Some((b, gen)) = self.free.pop_front() else {
                 break;
             };
@@ -118,10 +126,14 @@ impl BlockPool {
             }
             self.ref_counts[i] = 1;
             self.num_free -= 1;
-            blocks.push(b);
+            out.push(b);
         }
-        debug_assert_eq!(blocks.len(), n, "free count out of step with the free list");
-        Ok(blocks)
+        debug_assert_eq!(
+            out.len(),
+            target,
+            "free count out of step with the free list"
+        );
+        Ok(())
     }
 
     /// Adds one holder to an allocated block.

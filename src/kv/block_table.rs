@@ -38,8 +38,7 @@ impl BlockTable {
         pool: &mut BlockPool,
     ) -> Result<(), PoolError> {
         let needed = self.blocks_needed(new_tokens, block_size);
-        let fresh = pool.allocate(needed)?;
-        self.blocks.extend(fresh);
+        pool.allocate_into(needed, &mut self.blocks)?;
         self.num_tokens += new_tokens;
         Ok(())
     }
