@@ -5,6 +5,7 @@
 #
 # Build (on any machine, GPU or not; see README "CUDA"):
 #   eval "$(scripts/cuda-toolkit.sh --env)"
+#   export RUSTFLAGS="-C target-cpu=x86-64-v3"   # binaries that travel: not -C target-cpu=native
 #   cargo build --release --features cuda --target-dir target/cuda
 #   cargo test --release --features cuda --target-dir target/cuda --test cuda_kernels --no-run
 #   scripts/gpu-check.sh --pack DIR        # copies the binaries into DIR
