@@ -5,9 +5,12 @@
 //! rows (a worst case); and one detokenizer step on the default model's tokenizer.
 //!
 //! With `--features cuda` and a GPU: `sampler_cuda/{top_k_top_p,greedy}/batch_{1,64,256}`,
-//! the device sampler (temperature 0.8, top_k 50, top_p 0.9; penalties and logit_bias rows
-//! go to the host sampler) and the device argmax, over the same LLM-like rows already in
-//! GPU memory, copying only the chosen tokens back.
+//! the device sampler (temperature 0.8, top_k 50, top_p 0.9) and the device argmax, over
+//! the same LLM-like rows already in GPU memory, copying only the chosen tokens back; and
+//! `sampler_cuda/top_k_top_p_penalties/batch_*`, the case: the same with the
+//! repetition, frequency and presence penalties on (512 prompt and 128 generated tokens
+//! per row), timing the host's listing of the adjusted logits, their application on the
+//! device (`sampling::LogitAdjust`) and the draw.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use wick::sampling::{Sampler, SamplingParams};
@@ -187,6 +190,36 @@ fn sampler_cuda(c: &mut Criterion) {
         });
         group.bench_function(format!("greedy/batch_{batch}"), |b| {
             b.iter(|| kernels.greedy(&t).expect("greedy"))
+        });
+        let penalised = SamplingParams {
+            do_sample: true,
+            temperature: 0.8,
+            top_k: 50,
+            top_p: 0.9,
+            repetition_penalty: 1.1,
+            frequency_penalty: 0.5,
+            presence_penalty: 0.1,
+            ..SamplingParams::default()
+        };
+        let mut samplers: Vec<Sampler> = (0..batch)
+            .map(|r| Sampler::new(&penalised, r as u64))
+            .collect();
+        let prompts: Vec<Vec<u32>> = (0..batch).map(|r| tokens(512, r as u32)).collect();
+        let generated: Vec<Vec<u32>> = (0..batch).map(|r| tokens(128, 1000 + r as u32)).collect();
+        let mut adjust = wick::sampling::LogitAdjust::default();
+        group.bench_function(format!("top_k_top_p_penalties/batch_{batch}"), |b| {
+            b.iter_batched(
+                || t.copy().expect("copy"),
+                |rows| {
+                    adjust.clear();
+                    for (r, s) in samplers.iter_mut().enumerate() {
+                        s.device_adjust(&prompts[r], &generated[r], VOCAB, r, &mut adjust);
+                    }
+                    adjust.apply(&rows).expect("adjust");
+                    kernels.sample(&rows, &idx, &params).expect("sample")
+                },
+                BatchSize::LargeInput,
+            )
         });
     }
     group.finish();

@@ -318,20 +318,29 @@ impl EngineCore {
     }
 
     /// Fills the step's batch from its plan, and how each item's token is chosen.
-    fn prepare(&self, s: &mut StepScratch) -> Result<()> {
+    fn prepare(&mut self, s: &mut StepScratch) -> Result<()> {
         let StepScratch {
-            plan, batch, modes, ..
+            plan,
+            batch,
+            modes,
+            logits,
+            ..
         } = s;
         batch.clear();
         modes.clear();
+        logits.adjust.clear();
         let block_size = self.runner.block_size();
+        let on_device = self.runner.chooses_on_device();
+        let vocab = self.runner.model().config().vocab_size;
         for it in &plan.items {
             let seq = self
                 .scheduler
                 .sequence(it.id)
                 .ok_or_else(|| anyhow!("sequence {} vanished", it.id))?;
-            let cand = self.candidates.get(&it.id);
-            let group = cand.and_then(|c| self.groups.get(&c.group));
+            let group = self
+                .candidates
+                .get(&it.id)
+                .and_then(|c| self.groups.get(&c.group));
             // Every row of a prompt chunk when its logprobs are wanted.
             let all_rows =
                 group.is_some_and(|g| g.request.prompt_logprobs && !g.prefill_sent && !g.forked);
@@ -339,21 +348,30 @@ impl EngineCore {
             // whose sampler it implements; everything else gets its row on the host.
             let simple =
                 group.is_some_and(|g| g.request.top_n_tokens == 0 && g.request.candidates == 1);
-            let generated = (seq.tokens.len() - seq.prompt_len) as u32;
-            let mode = match cand {
+            let (prompt, generated) = seq.tokens.split_at(seq.prompt_len.min(seq.tokens.len()));
+            let cand = self.candidates.get_mut(&it.id);
+            let mode = match &cand {
                 _ if all_rows => RowMode::AllRows,
                 _ if !simple => RowMode::Host,
                 // A prompt chunk that does not end the prompt samples nothing.
                 _ if !it.completes => RowMode::Greedy,
-                Some(c) if c.sampler.is_plain_greedy() => RowMode::Greedy,
+                Some(c) if c.sampler.is_greedy() => RowMode::Greedy,
                 Some(c) => c
                     .sampler
-                    .device_params(generated)
+                    .device_params(generated.len() as u32)
                     .map_or(RowMode::Host, RowMode::Sample),
                 None => RowMode::Host,
             };
-            modes.push(mode);
             batch.push(seq, it.num_tokens, all_rows, block_size)?;
+            if let (true, true, Some(c), RowMode::Greedy | RowMode::Sample(_)) =
+                (on_device, it.completes, cand, mode)
+            {
+                // logit_bias and penalties, applied on the device before the choice.
+                let row = batch.logits_rows.len() - 1;
+                c.sampler
+                    .device_adjust(prompt, generated, vocab, row, &mut logits.adjust);
+            }
+            modes.push(mode);
         }
         Ok(())
     }
@@ -713,6 +731,8 @@ struct StepLogits {
     greedy: Vec<(u32, f32)>,
     /// (row, token, logprob) of the rows sampled on the device, by row.
     sampled: Vec<(usize, u32, f32)>,
+    /// logit_bias and penalties of the rows chosen on the device (filled by `prepare`).
+    adjust: crate::sampling::LogitAdjust,
     /// Rows to download, and rows to sample on the device with their parameters.
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     wanted: Vec<u32>,
@@ -767,6 +787,7 @@ impl StepLogits {
         self.sampled.clear();
         #[cfg(feature = "cuda")]
         if let Some(kernels) = runner.kernels() {
+            self.adjust.apply(&logits)?;
             let (ids, lps) = kernels.greedy(&logits)?;
             self.wanted.clear();
             self.sample_rows.clear();

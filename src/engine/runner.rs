@@ -220,6 +220,14 @@ impl ModelRunner {
         }
     }
 
+    /// Whether tokens are chosen where the logits are: on a GPU with wick's kernels.
+    pub fn chooses_on_device(&self) -> bool {
+        #[cfg(feature = "cuda")]
+        return self.kernels().is_some();
+        #[cfg(not(feature = "cuda"))]
+        false
+    }
+
     pub fn pool(&self) -> &BlockPool {
         &self.pool
     }

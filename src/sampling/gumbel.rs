@@ -2,8 +2,9 @@
 //! reference the GPU kernel is checked against token for token, and whose distribution is
 //! checked here on the CPU.
 //!
-//! For a row with temperature, top_k, top_p and min_p (no penalties, logit_bias or
-//! typical_p: those rows are sampled on the host), every filter is a threshold on the
+//! For a row with temperature, top_k, top_p and min_p (after logit_bias and the penalties,
+//! which `sampling::LogitAdjust` applies to the row on the device first; rows with
+//! typical_p are sampled on the host), every filter is a threshold on the
 //! tempered logit `y = (x - max) / T`, so the kept set is `{ y >= threshold }` and no sort
 //! is needed: top_k keeps the k largest, top_p the smallest set of largest values holding
 //! `top_p` of the top_k set's mass, min_p the values within `ln(min_p)` of the largest

@@ -16,6 +16,7 @@
 //!   longest of those ending there); the stop string stays in the text or not as asked
 //!   (TGI: stays, OpenAI: does not).
 
+mod adjust;
 pub mod gumbel;
 mod logprobs;
 mod params;
@@ -23,6 +24,7 @@ mod processors;
 mod sampler;
 mod stop;
 
+pub use adjust::LogitAdjust;
 pub use logprobs::{
     log_softmax_at, log_softmax_in_place, log_sum_exp, prompt_logprob, top_logprobs,
 };

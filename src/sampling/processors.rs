@@ -74,6 +74,26 @@ impl Penalties {
             .extend_from_slice(&generated[self.generated.len()..]);
     }
 
+    /// Brings the statistics up to `prompt` and `generated` (vocabulary `vocab`).
+    pub(crate) fn prepare(&mut self, vocab: usize, prompt: &[u32], generated: &[u32]) {
+        self.sync(vocab, prompt, generated);
+    }
+
+    /// Distinct prompt and generated tokens inside the vocabulary.
+    pub(crate) fn unique(&self) -> &[u32] {
+        &self.unique
+    }
+
+    /// How often `t` was generated, when it was.
+    pub(crate) fn count(&self, t: u32) -> Option<u32> {
+        self.counts.get(&t).copied()
+    }
+
+    /// (token, times generated) of every generated token.
+    pub(crate) fn counts(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.counts.iter().map(|(&t, &c)| (t, c))
+    }
+
     #[inline]
     fn see(&mut self, t: u32) {
         let i = t as usize;

@@ -97,20 +97,15 @@ impl Sampler {
     }
 
     /// The device sampler's parameters for this row at generation step `step`, when it can
-    /// sample it (temperature with top_k / top_p / min_p; no penalties, logit_bias or
-    /// typical_p, which the host sampler handles). Draws then follow
-    /// [`super::gumbel`]'s rule: the same distribution as [`Sampler::sample`], from a
-    /// counter-based generator seeded by the request's seed.
+    /// sample it (temperature with top_k / top_p / min_p, after logit_bias and penalties,
+    /// which [`Sampler::device_adjust`] lists; typical_p is the host sampler's). Draws then
+    /// follow [`super::gumbel`]'s rule: the same distribution as [`Sampler::sample`], from
+    /// a counter-based generator seeded by the request's seed.
     pub fn device_params(&self, step: u32) -> Option<super::gumbel::RowSample> {
         let p = &self.params;
         let t = p.temperature;
         let samples = p.do_sample && t > 0.0 && (1.0 / t).is_finite();
-        let plain = p.logit_bias.is_empty()
-            && p.repetition_penalty == 1.0
-            && p.frequency_penalty == 0.0
-            && p.presence_penalty == 0.0
-            && p.typical_p >= 1.0;
-        (samples && plain).then(|| super::gumbel::RowSample {
+        (samples && p.typical_p >= 1.0).then(|| super::gumbel::RowSample {
             temperature: t,
             top_p: p.top_p,
             min_p: p.min_p,
@@ -121,18 +116,54 @@ impl Sampler {
         })
     }
 
-    /// True when [`Sampler::sample`] is a plain argmax of the raw logits: no sampling, no
-    /// logit_bias, no penalties. Such rows can be chosen on the device (only the token
-    /// and its logprob are copied back), with the same result.
-    pub fn is_plain_greedy(&self) -> bool {
+    /// True when [`Sampler::sample`] is an argmax of the logits after logit_bias and the
+    /// penalties (no sampling). Such rows can be chosen on the device, after
+    /// [`Sampler::device_adjust`], with the same result.
+    pub fn is_greedy(&self) -> bool {
         let p = &self.params;
         let t = p.temperature;
-        let samples = p.do_sample && t > 0.0 && (1.0 / t).is_finite();
-        !samples
-            && p.logit_bias.is_empty()
-            && p.repetition_penalty == 1.0
-            && p.frequency_penalty == 0.0
-            && p.presence_penalty == 0.0
+        !(p.do_sample && t > 0.0 && (1.0 / t).is_finite())
+    }
+
+    /// Whether logit_bias or a penalty changes this sampler's logits.
+    pub fn adjusts(&self) -> bool {
+        let p = &self.params;
+        !p.logit_bias.is_empty()
+            || p.repetition_penalty != 1.0
+            || p.frequency_penalty != 0.0
+            || p.presence_penalty != 0.0
+    }
+
+    /// Lists in `out` what logit_bias and the penalties do to logits row `row` of a step
+    /// (`vocab` wide), for a sequence with these `prompt` and `generated` tokens: what the
+    /// device applies before choosing the row's token ([`super::adjust`]). Returns how
+    /// many logits change.
+    pub fn device_adjust(
+        &mut self,
+        prompt: &[u32],
+        generated: &[u32],
+        vocab: usize,
+        row: usize,
+        out: &mut super::LogitAdjust,
+    ) -> usize {
+        if !self.adjusts() {
+            return 0;
+        }
+        let p = &self.params;
+        if p.repetition_penalty != 1.0 || p.frequency_penalty != 0.0 || p.presence_penalty != 0.0 {
+            self.penalties.prepare(vocab, prompt, generated);
+        }
+        out.push_row(row, vocab, &self.params, &self.penalties)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn process_for_test(
+        &mut self,
+        logits: &mut [f32],
+        prompt: &[u32],
+        generated: &[u32],
+    ) {
+        self.process(logits, prompt, generated);
     }
 
     /// Chooses the next token from one row of logits. `prompt` and `generated` are the
