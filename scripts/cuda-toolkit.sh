@@ -6,6 +6,9 @@
 #
 #   scripts/cuda-toolkit.sh [PREFIX]        # default PREFIX: .cuda (git-ignored)
 #   eval "$(scripts/cuda-toolkit.sh --env [PREFIX])"   # print/export the environment only
+#   scripts/cuda-toolkit.sh --compiler PREFIX  # nvcc and ptxas alone (about 100 MB of
+#                                              # wheels): enough to compile kernels/*.cu,
+#                                              # which CI does (tests/kernel_ptx.rs)
 #
 # Why pinned to 13.0: the GPU driver loads PTX only from a toolkit no newer than itself,
 # and the GPU machines we target run a 13.0 driver. The CUDA 12 nvcc wheel
@@ -30,8 +33,12 @@ CURAND_WHEEL_VERSION="${CURAND_WHEEL_VERSION:-10.4.0}"
 : "${CUDA_COMPUTE_CAP:=90}"
 
 env_only=0
+compiler_only=0
 if [[ "${1:-}" == "--env" ]]; then
     env_only=1
+    shift
+elif [[ "${1:-}" == "--compiler" ]]; then
+    compiler_only=1
     shift
 fi
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -56,7 +63,7 @@ if [[ $env_only == 1 ]]; then
     exit 0
 fi
 
-if [[ -x "$prefix/bin/nvcc" && -e "$prefix/lib64/stubs/libcuda.so" ]]; then
+if [[ -x "$prefix/bin/nvcc" && ( $compiler_only == 1 || -e "$prefix/lib64/stubs/libcuda.so" ) ]]; then
     echo "CUDA toolkit already in $prefix" >&2
 else
     wheels="$prefix/.wheels"
@@ -68,10 +75,14 @@ else
         "nvidia-nvvm==${CUDA_WHEEL_VERSION}.*"
         "nvidia-cuda-runtime==${CUDA_WHEEL_VERSION}.*"
         "nvidia-cuda-cccl==${CUDA_WHEEL_VERSION}.*"
-        "nvidia-cuda-nvrtc==${CUDA_WHEEL_VERSION}.*"
-        "nvidia-cublas==${CUDA_WHEEL_VERSION}.*"
-        "nvidia-curand~=${CURAND_WHEEL_VERSION}"
     )
+    if [[ $compiler_only == 0 ]]; then
+        specs+=(
+            "nvidia-cuda-nvrtc==${CUDA_WHEEL_VERSION}.*"
+            "nvidia-cublas==${CUDA_WHEEL_VERSION}.*"
+            "nvidia-curand~=${CURAND_WHEEL_VERSION}"
+        )
+    fi
     echo "downloading ${specs[*]}" >&2
     python3 -m pip download --quiet --no-deps --only-binary=:all: \
         --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
