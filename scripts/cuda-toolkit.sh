@@ -63,7 +63,7 @@ if [[ $env_only == 1 ]]; then
     exit 0
 fi
 
-if [[ -x "$prefix/bin/nvcc" && ( $compiler_only == 1 || -e "$prefix/lib64/stubs/libcuda.so" ) ]]; then
+if [[ -x "$prefix/bin/nvcc" && ( $compiler_only == 1 || ( -e "$prefix/lib64/stubs/libcuda.so" && -e "$prefix/lib64/libcublas.so" ) ) ]]; then
     echo "CUDA toolkit already in $prefix" >&2
 else
     wheels="$prefix/.wheels"
