@@ -34,7 +34,7 @@ extern "C" __global__ void __launch_bounds__(THREADS)
             s = s * __expf(m - x) + 1.f;  // m = -inf at first: s stays 0 * 0 + 1
             m = x;
             idx = j;
-        } else {
+        } else if (x != -INFINITY) {  // a masked token adds nothing (and -inf - -inf is NaN)
             s += __expf(x - m);
         }
     }
@@ -104,7 +104,10 @@ __device__ __forceinline__ float uniform01(unsigned long long seed, uint32_t ste
     return ((float)(z >> 40) + 0.5f) * (1.0f / 16777216.0f);
 }
 
-__device__ __forceinline__ uint32_t order_key(float y) { return __float_as_uint(fmaxf(-y, 0.f)); }
+// bits(-y), which order as the floats for y <= 0; 0 for y = 0 (the row's maximum), whose
+// negation is -0.0 (bits 0x80000000, after every other key): fmaxf(-y, 0.f) may return
+// either zero, so the sign is not left to it.
+__device__ __forceinline__ uint32_t order_key(float y) { return y < 0.f ? __float_as_uint(-y) : 0u; }
 
 // Block-wide sums and maxima (all threads get the result). `scratch` holds THREADS / 32.
 __device__ double block_sum(double v, double* scratch) {
