@@ -2,6 +2,9 @@
 //! candle's device and stream so they order with candle's own kernels and cuBLAS calls.
 //!
 //! Element types: bf16 and f16 (the KV cache's dtype). Tensors must be contiguous.
+//!
+//! Grid and block sizes, partition counts and argument lists come from `ops::launch`,
+//! which the CPU emulator (`ops::emu`) launches the same kernels with.
 
 use candle_core::cuda_backend::cudarc::driver::{
     CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchArgs, LaunchConfig,
@@ -14,16 +17,15 @@ use candle_core::{
 };
 use half::{bf16, f16};
 
+use super::launch::{
+    ArgSink, AttentionLaunch, AttentionShape, ChooseRowsLaunch, CopyRangeLaunch, Dims, RopeLaunch,
+    StepBufs, WriteKvLaunch,
+};
+pub use super::launch::{HEAD_DIMS, PARTITION_SIZE};
+
 mod ptx {
     include!(concat!(env!("OUT_DIR"), "/kernels_ptx.rs"));
 }
-
-/// Keys per attention partition: a row with a longer context is split across thread
-/// blocks (flash-decoding) and merged by a second kernel.
-pub const PARTITION_SIZE: usize = 512;
-
-/// Head sizes the attention kernel is instantiated for.
-pub const HEAD_DIMS: [usize; 3] = [64, 128, 256];
 
 /// The PTX of `file` for the newest compute capability that is not above `cap`.
 fn ptx_for(file: &str, cap: u32) -> Option<(u32, &'static str)> {
@@ -119,14 +121,14 @@ impl Kernels {
         }
         let idx = Tensor::from_slice(rows, rows.len(), logits.device())?;
         let picked = logits.index_select(&idx, 0)?;
-        self.choose_rows(&picked, "wick_sample_f32", Some(params))
+        self.choose_rows(&picked, ChooseRowsLaunch::SAMPLE, Some(params))
     }
 
     /// Greedy choice per row of f32 logits `[rows, vocab]`: the argmax token (lowest id
     /// among ties) and its log-probability under the plain softmax. Only `rows` ids and
     /// floats reach the host.
     pub fn greedy(&self, logits: &Tensor) -> Result<(Vec<u32>, Vec<f32>)> {
-        self.choose_rows(logits, "wick_greedy_f32", None)
+        self.choose_rows(logits, ChooseRowsLaunch::GREEDY, None)
     }
 
     /// Runs a per-row choice kernel of kernels/sampling.cu (one 1024-thread block per row
@@ -154,25 +156,14 @@ impl Kernels {
         let mut ids = alloc_like::<u32>(&self.dev, rows)?;
         let mut lps = alloc_like::<f32>(&self.dev, rows)?;
         let f = self.func_in("sampling", kernel)?;
-        let v = vocab as i32;
-        let cfg = LaunchConfig {
-            grid_dim: (rows as u32, 1, 1),
-            block_dim: (1024, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let launch = ChooseRowsLaunch::new(rows, vocab);
         {
             let stream = self.stream();
             let mut b = stream.launch_builder(&f);
-            b.arg(&x);
-            b.arg(&v);
-            if let Some(p) = &params {
-                b.arg(p);
-            }
-            b.arg(&mut ids);
-            b.arg(&mut lps);
+            launch.args(&mut Args(&mut b), &x, params.as_ref(), &mut ids, &mut lps);
             // SAFETY: matches wick_greedy_f32 / wick_sample_f32 (RowSample is repr(C), as
             // the kernel's struct); one output per row.
-            unsafe { b.launch(cfg) }.w()?;
+            unsafe { b.launch(config(launch.dims)) }.w()?;
         }
         Ok((self.dev.clone_dtoh(&ids)?, self.dev.clone_dtoh(&lps)?))
     }
@@ -227,33 +218,21 @@ impl Kernels {
                 v.dtype()
             )));
         }
-        let f = self.func(&format!("wick_write_kv_{}", suffix(k.dtype())?))?;
+        let f = self.func(&WriteKvLaunch::kernel(suffix(k.dtype())?))?;
         let (k, v) = (k.contiguous()?, v.contiguous()?);
         let (ks, kl) = k.storage_and_layout();
         let (vs, vl) = v.storage_and_layout();
         let (Storage::Cuda(ks), Storage::Cuda(vs)) = (&*ks, &*vs) else {
             return Err(Error::Msg("write_kv: tensors are not on the GPU".into()));
         };
-        let (kh, vh, bs) = (kv_heads as i32, head_dim as i32, block_size as i32);
-        let cfg = LaunchConfig {
-            grid_dim: (tokens as u32, 1, 1),
-            block_dim: (((kv_heads * head_dim).min(1024)) as u32, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let launch = WriteKvLaunch::new(tokens, kv_heads, head_dim, block_size);
         let stream = self.stream();
-        let mut b = stream.launch_builder(&f);
         let (kv, vv) = (raw_view(ks, kl)?, raw_view(vs, vl)?);
-        b.arg(&kv);
-        b.arg(&vv);
-        b.arg(k_cache);
-        b.arg(v_cache);
-        b.arg(slots);
-        b.arg(&kh);
-        b.arg(&vh);
-        b.arg(&bs);
+        let mut b = stream.launch_builder(&f);
+        launch.args(&mut Args(&mut b), &kv, &vv, k_cache, v_cache, slots);
         // SAFETY: the argument list matches wick_write_kv_*; every slot was reserved in the
         // cache by the block pool, so writes stay inside the buffers.
-        unsafe { b.launch(cfg) }.w()?;
+        unsafe { b.launch(config(launch.dims)) }.w()?;
         Ok(())
     }
 
@@ -294,21 +273,13 @@ impl Kernels {
         if len == 0 {
             return Ok(());
         }
-        let f = self.func("wick_copy_range")?;
-        let cfg = LaunchConfig {
-            grid_dim: (len.div_ceil(256).min(1024) as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let (s, d, n) = (src as u64, dst as u64, len as u64);
+        let f = self.func(CopyRangeLaunch::KERNEL)?;
+        let launch = CopyRangeLaunch::new(src, dst, len);
         let stream = self.stream();
         let mut b = stream.launch_builder(&f);
-        b.arg(buf);
-        b.arg(&s);
-        b.arg(&d);
-        b.arg(&n);
+        launch.args(&mut Args(&mut b), buf);
         // SAFETY: matches wick_copy_range; the caller passes in-bounds, disjoint ranges.
-        unsafe { b.launch(cfg) }.w()?;
+        unsafe { b.launch(config(launch.dims)) }.w()?;
         Ok(())
     }
 }
@@ -316,6 +287,26 @@ impl Kernels {
 // SAFETY: RowSample is repr(C) plain data (f32, u32 and u64 fields), laid out as the
 // kernel's struct.
 unsafe impl DeviceRepr for crate::sampling::gumbel::RowSample {}
+
+/// cudarc's launch builder as the [`ArgSink`] that `ops::launch` pushes arguments into.
+struct Args<'x, 'a>(&'x mut LaunchArgs<'a>);
+
+impl<'a, A> ArgSink<A> for Args<'_, 'a>
+where
+    LaunchArgs<'a>: PushKernelArg<A>,
+{
+    fn arg(&mut self, a: A) {
+        self.0.arg(a);
+    }
+}
+
+fn config(d: Dims) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: d.grid,
+        block_dim: d.block,
+        shared_mem_bytes: 0,
+    }
+}
 
 /// A tensor's storage as a typeless 16-bit view starting at its layout's offset.
 fn raw_view<'a>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, u16>> {
@@ -364,17 +355,22 @@ impl Out16 {
         }
     }
 
-    fn push<'a, 'b: 'a>(&'b mut self, b: &mut LaunchArgs<'a>) {
-        match self {
-            Out16::Bf16(s) => b.arg(s),
-            Out16::F16(s) => b.arg(s),
-        };
-    }
-
     fn into_storage(self, dev: &CudaDevice) -> CudaStorage {
         match self {
             Out16::Bf16(s) => CudaStorage::wrap_cuda_slice(s, dev.clone()),
             Out16::F16(s) => CudaStorage::wrap_cuda_slice(s, dev.clone()),
+        }
+    }
+}
+
+// SAFETY: pushes the wrapped slice exactly as cudarc pushes a `&mut CudaSlice` (a
+// kernel's output buffer).
+unsafe impl<'a, 'b: 'a> PushKernelArg<&'b mut Out16> for LaunchArgs<'a> {
+    #[inline(always)]
+    fn arg(&mut self, arg: &'b mut Out16) -> &mut Self {
+        match arg {
+            Out16::Bf16(s) => self.arg(s),
+            Out16::F16(s) => self.arg(s),
         }
     }
 }
@@ -414,25 +410,20 @@ impl CustomOp1 for RopeOp<'_> {
         let tokens = n / row;
         let mut out = Out16::new(&dev, s.dtype(), n)?;
         if tokens > 0 {
-            let f = self.k.func(&format!("wick_rope_{}", suffix(s.dtype())?))?;
+            let f = self.k.func(&RopeLaunch::kernel(suffix(s.dtype())?))?;
             let x = raw_view(s, l)?;
-            let (h, d, il) = (self.heads as i32, head_dim as i32, self.interleaved as i32);
-            let cfg = LaunchConfig {
-                grid_dim: (tokens as u32, 1, 1),
-                block_dim: ((self.heads * half).min(512) as u32, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let launch = RopeLaunch::new(tokens, self.heads, head_dim, self.interleaved);
             let stream = self.k.stream();
             let mut b = stream.launch_builder(&f);
-            b.arg(&x);
-            out.push(&mut b);
-            b.arg(self.positions);
-            b.arg(self.inv_freq);
-            b.arg(&h);
-            b.arg(&d);
-            b.arg(&il);
+            launch.args(
+                &mut Args(&mut b),
+                &x,
+                &mut out,
+                self.positions,
+                self.inv_freq,
+            );
             // SAFETY: matches wick_rope_*; sizes checked above.
-            unsafe { b.launch(cfg) }.w()?;
+            unsafe { b.launch(config(launch.dims)) }.w()?;
         }
         Ok((out.into_storage(&dev), l.shape().clone()))
     }
@@ -466,10 +457,6 @@ struct AttentionOp<'a> {
     meta: &'a AttnMeta<'a>,
 }
 
-/// Most query heads per KV head one thread block handles (`GMAX` in the kernel).
-const GMAX: usize = 8;
-const NWARPS: u32 = 4;
-
 impl CustomOp1 for AttentionOp<'_> {
     fn name(&self) -> &'static str {
         "wick-paged-attention"
@@ -493,98 +480,58 @@ impl CustomOp1 for AttentionOp<'_> {
                 m.num_heads, m.head_dim
             )));
         }
-        if !HEAD_DIMS.contains(&m.head_dim) {
-            return Err(Error::Msg(format!(
-                "the CUDA attention kernel supports head sizes {HEAD_DIMS:?}, not {}",
-                m.head_dim
-            )));
-        }
-        if m.kv_heads == 0 || !m.num_heads.is_multiple_of(m.kv_heads) {
-            return Err(Error::Msg(format!(
-                "{} query heads cannot share {} KV heads",
-                m.num_heads, m.kv_heads
-            )));
-        }
+        let launch = AttentionLaunch::new(&AttentionShape {
+            tokens,
+            num_heads: m.num_heads,
+            kv_heads: m.kv_heads,
+            head_dim: m.head_dim,
+            block_size: m.block_size,
+            max_blocks: m.max_blocks,
+            max_context: m.max_context,
+            scale: m.scale,
+        })
+        .map_err(Error::Msg)?;
         let sfx = suffix(s.dtype())?;
         let mut out = Out16::new(&dev, s.dtype(), n)?;
         if tokens == 0 {
             return Ok((out.into_storage(&dev), l.shape().clone()));
         }
-        let parts = m.max_context.div_ceil(PARTITION_SIZE).max(1);
-        if parts > 65535 {
-            return Err(Error::Msg(format!(
-                "a context of {} tokens is beyond the attention kernel's grid",
-                m.max_context
-            )));
-        }
-        let (mut part_acc, mut part_ml) = if parts > 1 {
-            (
-                alloc_like::<f32>(&dev, tokens * m.num_heads * parts * m.head_dim)?,
-                alloc_like::<f32>(&dev, tokens * m.num_heads * parts * 2)?,
-            )
-        } else {
-            (alloc_like::<f32>(&dev, 1)?, alloc_like::<f32>(&dev, 1)?)
-        };
-        let group = m.num_heads / m.kv_heads;
-        let subgroups = group.div_ceil(GMAX);
+        let (acc_len, ml_len) = launch.part_lens(tokens);
+        let mut part_acc = alloc_like::<f32>(&dev, acc_len)?;
+        let mut part_ml = alloc_like::<f32>(&dev, ml_len)?;
         let q = raw_view(s, l)?;
-        let f = self
-            .k
-            .func(&format!("wick_paged_attention_{sfx}_d{}", m.head_dim))?;
-        let cfg = LaunchConfig {
-            grid_dim: (tokens as u32, (m.kv_heads * subgroups) as u32, parts as u32),
-            block_dim: (NWARPS * 32, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let (mb, nh, kvh, bs, ps) = (
-            m.max_blocks as i32,
-            m.num_heads as i32,
-            m.kv_heads as i32,
-            m.block_size as i32,
-            PARTITION_SIZE as i32,
-        );
+        let f = self.k.func(&launch.kernel(sfx))?;
         {
             let stream = self.k.stream();
             let mut b = stream.launch_builder(&f);
-            out.push(&mut b);
-            b.arg(&mut part_acc);
-            b.arg(&mut part_ml);
-            b.arg(&q);
-            b.arg(self.k_cache);
-            b.arg(self.v_cache);
-            b.arg(&m.row_seq);
-            b.arg(&m.q_start);
-            b.arg(&m.q_len);
-            b.arg(&m.context_len);
-            b.arg(&m.block_tables);
-            b.arg(&mb);
-            b.arg(&nh);
-            b.arg(&kvh);
-            b.arg(&bs);
-            b.arg(&ps);
-            b.arg(&m.scale);
+            let step = StepBufs {
+                row_seq: &m.row_seq,
+                q_start: &m.q_start,
+                q_len: &m.q_len,
+                context_len: &m.context_len,
+                block_tables: &m.block_tables,
+            };
+            launch.args(
+                &mut Args(&mut b),
+                &mut out,
+                &mut part_acc,
+                &mut part_ml,
+                &q,
+                self.k_cache,
+                self.v_cache,
+                step,
+            );
             // SAFETY: matches wick_paged_attention_*; block tables hold blocks of this
             // cache for every position below each row's context length.
-            unsafe { b.launch(cfg) }.w()?;
+            unsafe { b.launch(config(launch.attention)) }.w()?;
         }
-        if parts > 1 {
-            let f = self.k.func(&format!("wick_reduce_partitions_{sfx}"))?;
-            let cfg = LaunchConfig {
-                grid_dim: (tokens as u32, m.num_heads as u32, 1),
-                block_dim: (m.head_dim as u32, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            let (nh, d, p) = (m.num_heads as i32, m.head_dim as i32, parts as i32);
+        if let Some(dims) = launch.reduce {
+            let f = self.k.func(&AttentionLaunch::reduce_kernel(sfx))?;
             let stream = self.k.stream();
             let mut b = stream.launch_builder(&f);
-            out.push(&mut b);
-            b.arg(&part_acc);
-            b.arg(&part_ml);
-            b.arg(&nh);
-            b.arg(&d);
-            b.arg(&p);
+            launch.reduce_args(&mut Args(&mut b), &mut out, &part_acc, &part_ml);
             // SAFETY: matches wick_reduce_partitions_*; buffers sized above.
-            unsafe { b.launch(cfg) }.w()?;
+            unsafe { b.launch(config(dims)) }.w()?;
         }
         Ok((out.into_storage(&dev), l.shape().clone()))
     }

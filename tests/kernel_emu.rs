@@ -1,0 +1,957 @@
+//! wick's CUDA kernels (`kernels/*.cu`), run on the CPU through the emulator of
+//! `kernels/emu/` (`wick::ops::emu`), against CPU references. Every launch takes its grid,
+//! block and argument list from `wick::ops::launch`, as the GPU path does, and the step
+//! metadata from `kv::step_meta::pack_step`, as the device cache does.
+//!
+//! Paged attention is checked against a plain f64 attention over the same (dtype-rounded)
+//! inputs, to within the output dtype's rounding, and against wick's CPU kernel, over head
+//! sizes 64/128/256, GQA ratios 1 to 16, block sizes 16 and 32, scattered block tables,
+//! bf16 and f16, and batches of decode rows (contexts up to ~4k, which take the
+//! split-context path), whole prompts and prompt chunks over a cached context. Rope is
+//! checked against the CPU rope in both pair layouts, write_kv and copy_range element for
+//! element, greedy against the CPU argmax and an f64 logprob, and sampling row for row
+//! against `sampling::gumbel`, its Rust statement. The emulator's own checks (deadlocks,
+//! out-of-bounds accesses, misaligned vectors, writes to inputs) have tests of their own.
+//!
+//! Needs the emulator, which build.rs compiles with a C++ compiler: without one these tests
+//! fail and say so.
+
+use half::{bf16, f16};
+use wick::kv::step_meta::pack_step;
+use wick::kv::CacheLayout;
+use wick::model::ForwardBatch;
+use wick::ops::emu::{self, Args};
+use wick::ops::launch::{
+    ArgSink, AttentionLaunch, AttentionShape, ChooseRowsLaunch, CopyRangeLaunch, Dims, RopeLaunch,
+    StepBufs, WriteKvLaunch,
+};
+use wick::ops::{AttnSeq, Rope, RopeScaling, RopeStyle};
+use wick::sampling::gumbel::{sample_row, RowSample};
+
+/// A small deterministic generator (xorshift) for reproducible inputs.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    /// Roughly standard normal (sum of uniforms).
+    fn normal(&mut self) -> f32 {
+        let mut s = 0.0;
+        for _ in 0..4 {
+            s += (self.next() >> 40) as f32 / (1u64 << 24) as f32;
+        }
+        (s - 2.0) * 1.732
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// The 16-bit element type of a kernel instance.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Ty {
+    Bf16,
+    F16,
+}
+
+impl Ty {
+    fn suffix(self) -> &'static str {
+        match self {
+            Ty::Bf16 => "bf16",
+            Ty::F16 => "f16",
+        }
+    }
+    fn bits(self, x: f32) -> u16 {
+        match self {
+            Ty::Bf16 => bf16::from_f32(x).to_bits(),
+            Ty::F16 => f16::from_f32(x).to_bits(),
+        }
+    }
+    fn value(self, b: u16) -> f32 {
+        match self {
+            Ty::Bf16 => bf16::from_bits(b).to_f32(),
+            Ty::F16 => f16::from_bits(b).to_f32(),
+        }
+    }
+    /// Rounds through the type, so references see exactly the kernel's inputs.
+    fn round(self, x: f32) -> f32 {
+        self.value(self.bits(x))
+    }
+    /// A quiet NaN: what unwritten outputs hold, so a missed element cannot pass.
+    fn nan(self) -> u16 {
+        match self {
+            Ty::Bf16 => 0x7fc0,
+            Ty::F16 => 0x7e00,
+        }
+    }
+    /// One unit in the last place, relative: the spacing of values near `x` is at most
+    /// `ulp * |x|` (2^-7 for bf16's 8 significant bits, 2^-10 for f16's 11).
+    fn ulp(self) -> f64 {
+        match self {
+            Ty::Bf16 => 1.0 / 128.0,
+            Ty::F16 => 1.0 / 1024.0,
+        }
+    }
+}
+
+fn launch(kernel: &str, dims: Dims, args: Args<'_>) {
+    if let Err(e) = emu::launch(kernel, dims, args) {
+        panic!("{kernel}: {e}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The emulator itself.
+
+#[test]
+fn emulator_is_built() {
+    emu::available().unwrap();
+}
+
+#[test]
+fn conversions_round_to_nearest_even() {
+    emu::available().unwrap();
+    let check = |x: f32| {
+        let (h, b) = (emu::round_f16(x), emu::round_bf16(x));
+        if x.is_nan() {
+            assert_eq!((h, b), (0x7fff, 0x7fff), "NaN {:#x}", x.to_bits());
+        } else {
+            assert_eq!(
+                h,
+                f16::from_f32(x).to_bits(),
+                "f16 of {x:e} ({:#x})",
+                x.to_bits()
+            );
+            assert_eq!(
+                b,
+                bf16::from_f32(x).to_bits(),
+                "bf16 of {x:e} ({:#x})",
+                x.to_bits()
+            );
+        }
+    };
+    // Every 16-bit value, the midpoints between neighbours (ties go to even) and the
+    // floats just beside them, both signs.
+    for bits in 0..=u16::MAX {
+        for v in [
+            f16::from_bits(bits).to_f32(),
+            bf16::from_bits(bits).to_f32(),
+        ] {
+            if !v.is_finite() {
+                check(v);
+                continue;
+            }
+            let up = f32::from_bits(v.to_bits() + 1);
+            for w in [v, up, f32::from_bits(v.to_bits().saturating_sub(1))] {
+                check(w);
+                check(-w);
+            }
+        }
+        let (a, b) = (f16::from_bits(bits), f16::from_bits(bits.wrapping_add(1)));
+        if a.is_finite() && b.is_finite() && (a.to_f32() < b.to_f32()) {
+            let mid = (a.to_f32() as f64 + b.to_f32() as f64) / 2.0;
+            let m = mid as f32;
+            for w in [
+                m,
+                f32::from_bits(m.to_bits() + 1),
+                f32::from_bits(m.to_bits() - 1),
+            ] {
+                check(w);
+            }
+        }
+        let (a, b) = (bf16::from_bits(bits), bf16::from_bits(bits.wrapping_add(1)));
+        if a.is_finite() && b.is_finite() && (a.to_f32() < b.to_f32()) {
+            let m = f32::from_bits((a.to_f32().to_bits() + b.to_f32().to_bits()) / 2);
+            for w in [
+                m,
+                f32::from_bits(m.to_bits() + 1),
+                f32::from_bits(m.to_bits() - 1),
+            ] {
+                check(w);
+            }
+        }
+    }
+    // Random floats of every magnitude.
+    let mut rng = Rng(5);
+    for _ in 0..200_000 {
+        check(f32::from_bits(rng.next() as u32));
+    }
+}
+
+#[test]
+fn warp_operations_and_barriers() {
+    let threads = 96u32;
+    let mut out = vec![-1i32; threads as usize * 8];
+    let mut args = Args::new();
+    args.arg(out.as_mut_slice());
+    launch(
+        "emu_warp_ops",
+        Dims {
+            grid: (1, 1, 1),
+            block: (threads, 1, 1),
+        },
+        args,
+    );
+    for t in 0..threads as i32 {
+        let lane = t % 32;
+        let base = t - lane;
+        let o = &out[t as usize * 8..][..8];
+        let want = [
+            t ^ 1,
+            t ^ 16,
+            if lane + 3 < 32 { t + 3 } else { t },
+            if lane >= 5 { t - 5 } else { t },
+            base + 7,
+            0xaaaa_aaaau32 as i32,
+            1,
+            0,
+        ];
+        assert_eq!(o, want, "thread {t}");
+    }
+    for seed in [0, 3] {
+        let blocks = 5u32;
+        let mut sums = vec![0i32; blocks as usize];
+        let mut args = Args::new().schedule(seed);
+        args.arg(sums.as_mut_slice());
+        launch(
+            "emu_block_sum",
+            Dims {
+                grid: (blocks, 1, 1),
+                block: (256, 1, 1),
+            },
+            args,
+        );
+        for (b, s) in sums.iter().enumerate() {
+            assert_eq!(*s, (0..256).sum::<i32>() + 256 * b as i32);
+        }
+    }
+}
+
+/// The emulator reports GPU bugs as launch errors, never as a hang or silent success.
+#[test]
+fn gpu_bugs_are_reported() {
+    let run = |kernel: &str, threads: u32, args: Args<'_>| -> String {
+        let dims = Dims {
+            grid: (2, 1, 1),
+            block: (threads, 1, 1),
+        };
+        match emu::launch(kernel, dims, args) {
+            Ok(()) => panic!("{kernel} ran without an error"),
+            Err(e) => e.to_string(),
+        }
+    };
+    let mut out = vec![0i32; 64];
+    let mut a = Args::new();
+    a.arg(out.as_mut_slice());
+    let e = run("emu_bug_divergent_barrier", 64, a);
+    assert!(e.contains("deadlock") && e.contains("__syncthreads"), "{e}");
+
+    let mut a = Args::new();
+    a.arg(out.as_mut_slice());
+    let e = run("emu_bug_two_barriers", 64, a);
+    assert!(e.contains("divergent __syncthreads"), "{e}");
+
+    let mut a = Args::new();
+    a.arg(out.as_mut_slice());
+    let e = run("emu_bug_divergent_shuffle", 64, a);
+    assert!(e.contains("deadlock") && e.contains("warp exchange"), "{e}");
+
+    let mut f = vec![0f32; 10];
+    let n = 10i32;
+    let mut a = Args::new();
+    a.arg(f.as_mut_slice());
+    a.arg(&n);
+    let e = run("emu_bug_out_of_bounds", 32, a);
+    assert!(e.contains("0 bytes past the end of argument 0"), "{e}");
+
+    let input = vec![0u16; 64];
+    let mut o = vec![0u32; 32];
+    let mut a = Args::new();
+    a.arg(input.as_slice());
+    a.arg(o.as_mut_slice());
+    let e = run("emu_bug_misaligned", 32, a);
+    assert!(e.contains("misaligned 16-byte"), "{e}");
+
+    let input = vec![1f32; 4];
+    let mut a = Args::new();
+    a.arg(input.as_slice());
+    let e = run("emu_bug_writes_input", 32, a);
+    assert!(e.contains("read-only"), "{e}");
+    assert_eq!(input, [1.0; 4], "the caller's buffer is untouched");
+
+    // Checked against the kernel's parameter list before anything runs.
+    let mut a = Args::new();
+    a.arg(f.as_mut_slice());
+    let e = run("emu_bug_out_of_bounds", 32, a);
+    assert!(e.contains("takes 2 parameters"), "{e}");
+    let (mut x, mut y) = (vec![0u16; 4], vec![0u32; 4]);
+    let mut a = Args::new();
+    a.arg(y.as_mut_slice());
+    a.arg(x.as_mut_slice());
+    let e = run("emu_bug_misaligned", 32, a);
+    assert!(e.contains("points to 2-byte elements"), "{e}");
+    let mut a = Args::new();
+    a.arg(out.as_mut_slice());
+    let e = run("emu_block_sum", 2048, a);
+    assert!(e.contains("outside CUDA's limits"), "{e}");
+
+    // A missing barrier: invisible when thread 0 happens to run first, caught by a
+    // shuffled schedule.
+    let run_race = |seed: u64| -> bool {
+        let mut out = vec![0i32; 4 * 128];
+        let mut a = Args::new().schedule(seed);
+        a.arg(out.as_mut_slice());
+        launch(
+            "emu_bug_missing_barrier",
+            Dims {
+                grid: (4, 1, 1),
+                block: (128, 1, 1),
+            },
+            a,
+        );
+        out.iter()
+            .enumerate()
+            .all(|(i, &v)| v == (i / 128) as i32 + 1)
+    };
+    assert!(run_race(0), "in thread order the race does not show");
+    assert!(!run_race(7), "a shuffled schedule exposes it");
+}
+
+// ---------------------------------------------------------------------------------------
+// Rope, write_kv, copy_range.
+
+#[test]
+fn rope_matches_the_cpu_rope() {
+    let mut rng = Rng(7);
+    for (style, d, heads) in [
+        (RopeStyle::Interleaved, 64, 9),
+        (RopeStyle::Neox, 128, 32),
+        (RopeStyle::Neox, 64, 14),
+        (RopeStyle::Interleaved, 256, 2),
+    ] {
+        let scaling = RopeScaling::Llama3 {
+            factor: 32.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192,
+        };
+        let rope = Rope::new(d, 500_000.0, &scaling, style);
+        let positions: Vec<u32> = vec![0, 1, 2, 17, 511, 4096, 32767, 100_000];
+        let n = positions.len();
+        for ty in [Ty::Bf16, Ty::F16] {
+            let x: Vec<f32> = (0..n * heads * d).map(|_| ty.round(rng.normal())).collect();
+            let mut want = x.clone();
+            rope.apply(&mut want, heads, &rope.tables(&positions));
+            let xb: Vec<u16> = x.iter().map(|&v| ty.bits(v)).collect();
+            let mut out = vec![ty.nan(); xb.len()];
+            let l = RopeLaunch::new(n, heads, d, style == RopeStyle::Interleaved);
+            let mut args = Args::new();
+            l.args(
+                &mut args,
+                xb.as_slice(),
+                out.as_mut_slice(),
+                positions.as_slice(),
+                rope.inv_freq(),
+            );
+            launch(&RopeLaunch::kernel(ty.suffix()), l.dims, args);
+            for (i, (&g, &w)) in out.iter().zip(&want).enumerate() {
+                // The f32 result, rounded once to the output type.
+                let g = ty.value(g) as f64;
+                let tol = ty.ulp() * (w as f64).abs() + 1e-6;
+                assert!(
+                    (g - w as f64).abs() <= tol,
+                    "{style:?} d={d} {ty:?} element {i}: emulated {g} vs cpu {w}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn write_kv_fills_the_slots() {
+    let mut rng = Rng(3);
+    for (kv_heads, d, bs, ty) in [
+        (2, 64, 16, Ty::Bf16),
+        (8, 128, 32, Ty::F16),
+        (8, 256, 16, Ty::Bf16), // a row of 2048 elements: more than one per thread
+    ] {
+        let layout = CacheLayout {
+            num_blocks: 6,
+            block_size: bs,
+            num_kv_heads: kv_heads,
+            head_dim: d,
+        };
+        let row = kv_heads * d;
+        let capacity = (layout.num_blocks * bs) as u32;
+        // Distinct slots in scrambled order, and one token with no slot.
+        let mut slots: Vec<u32> = (0..capacity).collect();
+        for i in (1..slots.len()).rev() {
+            slots.swap(i, rng.below(i + 1));
+        }
+        slots.truncate(11);
+        slots[4] = u32::MAX;
+        let tokens = slots.len();
+        let k: Vec<u16> = (0..tokens * row).map(|_| ty.bits(rng.normal())).collect();
+        let v: Vec<u16> = (0..tokens * row).map(|_| ty.bits(rng.normal())).collect();
+        let sentinel = 0x1234u16;
+        let mut kc = vec![sentinel; layout.layer_len()];
+        let mut vc = vec![sentinel; layout.layer_len()];
+        let l = WriteKvLaunch::new(tokens, kv_heads, d, bs);
+        let mut args = Args::new();
+        l.args(
+            &mut args,
+            k.as_slice(),
+            v.as_slice(),
+            kc.as_mut_slice(),
+            vc.as_mut_slice(),
+            slots.as_slice(),
+        );
+        launch(&WriteKvLaunch::kernel(ty.suffix()), l.dims, args);
+        let mut want_k = vec![sentinel; layout.layer_len()];
+        let mut want_v = vec![sentinel; layout.layer_len()];
+        for (t, &slot) in slots.iter().enumerate() {
+            if slot == u32::MAX {
+                continue;
+            }
+            let (block, within) = (slot as usize / bs, slot as usize % bs);
+            for h in 0..kv_heads {
+                for c in 0..d {
+                    let dst = ((block * kv_heads + h) * bs + within) * d + c;
+                    want_k[dst] = k[t * row + h * d + c];
+                    want_v[dst] = v[t * row + h * d + c];
+                }
+            }
+        }
+        assert!(
+            kc == want_k,
+            "K cache, {kv_heads} heads x {d}, block size {bs}"
+        );
+        assert!(
+            vc == want_v,
+            "V cache, {kv_heads} heads x {d}, block size {bs}"
+        );
+    }
+}
+
+#[test]
+fn copy_range_copies_a_block() {
+    // One grid sweep, and a range longer than the whole grid (grid-stride loop).
+    for (total, src, dst, len) in [
+        (4096usize, 100usize, 3000usize, 900usize),
+        (700_000, 5, 400_000, 290_000),
+    ] {
+        let host: Vec<u16> = (0..total as u32)
+            .map(|i| (i.wrapping_mul(7919) % 65521) as u16)
+            .collect();
+        let mut buf = host.clone();
+        let l = CopyRangeLaunch::new(src, dst, len);
+        let mut args = Args::new();
+        l.args(&mut args, buf.as_mut_slice());
+        launch(CopyRangeLaunch::KERNEL, l.dims, args);
+        let mut want = host.clone();
+        want.copy_within(src..src + len, dst);
+        assert!(buf == want, "copy of {len} elements");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Paged attention.
+
+struct Case {
+    head_dim: usize,
+    num_heads: usize,
+    kv_heads: usize,
+    block_size: usize,
+    /// Per sequence: (tokens already cached, new query tokens this step).
+    seqs: Vec<(usize, usize)>,
+    ty: Ty,
+    /// Thread order after barriers and shuffles (0: in order).
+    schedule: u64,
+}
+
+/// Runs one step of `case` through write_kv and paged attention (and the reduction when
+/// the longest context spans several partitions) and checks every output element.
+fn check_attention(case: &Case, seed: u64) {
+    let Case {
+        head_dim: d,
+        num_heads: nh,
+        kv_heads: nkv,
+        block_size: bs,
+        ty,
+        schedule,
+        ..
+    } = *case;
+    let mut rng = Rng(seed | 1);
+    // Blocks for every sequence, handed out in a scrambled order.
+    let blocks_per: Vec<usize> = case
+        .seqs
+        .iter()
+        .map(|&(c, q)| (c + q).div_ceil(bs))
+        .collect();
+    let num_blocks: usize = blocks_per.iter().sum::<usize>() + 3;
+    let mut free: Vec<u32> = (0..num_blocks as u32).collect();
+    for i in (1..free.len()).rev() {
+        free.swap(i, rng.below(i + 1));
+    }
+    let tables: Vec<Vec<u32>> = blocks_per
+        .iter()
+        .map(|&n| free.drain(..n).collect())
+        .collect();
+    let layout = CacheLayout {
+        num_blocks,
+        block_size: bs,
+        num_kv_heads: nkv,
+        head_dim: d,
+    };
+    let row_kv = nkv * d;
+    // K/V of every position (cached context and new tokens), rounded to the type.
+    let mut all_k = Vec::new();
+    let mut all_v = Vec::new();
+    let mut all_slots = Vec::new();
+    for (s, &(c, q)) in case.seqs.iter().enumerate() {
+        for pos in 0..c + q {
+            all_slots.push(tables[s][pos / bs] * bs as u32 + (pos % bs) as u32);
+            for _ in 0..row_kv {
+                all_k.push(ty.round(rng.normal()));
+                all_v.push(ty.round(rng.normal()));
+            }
+        }
+    }
+    // The device cache ([block][kv head][slot][dim]): earlier steps' context written here,
+    // the rest NaN so a read of a slot nobody wrote shows.
+    let mut k_cache = vec![ty.nan(); layout.layer_len()];
+    let mut v_cache = vec![ty.nan(); layout.layer_len()];
+    let mut new_k = Vec::new();
+    let mut new_v = Vec::new();
+    let mut new_slots = Vec::new();
+    let mut positions = Vec::new();
+    let mut base = 0;
+    for &(c, q) in &case.seqs {
+        for pos in 0..c + q {
+            let i = base + pos;
+            let slot = all_slots[i] as usize;
+            let src = i * row_kv;
+            if pos < c {
+                for h in 0..nkv {
+                    let dst = ((slot / bs * nkv + h) * bs + slot % bs) * d;
+                    for e in 0..d {
+                        k_cache[dst + e] = ty.bits(all_k[src + h * d + e]);
+                        v_cache[dst + e] = ty.bits(all_v[src + h * d + e]);
+                    }
+                }
+            } else {
+                new_k.extend(all_k[src..src + row_kv].iter().map(|&x| ty.bits(x)));
+                new_v.extend(all_v[src..src + row_kv].iter().map(|&x| ty.bits(x)));
+                new_slots.push(all_slots[i]);
+                positions.push(pos as u32);
+            }
+        }
+        base += c + q;
+    }
+
+    // The step, packed as the device cache uploads it.
+    let tokens: usize = case.seqs.iter().map(|s| s.1).sum();
+    let mut q_start = Vec::new();
+    let mut row = 0;
+    for &(_, n) in &case.seqs {
+        q_start.push(row);
+        row += n;
+    }
+    let seqs: Vec<AttnSeq<'_>> = case
+        .seqs
+        .iter()
+        .enumerate()
+        .map(|(s, &(c, n))| AttnSeq {
+            q_start: q_start[s],
+            q_len: n,
+            context_len: c + n,
+            block_table: &tables[s],
+        })
+        .collect();
+    let token_ids = vec![0u32; tokens];
+    let batch = ForwardBatch {
+        tokens: &token_ids,
+        positions: &positions,
+        slots: &new_slots,
+        seqs: &seqs,
+        logits_rows: &[],
+    };
+    let mut packed = Vec::new();
+    let p = pack_step(&layout, &batch, &mut packed).expect("a valid step");
+
+    // write_kv: this step's K/V into their slots.
+    let w = WriteKvLaunch::new(tokens, nkv, d, bs);
+    let mut args = Args::new().schedule(schedule);
+    w.args(
+        &mut args,
+        new_k.as_slice(),
+        new_v.as_slice(),
+        k_cache.as_mut_slice(),
+        v_cache.as_mut_slice(),
+        &packed[p.slots()],
+    );
+    launch(&WriteKvLaunch::kernel(ty.suffix()), w.dims, args);
+
+    // Attention.
+    let q: Vec<f32> = (0..tokens * nh * d)
+        .map(|_| ty.round(rng.normal()))
+        .collect();
+    let qb: Vec<u16> = q.iter().map(|&x| ty.bits(x)).collect();
+    let scale = 1.0 / (d as f32).sqrt();
+    let a = AttentionLaunch::new(&AttentionShape {
+        tokens,
+        num_heads: nh,
+        kv_heads: nkv,
+        head_dim: d,
+        block_size: bs,
+        max_blocks: p.max_blocks,
+        max_context: p.max_context,
+        scale,
+    })
+    .expect("a shape the kernel takes");
+    let (acc_len, ml_len) = a.part_lens(tokens);
+    let mut out = vec![ty.nan(); tokens * nh * d];
+    let mut part_acc = vec![f32::NAN; acc_len];
+    let mut part_ml = vec![f32::NAN; ml_len];
+    let step = StepBufs {
+        row_seq: &packed[p.row_seq()],
+        q_start: &packed[p.q_start()],
+        q_len: &packed[p.q_len()],
+        context_len: &packed[p.context_len()],
+        block_tables: &packed[p.block_tables()],
+    };
+    let mut args = Args::new().schedule(schedule);
+    a.args(
+        &mut args,
+        out.as_mut_slice(),
+        part_acc.as_mut_slice(),
+        part_ml.as_mut_slice(),
+        qb.as_slice(),
+        k_cache.as_slice(),
+        v_cache.as_slice(),
+        step,
+    );
+    launch(&a.kernel(ty.suffix()), a.attention, args);
+    if let Some(dims) = a.reduce {
+        let mut args = Args::new().schedule(schedule);
+        a.reduce_args(
+            &mut args,
+            out.as_mut_slice(),
+            part_acc.as_slice(),
+            part_ml.as_slice(),
+        );
+        launch(&AttentionLaunch::reduce_kernel(ty.suffix()), dims, args);
+    }
+    let got: Vec<f32> = out.iter().map(|&b| ty.value(b)).collect();
+
+    // Reference 1: plain f64 attention over the same inputs. The kernel works in f32 and
+    // rounds its output once to the type: within one unit in the last place.
+    let group = nh / nkv;
+    let mut base = 0; // first position of sequence s in all_k
+    let mut row = 0;
+    let mut worst = 0f64;
+    for &(c, n) in &case.seqs {
+        for i in 0..n {
+            let visible = c + i + 1;
+            for h in 0..nh {
+                let kvh = h / group;
+                let qh = &q[((row + i) * nh + h) * d..][..d];
+                let scores: Vec<f64> = (0..visible)
+                    .map(|j| {
+                        let kj = &all_k[((base + j) * nkv + kvh) * d..][..d];
+                        qh.iter()
+                            .zip(kj)
+                            .map(|(a, b)| *a as f64 * *b as f64)
+                            .sum::<f64>()
+                            * scale as f64
+                    })
+                    .collect();
+                let m = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let w: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+                let z: f64 = w.iter().sum();
+                for e in 0..d {
+                    let want: f64 = (0..visible)
+                        .map(|j| w[j] * all_v[((base + j) * nkv + kvh) * d + e] as f64)
+                        .sum::<f64>()
+                        / z;
+                    let g = got[((row + i) * nh + h) * d + e] as f64;
+                    let err = (g - want).abs();
+                    worst = worst.max(err);
+                    assert!(
+                        err <= ty.ulp() * want.abs() + 1e-5,
+                        "d={d} heads={nh}/{nkv} bs={bs} {ty:?} seq ctx={c} q={n}: row {i} \
+                         head {h} dim {e}: emulated {g} vs f64 {want}"
+                    );
+                }
+            }
+        }
+        base += c + n;
+        row += n;
+    }
+
+    // Reference 2: wick's CPU kernel (f16 cache, keys transposed, softmax weights rounded
+    // to f16) on the same inputs.
+    let mut kc = vec![f16::ZERO; layout.layer_len()];
+    let mut vc = vec![f16::ZERO; layout.layer_len()];
+    wick::ops::write_kv(&layout, &mut kc, &mut vc, &all_k, &all_v, &all_slots);
+    let mut cpu = vec![0f32; tokens * nh * d];
+    wick::ops::paged_attention(&layout, &kc, &vc, &q, nh, &seqs, scale, &mut cpu);
+    let mut cpu_worst = 0f64;
+    for (g, c) in got.iter().zip(&cpu) {
+        let err = (*g as f64 - *c as f64).abs();
+        cpu_worst = cpu_worst.max(err);
+        assert!(
+            err <= ty.ulp() * (*c as f64).abs() + 2e-3,
+            "d={d} heads={nh}/{nkv} bs={bs} {ty:?}: emulated {g} vs the CPU kernel's {c}"
+        );
+    }
+    eprintln!(
+        "ok d={d} heads={nh}/{nkv} bs={bs} {ty:?} parts={} seqs={:?}: max err vs f64 {worst:.2e}, vs CPU {cpu_worst:.2e}",
+        a.parts, case.seqs
+    );
+}
+
+/// Decode rows of assorted context lengths (1 to 1301: one, two and three partitions).
+fn decode_rows() -> Vec<(usize, usize)> {
+    vec![(0, 1), (16, 1), (31, 1), (511, 1), (512, 1), (1300, 1)]
+}
+
+/// A whole prompt, a prompt chunk over a cached context (two partitions), and decodes.
+fn mixed_batch() -> Vec<(usize, usize)> {
+    vec![(0, 21), (600, 4), (5, 1), (0, 1)]
+}
+
+fn run_cases(shapes: &[(usize, usize, usize, usize, Ty, bool)], seed: u64) {
+    emu::available().unwrap();
+    for (i, &(d, nh, nkv, bs, ty, mixed)) in shapes.iter().enumerate() {
+        let case = Case {
+            head_dim: d,
+            num_heads: nh,
+            kv_heads: nkv,
+            block_size: bs,
+            seqs: if mixed { mixed_batch() } else { decode_rows() },
+            ty,
+            schedule: if i % 2 == 1 { seed + i as u64 } else { 0 },
+        };
+        check_attention(&case, seed + i as u64);
+    }
+}
+
+#[test]
+fn paged_attention_mha_and_small_groups() {
+    run_cases(
+        &[
+            (64, 8, 8, 16, Ty::Bf16, false), // MHA
+            (64, 8, 8, 32, Ty::F16, true),
+            (128, 32, 8, 16, Ty::F16, false), // llama-3-8b: GQA 4
+            (128, 32, 8, 32, Ty::Bf16, true),
+            (64, 14, 2, 16, Ty::Bf16, true), // qwen2-0.5b: GQA 7
+            (256, 8, 2, 16, Ty::F16, false), // head size 256, GQA 4
+            (256, 8, 2, 32, Ty::Bf16, true),
+        ],
+        10,
+    );
+}
+
+#[test]
+fn paged_attention_large_groups() {
+    run_cases(
+        &[
+            (128, 32, 4, 32, Ty::Bf16, false), // GQA 8: one full head group per block
+            (128, 32, 4, 16, Ty::F16, true),
+            (128, 32, 2, 32, Ty::F16, false), // GQA 16: two head subgroups per KV head
+            (128, 32, 2, 16, Ty::Bf16, true),
+            (64, 24, 2, 16, Ty::F16, true), // GQA 12: a full and a partial subgroup
+        ],
+        30,
+    );
+}
+
+#[test]
+fn long_contexts_split_across_partitions() {
+    emu::available().unwrap();
+    for (bs, ty, nh, nkv, seqs) in [
+        (16, Ty::Bf16, 16, 4, vec![(4000, 1), (2100, 2)]),
+        (32, Ty::F16, 16, 2, vec![(3999, 1), (1023, 2)]),
+    ] {
+        let case = Case {
+            head_dim: 128,
+            num_heads: nh,
+            kv_heads: nkv,
+            block_size: bs,
+            seqs,
+            ty,
+            schedule: bs as u64,
+        };
+        check_attention(&case, 99 + bs as u64);
+    }
+}
+
+/// The thread order does not change a single bit of the attention output.
+#[test]
+fn attention_does_not_depend_on_thread_order() {
+    emu::available().unwrap();
+    let run = |schedule: u64| -> Vec<u16> {
+        let (d, nh, nkv, bs) = (64usize, 16usize, 2usize, 16usize);
+        let mut rng = Rng(77);
+        let ctx = 600;
+        let layout = CacheLayout {
+            num_blocks: ctx / bs + 2,
+            block_size: bs,
+            num_kv_heads: nkv,
+            head_dim: d,
+        };
+        let kc: Vec<u16> = (0..layout.layer_len())
+            .map(|_| Ty::F16.bits(rng.normal()))
+            .collect();
+        let vc: Vec<u16> = (0..layout.layer_len())
+            .map(|_| Ty::F16.bits(rng.normal()))
+            .collect();
+        let q: Vec<u16> = (0..2 * nh * d)
+            .map(|_| Ty::F16.bits(rng.normal()))
+            .collect();
+        let table: Vec<u32> = (0..layout.num_blocks as u32).rev().collect();
+        let (row_seq, q_start, q_len, context_len) = ([0u32, 0], [0u32], [2u32], [ctx as u32]);
+        let a = AttentionLaunch::new(&AttentionShape {
+            tokens: 2,
+            num_heads: nh,
+            kv_heads: nkv,
+            head_dim: d,
+            block_size: bs,
+            max_blocks: table.len(),
+            max_context: ctx,
+            scale: 0.125,
+        })
+        .unwrap();
+        let (al, ml) = a.part_lens(2);
+        let (mut out, mut acc, mut m) = (vec![0u16; q.len()], vec![0f32; al], vec![0f32; ml]);
+        let mut args = Args::new().schedule(schedule);
+        let step = StepBufs {
+            row_seq: &row_seq[..],
+            q_start: &q_start[..],
+            q_len: &q_len[..],
+            context_len: &context_len[..],
+            block_tables: &table[..],
+        };
+        a.args(
+            &mut args,
+            out.as_mut_slice(),
+            acc.as_mut_slice(),
+            m.as_mut_slice(),
+            q.as_slice(),
+            kc.as_slice(),
+            vc.as_slice(),
+            step,
+        );
+        launch(&a.kernel("f16"), a.attention, args);
+        let mut args = Args::new().schedule(schedule);
+        a.reduce_args(&mut args, out.as_mut_slice(), acc.as_slice(), m.as_slice());
+        launch(
+            &AttentionLaunch::reduce_kernel("f16"),
+            a.reduce.unwrap(),
+            args,
+        );
+        out
+    };
+    let first = run(0);
+    for seed in [1, 2] {
+        assert!(run(seed) == first, "schedule {seed} changes the output");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Greedy choice and sampling.
+
+#[test]
+fn greedy_picks_the_cpu_argmax() {
+    emu::available().unwrap();
+    let mut rng = Rng(21);
+    for vocab in [1usize, 100, 1000, 1024, 1500, 32_000, 50_257] {
+        let rows = 4;
+        let mut x: Vec<f32> = (0..rows * vocab).map(|_| rng.normal() * 3.0).collect();
+        if vocab > 10 {
+            // Row 1: a tie for the maximum (the lower id wins); row 2: masked tokens.
+            let r1 = &mut x[vocab..2 * vocab];
+            let (a, b) = (rng.below(vocab / 2), vocab / 2 + rng.below(vocab / 2));
+            r1[a] = 20.0;
+            r1[b] = 20.0;
+            let r2 = &mut x[2 * vocab..3 * vocab];
+            for v in r2.iter_mut().step_by(3) {
+                *v = f32::NEG_INFINITY;
+            }
+        }
+        let l = ChooseRowsLaunch::new(rows, vocab);
+        let mut ids = vec![u32::MAX; rows];
+        let mut lps = vec![f32::NAN; rows];
+        let mut args = Args::new();
+        l.args(
+            &mut args,
+            x.as_slice(),
+            None::<&[RowSample]>,
+            ids.as_mut_slice(),
+            lps.as_mut_slice(),
+        );
+        launch(ChooseRowsLaunch::GREEDY, l.dims, args);
+        for r in 0..rows {
+            let row = &x[r * vocab..(r + 1) * vocab];
+            let want = wick::sampling::argmax(row).unwrap();
+            assert_eq!(ids[r], want, "vocab {vocab} row {r}");
+            let m = row[want as usize] as f64;
+            let z: f64 = row.iter().map(|&v| (v as f64 - m).exp()).sum();
+            let want_lp = -z.ln();
+            assert!(
+                (lps[r] as f64 - want_lp).abs() <= 1e-5 + 1e-5 * want_lp.abs(),
+                "vocab {vocab} row {r}: logprob {} vs {want_lp}",
+                lps[r]
+            );
+        }
+    }
+}
+
+/// The device sampler draws exactly the token its Rust statement (`sampling::gumbel`)
+/// draws, row for row.
+#[test]
+fn sampling_matches_its_reference() {
+    emu::available().unwrap();
+    let mut rng = Rng(11);
+    for (vocab, rows) in [(32_000usize, 12usize), (500, 12), (3000, 12)] {
+        let x: Vec<f32> = (0..rows * vocab).map(|_| rng.normal() * 3.0).collect();
+        let params: Vec<RowSample> = (0..rows)
+            .map(|r| RowSample {
+                temperature: [1.0, 0.7, 1.3][r % 3],
+                top_p: [1.0, 0.9, 0.5, 0.95][r % 4],
+                min_p: [0.0, 0.05][r % 2],
+                top_k: [0, 50, 1, 1000][(r / 2) % 4] as u32,
+                seed: 1000 + r as u64 + vocab as u64,
+                step: (r * 7) as u32,
+                _pad: 0,
+            })
+            .collect();
+        let l = ChooseRowsLaunch::new(rows, vocab);
+        let mut ids = vec![u32::MAX; rows];
+        let mut lps = vec![f32::NAN; rows];
+        let mut args = Args::new().schedule(vocab as u64);
+        l.args(
+            &mut args,
+            x.as_slice(),
+            Some(params.as_slice()),
+            ids.as_mut_slice(),
+            lps.as_mut_slice(),
+        );
+        launch(ChooseRowsLaunch::SAMPLE, l.dims, args);
+        for r in 0..rows {
+            let row = &x[r * vocab..(r + 1) * vocab];
+            let (want, want_lp) = sample_row(row, &params[r]);
+            assert_eq!(ids[r], want, "vocab {vocab} row {r}: {:?}", params[r]);
+            assert!(
+                (lps[r] - want_lp).abs() <= 1e-5 * (1.0 + want_lp.abs()),
+                "vocab {vocab} row {r}: logprob {} vs {want_lp}",
+                lps[r]
+            );
+        }
+    }
+}
