@@ -7,7 +7,8 @@
 //! inputs, to within the output dtype's rounding, and against wick's CPU kernel, over head
 //! sizes 64/128/256, GQA ratios 1 to 16, block sizes 16 and 32, scattered block tables,
 //! bf16 and f16, and batches of decode rows (contexts up to ~4k, which take the
-//! split-context path), whole prompts and prompt chunks over a cached context. Rope is
+//! split-context path), whole prompts and prompt chunks over a cached context, with unit
+//! and with sharp (scores spread over hundreds) softmaxes. Rope is
 //! checked against the CPU rope in both pair layouts, write_kv and copy_range element for
 //! element, greedy against the CPU argmax and an f64 logprob, and sampling row for row
 //! against `sampling::gumbel`, its Rust statement. The emulator's own checks (deadlocks,
@@ -471,6 +472,8 @@ struct Case {
     ty: Ty,
     /// Thread order after barriers and shuffles (0: in order).
     schedule: u64,
+    /// Queries are drawn this many times larger (sharper softmax) than unit normals.
+    q_scale: f32,
 }
 
 /// Runs one step of `case` through write_kv and paged attention (and the reduction when
@@ -598,7 +601,7 @@ fn check_attention(case: &Case, seed: u64) {
 
     // Attention.
     let q: Vec<f32> = (0..tokens * nh * d)
-        .map(|_| ty.round(rng.normal()))
+        .map(|_| ty.round(rng.normal() * case.q_scale))
         .collect();
     let qb: Vec<u16> = q.iter().map(|&x| ty.bits(x)).collect();
     let scale = 1.0 / (d as f32).sqrt();
@@ -736,6 +739,7 @@ fn run_cases(shapes: &[(usize, usize, usize, usize, Ty, bool)], seed: u64) {
             seqs: if mixed { mixed_batch() } else { decode_rows() },
             ty,
             schedule: if i % 2 == 1 { seed + i as u64 } else { 0 },
+            q_scale: 1.0,
         };
         check_attention(&case, seed + i as u64);
     }
@@ -786,8 +790,29 @@ fn long_contexts_split_across_partitions() {
             seqs,
             ty,
             schedule: bs as u64,
+            q_scale: 1.0,
         };
         check_attention(&case, 99 + bs as u64);
+    }
+}
+
+/// Scores spread over hundreds (queries 12 times larger): each row's softmax is dominated
+/// by a few keys and most weights underflow, across partitions too.
+#[test]
+fn sharp_softmax() {
+    emu::available().unwrap();
+    for (ty, schedule) in [(Ty::Bf16, 0), (Ty::F16, 5)] {
+        let case = Case {
+            head_dim: 64,
+            num_heads: 8,
+            kv_heads: 2,
+            block_size: 16,
+            seqs: decode_rows(),
+            ty,
+            schedule,
+            q_scale: 12.0,
+        };
+        check_attention(&case, 123);
     }
 }
 
