@@ -938,13 +938,19 @@ fn greedy_picks_the_cpu_argmax() {
 }
 
 /// The device sampler draws exactly the token its Rust statement (`sampling::gumbel`)
-/// draws, row for row.
+/// draws, row for row, masked tokens included.
 #[test]
 fn sampling_matches_its_reference() {
     emu::available().unwrap();
     let mut rng = Rng(11);
     for (vocab, rows) in [(32_000usize, 12usize), (500, 12), (3000, 12)] {
-        let x: Vec<f32> = (0..rows * vocab).map(|_| rng.normal() * 3.0).collect();
+        let mut x: Vec<f32> = (0..rows * vocab).map(|_| rng.normal() * 3.0).collect();
+        // Every fifth row has masked tokens (a logit_bias of -inf).
+        for row in x.chunks_mut(vocab).step_by(5) {
+            for v in row.iter_mut().step_by(7) {
+                *v = f32::NEG_INFINITY;
+            }
+        }
         let params: Vec<RowSample> = (0..rows)
             .map(|r| RowSample {
                 temperature: [1.0, 0.7, 1.3][r % 3],
