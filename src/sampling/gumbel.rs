@@ -49,10 +49,16 @@ pub fn gumbel(seed: u64, step: u32, id: u32) -> f32 {
     -(-uniform(seed, step, id).ln()).ln()
 }
 
-/// The key that orders tempered logits (`y <= 0`): `bits(-y)`, smaller for larger `y`.
+/// The key that orders tempered logits (`y <= 0`): `bits(-y)`, smaller for larger `y`;
+/// 0 for the maximum (`y = 0`, whose negation is -0.0: its bits would order last, and
+/// `max(-0.0, 0.0)` may return either zero, so the sign is not left to it).
 #[inline]
 fn key(y: f32) -> u32 {
-    (-y).max(0.0).to_bits()
+    if y < 0.0 {
+        (-y).to_bits()
+    } else {
+        0
+    }
 }
 
 /// Smallest `b` in `0..=hi` with `f(b)` true (`f` monotone); `hi` if none.
