@@ -185,8 +185,12 @@ fn attention_cuda(c: &mut Criterion) {
     run("prefill/512", 1, 512, 512);
     let logits = Tensor::randn(0f32, 3.0, (64, 128_256), &device).expect("logits");
     group.throughput(Throughput::Elements(64));
+    let (mut ids, mut lps) = (Vec::new(), Vec::new());
     group.bench_function("greedy_64x128256", |b| {
-        b.iter(|| black_box(kernels.greedy(&logits).expect("greedy")))
+        b.iter(|| {
+            kernels.greedy(&logits, &mut ids, &mut lps).expect("greedy");
+            black_box(ids[0])
+        })
     });
     group.finish();
 }

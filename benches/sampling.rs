@@ -185,11 +185,16 @@ fn sampler_cuda(c: &mut Criterion) {
             })
             .collect();
         group.throughput(Throughput::Elements(batch as u64));
+        let (mut ids, mut lps) = (Vec::new(), Vec::new());
         group.bench_function(format!("top_k_top_p/batch_{batch}"), |b| {
-            b.iter(|| kernels.sample(&t, &idx, &params).expect("sample"))
+            b.iter(|| {
+                kernels
+                    .sample(&t, &idx, &params, &mut ids, &mut lps)
+                    .expect("sample")
+            })
         });
         group.bench_function(format!("greedy/batch_{batch}"), |b| {
-            b.iter(|| kernels.greedy(&t).expect("greedy"))
+            b.iter(|| kernels.greedy(&t, &mut ids, &mut lps).expect("greedy"))
         });
         let penalised = SamplingParams {
             do_sample: true,
@@ -215,8 +220,10 @@ fn sampler_cuda(c: &mut Criterion) {
                     for (r, s) in samplers.iter_mut().enumerate() {
                         s.device_adjust(&prompts[r], &generated[r], VOCAB, r, &mut adjust);
                     }
-                    adjust.apply(&rows).expect("adjust");
-                    kernels.sample(&rows, &idx, &params).expect("sample")
+                    kernels.adjust(&rows, adjust.packed()).expect("adjust");
+                    kernels
+                        .sample(&rows, &idx, &params, &mut ids, &mut lps)
+                        .expect("sample")
                 },
                 BatchSize::LargeInput,
             )

@@ -228,3 +228,19 @@ extern "C" __global__ void __launch_bounds__(THREADS)
         logprobs[blockIdx.x] = (x[id] - m) * inv_t - (float)log(z);
     }
 }
+
+// logit_bias and the penalties (src/sampling/adjust.rs states the rule): entry i changes
+// logit `packed[i]` of the flattened [rows, vocab] logits, in place:
+//   x += bias; x = x < 0 ? x * factor : x / factor; x -= sub
+// with bias, factor and sub the f32 bits at packed[n + i], packed[2n + i], packed[3n + i].
+// Every entry names a different logit. The _rn intrinsics keep each operation rounded on
+// its own (no fused multiply-add), as the host sampler's arithmetic is.
+extern "C" __global__ void wick_adjust_f32(float* logits, const uint32_t* packed, uint32_t n) {
+    for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+        const uint32_t at = packed[i];
+        float x = __fadd_rn(logits[at], __uint_as_float(packed[n + i]));
+        const float f = __uint_as_float(packed[2 * n + i]);
+        x = x < 0.f ? __fmul_rn(x, f) : __fdiv_rn(x, f);
+        logits[at] = __fsub_rn(x, __uint_as_float(packed[3 * n + i]));
+    }
+}

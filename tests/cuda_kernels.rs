@@ -551,7 +551,10 @@ fn device_sampling_matches_its_reference() {
         })
         .collect();
     let idx: Vec<u32> = (0..rows as u32).collect();
-    let (ids, lps) = kernels.sample(&logits, &idx, &params).unwrap();
+    let (mut ids, mut lps) = (Vec::new(), Vec::new());
+    kernels
+        .sample(&logits, &idx, &params, &mut ids, &mut lps)
+        .unwrap();
     let mut same = 0;
     for r in 0..rows {
         let row = &x[r * vocab..(r + 1) * vocab];
@@ -571,7 +574,8 @@ fn device_sampling_matches_its_reference() {
         same >= rows - 1,
         "device draws match the reference on {same} of {rows} rows"
     );
-    let (gids, _) = kernels.greedy(&logits).unwrap();
+    let (mut gids, mut glps) = (Vec::new(), Vec::new());
+    kernels.greedy(&logits, &mut gids, &mut glps).unwrap();
     for r in 0..rows {
         let row = &x[r * vocab..(r + 1) * vocab];
         assert_eq!(gids[r], wick::sampling::argmax(row).unwrap(), "row {r}");
@@ -579,8 +583,8 @@ fn device_sampling_matches_its_reference() {
     eprintln!("ok device sampling: {same}/{rows} rows identical to the reference");
 }
 
-/// logit_bias and penalties applied on the GPU (`sampling::LogitAdjust`) give the CPU's
-/// processed logits exactly, and the device argmax of a penalised row is the host
+/// logit_bias and penalties applied on the GPU (`wick_adjust_f32` with a
+/// `sampling::LogitAdjust`) give the host sampler's processed logits exactly, and the device argmax of a penalised row is the host
 /// sampler's greedy token.
 #[test]
 fn device_penalties_match_the_host() {
@@ -610,9 +614,10 @@ fn device_penalties_match_the_host() {
         device.device_adjust(&prompt, &generated, vocab, r, &mut adjust);
     }
     let t = Tensor::from_vec(logits, (rows, vocab), &Device::Cuda(dev.clone())).unwrap();
-    adjust.apply(&t).unwrap();
+    kernels.adjust(&t, adjust.packed()).unwrap();
     let got = from_gpu(&t);
-    let (ids, _) = kernels.greedy(&t).unwrap();
+    let (mut ids, mut lps) = (Vec::new(), Vec::new());
+    kernels.greedy(&t, &mut ids, &mut lps).unwrap();
     for (r, (row, id)) in want.iter().enumerate() {
         assert_eq!(&got[r * vocab..(r + 1) * vocab], row.as_slice(), "row {r}");
         assert_eq!(ids[r], *id, "row {r}: device argmax vs host greedy");

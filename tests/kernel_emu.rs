@@ -23,8 +23,8 @@ use wick::kv::CacheLayout;
 use wick::model::ForwardBatch;
 use wick::ops::emu::{self, Args};
 use wick::ops::launch::{
-    ArgSink, AttentionLaunch, AttentionShape, ChooseRowsLaunch, CopyRangeLaunch, Dims, RopeLaunch,
-    StepBufs, WriteKvLaunch,
+    AdjustLaunch, ArgSink, AttentionLaunch, AttentionShape, ChooseRowsLaunch, CopyRangeLaunch,
+    Dims, RopeLaunch, StepBufs, WriteKvLaunch,
 };
 use wick::ops::{AttnSeq, Rope, RopeScaling, RopeStyle};
 use wick::sampling::gumbel::{sample_row, RowSample};
@@ -984,5 +984,44 @@ fn sampling_matches_its_reference() {
                 lps[r]
             );
         }
+    }
+}
+
+/// `wick_adjust_f32` applies logit_bias and the penalties exactly as the host sampler
+/// does (its processed logits, which greedy returns in place), over several rows with
+/// different parameters and histories, with more entries than one grid of threads.
+#[test]
+fn adjust_matches_the_host_sampler() {
+    use wick::sampling::{LogitAdjust, Sampler, SamplingParams};
+    emu::available().unwrap();
+    let mut rng = Rng(23);
+    let (rows, vocab) = (5usize, 4000usize);
+    let mut x: Vec<f32> = (0..rows * vocab).map(|_| rng.normal() * 4.0).collect();
+    x[11] = 0.0;
+    x[12] = f32::NEG_INFINITY;
+    let mut want = x.clone();
+    let mut adjust = LogitAdjust::default();
+    for r in 0..rows {
+        let params = SamplingParams {
+            repetition_penalty: [1.3, 1.0, 0.8, 1.1, 2.0][r],
+            frequency_penalty: [0.0, 0.5, 0.3, -0.2, 0.0][r],
+            presence_penalty: [0.4, 0.0, 0.1, 0.0, 0.0][r],
+            logit_bias: vec![(rng.below(vocab) as u32, 3.5), (12, 1.0), (11, -0.5)],
+            ..Default::default()
+        };
+        let prompt: Vec<u32> = (0..900).map(|_| rng.below(vocab) as u32).collect();
+        let generated: Vec<u32> = (0..200).map(|_| rng.below(300) as u32).collect();
+        let row = &mut want[r * vocab..(r + 1) * vocab];
+        Sampler::new(&params, 0).sample(row, &prompt, &generated, 0);
+        Sampler::new(&params, 0).device_adjust(&prompt, &generated, vocab, r, &mut adjust);
+    }
+    assert!(adjust.len() > 256, "more entries than one block");
+    let packed = adjust.packed().to_vec();
+    let l = AdjustLaunch::new(packed.len() / 4);
+    let mut args = Args::new().schedule(5);
+    l.args(&mut args, x.as_mut_slice(), packed.as_slice());
+    launch(AdjustLaunch::KERNEL, l.dims, args);
+    for (i, (g, w)) in x.iter().zip(&want).enumerate() {
+        assert!(g == w, "logit {i} (row {}): {g} vs host {w}", i / vocab);
     }
 }

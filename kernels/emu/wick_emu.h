@@ -178,6 +178,11 @@ inline float __expf(float x) {
 }
 inline float __logf(float x) { return logf(x); }
 inline float __fdividef(float a, float b) { return a / b; }
+// Round-to-nearest arithmetic, each operation rounded on its own (the host's IEEE ops).
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
 inline unsigned __float_as_uint(float x) {
     unsigned u;
     memcpy(&u, &x, 4);

@@ -727,17 +727,18 @@ struct StepLogits {
     /// Downloaded rows, packed; `at[r]` is row r's index in it.
     data: Vec<f32>,
     at: Vec<Option<usize>>,
-    /// Per row: (argmax token, its logprob), when chosen on the device.
-    greedy: Vec<(u32, f32)>,
-    /// (row, token, logprob) of the rows sampled on the device, by row.
-    sampled: Vec<(usize, u32, f32)>,
+    /// Per row: the argmax token and its logprob, when chosen on the device.
+    greedy_ids: Vec<u32>,
+    greedy_lps: Vec<f32>,
+    /// Rows sampled on the device (ascending), with their tokens and logprobs.
+    sample_rows: Vec<u32>,
+    sample_ids: Vec<u32>,
+    sample_lps: Vec<f32>,
     /// logit_bias and penalties of the rows chosen on the device (filled by `prepare`).
     adjust: crate::sampling::LogitAdjust,
     /// Rows to download, and rows to sample on the device with their parameters.
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     wanted: Vec<u32>,
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    sample_rows: Vec<u32>,
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     sample_params: Vec<crate::sampling::gumbel::RowSample>,
 }
@@ -783,14 +784,15 @@ impl StepLogits {
         let rows = logits.dim(0)?;
         self.vocab = runner.model().config().vocab_size;
         self.at.clear();
-        self.greedy.clear();
-        self.sampled.clear();
+        self.greedy_ids.clear();
+        self.sample_rows.clear();
         #[cfg(feature = "cuda")]
         if let Some(kernels) = runner.kernels() {
-            self.adjust.apply(&logits)?;
-            let (ids, lps) = kernels.greedy(&logits)?;
+            if !self.adjust.is_empty() {
+                kernels.adjust(&logits, self.adjust.packed())?;
+            }
+            kernels.greedy(&logits, &mut self.greedy_ids, &mut self.greedy_lps)?;
             self.wanted.clear();
-            self.sample_rows.clear();
             self.sample_params.clear();
             for (k, mode) in modes.iter().enumerate() {
                 let r = batch.item_rows(k);
@@ -805,13 +807,13 @@ impl StepLogits {
                     }
                 }
             }
-            let (sids, slps) = kernels.sample(&logits, &self.sample_rows, &self.sample_params)?;
-            self.sampled.extend(
-                self.sample_rows
-                    .iter()
-                    .zip(sids.into_iter().zip(slps))
-                    .map(|(&r, (id, lp))| (r as usize, id, lp)),
-            );
+            kernels.sample(
+                &logits,
+                &self.sample_rows,
+                &self.sample_params,
+                &mut self.sample_ids,
+                &mut self.sample_lps,
+            )?;
             self.at.resize(rows, None);
             for (i, &r) in self.wanted.iter().enumerate() {
                 self.at[r as usize] = Some(i);
@@ -819,10 +821,8 @@ impl StepLogits {
             self.data.clear();
             if !self.wanted.is_empty() {
                 let idx = Tensor::from_slice(&self.wanted, self.wanted.len(), logits.device())?;
-                let picked = logits.index_select(&idx, 0)?.flatten_all()?;
-                self.data.extend(picked.to_vec1::<f32>()?);
+                kernels.download(&logits.index_select(&idx, 0)?, &mut self.data)?;
             }
-            self.greedy.extend(ids.into_iter().zip(lps));
             return Ok(());
         }
         let _ = (batch, modes);
@@ -843,13 +843,12 @@ impl StepLogits {
         if let Some(row) = self.row(r) {
             return Some(RowChoice::Logits(row));
         }
-        if let Ok(i) = self.sampled.binary_search_by_key(&r, |s| s.0) {
-            let (_, id, lp) = self.sampled[i];
-            return Some(RowChoice::Chosen(id, lp));
+        if let Ok(i) = self.sample_rows.binary_search(&(r as u32)) {
+            let id = *self.sample_ids.get(i)?;
+            return Some(RowChoice::Chosen(id, *self.sample_lps.get(i)?));
         }
-        self.greedy
-            .get(r)
-            .map(|&(id, lp)| RowChoice::Chosen(id, lp))
+        let id = *self.greedy_ids.get(r)?;
+        Some(RowChoice::Chosen(id, *self.greedy_lps.get(r)?))
     }
 }
 

@@ -18,8 +18,8 @@ use candle_core::{
 use half::{bf16, f16};
 
 use super::launch::{
-    ArgSink, AttentionLaunch, AttentionShape, ChooseRowsLaunch, CopyRangeLaunch, Dims, RopeLaunch,
-    StepBufs, WriteKvLaunch,
+    AdjustLaunch, ArgSink, AttentionLaunch, AttentionShape, ChooseRowsLaunch, CopyRangeLaunch,
+    Dims, RopeLaunch, StepBufs, WriteKvLaunch,
 };
 pub use super::launch::{HEAD_DIMS, PARTITION_SIZE};
 
@@ -104,31 +104,35 @@ impl Kernels {
             .into_cuda_function())
     }
 
-    /// Draws one token per listed row of f32 logits `[rows, vocab]` by the device
-    /// sampler's rule (`sampling::gumbel`): `rows[i]` is sampled with `params[i]`. Only the
-    /// chosen ids and their logprobs reach the host.
+    /// Samples rows `rows` of f32 logits `[n, vocab]` on the device, row `rows[i]` with
+    /// `params[i]` by `sampling::gumbel`'s rule; writes each row's token and logprob into
+    /// `ids` and `lps` (resized to `rows.len()`). Only those reach the host.
     pub fn sample(
         &self,
         logits: &Tensor,
         rows: &[u32],
         params: &[crate::sampling::gumbel::RowSample],
-    ) -> Result<(Vec<u32>, Vec<f32>)> {
-        if rows.is_empty() {
-            return Ok((Vec::new(), Vec::new()));
-        }
+        ids: &mut Vec<u32>,
+        lps: &mut Vec<f32>,
+    ) -> Result<()> {
         if rows.len() != params.len() {
             return Err(Error::Msg("sample: one parameter set per row".into()));
         }
+        if rows.is_empty() {
+            ids.clear();
+            lps.clear();
+            return Ok(());
+        }
         let idx = Tensor::from_slice(rows, rows.len(), logits.device())?;
         let picked = logits.index_select(&idx, 0)?;
-        self.choose_rows(&picked, ChooseRowsLaunch::SAMPLE, Some(params))
+        self.choose_rows(&picked, ChooseRowsLaunch::SAMPLE, Some(params), ids, lps)
     }
 
     /// Greedy choice per row of f32 logits `[rows, vocab]`: the argmax token (lowest id
-    /// among ties) and its log-probability under the plain softmax. Only `rows` ids and
-    /// floats reach the host.
-    pub fn greedy(&self, logits: &Tensor) -> Result<(Vec<u32>, Vec<f32>)> {
-        self.choose_rows(logits, ChooseRowsLaunch::GREEDY, None)
+    /// among ties) and its log-probability under the plain softmax, into `ids` and `lps`
+    /// (resized to `rows`). Only those reach the host.
+    pub fn greedy(&self, logits: &Tensor, ids: &mut Vec<u32>, lps: &mut Vec<f32>) -> Result<()> {
+        self.choose_rows(logits, ChooseRowsLaunch::GREEDY, None, ids, lps)
     }
 
     /// Runs a per-row choice kernel of kernels/sampling.cu (one 1024-thread block per row
@@ -139,10 +143,14 @@ impl Kernels {
         logits: &Tensor,
         kernel: &str,
         params: Option<&[crate::sampling::gumbel::RowSample]>,
-    ) -> Result<(Vec<u32>, Vec<f32>)> {
+        ids_out: &mut Vec<u32>,
+        lps_out: &mut Vec<f32>,
+    ) -> Result<()> {
         let (rows, vocab) = logits.dims2()?;
+        ids_out.clear();
+        lps_out.clear();
         if rows == 0 {
-            return Ok((Vec::new(), Vec::new()));
+            return Ok(());
         }
         let logits = logits.to_dtype(DType::F32)?.contiguous()?;
         let (st, l) = logits.storage_and_layout();
@@ -165,7 +173,66 @@ impl Kernels {
             // the kernel's struct); one output per row.
             unsafe { b.launch(config(launch.dims)) }.w()?;
         }
-        Ok((self.dev.clone_dtoh(&ids)?, self.dev.clone_dtoh(&lps)?))
+        ids_out.resize(rows, 0);
+        lps_out.resize(rows, 0.0);
+        self.dev.memcpy_dtoh(&ids, ids_out)?;
+        self.dev.memcpy_dtoh(&lps, lps_out)?;
+        Ok(())
+    }
+
+    /// Copies f32 `t` (any shape, contiguous) into `out` (resized to fit).
+    pub fn download(&self, t: &Tensor, out: &mut Vec<f32>) -> Result<()> {
+        let n = t.elem_count();
+        out.clear();
+        if n == 0 {
+            return Ok(());
+        }
+        let t = t.to_dtype(DType::F32)?.contiguous()?;
+        let (st, l) = t.storage_and_layout();
+        let Storage::Cuda(st) = &*st else {
+            return Err(Error::Msg("download: the tensor is not on the GPU".into()));
+        };
+        let x = st
+            .as_cuda_slice::<f32>()?
+            .slice(l.start_offset()..l.start_offset() + n);
+        out.resize(n, 0.0);
+        self.dev.memcpy_dtoh(&x, out)?;
+        Ok(())
+    }
+
+    /// Applies a step's logit_bias and penalties (`sampling::LogitAdjust::packed`: `4 * n`
+    /// words) to f32 logits `[rows, vocab]` in place.
+    pub fn adjust(&self, logits: &Tensor, packed: &[u32]) -> Result<()> {
+        let n = packed.len() / 4;
+        if n == 0 {
+            return Ok(());
+        }
+        let (rows, vocab) = logits.dims2()?;
+        if logits.dtype() != DType::F32 || !logits.is_contiguous() {
+            return Err(Error::Msg("adjust: logits must be contiguous f32".into()));
+        }
+        if let Some(&bad) = packed[..n].iter().find(|&&i| i as usize >= rows * vocab) {
+            return Err(Error::Msg(format!(
+                "adjust: logit {bad} is outside the {rows} x {vocab} logits"
+            )));
+        }
+        let (st, l) = logits.storage_and_layout();
+        let Storage::Cuda(st) = &*st else {
+            return Err(Error::Msg("adjust: logits are not on the GPU".into()));
+        };
+        let x = st
+            .as_cuda_slice::<f32>()?
+            .slice(l.start_offset()..l.start_offset() + rows * vocab);
+        let packed = self.dev.clone_htod(packed)?;
+        let f = self.func_in("sampling", AdjustLaunch::KERNEL)?;
+        let launch = AdjustLaunch::new(n);
+        let stream = self.stream();
+        let mut b = stream.launch_builder(&f);
+        launch.args(&mut Args(&mut b), &x, &packed);
+        // SAFETY: matches wick_adjust_f32; every index was checked against the logits'
+        // size, and entries name distinct logits (LogitAdjust), so threads do not race.
+        unsafe { b.launch(config(launch.dims)) }.w()?;
+        Ok(())
     }
 
     /// Rotary embeddings of `x` (`[tokens, heads * head_dim]`, bf16/f16), one position per

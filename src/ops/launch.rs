@@ -357,6 +357,37 @@ impl ChooseRowsLaunch {
     }
 }
 
+/// `wick_adjust_f32`: logit_bias and penalties on f32 logits in place, one thread per
+/// entry of a `sampling::LogitAdjust` (`packed`: `4 * n` words).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdjustLaunch {
+    pub dims: Dims,
+    n: u32,
+}
+
+impl AdjustLaunch {
+    pub const KERNEL: &'static str = "wick_adjust_f32";
+
+    pub fn new(n: usize) -> Self {
+        Self {
+            dims: Dims {
+                grid: (n.div_ceil(256).clamp(1, 1024) as u32, 1, 1),
+                block: (256, 1, 1),
+            },
+            n: n as u32,
+        }
+    }
+
+    pub fn args<'s, S, X, P>(&'s self, s: &mut S, logits: X, packed: P)
+    where
+        S: ArgSink<X> + ArgSink<P> + ArgSink<&'s u32>,
+    {
+        s.arg(logits);
+        s.arg(packed);
+        s.arg(&self.n);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,16 +2,14 @@
 //! that a penalised row can still be chosen on the device and only its token comes back).
 //!
 //! The host builds, per row, one entry for each token whose logit changes: its bias, its
-//! repetition factor and what the frequency and presence penalties subtract. Then five
-//! tensor ops on the logits' device gather those logits, transform them and scatter them
-//! back in place. The transform is the host sampler's, in the same order and the same f32
+//! repetition factor and what the frequency and presence penalties subtract. One kernel
+//! (`wick_adjust_f32`, a thread per entry) then transforms those logits in place. The
+//! transform is the host sampler's, in the same order and the same f32
 //! arithmetic (`Sampler::sample`): `x += bias`; `x = x < 0 ? x * r : x / r` for a token
 //! seen in the prompt or the generated text; `x -= count * frequency + presence` for a
 //! generated one. So a row's processed logits are the same wherever they are computed
 //! (the one exception: a token listed twice in logit_bias gets `x + (b1 + b2)` here and
 //! `(x + b1) + b2` on the host).
-
-use candle_core::{Result, Tensor};
 
 use super::processors::Penalties;
 use super::SamplingParams;
@@ -29,6 +27,8 @@ pub struct LogitAdjust {
     sub: Vec<f32>,
     /// One row's logit_bias, merged by token.
     row_bias: Vec<(u32, f32, bool)>,
+    /// What `packed` returns.
+    upload: Vec<u32>,
 }
 
 impl LogitAdjust {
@@ -119,21 +119,33 @@ impl LogitAdjust {
         self.len() - before
     }
 
-    /// Applies every entry to `logits` (`[rows, vocab]`, f32, contiguous), in place.
-    pub fn apply(&self, logits: &Tensor) -> Result<()> {
-        if self.is_empty() {
-            return Ok(());
+    /// The entries as the device kernel reads them (`kernels/sampling.cu`,
+    /// `wick_adjust_f32`): `n` logit indices, then the `n` biases, factors and subtrahends
+    /// as f32 bits.
+    pub fn packed(&mut self) -> &[u32] {
+        self.upload.clear();
+        self.upload.extend_from_slice(&self.index);
+        for v in [&self.bias, &self.factor, &self.sub] {
+            self.upload.extend(v.iter().map(|x| x.to_bits()));
         }
-        let dev = logits.device();
-        let n = self.len();
-        let flat = logits.flatten_all()?;
-        let index = Tensor::from_slice(&self.index, n, dev)?;
-        let x = flat.index_select(&index, 0)?;
-        let x = (x + Tensor::from_slice(&self.bias, n, dev)?)?;
-        let factor = Tensor::from_slice(&self.factor, n, dev)?;
-        let x = x.lt(0f32)?.where_cond(&(&x * &factor)?, &(&x / &factor)?)?;
-        let x = (x - Tensor::from_slice(&self.sub, n, dev)?)?;
-        flat.scatter_set(&index, &x, 0)
+        &self.upload
+    }
+
+    /// The rule, on host memory: applies every entry to the flattened `[rows, vocab]`
+    /// `logits` (the statement the device kernel is checked against).
+    pub fn apply_to(&self, logits: &mut [f32]) {
+        for i in 0..self.len() {
+            let Some(x) = logits.get_mut(self.index[i] as usize) else {
+                continue;
+            };
+            let y = *x + self.bias[i];
+            let y = if y < 0.0 {
+                y * self.factor[i]
+            } else {
+                y / self.factor[i]
+            };
+            *x = y - self.sub[i];
+        }
     }
 }
 
@@ -141,7 +153,6 @@ impl LogitAdjust {
 mod tests {
     use super::*;
     use crate::sampling::Sampler;
-    use candle_core::Device;
     use rand_chacha::rand_core::{RngCore, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
@@ -197,9 +208,8 @@ mod tests {
                 let mut sampler = Sampler::new(&params, 1);
                 sampler.device_adjust(&prompt, &generated, vocab, r, &mut adjust);
             }
-            let t = Tensor::from_vec(logits, (rows, vocab), &Device::Cpu).unwrap();
-            adjust.apply(&t).unwrap();
-            let got = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let mut got = logits;
+            adjust.apply_to(&mut got);
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert!(
                     g == w || (g.is_nan() && w.is_nan()),
