@@ -262,7 +262,21 @@ fn scan_kernels(pre: &str) -> Vec<(String, String)> {
                     _ => {}
                 }
             }
-            bounds = head[open + 1..close].trim().to_string();
+            // `__launch_bounds__(max threads[, min blocks[, ...]])`: the first argument.
+            let args = &head[open + 1..close];
+            let mut depth = 0;
+            let first = args
+                .char_indices()
+                .find(|&(_, c)| {
+                    match c {
+                        '(' => depth += 1,
+                        ')' => depth -= 1,
+                        _ => {}
+                    }
+                    c == ',' && depth == 0
+                })
+                .map_or(args, |(k, _)| &args[..k]);
+            bounds = first.trim().to_string();
             head.replace_range(b..=close, " ");
         }
         let Some(paren) = head.find('(') else {

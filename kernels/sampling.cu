@@ -159,7 +159,9 @@ __device__ uint32_t search(const float* x, int vocab, float m, float inv_t, uint
 }
 
 // grid: rows; block: THREADS.
-extern "C" __global__ void __launch_bounds__(THREADS)
+// At least one block per SM, not two: with two ptxas caps it at 32 registers and spills
+// on sm_90 (tests/kernel_ptx.rs); rows rarely outnumber the SMs twice over.
+extern "C" __global__ void __launch_bounds__(THREADS, 1)
     wick_sample_f32(const float* __restrict__ logits, int vocab,
                     const RowSample* __restrict__ params, uint32_t* __restrict__ ids,
                     float* __restrict__ logprobs) {
