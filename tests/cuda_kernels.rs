@@ -11,6 +11,10 @@
 //! scripts/gpu-check.sh), which turns a missing GPU into a failure.
 #![cfg(feature = "cuda")]
 
+mod kernel_support;
+
+use kernel_support::Rng;
+
 use candle_core::cuda_backend::cudarc::driver::CudaSlice;
 use candle_core::cuda_backend::CudaDevice;
 use candle_core::{DType, Device, Tensor};
@@ -31,29 +35,6 @@ fn gpu() -> Option<CudaDevice> {
             eprintln!("skipping: no CUDA device ({:?})", other.err());
             None
         }
-    }
-}
-
-/// A small deterministic generator (xorshift) for reproducible inputs.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    /// Roughly standard normal (sum of uniforms).
-    fn normal(&mut self) -> f32 {
-        let mut s = 0.0;
-        for _ in 0..4 {
-            s += (self.next() >> 40) as f32 / (1u64 << 24) as f32;
-        }
-        (s - 2.0) * 1.732
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
     }
 }
 
@@ -202,52 +183,32 @@ fn check_attention(dev: &CudaDevice, case: &Case, seed: u64) {
     let got = from_gpu(&out);
 
     // Reference 1: plain f64 attention over the inputs.
-    let group = nh / nkv;
     let (atol, rtol) = match dtype {
         DType::BF16 => (1.5e-2, 2e-2),
         _ => (2e-3, 4e-3),
     };
-    let mut base = 0; // first position of sequence s in all_k
-    let mut row = 0;
     let mut worst = 0f64;
-    for &(c, n) in &case.seqs {
-        for i in 0..n {
-            let visible = c + i + 1;
-            for h in 0..nh {
-                let kvh = h / group;
-                let qh = &q[((row + i) * nh + h) * d..][..d];
-                let scores: Vec<f64> = (0..visible)
-                    .map(|j| {
-                        let kj = &all_k[((base + j) * nkv + kvh) * d..][..d];
-                        qh.iter()
-                            .zip(kj)
-                            .map(|(a, b)| *a as f64 * *b as f64)
-                            .sum::<f64>()
-                            * scale as f64
-                    })
-                    .collect();
-                let m = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                let w: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
-                let z: f64 = w.iter().sum();
-                for e in 0..d {
-                    let want: f64 = (0..visible)
-                        .map(|j| w[j] * all_v[((base + j) * nkv + kvh) * d + e] as f64)
-                        .sum::<f64>()
-                        / z;
-                    let g = got[((row + i) * nh + h) * d + e] as f64;
-                    let err = (g - want).abs();
-                    worst = worst.max(err);
-                    assert!(
-                        err <= atol + rtol * want.abs(),
-                        "d={d} heads={nh}/{nkv} bs={bs} {dtype:?} seq ctx={c} q={n}: row {i} \
-                         head {h} dim {e}: gpu {g} vs f64 {want}"
-                    );
-                }
-            }
-        }
-        base += c + n;
-        row += n;
-    }
+    kernel_support::attention_f64(
+        &q,
+        &all_k,
+        &all_v,
+        &case.seqs,
+        nh,
+        nkv,
+        d,
+        scale,
+        |r, h, e, want| {
+            let g = got[(r * nh + h) * d + e] as f64;
+            let err = (g - want).abs();
+            worst = worst.max(err);
+            assert!(
+                err <= atol + rtol * want.abs(),
+                "d={d} heads={nh}/{nkv} bs={bs} {dtype:?} seqs={:?}: row {r} head {h} dim {e}: \
+             gpu {g} vs f64 {want}",
+                case.seqs
+            );
+        },
+    );
 
     // Reference 2: wick's CPU kernel (f16 cache, keys transposed) on the same inputs.
     let mut kc = vec![f16::ZERO; layout.layer_len()];

@@ -17,6 +17,10 @@
 //! Needs the emulator, which build.rs compiles with a C++ compiler: without one these tests
 //! fail and say so.
 
+mod kernel_support;
+
+use kernel_support::Rng;
+
 use half::{bf16, f16};
 use wick::kv::step_meta::pack_step;
 use wick::kv::CacheLayout;
@@ -28,29 +32,6 @@ use wick::ops::launch::{
 };
 use wick::ops::{AttnSeq, Rope, RopeScaling, RopeStyle};
 use wick::sampling::gumbel::{sample_row, RowSample};
-
-/// A small deterministic generator (xorshift) for reproducible inputs.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    /// Roughly standard normal (sum of uniforms).
-    fn normal(&mut self) -> f32 {
-        let mut s = 0.0;
-        for _ in 0..4 {
-            s += (self.next() >> 40) as f32 / (1u64 << 24) as f32;
-        }
-        (s - 2.0) * 1.732
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 /// The 16-bit element type of a kernel instance.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -653,48 +634,28 @@ fn check_attention(case: &Case, seed: u64) {
 
     // Reference 1: plain f64 attention over the same inputs. The kernel works in f32 and
     // rounds its output once to the type: within one unit in the last place.
-    let group = nh / nkv;
-    let mut base = 0; // first position of sequence s in all_k
-    let mut row = 0;
     let mut worst = 0f64;
-    for &(c, n) in &case.seqs {
-        for i in 0..n {
-            let visible = c + i + 1;
-            for h in 0..nh {
-                let kvh = h / group;
-                let qh = &q[((row + i) * nh + h) * d..][..d];
-                let scores: Vec<f64> = (0..visible)
-                    .map(|j| {
-                        let kj = &all_k[((base + j) * nkv + kvh) * d..][..d];
-                        qh.iter()
-                            .zip(kj)
-                            .map(|(a, b)| *a as f64 * *b as f64)
-                            .sum::<f64>()
-                            * scale as f64
-                    })
-                    .collect();
-                let m = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                let w: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
-                let z: f64 = w.iter().sum();
-                for e in 0..d {
-                    let want: f64 = (0..visible)
-                        .map(|j| w[j] * all_v[((base + j) * nkv + kvh) * d + e] as f64)
-                        .sum::<f64>()
-                        / z;
-                    let g = got[((row + i) * nh + h) * d + e] as f64;
-                    let err = (g - want).abs();
-                    worst = worst.max(err);
-                    assert!(
-                        err <= ty.ulp() * want.abs() + 1e-5,
-                        "d={d} heads={nh}/{nkv} bs={bs} {ty:?} seq ctx={c} q={n}: row {i} \
-                         head {h} dim {e}: emulated {g} vs f64 {want}"
-                    );
-                }
-            }
-        }
-        base += c + n;
-        row += n;
-    }
+    kernel_support::attention_f64(
+        &q,
+        &all_k,
+        &all_v,
+        &case.seqs,
+        nh,
+        nkv,
+        d,
+        scale,
+        |r, h, e, want| {
+            let g = got[(r * nh + h) * d + e] as f64;
+            let err = (g - want).abs();
+            worst = worst.max(err);
+            assert!(
+                err <= ty.ulp() * want.abs() + 1e-5,
+                "d={d} heads={nh}/{nkv} bs={bs} {ty:?} seqs={:?}: row {r} head {h} dim {e}: \
+             emulated {g} vs f64 {want}",
+                case.seqs
+            );
+        },
+    );
 
     // Reference 2: wick's CPU kernel (f16 cache, keys transposed, softmax weights rounded
     // to f16) on the same inputs.
