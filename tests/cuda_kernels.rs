@@ -13,13 +13,12 @@
 
 mod kernel_support;
 
-use kernel_support::Rng;
+use kernel_support::{PagedInputs, Rng};
 
 use candle_core::cuda_backend::cudarc::driver::CudaSlice;
 use candle_core::cuda_backend::CudaDevice;
 use candle_core::{DType, Device, Tensor};
 use half::{bf16, f16};
-use wick::kv::CacheLayout;
 use wick::ops::cuda::{AttnMeta, Kernels};
 use wick::ops::{AttnSeq, Rope, RopeScaling, RopeStyle};
 
@@ -80,41 +79,16 @@ fn check_attention(dev: &CudaDevice, case: &Case, seed: u64) {
     } = *case;
     let mut rng = Rng(seed | 1);
     let kernels = Kernels::new(dev).expect("kernels load");
-    // Blocks for every sequence, handed out in a scrambled order.
-    let blocks_per: Vec<usize> = case
-        .seqs
-        .iter()
-        .map(|&(c, q)| (c + q).div_ceil(bs))
-        .collect();
-    let num_blocks: usize = blocks_per.iter().sum::<usize>() + 3;
-    let mut free: Vec<u32> = (0..num_blocks as u32).collect();
-    for i in (1..free.len()).rev() {
-        free.swap(i, rng.below(i + 1));
-    }
-    let tables: Vec<Vec<u32>> = blocks_per
-        .iter()
-        .map(|&n| free.drain(..n).collect())
-        .collect();
-    let layout = CacheLayout {
-        num_blocks,
-        block_size: bs,
-        num_kv_heads: nkv,
-        head_dim: d,
-    };
-    // Every position's K/V (context and new tokens), written to the cache in one launch.
+    // Blocks for every sequence, handed out in a scrambled order, and every position's
+    // K/V (context and new tokens), written to the cache in one launch.
+    let PagedInputs {
+        layout,
+        tables,
+        k: all_k,
+        v: all_v,
+        slots,
+    } = PagedInputs::new(&mut rng, &case.seqs, bs, nkv, d, |x| round(x, dtype));
     let row_kv = nkv * d;
-    let mut all_k = Vec::new();
-    let mut all_v = Vec::new();
-    let mut slots = Vec::new();
-    for (s, &(c, q)) in case.seqs.iter().enumerate() {
-        for pos in 0..c + q {
-            slots.push(tables[s][pos / bs] * bs as u32 + (pos % bs) as u32);
-            for _ in 0..row_kv {
-                all_k.push(round(rng.normal(), dtype));
-                all_v.push(round(rng.normal(), dtype));
-            }
-        }
-    }
     let n_all = slots.len();
     let mut k_cache: CudaSlice<u16> = dev.alloc_zeros(layout.layer_len()).unwrap();
     let mut v_cache: CudaSlice<u16> = dev.alloc_zeros(layout.layer_len()).unwrap();
@@ -139,7 +113,7 @@ fn check_attention(dev: &CudaDevice, case: &Case, seed: u64) {
         .collect();
     let mut row_seq = Vec::new();
     let (mut q_start, mut q_len, mut ctx) = (Vec::new(), Vec::new(), Vec::new());
-    let max_blocks = *blocks_per.iter().max().unwrap();
+    let max_blocks = tables.iter().map(Vec::len).max().unwrap();
     let mut flat_tables = Vec::new();
     for (s, &(c, n)) in case.seqs.iter().enumerate() {
         q_start.push(row_seq.len() as u32);

@@ -19,7 +19,7 @@
 
 mod kernel_support;
 
-use kernel_support::Rng;
+use kernel_support::{PagedInputs, Rng};
 
 use half::{bf16, f16};
 use wick::kv::step_meta::pack_step;
@@ -470,41 +470,16 @@ fn check_attention(case: &Case, seed: u64) {
         ..
     } = *case;
     let mut rng = Rng(seed | 1);
-    // Blocks for every sequence, handed out in a scrambled order.
-    let blocks_per: Vec<usize> = case
-        .seqs
-        .iter()
-        .map(|&(c, q)| (c + q).div_ceil(bs))
-        .collect();
-    let num_blocks: usize = blocks_per.iter().sum::<usize>() + 3;
-    let mut free: Vec<u32> = (0..num_blocks as u32).collect();
-    for i in (1..free.len()).rev() {
-        free.swap(i, rng.below(i + 1));
-    }
-    let tables: Vec<Vec<u32>> = blocks_per
-        .iter()
-        .map(|&n| free.drain(..n).collect())
-        .collect();
-    let layout = CacheLayout {
-        num_blocks,
-        block_size: bs,
-        num_kv_heads: nkv,
-        head_dim: d,
-    };
+    // Blocks for every sequence, handed out in a scrambled order, and the K/V of every
+    // position (cached context and new tokens), rounded to the type.
+    let PagedInputs {
+        layout,
+        tables,
+        k: all_k,
+        v: all_v,
+        slots: all_slots,
+    } = PagedInputs::new(&mut rng, &case.seqs, bs, nkv, d, |x| ty.round(x));
     let row_kv = nkv * d;
-    // K/V of every position (cached context and new tokens), rounded to the type.
-    let mut all_k = Vec::new();
-    let mut all_v = Vec::new();
-    let mut all_slots = Vec::new();
-    for (s, &(c, q)) in case.seqs.iter().enumerate() {
-        for pos in 0..c + q {
-            all_slots.push(tables[s][pos / bs] * bs as u32 + (pos % bs) as u32);
-            for _ in 0..row_kv {
-                all_k.push(ty.round(rng.normal()));
-                all_v.push(ty.round(rng.normal()));
-            }
-        }
-    }
     // The device cache ([block][kv head][slot][dim]): earlier steps' context written here,
     // the rest NaN so a read of a slot nobody wrote shows.
     let mut k_cache = vec![ty.nan(); layout.layer_len()];

@@ -78,3 +78,62 @@ pub fn attention_f64(
         row += n;
     }
 }
+
+/// A batch's cache and inputs: block tables handed out in a scrambled order, and the K/V
+/// of every position of every sequence (`seqs[s] = (cached, new)`), one sequence after
+/// another, passed through `round` (the kernel dtype's rounding).
+pub struct PagedInputs {
+    pub layout: wick::kv::CacheLayout,
+    pub tables: Vec<Vec<u32>>,
+    /// `[positions][kv_heads][d]`.
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    /// The cache slot of each position.
+    pub slots: Vec<u32>,
+}
+
+impl PagedInputs {
+    pub fn new(
+        rng: &mut Rng,
+        seqs: &[(usize, usize)],
+        block_size: usize,
+        kv_heads: usize,
+        d: usize,
+        round: impl Fn(f32) -> f32,
+    ) -> Self {
+        let bs = block_size;
+        let blocks_per: Vec<usize> = seqs.iter().map(|&(c, q)| (c + q).div_ceil(bs)).collect();
+        let num_blocks: usize = blocks_per.iter().sum::<usize>() + 3;
+        let mut free: Vec<u32> = (0..num_blocks as u32).collect();
+        for i in (1..free.len()).rev() {
+            free.swap(i, rng.below(i + 1));
+        }
+        let tables: Vec<Vec<u32>> = blocks_per
+            .iter()
+            .map(|&n| free.drain(..n).collect())
+            .collect();
+        let layout = wick::kv::CacheLayout {
+            num_blocks,
+            block_size: bs,
+            num_kv_heads: kv_heads,
+            head_dim: d,
+        };
+        let (mut k, mut v, mut slots) = (Vec::new(), Vec::new(), Vec::new());
+        for (s, &(c, q)) in seqs.iter().enumerate() {
+            for pos in 0..c + q {
+                slots.push(tables[s][pos / bs] * bs as u32 + (pos % bs) as u32);
+                for _ in 0..kv_heads * d {
+                    k.push(round(rng.normal()));
+                    v.push(round(rng.normal()));
+                }
+            }
+        }
+        Self {
+            layout,
+            tables,
+            k,
+            v,
+            slots,
+        }
+    }
+}
