@@ -110,7 +110,9 @@ fn sampler_benches(c: &mut Criterion) {
                     |work| {
                         let mut sum = 0u64;
                         for (i, (s, row)) in samplers.iter_mut().zip(work.iter_mut()).enumerate() {
-                            sum += s.sample(row, &prompts[i], &generated[i], 0).id as u64;
+                            sum += s
+                                .sample(row, &prompts[i], &generated[i], 0)
+                                .map_or(0, |t| t.id) as u64;
                         }
                         sum
                     },

@@ -1,18 +1,23 @@
 // Device-side greedy selection: per logits row, the argmax token (lowest id among equal
-// maxima, as the CPU sampler) and its log-probability under the untempered softmax, so a
-// greedy step copies 8 bytes per row to the host instead of the whole vocabulary.
+// maxima, as the CPU sampler; NaN never chosen) and its log-probability under the
+// untempered softmax, so a greedy step copies 8 bytes per row to the host instead of the
+// whole vocabulary. A row with no logit above -inf gets token 0xffffffff (NO_TOKEN).
 
 #include <stdint.h>
 
 #define THREADS 1024
 
-// Merges (max, index, sum of exp(x - max)) states.
+// Merges (max, index, sum of exp(x - max)) states. Equal maxima add their sums as they
+// are (two +inf maxima: exp(inf - inf) would be NaN).
 __device__ __forceinline__ void merge(float& m, uint32_t& i, float& s, float m2, uint32_t i2,
                                       float s2) {
-    if (m2 > m || (m2 == m && i2 < i)) {
+    if (m2 > m) {
         s = s * __expf(m - m2) + s2;
         m = m2;
         i = i2;
+    } else if (m2 == m) {
+        s = s + s2;
+        if (i2 < i) i = i2;
     } else {
         s = s + s2 * __expf(m2 - m);
     }
@@ -34,7 +39,9 @@ extern "C" __global__ void __launch_bounds__(THREADS)
             s = s * __expf(m - x) + 1.f;  // m = -inf at first: s stays 0 * 0 + 1
             m = x;
             idx = j;
-        } else if (x != -INFINITY) {  // a masked token adds nothing (and -inf - -inf is NaN)
+        } else if (x == m) {  // an equal maximum (+inf too, where x - m is NaN)
+            s += 1.f;
+        } else if (x > -INFINITY) {  // masked (-inf) and NaN tokens add nothing
             s += __expf(x - m);
         }
     }
@@ -73,17 +80,22 @@ extern "C" __global__ void __launch_bounds__(THREADS)
                 merge(bm, bi, bs, sm_m[w], sm_i[w], sm_s[w]);
             }
         }
-        ids[blockIdx.x] = bi == 0xffffffffu ? 0 : bi;
+        // No logit above -inf: no token (NO_TOKEN), which fails the request.
+        ids[blockIdx.x] = bi;
         logprobs[blockIdx.x] = bi == 0xffffffffu ? -INFINITY : -logf(bs);
     }
 }
 
 // ---------------------------------------------------------------------------------------
-// Device sampling for rows with temperature, top_k, top_p and min_p (no penalties, bias or
-// typical_p): the rule of src/sampling/gumbel.rs, which is its reference. Every filter is
-// a threshold on the tempered logit y = (x - max) / T, found by binary search over the
-// bits of -y with block-wide counts and sums; the token is the argmax of y + Gumbel noise
-// over the kept set, the noise a hash of (seed, step, token id).
+// Device sampling for rows with temperature, top_k, top_p and min_p (after logit_bias and
+// the penalties, wick_adjust_f32): the rule of src/sampling/gumbel.rs, which is its
+// reference. Every filter is a bound on the key of the tempered logit y = (x - max) / T;
+// top_k's bound is the k-th smallest key and top_p's the smallest key holding the mass,
+// each found by a radix select (four passes of 8 bits, a shared-memory histogram per
+// pass), top_p only among what top_k kept. Masses are fixed-point integers (exp(y) in
+// units of 2^-32), so their sums do not depend on the order of the atomic additions. The
+// token is the argmax of y + Gumbel noise over the kept set, the noise a hash of (seed,
+// step, token id). About 11 passes over the row at most, in f32.
 
 struct RowSample {
     float temperature;
@@ -95,28 +107,48 @@ struct RowSample {
     uint32_t pad;
 };
 
+#define NO_TOKEN 0xffffffffu
+#define KEEP_ALL 0x7f800000u  // bits of +inf: every y above -inf (and -inf) is kept
+
+// A uniform in [2^-24, 1 - 2^-24] from (seed, step, token): 23 bits of splitmix64's
+// finalizer, every value exact in f32, so never 0 or 1 (gumbel.rs::uniform).
 __device__ __forceinline__ float uniform01(unsigned long long seed, uint32_t step, uint32_t id) {
     unsigned long long z = seed ^ (((unsigned long long)step << 32) | id);
     z += 0x9E3779B97F4A7C15ull;
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     z ^= z >> 31;
-    return ((float)(z >> 40) + 0.5f) * (1.0f / 16777216.0f);
+    return ((float)(z >> 41) + 0.5f) * (1.0f / 8388608.0f);
+}
+
+// (x - m) / T, 0 for the maximum (+inf included), -inf for NaN (gumbel.rs::tempered).
+__device__ __forceinline__ float tempered(float x, float m, float inv_t) {
+    if (x == m) return 0.f;
+    if (x != x) return -INFINITY;
+    return (x - m) * inv_t;
 }
 
 // bits(-y), which order as the floats for y <= 0; 0 for y = 0 (the row's maximum), whose
 // negation is -0.0 (bits 0x80000000, after every other key): fmaxf(-y, 0.f) may return
 // either zero, so the sign is not left to it.
-__device__ __forceinline__ uint32_t order_key(float y) { return y < 0.f ? __float_as_uint(-y) : 0u; }
+__device__ __forceinline__ uint32_t order_key(float y) {
+    return y < 0.f ? __float_as_uint(-y) : (y == 0.f ? 0u : 0xffffffffu);
+}
+
+// exp(y) in units of 2^-32, truncated (gumbel.rs::weight).
+__device__ __forceinline__ unsigned long long weight(float y) {
+    return (unsigned long long)(expf(y) * 4294967296.0f);
+}
 
 // Block-wide sums and maxima (all threads get the result). `scratch` holds THREADS / 32.
-__device__ double block_sum(double v, double* scratch) {
+template <typename T>
+__device__ T block_sum(T v, T* scratch) {
     for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     __syncthreads();
     if (lane == 0) scratch[warp] = v;
     __syncthreads();
-    double total = 0.0;
+    T total = 0;
     for (int w = 0; w < (int)(blockDim.x / 32); w++) total += scratch[w];
     return total;
 }
@@ -132,30 +164,50 @@ __device__ float block_max(float v, float* scratch) {
     return m;
 }
 
-// Count (mass == false) or mass (mass == true) of the row's y with order_key(y) <= bound.
-__device__ double kept(const float* x, int vocab, float m, float inv_t, uint32_t bound, bool mass,
-                       double* scratch) {
-    double acc = 0.0;
-    for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
-        const float y = (x[j] - m) * inv_t;
-        if (order_key(y) <= bound) acc += mass ? exp((double)y) : 1.0;
-    }
-    return block_sum(acc, scratch);
-}
-
-// Smallest b in [0, hi] with kept(b) >= target (hi if none): the same search as gumbel.rs.
-__device__ uint32_t search(const float* x, int vocab, float m, float inv_t, uint32_t hi, bool mass,
-                           double target, double* scratch) {
-    uint32_t lo = 0;
-    while (lo < hi) {
-        const uint32_t mid = lo + (hi - lo) / 2;
-        if (kept(x, vocab, m, inv_t, mid, mass, scratch) >= target) {
-            hi = mid;
-        } else {
-            lo = mid + 1;
+// Radix select over the keys <= `limit`: the smallest b with total(keys <= b) >= target,
+// where total counts tokens (MASS false) or adds their weights (MASS true); `limit` when
+// no b reaches it. Digit by digit from the top, a histogram of the next 8 bits of the
+// keys that share the chosen prefix; thread 0 walks it to the digit where the running
+// total reaches the target.
+template <bool MASS>
+__device__ uint32_t radix_select(const float* x, int vocab, float m, float inv_t, uint32_t limit,
+                                 double target, unsigned long long* hist, uint32_t* chosen,
+                                 unsigned long long* below) {
+    uint32_t prefix = 0, mask = 0;
+    unsigned long long before = 0;  // total of the keys below the prefix
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        for (int d = threadIdx.x; d < 256; d += blockDim.x) hist[d] = 0;
+        __syncthreads();
+        for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
+            const float y = tempered(x[j], m, inv_t);
+            const uint32_t k = order_key(y);
+            if (k <= limit && (k & mask) == prefix) {
+                atomicAdd(&hist[(k >> shift) & 255u], MASS ? weight(y) : 1ull);
+            }
         }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            // No digit reaching the target (every key <= limit totals less): 255 at every
+            // level, so the result is `limit`.
+            uint32_t d = 255;
+            unsigned long long acc = before;
+            for (uint32_t i = 0; i < 255; i++) {
+                if ((double)(acc + hist[i]) >= target) {
+                    d = i;
+                    break;
+                }
+                acc += hist[i];
+            }
+            *chosen = d;
+            *below = acc;
+        }
+        __syncthreads();
+        prefix |= *chosen << shift;
+        mask |= 255u << shift;
+        before = *below;
+        __syncthreads();  // `chosen` is rewritten by the next digit
     }
-    return hi;
+    return min(prefix, limit);
 }
 
 // grid: rows; block: THREADS.
@@ -165,37 +217,52 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     wick_sample_f32(const float* __restrict__ logits, int vocab,
                     const RowSample* __restrict__ params, uint32_t* __restrict__ ids,
                     float* __restrict__ logprobs) {
-    __shared__ double scratch[THREADS / 32];
+    __shared__ unsigned long long hist[256];
+    __shared__ unsigned long long uscratch[THREADS / 32];
     __shared__ float fscratch[THREADS / 32];
     __shared__ float best_s[THREADS / 32];
     __shared__ uint32_t best_i[THREADS / 32];
+    __shared__ uint32_t chosen;
+    __shared__ unsigned long long below;
     const float* x = logits + (size_t)blockIdx.x * vocab;
     const RowSample p = params[blockIdx.x];
 
     float local = -INFINITY;
     for (int j = threadIdx.x; j < vocab; j += blockDim.x) local = fmaxf(local, x[j]);
     const float m = block_max(local, fscratch);
+    if (m == -INFINITY) {  // nothing above -inf (or only NaN): no token
+        if (threadIdx.x == 0) {
+            ids[blockIdx.x] = NO_TOKEN;
+            logprobs[blockIdx.x] = -INFINITY;
+        }
+        return;
+    }
     const float inv_t = 1.0f / p.temperature;
 
-    const uint32_t all = 0x7f800000u;  // bits of +inf: every y is kept
-    uint32_t bound = all;
+    uint32_t bound = KEEP_ALL;
     if (p.top_k > 0 && p.top_k < (uint32_t)vocab) {
-        bound = search(x, vocab, m, inv_t, all, false, (double)p.top_k, scratch);
+        bound = radix_select<false>(x, vocab, m, inv_t, KEEP_ALL, (double)p.top_k, hist,
+                                    &chosen, &below);
     }
     if (p.top_p < 1.0f) {
-        const double target = (double)p.top_p * kept(x, vocab, m, inv_t, bound, true, scratch);
-        bound = search(x, vocab, m, inv_t, bound, true, target, scratch);
+        unsigned long long mass = 0;
+        for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
+            const float y = tempered(x[j], m, inv_t);
+            if (order_key(y) <= bound) mass += weight(y);
+        }
+        const double target = (double)p.top_p * (double)block_sum(mass, uscratch);
+        bound = radix_select<true>(x, vocab, m, inv_t, bound, target, hist, &chosen, &below);
     }
     if (p.min_p > 0.0f) bound = min(bound, order_key(logf(p.min_p)));
 
     // Gumbel-max over the kept set, and the kept set's normaliser.
     float bs = -INFINITY;
-    uint32_t bi = 0xffffffffu;
-    double z = 0.0;
+    uint32_t bi = NO_TOKEN;
+    float z = 0.f;
     for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
-        const float y = (x[j] - m) * inv_t;
-        if (order_key(y) <= bound) {
-            z += exp((double)y);
+        const float y = tempered(x[j], m, inv_t);
+        if (order_key(y) <= bound && y > -INFINITY) {
+            z += expf(y);
             const float s = y + -logf(-logf(uniform01(p.seed, p.step, (uint32_t)j)));
             if (s > bs) {  // j rises within a thread: the lowest id wins ties
                 bs = s;
@@ -203,7 +270,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
             }
         }
     }
-    z = block_sum(z, scratch);
+    const float zs = block_sum(z, fscratch);
     for (int o = 16; o > 0; o /= 2) {
         const float s2 = __shfl_xor_sync(0xffffffffu, bs, o);
         const uint32_t i2 = __shfl_xor_sync(0xffffffffu, bi, o);
@@ -225,9 +292,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
                 bi = best_i[w];
             }
         }
-        const uint32_t id = bi == 0xffffffffu ? 0 : bi;
-        ids[blockIdx.x] = id;
-        logprobs[blockIdx.x] = (x[id] - m) * inv_t - (float)log(z);
+        // The row's maximum is always kept: bi is a token.
+        ids[blockIdx.x] = bi;
+        logprobs[blockIdx.x] = bi == NO_TOKEN ? -INFINITY : tempered(x[bi], m, inv_t) - logf(zs);
     }
 }
 

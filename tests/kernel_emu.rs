@@ -827,6 +827,24 @@ fn attention_does_not_depend_on_thread_order() {
 // ---------------------------------------------------------------------------------------
 // Greedy choice and sampling.
 
+/// Runs one choice kernel over `rows` rows of `x`; returns the tokens and logprobs.
+fn choose(
+    kernel: &str,
+    x: &[f32],
+    vocab: usize,
+    params: Option<&[RowSample]>,
+    schedule: u64,
+) -> (Vec<u32>, Vec<f32>) {
+    let rows = x.len() / vocab;
+    let l = ChooseRowsLaunch::new(rows, vocab);
+    let mut ids = vec![0xdead_beef; rows];
+    let mut lps = vec![f32::NAN; rows];
+    let mut args = Args::new().schedule(schedule);
+    l.args(&mut args, x, params, ids.as_mut_slice(), lps.as_mut_slice());
+    launch(kernel, l.dims, args);
+    (ids, lps)
+}
+
 #[test]
 fn greedy_picks_the_cpu_argmax() {
     emu::available().unwrap();
@@ -835,7 +853,8 @@ fn greedy_picks_the_cpu_argmax() {
         let rows = 4;
         let mut x: Vec<f32> = (0..rows * vocab).map(|_| rng.normal() * 3.0).collect();
         if vocab > 10 {
-            // Row 1: a tie for the maximum (the lower id wins); row 2: masked tokens.
+            // Row 1: a tie for the maximum (the lower id wins); row 2: masked tokens;
+            // row 3: NaN logits, one of them where the maximum would be.
             let r1 = &mut x[vocab..2 * vocab];
             let (a, b) = (rng.below(vocab / 2), vocab / 2 + rng.below(vocab / 2));
             r1[a] = 20.0;
@@ -844,25 +863,23 @@ fn greedy_picks_the_cpu_argmax() {
             for v in r2.iter_mut().step_by(3) {
                 *v = f32::NEG_INFINITY;
             }
+            let r3 = &mut x[3 * vocab..4 * vocab];
+            for v in r3.iter_mut().skip(1).step_by(5) {
+                *v = f32::NAN;
+            }
+            r3[rng.below(vocab)] = f32::NAN;
         }
-        let l = ChooseRowsLaunch::new(rows, vocab);
-        let mut ids = vec![u32::MAX; rows];
-        let mut lps = vec![f32::NAN; rows];
-        let mut args = Args::new();
-        l.args(
-            &mut args,
-            x.as_slice(),
-            None::<&[RowSample]>,
-            ids.as_mut_slice(),
-            lps.as_mut_slice(),
-        );
-        launch(ChooseRowsLaunch::GREEDY, l.dims, args);
+        let (ids, lps) = choose(ChooseRowsLaunch::GREEDY, &x, vocab, None, 0);
         for r in 0..rows {
             let row = &x[r * vocab..(r + 1) * vocab];
             let want = wick::sampling::argmax(row).unwrap();
             assert_eq!(ids[r], want, "vocab {vocab} row {r}");
             let m = row[want as usize] as f64;
-            let z: f64 = row.iter().map(|&v| (v as f64 - m).exp()).sum();
+            let z: f64 = row
+                .iter()
+                .filter(|v| !v.is_nan())
+                .map(|&v| (v as f64 - m).exp())
+                .sum();
             let want_lp = -z.ln();
             assert!(
                 (lps[r] as f64 - want_lp).abs() <= 1e-5 + 1e-5 * want_lp.abs(),
@@ -873,50 +890,157 @@ fn greedy_picks_the_cpu_argmax() {
     }
 }
 
+/// Greedy on degenerate rows: +inf logits (an f16 head that overflowed) give the first of
+/// them with a finite logprob, -ln(their count); a row with nothing above -inf gives
+/// NO_TOKEN, never token 0.
+#[test]
+fn greedy_on_infinite_and_empty_rows() {
+    use wick::sampling::gumbel::NO_TOKEN;
+    emu::available().unwrap();
+    let vocab = 3000;
+    let mut x = vec![0.25f32; 3 * vocab];
+    x[700] = f32::INFINITY;
+    x[2900] = f32::INFINITY;
+    x[5] = f32::NAN;
+    for v in &mut x[vocab..2 * vocab] {
+        *v = f32::NEG_INFINITY;
+    }
+    for (i, v) in x[2 * vocab..].iter_mut().enumerate() {
+        *v = if i % 2 == 0 {
+            f32::NAN
+        } else {
+            f32::NEG_INFINITY
+        };
+    }
+    let (ids, lps) = choose(ChooseRowsLaunch::GREEDY, &x, vocab, None, 7);
+    assert_eq!(ids[0], 700);
+    assert!((lps[0] + std::f32::consts::LN_2).abs() < 1e-6, "{}", lps[0]);
+    assert_eq!((ids[1], ids[2]), (NO_TOKEN, NO_TOKEN));
+}
+
+fn sample_params(r: usize, vocab: usize) -> RowSample {
+    RowSample {
+        temperature: [1.0, 0.7, 1.3][r % 3],
+        top_p: [1.0, 0.9, 0.5, 0.95][r % 4],
+        min_p: [0.0, 0.05][r % 2],
+        top_k: [0, 50, 1, 1000, 7][(r / 2) % 5] as u32,
+        seed: 1000 + r as u64 + vocab as u64,
+        step: (r * 7) as u32,
+        _pad: 0,
+    }
+}
+
 /// The device sampler draws exactly the token its Rust statement (`sampling::gumbel`)
-/// draws, row for row, masked tokens included.
+/// draws, row for row: masked tokens, NaN logits, ties at the top_k bound, top_k past
+/// the finite logits, under shuffled thread orders.
 #[test]
 fn sampling_matches_its_reference() {
     emu::available().unwrap();
     let mut rng = Rng(11);
-    for (vocab, rows) in [(32_000usize, 12usize), (500, 12), (3000, 12)] {
+    for (vocab, rows) in [(32_000usize, 20usize), (500, 20), (3000, 20), (49_152, 4)] {
         let mut x: Vec<f32> = (0..rows * vocab).map(|_| rng.normal() * 3.0).collect();
-        // Every fifth row has masked tokens (a logit_bias of -inf).
+        // Every fifth row has masked tokens (a logit_bias of -inf), every seventh NaNs,
+        // row 3 coarse logits (many ties at every bound), row 8 only 3 finite logits.
         for row in x.chunks_mut(vocab).step_by(5) {
             for v in row.iter_mut().step_by(7) {
                 *v = f32::NEG_INFINITY;
             }
         }
-        let params: Vec<RowSample> = (0..rows)
-            .map(|r| RowSample {
-                temperature: [1.0, 0.7, 1.3][r % 3],
-                top_p: [1.0, 0.9, 0.5, 0.95][r % 4],
-                min_p: [0.0, 0.05][r % 2],
-                top_k: [0, 50, 1, 1000][(r / 2) % 4] as u32,
-                seed: 1000 + r as u64 + vocab as u64,
-                step: (r * 7) as u32,
-                _pad: 0,
-            })
-            .collect();
-        let l = ChooseRowsLaunch::new(rows, vocab);
-        let mut ids = vec![u32::MAX; rows];
-        let mut lps = vec![f32::NAN; rows];
-        let mut args = Args::new().schedule(vocab as u64);
-        l.args(
-            &mut args,
-            x.as_slice(),
+        for row in x.chunks_mut(vocab).skip(1).step_by(7) {
+            for v in row.iter_mut().step_by(11) {
+                *v = f32::NAN;
+            }
+        }
+        if rows > 8 {
+            for v in &mut x[3 * vocab..4 * vocab] {
+                *v = v.round();
+            }
+            for (i, v) in x[8 * vocab..9 * vocab].iter_mut().enumerate() {
+                if i % (vocab / 3) != 0 {
+                    *v = f32::NEG_INFINITY;
+                }
+            }
+        }
+        let params: Vec<RowSample> = (0..rows).map(|r| sample_params(r, vocab)).collect();
+        let (ids, lps) = choose(
+            ChooseRowsLaunch::SAMPLE,
+            &x,
+            vocab,
             Some(params.as_slice()),
-            ids.as_mut_slice(),
-            lps.as_mut_slice(),
+            vocab as u64,
         );
-        launch(ChooseRowsLaunch::SAMPLE, l.dims, args);
         for r in 0..rows {
             let row = &x[r * vocab..(r + 1) * vocab];
-            let (want, want_lp) = sample_row(row, &params[r]);
+            let (want, want_lp) = sample_row(row, &params[r]).unwrap();
             assert_eq!(ids[r], want, "vocab {vocab} row {r}: {:?}", params[r]);
             assert!(
                 (lps[r] - want_lp).abs() <= 1e-5 * (1.0 + want_lp.abs()),
                 "vocab {vocab} row {r}: logprob {} vs {want_lp}",
+                lps[r]
+            );
+        }
+    }
+}
+
+/// A sampled row with nothing above -inf gets NO_TOKEN (the request fails), not token 0.
+#[test]
+fn sampling_an_empty_row_gives_no_token() {
+    use wick::sampling::gumbel::NO_TOKEN;
+    emu::available().unwrap();
+    let vocab = 2000;
+    let mut x = vec![f32::NEG_INFINITY; 2 * vocab];
+    for v in x[vocab..].iter_mut().step_by(2) {
+        *v = f32::NAN;
+    }
+    let params = [sample_params(1, vocab), sample_params(2, vocab)];
+    let (ids, _) = choose(ChooseRowsLaunch::SAMPLE, &x, vocab, Some(&params), 3);
+    assert_eq!(ids, vec![NO_TOKEN, NO_TOKEN]);
+}
+
+/// One seed, one text: the host sampler (what rows with `details`, top-n alternatives or
+/// several candidates use) and the emulated device sampler choose the same token for
+/// the same seed and step, over many parameter sets, with and without top-n.
+#[test]
+fn host_and_device_draw_the_same_tokens() {
+    use wick::sampling::{Sampler, SamplingParams};
+    emu::available().unwrap();
+    let mut rng = Rng(31);
+    let vocab = 4000;
+    let rows = 48;
+    let mut x: Vec<f32> = (0..rows * vocab).map(|_| rng.normal() * 2.5).collect();
+    for row in x.chunks_mut(vocab).step_by(6) {
+        for v in row.iter_mut().step_by(9) {
+            *v = f32::NEG_INFINITY;
+        }
+    }
+    let mut params = Vec::new();
+    let mut samplers = Vec::new();
+    for r in 0..rows {
+        let p = SamplingParams {
+            do_sample: true,
+            temperature: [1.0, 0.6, 1.4, 0.9][r % 4],
+            top_k: [0, 40, 1, 400, 3999][r % 5],
+            top_p: [1.0, 0.9, 0.5][r % 3],
+            min_p: [0.0, 0.0, 0.05, 0.0][r % 4],
+            seed: 77 + r as u64,
+            ..Default::default()
+        };
+        let sampler = Sampler::new(&p, p.seed);
+        let step = (r * 13) as u32;
+        params.push(sampler.device_params(step).unwrap());
+        samplers.push((sampler, step));
+    }
+    let (ids, lps) = choose(ChooseRowsLaunch::SAMPLE, &x, vocab, Some(&params), 5);
+    for (r, (sampler, step)) in samplers.iter_mut().enumerate() {
+        let generated = vec![0u32; *step as usize];
+        for top_n in [0, 5] {
+            let mut row = x[r * vocab..(r + 1) * vocab].to_vec();
+            let host = sampler.sample(&mut row, &[], &generated, top_n).unwrap();
+            assert_eq!(host.id, ids[r], "row {r}, top_n {top_n}: {:?}", params[r]);
+            assert!(
+                (host.logprob - lps[r]).abs() <= 1e-4 * (1.0 + lps[r].abs()),
+                "row {r}: logprob {} vs device {}",
+                host.logprob,
                 lps[r]
             );
         }
@@ -948,7 +1072,9 @@ fn adjust_matches_the_host_sampler() {
         let prompt: Vec<u32> = (0..900).map(|_| rng.below(vocab) as u32).collect();
         let generated: Vec<u32> = (0..200).map(|_| rng.below(300) as u32).collect();
         let row = &mut want[r * vocab..(r + 1) * vocab];
-        Sampler::new(&params, 0).sample(row, &prompt, &generated, 0);
+        Sampler::new(&params, 0)
+            .sample(row, &prompt, &generated, 0)
+            .unwrap();
         Sampler::new(&params, 0).device_adjust(&prompt, &generated, vocab, r, &mut adjust);
     }
     assert!(adjust.len() > 256, "more entries than one block");

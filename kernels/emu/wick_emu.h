@@ -199,6 +199,22 @@ inline int __popc(unsigned x) { return __builtin_popcount(x); }
 inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz((unsigned)x); }
 inline int __ffs(int x) { return __builtin_ffs(x); }
 
+// Atomics. The fibers of a block switch only at barriers and shuffles, and blocks run one
+// after another, so a plain read-modify-write is atomic here.
+template <typename T>
+inline T atomicAdd(T* p, T v) {
+    static_assert(std::is_arithmetic<T>::value, "atomicAdd on numbers");
+    const T old = *p;
+    *p = old + v;
+    return old;
+}
+template <typename T>
+inline T atomicMax(T* p, T v) {
+    const T old = *p;
+    if (v > old) *p = v;
+    return old;
+}
+
 // ---------------------------------------------------------------------------------------
 // 16-bit floats: storage types with the hardware's conversions (round to nearest even;
 // NaN becomes the canonical 0x7fff).

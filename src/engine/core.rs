@@ -603,9 +603,12 @@ impl EngineCore {
         let generated = &seq.tokens[seq.prompt_len..];
         let top_n = g.request.top_n_tokens;
         let sampled = match choice {
-            Choice::Sample(logits) => cand.sampler.sample(logits, prompt, generated, top_n),
+            Choice::Sample(logits) => cand.sampler.sample(logits, prompt, generated, top_n)?,
             // Chosen on the device (see `forward`): the argmax, or a draw by
             // `sampling::gumbel`'s rule from the same distribution.
+            Choice::Chosen(crate::sampling::gumbel::NO_TOKEN, _) => {
+                return Err(crate::sampling::NoToken.into())
+            }
             Choice::Chosen(id, logprob) => crate::sampling::Sampled {
                 id,
                 logprob,

@@ -29,7 +29,7 @@ pub use logprobs::{
     log_softmax_at, log_softmax_in_place, log_sum_exp, prompt_logprob, top_logprobs,
 };
 pub use params::SamplingParams;
-pub use sampler::{Sampled, Sampler};
+pub use sampler::{NoToken, Sampled, Sampler};
 pub use stop::{StopSequences, StopStep};
 
 /// Index of the largest value (the first one on ties, as llama.cpp's greedy sampler).

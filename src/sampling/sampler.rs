@@ -1,10 +1,8 @@
 //! The per-sequence sampler: processors, warpers and a seeded draw.
 
-use rand_chacha::rand_core::{RngCore, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-
+use super::gumbel::{tempered, GumbelMax};
 use super::logprobs::{
-    by_value_desc, exp1, exp_into, gather_at_least, lane_sum, max_of, sum_exp, sum_exp_and_moment,
+    by_value_desc, exp_into, gather_at_least, lane_sum, max_of, sum_exp, sum_exp_and_moment,
     sum_exp_blocks, TopSelect, BLOCK, SUM_BLOCK,
 };
 use super::processors::{
@@ -12,6 +10,12 @@ use super::processors::{
     Penalties,
 };
 use super::SamplingParams;
+
+/// No token can be chosen from a row: every logit is -inf or NaN (after logit_bias and the
+/// penalties). The request fails; no arbitrary token is made up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("no token can be chosen: every logit is -inf or NaN after logit_bias and penalties")]
+pub struct NoToken;
 
 /// One chosen token.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,10 +32,11 @@ pub struct Sampled {
     pub top: Vec<(u32, f32)>,
 }
 
-/// Chooses the next tokens of one sequence (or one candidate of a best_of / n request):
-/// its own RNG (ChaCha8, seeded from `seed`, one 64-bit draw per sampled step), so a
-/// seeded sequence gives the same tokens whatever else is in the batch; and buffers kept
-/// between steps, so a step allocates nothing but the returned `top`.
+/// Chooses the next tokens of one sequence (or one candidate of a best_of / n request).
+/// Draws follow the one rule of [`super::gumbel`] (Gumbel-max keyed by the seed, the
+/// step and the token), so a seeded sequence gives the same tokens whatever else is in
+/// the batch, and the same as the device sampler draws; buffers are kept between steps,
+/// so a step allocates nothing but the returned `top`.
 ///
 /// Each step, in order (as TGI and vLLM): `logit_bias`; the repetition penalty (TGI:
 /// over the distinct prompt and generated tokens, positive logits divided, negative
@@ -39,10 +44,11 @@ pub struct Sampled {
 /// `logit -= count * frequency + (count > 0) * presence`). Then with `do_sample`:
 /// temperature, top_k (ties with the k-th logit kept, as Hugging Face's warper), top_p,
 /// typical_p, min_p, each on the distribution renormalised after the previous one, and a
-/// draw; without it, the argmax (the first one on ties) whatever the warpers say.
+/// draw; without it, the argmax (the first one on ties) whatever the warpers say. A NaN
+/// logit counts as -inf and +inf as the largest finite value.
 pub struct Sampler {
     params: SamplingParams,
-    rng: ChaCha8Rng,
+    seed: u64,
     penalties: Penalties,
     select: TopSelect,
     /// Candidates `(id, logit)` that survive truncation, in a deterministic order (the
@@ -78,7 +84,7 @@ impl Sampler {
     pub fn new(params: &SamplingParams, seed: u64) -> Self {
         Self {
             params: params.clone(),
-            rng: ChaCha8Rng::seed_from_u64(seed),
+            seed,
             penalties: Penalties::default(),
             select: TopSelect::default(),
             cands: Vec::new(),
@@ -110,7 +116,7 @@ impl Sampler {
             top_p: p.top_p,
             min_p: p.min_p,
             top_k: p.top_k.min(u32::MAX as usize) as u32,
-            seed: p.seed,
+            seed: self.seed,
             step,
             _pad: 0,
         })
@@ -167,32 +173,34 @@ impl Sampler {
     }
 
     /// Chooses the next token from one row of logits. `prompt` and `generated` are the
-    /// sequence's tokens so far (for the penalties). On return `logits` holds the logits
-    /// after logit_bias and penalties (what greedy takes the argmax of); temperature and
-    /// the other warpers work on internal buffers. A logit of -inf (or NaN) is never
-    /// chosen; +inf is not supported.
+    /// sequence's tokens so far (for the penalties; the draw is keyed by
+    /// `generated.len()`). On return `logits` holds the logits after logit_bias and
+    /// penalties (what greedy takes the argmax of), NaN as -inf and +inf as `f32::MAX`;
+    /// temperature and the other warpers work on internal buffers. A logit of -inf is
+    /// never chosen; a row with nothing else is [`NoToken`].
     pub fn sample(
         &mut self,
         logits: &mut [f32],
         prompt: &[u32],
         generated: &[u32],
         top_n: usize,
-    ) -> Sampled {
+    ) -> Result<Sampled, NoToken> {
         self.process(logits, prompt, generated);
         let t = self.params.temperature;
         if !(self.params.do_sample && t > 0.0 && (1.0 / t).is_finite()) {
             return self.greedy(logits, top_n);
         }
-        let u = self.unit();
+        let draw = GumbelMax::new(self.seed, generated.len() as u32);
         let inv_t = 1.0 / t;
         if self.truncate(logits, inv_t) {
-            self.draw_candidates(inv_t, u, top_n)
+            self.draw_candidates(inv_t, draw, top_n)
         } else {
-            self.draw_full(logits, inv_t, u, top_n)
+            self.draw_full(logits, inv_t, draw, top_n)
         }
     }
 
-    /// logit_bias, then the penalties.
+    /// logit_bias, then the penalties; then NaN becomes -inf (never chosen) and +inf the
+    /// largest finite value (so that sums and differences stay numbers).
     fn process(&mut self, logits: &mut [f32], prompt: &[u32], generated: &[u32]) {
         let p = &self.params;
         apply_logit_bias(logits, &p.logit_bias);
@@ -204,33 +212,35 @@ impl Sampler {
             p.frequency_penalty,
             p.presence_penalty,
         );
-    }
-
-    /// A uniform draw in [0, 1) with 53 random bits.
-    fn unit(&mut self) -> f64 {
-        (self.rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-
-    fn greedy(&mut self, logits: &[f32], top_n: usize) -> Sampled {
-        let (id, m) = argmax_and_max(logits);
-        if !m.is_finite() {
-            return Sampled {
-                id,
-                logprob: if m > 0.0 { 0.0 } else { f32::NEG_INFINITY },
-                top: Vec::new(),
-            };
+        for x in logits.iter_mut() {
+            if !(*x <= f32::MAX) {
+                *x = if x.is_nan() {
+                    f32::NEG_INFINITY
+                } else {
+                    f32::MAX
+                };
+            }
         }
-        let lse = m + sum_exp(logits, m, 1.0).ln() as f32;
+    }
+
+    /// The argmax and its log-softmax, `-ln(sum exp(x - max))`: finite whenever there is a
+    /// token (the maximum's own term is 1).
+    fn greedy(&mut self, logits: &[f32], top_n: usize) -> Result<Sampled, NoToken> {
+        let (id, m) = argmax_and_max(logits);
+        if m == f32::NEG_INFINITY {
+            return Err(NoToken);
+        }
+        let lnz = sum_exp(logits, m, 1.0).ln() as f32;
         let mut top = Vec::new();
         if top_n > 0 {
             self.select.select(logits, top_n, false, &mut self.cands);
-            top.extend(self.cands.iter().map(|&(i, x)| (i, x - lse)));
+            top.extend(self.cands.iter().map(|&(i, x)| (i, (x - m) - lnz)));
         }
-        Sampled {
+        Ok(Sampled {
             id,
-            logprob: m - lse,
+            logprob: -lnz,
             top,
-        }
+        })
     }
 
     /// Applies top_k, top_p, typical_p and min_p. Returns false when none is on (the
@@ -401,25 +411,27 @@ impl Sampler {
         );
     }
 
-    fn draw_candidates(&mut self, inv_t: f32, u: f64, top_n: usize) -> Sampled {
+    /// The draw among the candidates that survived truncation.
+    fn draw_candidates(
+        &mut self,
+        inv_t: f32,
+        mut draw: GumbelMax,
+        top_n: usize,
+    ) -> Result<Sampled, NoToken> {
         let m = max_logit(&self.cands);
         weights(&self.cands, m, inv_t, &mut self.weights);
         let z: f64 = self.weights.iter().map(|&w| w as f64).sum();
-        let target = u * z;
-        let mut pick = 0;
-        let mut cum = 0f64;
-        for (i, &w) in self.weights.iter().enumerate() {
-            if w > 0.0 {
-                pick = i;
-            }
-            cum += w as f64;
-            if cum > target {
-                break;
-            }
+        for &(i, x) in &self.cands {
+            draw.offer(i, tempered(x, m, inv_t));
         }
+        let id = draw.token().ok_or(NoToken)?;
+        let x = self
+            .cands
+            .iter()
+            .find(|c| c.0 == id)
+            .map_or(f32::NEG_INFINITY, |c| c.1);
         let lnz = z.ln() as f32;
         let logprob = |x: f32| (x - m) * inv_t - lnz;
-        let (id, x) = self.cands[pick];
         let n = top_n.min(self.cands.len());
         let top: &[(u32, f32)] = if self.sorted || n == 0 {
             &self.cands[..n]
@@ -431,51 +443,32 @@ impl Sampler {
             self.top.sort_unstable_by(by_value_desc);
             &self.top
         };
-        Sampled {
+        Ok(Sampled {
             id,
             logprob: logprob(x),
             top: top.iter().map(|&(i, x)| (i, logprob(x))).collect(),
-        }
+        })
     }
 
-    /// A draw from the whole row at temperature `1 / inv_t`: the walk adds the same block
-    /// sums as the normaliser, so it always ends inside the row.
-    fn draw_full(&mut self, logits: &[f32], inv_t: f32, u: f64, top_n: usize) -> Sampled {
-        let m = max_of(logits);
-        if !m.is_finite() {
-            return self.greedy(logits, top_n);
+    /// A draw from the whole row at temperature `1 / inv_t`. The maximum is offered first,
+    /// so the draw then skips, without noise, every token too far below it to win.
+    fn draw_full(
+        &mut self,
+        logits: &[f32],
+        inv_t: f32,
+        mut draw: GumbelMax,
+        top_n: usize,
+    ) -> Result<Sampled, NoToken> {
+        let (first, m) = argmax_and_max(logits);
+        if m == f32::NEG_INFINITY {
+            return Err(NoToken);
         }
+        draw.offer(first, 0.0);
+        for (i, &x) in logits.iter().enumerate() {
+            draw.offer(i as u32, tempered(x, m, inv_t));
+        }
+        let id = draw.token().ok_or(NoToken)? as usize;
         let z = sum_exp_blocks(logits, m, inv_t, Some(&mut self.blocks));
-        let target = u * z;
-        let mut cum = 0f64;
-        let mut pick = None;
-        for (b, &s) in self.blocks.iter().enumerate() {
-            let s = s as f64;
-            if s > 0.0 && cum + s > target {
-                let block = &logits[b * SUM_BLOCK..((b + 1) * SUM_BLOCK).min(logits.len())];
-                let mut w = [0f32; SUM_BLOCK];
-                exp_into(block, m, inv_t, &mut w);
-                let mut inner = cum;
-                for (j, &w) in w[..block.len()].iter().enumerate() {
-                    if w > 0.0 {
-                        pick = Some(b * SUM_BLOCK + j);
-                        inner += w as f64;
-                        if inner > target {
-                            break;
-                        }
-                    }
-                }
-                break;
-            }
-            cum += s;
-        }
-        // Rounding may end the walk past the row: the last token of nonzero weight.
-        let id = pick.unwrap_or_else(|| {
-            logits
-                .iter()
-                .rposition(|&x| exp1((x - m) * inv_t) > 0.0)
-                .unwrap_or(0)
-        });
         let lnz = z.ln() as f32;
         let logprob = |x: f32| (x - m) * inv_t - lnz;
         let mut top = Vec::new();
@@ -483,11 +476,11 @@ impl Sampler {
             self.select.select(logits, top_n, false, &mut self.cands);
             top.extend(self.cands.iter().map(|&(i, x)| (i, logprob(x))));
         }
-        Sampled {
+        Ok(Sampled {
             id: id as u32,
             logprob: logprob(logits[id]),
             top,
-        }
+        })
     }
 
     /// The probability of every token of the row under the distribution `sample` would
@@ -517,7 +510,7 @@ impl Sampler {
             let m = max_of(logits);
             let z = sum_exp(logits, m, inv_t);
             for (o, &x) in out.iter_mut().zip(logits.iter()) {
-                *o = exp1((x - m) * inv_t) as f64 / z;
+                *o = super::logprobs::exp1((x - m) * inv_t) as f64 / z;
             }
         }
         out
@@ -683,7 +676,7 @@ mod tests {
         let mut s = Sampler::new(&p, 7);
         // After the bias, tokens 0 and 2 tie at 3.0: the first wins.
         let mut logits = [2.0f32, 1.0, 3.0, -1.0];
-        let out = s.sample(&mut logits, &[], &[], 3);
+        let out = s.sample(&mut logits, &[], &[], 3).unwrap();
         assert_eq!(out.id, 0);
         assert_eq!(logits, [3.0, 1.0, 3.0, -1.0], "logits after bias");
         let lse = (3f64.exp() * 2.0 + 1f64.exp() + (-1f64).exp()).ln();
@@ -697,7 +690,13 @@ mod tests {
             ..SamplingParams::default()
         };
         let mut logits = [2.0f32, 1.5, 0.0];
-        assert_eq!(Sampler::new(&p, 0).sample(&mut logits, &[0], &[], 0).id, 1);
+        assert_eq!(
+            Sampler::new(&p, 0)
+                .sample(&mut logits, &[0], &[], 0)
+                .unwrap()
+                .id,
+            1
+        );
         assert_eq!(logits, [1.0, 1.5, 0.0]);
     }
 
@@ -898,7 +897,7 @@ mod tests {
             let want = probs(&p, &logits);
             let mut s = Sampler::new(&p, 5);
             for _ in 0..20 {
-                let out = s.sample(&mut logits.clone(), &[], &[], 5);
+                let out = s.sample(&mut logits.clone(), &[], &[], 5).unwrap();
                 if p.do_sample {
                     let lp = want[out.id as usize].ln();
                     assert!((out.logprob as f64 - lp).abs() < 1e-4, "{p:?}");
@@ -930,7 +929,7 @@ mod tests {
         let mut counts = vec![0usize; logits.len()];
         for seed in 0..draws {
             let mut s = Sampler::new(p, seed as u64);
-            counts[s.sample(&mut logits.to_vec(), &[], &[], 0).id as usize] += 1;
+            counts[s.sample(&mut logits.to_vec(), &[], &[], 0).unwrap().id as usize] += 1;
         }
         let mut chi2 = 0.0;
         for (i, &c) in counts.iter().enumerate() {
@@ -1019,9 +1018,9 @@ mod tests {
             let mut out = Vec::new();
             for step in 0..60 {
                 if with_neighbour {
-                    other.sample(&mut row(step + 1), &prompt, &[], 3);
+                    other.sample(&mut row(step + 1), &prompt, &[], 3).unwrap();
                 }
-                let r = s.sample(&mut row(step), &prompt, &gen, 0);
+                let r = s.sample(&mut row(step), &prompt, &gen, 0).unwrap();
                 gen.push(r.id);
                 out.push((r.id, r.logprob));
             }
@@ -1034,7 +1033,7 @@ mod tests {
         let mut s = Sampler::new(&p, 43);
         let mut gen = Vec::new();
         for step in 0..60 {
-            gen.push(s.sample(&mut row(step), &prompt, &gen, 0).id);
+            gen.push(s.sample(&mut row(step), &prompt, &gen, 0).unwrap().id);
         }
         assert_ne!(gen, alone.iter().map(|e| e.0).collect::<Vec<_>>());
     }
@@ -1060,13 +1059,43 @@ mod tests {
         ] {
             let mut s = Sampler::new(&p, 1);
             let mut all_neg = vec![f32::NEG_INFINITY; 10];
-            assert_eq!(s.sample(&mut all_neg, &[], &[], 2).id, 0);
+            assert_eq!(s.sample(&mut all_neg, &[], &[], 2), Err(NoToken));
+            let mut all_nan = vec![f32::NAN, f32::NEG_INFINITY, f32::NAN];
+            assert_eq!(s.sample(&mut all_nan, &[], &[], 2), Err(NoToken));
             let mut one = vec![f32::NEG_INFINITY; 10];
             one[7] = 0.0;
-            let out = s.sample(&mut one, &[], &[], 4);
+            let out = s.sample(&mut one, &[], &[], 4).unwrap();
             assert_eq!((out.id, out.logprob, out.top.len()), (7, 0.0, 1));
             let mut single = vec![1.0];
-            assert_eq!(s.sample(&mut single, &[5], &[0], 1).id, 0);
+            assert_eq!(s.sample(&mut single, &[5], &[0], 1).unwrap().id, 0);
+        }
+    }
+
+    /// NaN logits are never chosen and leave logprobs finite; +inf logits share the
+    /// choice, with finite logprobs, greedy or sampled.
+    #[test]
+    fn nan_and_infinite_logits_leave_logprobs_finite() {
+        let sampled = SamplingParams {
+            top_p: 0.9,
+            ..params()
+        };
+        for p in [SamplingParams::default(), params(), sampled] {
+            for step in 0..50u32 {
+                let gen = vec![0u32; step as usize];
+                let mut row: Vec<f32> = (0..64).map(|i| (i as f32 * 0.3).sin()).collect();
+                row[3] = f32::NAN;
+                row[40] = f32::NAN;
+                let out = Sampler::new(&p, 5).sample(&mut row, &[], &gen, 3).unwrap();
+                assert!(out.id != 3 && out.id != 40, "NaN token chosen: {out:?}");
+                assert!(out.logprob.is_finite(), "{out:?}");
+                assert!(out.top.iter().all(|t| t.1.is_finite()), "{out:?}");
+                let mut row = vec![0.5f32; 64];
+                row[10] = f32::INFINITY;
+                row[50] = f32::INFINITY;
+                let out = Sampler::new(&p, 5).sample(&mut row, &[], &gen, 2).unwrap();
+                assert!(out.id == 10 || out.id == 50, "{out:?}");
+                assert!(out.logprob.is_finite(), "{out:?}");
+            }
         }
     }
 }
