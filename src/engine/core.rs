@@ -890,6 +890,14 @@ mod tests {
     use candle_core::{DType, Device};
 
     fn engine(batch: usize) -> (EngineCore, Vec<tokio::sync::mpsc::UnboundedReceiver<Event>>) {
+        engine_masking(batch, None)
+    }
+
+    /// `engine(batch)`, with every token of request `masked` biased to -inf.
+    fn engine_masking(
+        batch: usize,
+        masked: Option<usize>,
+    ) -> (EngineCore, Vec<tokio::sync::mpsc::UnboundedReceiver<Event>>) {
         let spec = RandomSpec {
             shape: RandomShape::Tiny,
             seed: 5,
@@ -919,6 +927,7 @@ mod tests {
         for i in 0..batch {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             // Greedy, sampled and penalised rows, so every row mode is prepared.
+            let vocab = core.runner.model().config().vocab_size as u32;
             let sampling = SamplingParams {
                 do_sample: i % 3 != 0,
                 temperature: 0.8,
@@ -926,6 +935,11 @@ mod tests {
                 top_p: 0.9,
                 repetition_penalty: if i % 3 == 2 { 1.2 } else { 1.0 },
                 seed: i as u64,
+                logit_bias: if masked == Some(i) {
+                    (0..vocab).map(|t| (t, f32::NEG_INFINITY)).collect()
+                } else {
+                    Vec::new()
+                },
                 ..Default::default()
             };
             core.admit(Submission {
@@ -994,6 +1008,42 @@ mod tests {
                     (0, 0),
                     "batch {batch}: preparing a decode step and gathering its logits allocated"
                 );
+            }
+        }
+    }
+
+    /// A row with no token to choose (every logit -inf) fails its own request with a
+    /// generation error, never a made-up token; the other requests go on and its blocks
+    /// are released.
+    #[test]
+    fn a_row_with_no_token_fails_only_its_request() {
+        for masked in [0, 1] {
+            // Request 0 is greedy, request 1 sampled.
+            let (mut core, mut rx) = engine_masking(3, Some(masked));
+            for _ in 0..4 {
+                core.step();
+            }
+            let mut failed = false;
+            while let Ok(e) = rx[masked].try_recv() {
+                match e {
+                    Event::Error(EngineError::Generation(m)) => {
+                        assert!(m.contains("no token can be chosen"), "{m}");
+                        failed = true;
+                    }
+                    Event::Token { token, .. } => panic!("a token from a masked row: {token:?}"),
+                    _ => {}
+                }
+            }
+            assert!(failed, "request {masked} did not fail");
+            assert_eq!(core.scheduler.num_running(), 2);
+            let others = (0..3).filter(|&i| i != masked);
+            for i in others {
+                let mut tokens = 0;
+                while let Ok(e) = rx[i].try_recv() {
+                    assert!(!matches!(e, Event::Error(_)), "request {i} failed");
+                    tokens += matches!(e, Event::Token { .. }) as usize;
+                }
+                assert_eq!(tokens, 4, "request {i}");
             }
         }
     }

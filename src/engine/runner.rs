@@ -125,7 +125,7 @@ enum Cache {
 }
 
 impl Cache {
-    fn attention(&mut self) -> &mut dyn crate::model::Attention {
+    fn attention(&mut self) -> &mut dyn crate::model::AttentionBackend {
         match self {
             Cache::Host(c) => c,
             #[cfg(feature = "cuda")]
@@ -168,6 +168,7 @@ impl ModelRunner {
                     layout,
                     model.kv_dtype(),
                     cfg.num_heads,
+                    model.rope(),
                 )?;
                 Self::log(cache, kv.size_in_bytes(), "gpu");
                 Ok(Self::with_cache(model, cache, Cache::Device(Box::new(kv))))

@@ -6,8 +6,16 @@
 //! Either way one head's part of a block is contiguous: the attention loop streams through
 //! it without gathering a sequence's cache into a contiguous copy. Values are
 //! stored as f16 (llama.cpp's and vLLM's default), halving the cache's memory and bandwidth.
+//!
+//! [`KvCache`] is also the host [`AttentionBackend`]: rope, cache writes and paged
+//! attention by wick's CPU kernels (`ops`), on f32 activations.
 
+use anyhow::{Context, Result};
+use candle_core::{DType, Tensor};
 use half::f16;
+
+use crate::model::{AttentionBackend, ForwardBatch};
+use crate::ops::{self, Rope, RopeTables};
 
 /// Shape of the cache, shared by every layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +73,8 @@ fn zeroed(len: usize) -> Vec<f16> {
 pub struct KvCache {
     layout: CacheLayout,
     layers: Vec<LayerCache>,
+    /// The model's rope and this step's tables (set by `begin_step`).
+    rope: Option<(Rope, RopeTables)>,
 }
 
 impl KvCache {
@@ -75,7 +85,11 @@ impl KvCache {
                 v: zeroed(layout.layer_len()),
             })
             .collect();
-        Self { layout, layers }
+        Self {
+            layout,
+            layers,
+            rope: None,
+        }
     }
 
     pub fn layout(&self) -> &CacheLayout {
@@ -109,5 +123,59 @@ impl KvCache {
             layer.k.copy_within(s..s + len, d);
             layer.v.copy_within(s..s + len, d);
         }
+    }
+}
+
+fn to_f32_vec(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+}
+
+impl AttentionBackend for KvCache {
+    fn dtype(&self) -> DType {
+        DType::F32
+    }
+
+    fn begin_step(&mut self, batch: &ForwardBatch<'_>, rope: &Rope) -> Result<()> {
+        match &mut self.rope {
+            Some((_, tables)) => rope.tables_into(batch.positions, tables),
+            None => self.rope = Some((rope.clone(), rope.tables(batch.positions))),
+        }
+        Ok(())
+    }
+
+    fn attend(
+        &mut self,
+        layer: usize,
+        batch: &ForwardBatch<'_>,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<Tensor> {
+        let layout = self.layout;
+        let (rope, tables) = self.rope.as_ref().context("attend before begin_step")?;
+        let cache = self
+            .layers
+            .get_mut(layer)
+            .with_context(|| format!("layer {layer} is outside the cache"))?;
+        let (tokens, d, nkv) = (batch.tokens.len(), layout.head_dim, layout.num_kv_heads);
+        let num_heads = q.dim(1)? / d;
+        let (mut q, mut k, v) = (to_f32_vec(q)?, to_f32_vec(k)?, to_f32_vec(v)?);
+        anyhow::ensure!(
+            q.len() == tokens * num_heads * d && k.len() == tokens * nkv * d && v.len() == k.len(),
+            "q/k/v do not match {tokens} tokens of {num_heads}/{nkv} heads of {d}"
+        );
+        rope.apply(&mut q, num_heads, tables);
+        rope.apply(&mut k, nkv, tables);
+        ops::write_kv(&layout, &mut cache.k, &mut cache.v, &k, &v, batch.slots);
+        let scale = 1.0 / (d as f32).sqrt();
+        let mut out = vec![0f32; tokens * num_heads * d];
+        ops::paged_attention(
+            &layout, &cache.k, &cache.v, &q, num_heads, batch.seqs, scale, &mut out,
+        );
+        Ok(Tensor::from_vec(
+            out,
+            (tokens, num_heads * d),
+            &candle_core::Device::Cpu,
+        )?)
     }
 }

@@ -1,11 +1,13 @@
-//! The paged KV cache in GPU memory (`cuda` feature).
+//! The paged KV cache in GPU memory (`cuda` feature), and the GPU [`AttentionBackend`]:
+//! rope, cache writes and paged attention by wick's kernels (`kernels/*.cu`, loaded once
+//! here), on 16-bit q/k/v.
 //!
 //! Same blocks, slots and block tables as the host cache; the storage is one K and one V
 //! buffer per layer in the model's 16-bit dtype, laid out
 //! `[num_blocks][num_kv_heads][block_size][head_dim]` for both (a key is `head_dim`
 //! contiguous elements, which one warp reads in one coalesced load). The step's batch
 //! description (slots, per-row sequence, per-sequence query ranges, context lengths and
-//! padded block tables) is packed into one buffer and uploaded once per step; the host
+//! padded block tables, positions) is packed into one buffer and uploaded once per step; the host
 //! staging vector and the device buffer are reused and only grow.
 
 use anyhow::{bail, ensure, Result};
@@ -15,8 +17,9 @@ use candle_core::{DType, Tensor};
 
 use super::step_meta::{pack_step, Packed};
 use super::CacheLayout;
-use crate::model::ForwardBatch;
+use crate::model::{AttentionBackend, ForwardBatch};
 use crate::ops::cuda::{AttnMeta, Kernels};
+use crate::ops::{Rope, RopeStyle};
 
 struct DeviceLayer {
     k: CudaSlice<u16>,
@@ -33,6 +36,9 @@ pub struct DeviceKvCache {
     packed: Option<Packed>,
     num_heads: usize,
     scale: f32,
+    /// The model's rope frequencies (uploaded once) and pair layout.
+    inv_freq: CudaSlice<f32>,
+    interleaved: bool,
 }
 
 impl std::fmt::Debug for DeviceKvCache {
@@ -46,13 +52,15 @@ impl std::fmt::Debug for DeviceKvCache {
 }
 
 impl DeviceKvCache {
-    /// Allocates a zeroed cache of `dtype` (bf16 or f16) for `num_layers` layers.
+    /// Allocates a zeroed cache of `dtype` (bf16 or f16) for `num_layers` layers of a
+    /// model with `num_heads` query heads and rotary embedding `rope`.
     pub fn new(
         dev: &CudaDevice,
         num_layers: usize,
         layout: CacheLayout,
         dtype: DType,
         num_heads: usize,
+        rope: &Rope,
     ) -> Result<Self> {
         ensure!(
             matches!(dtype, DType::BF16 | DType::F16),
@@ -82,6 +90,8 @@ impl DeviceKvCache {
             packed: None,
             num_heads,
             scale: 1.0 / (layout.head_dim as f32).sqrt(),
+            inv_freq: dev.clone_htod(rope.inv_freq())?,
+            interleaved: rope.style() == RopeStyle::Interleaved,
         })
     }
 
@@ -132,9 +142,9 @@ impl DeviceKvCache {
         Ok(())
     }
 
-    /// Writes the new tokens' K/V (`[tokens, kv_heads * head_dim]`) into `layer` and
-    /// attends every query row (`q`: `[tokens, heads * head_dim]`). All three must be in
-    /// the cache's dtype.
+    /// Rotates `q` and `k` at the step's positions, writes the new tokens' K/V
+    /// (`[tokens, kv_heads * head_dim]`) into `layer` and attends every query row (`q`:
+    /// `[tokens, heads * head_dim]`). All three must be in the cache's dtype.
     pub fn attend(&mut self, layer: usize, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
         let Some(p) = self.packed else {
             bail!("attend before begin_step");
@@ -145,9 +155,26 @@ impl DeviceKvCache {
         };
         let upload = &self.upload;
         let view = |r: std::ops::Range<usize>| -> CudaView<'_, u32> { upload.slice(r) };
-        self.kernels.write_kv(
+        let positions = view(p.positions());
+        let kern = &self.kernels;
+        let q = kern.rope(
+            q,
+            &positions,
+            &self.inv_freq,
+            self.num_heads,
+            self.interleaved,
+        )?;
+        let k = kern.rope(
             k,
-            v,
+            &positions,
+            &self.inv_freq,
+            l.num_kv_heads,
+            self.interleaved,
+        )?;
+        let v = v.contiguous()?;
+        kern.write_kv(
+            &k,
+            &v,
             &mut cache.k,
             &mut cache.v,
             &view(p.slots()),
@@ -169,6 +196,28 @@ impl DeviceKvCache {
             block_size: l.block_size,
             scale: self.scale,
         };
-        Ok(self.kernels.paged_attention(q, &cache.k, &cache.v, &meta)?)
+        Ok(kern.paged_attention(&q, &cache.k, &cache.v, &meta)?)
+    }
+}
+
+impl AttentionBackend for DeviceKvCache {
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The rope was taken at construction; the step's metadata goes up in one copy.
+    fn begin_step(&mut self, batch: &ForwardBatch<'_>, _rope: &Rope) -> Result<()> {
+        DeviceKvCache::begin_step(self, batch)
+    }
+
+    fn attend(
+        &mut self,
+        layer: usize,
+        _batch: &ForwardBatch<'_>,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<Tensor> {
+        DeviceKvCache::attend(self, layer, q, k, v)
     }
 }

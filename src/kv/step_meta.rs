@@ -1,5 +1,5 @@
 //! One step's batch as device attention reads it, packed into a single `u32` array so it
-//! reaches the GPU in one copy: slots, the sequence of every query row, per-sequence
+//! reaches the GPU in one copy: slots, positions, the sequence of every query row, per-sequence
 //! query start, query length and context length, and block tables padded to the longest.
 //! Checked here, on the host, so a bad batch is an error and never an out-of-bounds read
 //! on the device.
@@ -22,27 +22,30 @@ impl Packed {
     pub fn slots(&self) -> std::ops::Range<usize> {
         0..self.tokens
     }
-    pub fn row_seq(&self) -> std::ops::Range<usize> {
+    pub fn positions(&self) -> std::ops::Range<usize> {
         self.tokens..2 * self.tokens
     }
+    pub fn row_seq(&self) -> std::ops::Range<usize> {
+        2 * self.tokens..3 * self.tokens
+    }
     pub fn q_start(&self) -> std::ops::Range<usize> {
-        let o = 2 * self.tokens;
+        let o = 3 * self.tokens;
         o..o + self.seqs
     }
     pub fn q_len(&self) -> std::ops::Range<usize> {
-        let o = 2 * self.tokens + self.seqs;
+        let o = 3 * self.tokens + self.seqs;
         o..o + self.seqs
     }
     pub fn context_len(&self) -> std::ops::Range<usize> {
-        let o = 2 * self.tokens + 2 * self.seqs;
+        let o = 3 * self.tokens + 2 * self.seqs;
         o..o + self.seqs
     }
     pub fn block_tables(&self) -> std::ops::Range<usize> {
-        let o = 2 * self.tokens + 3 * self.seqs;
+        let o = 3 * self.tokens + 3 * self.seqs;
         o..o + self.seqs * self.max_blocks
     }
     pub fn len(&self) -> usize {
-        2 * self.tokens + 3 * self.seqs + self.seqs * self.max_blocks
+        3 * self.tokens + 3 * self.seqs + self.seqs * self.max_blocks
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -59,9 +62,10 @@ pub fn pack_step(
     let tokens = batch.tokens.len();
     let capacity = layout.num_blocks * layout.block_size;
     ensure!(
-        batch.slots.len() == tokens,
-        "the batch has {tokens} tokens but {} slots",
-        batch.slots.len()
+        batch.slots.len() == tokens && batch.positions.len() == tokens,
+        "the batch has {tokens} tokens but {} slots and {} positions",
+        batch.slots.len(),
+        batch.positions.len()
     );
     let mut max_blocks = 1;
     let mut max_context = 0;
@@ -111,6 +115,7 @@ pub fn pack_step(
     out.clear();
     out.reserve(packed.len());
     out.extend_from_slice(batch.slots);
+    out.extend_from_slice(batch.positions);
     for (i, s) in batch.seqs.iter().enumerate() {
         out.extend(std::iter::repeat_n(i as u32, s.q_len));
     }
@@ -176,6 +181,7 @@ mod tests {
             }
         );
         assert_eq!(&out[p.slots()], &[22, 23, 8, 12]);
+        assert_eq!(&out[p.positions()], &[2, 3, 4, 8]);
         assert_eq!(&out[p.row_seq()], &[0, 0, 0, 1]);
         assert_eq!(&out[p.q_start()], &[0, 3]);
         assert_eq!(&out[p.q_len()], &[3, 1]);
@@ -211,5 +217,14 @@ mod tests {
         assert!(check(&[seq(0, 3, 2, &[1])], &[0, 1, 2], &[0, 1, 2]).contains("do not fit"));
         assert!(check(&[seq(0, 1, 2, &[1])], &[0, 1], &[0, 1]).contains("1 query rows"));
         assert!(check(&[seq(0, 1, 2, &[1])], &[0], &[0, 1]).contains("2 tokens but 1 slots"));
+        let batch = ForwardBatch {
+            tokens: &[0, 1],
+            positions: &[0],
+            slots: &[0, 1],
+            seqs: &[seq(0, 2, 2, &[1])],
+            logits_rows: &[],
+        };
+        let e = pack_step(&layout(), &batch, &mut Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("1 positions"), "{e}");
     }
 }

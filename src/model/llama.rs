@@ -2,8 +2,9 @@
 //!
 //! Tokens of every sequence in a step are concatenated into one `[tokens, hidden]`
 //! activation; matmuls see one tall matrix whatever the mix of prefill and decode. Only
-//! attention looks at sequence boundaries, through the [`Attention`] implementation
-//! (the paged KV cache in serving, a contiguous reference in tests).
+//! attention looks at sequence boundaries, through the [`AttentionBackend`] (the paged KV
+//! cache in host or GPU memory in serving, a contiguous reference in tests). The layer
+//! loop is the same on every device.
 
 use std::io::{Read, Seek};
 use std::sync::Arc;
@@ -13,123 +14,10 @@ use candle_core::quantized::{gguf_file, QTensor};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
+use super::backend::{AttentionBackend, ForwardBatch};
 use super::config::ModelConfig;
 use super::linear::{Embedding, Linear};
-use crate::kv::KvCache;
-use crate::ops::{self, AttnSeq, Rope, RopeScaling};
-
-/// One step's flattened batch.
-#[derive(Debug, Clone, Copy)]
-pub struct ForwardBatch<'a> {
-    /// New token ids of every sequence, concatenated.
-    pub tokens: &'a [u32],
-    /// Position of each new token in its sequence.
-    pub positions: &'a [u32],
-    /// Cache slot each new token's K/V is written to.
-    pub slots: &'a [u32],
-    /// Per sequence: its query rows, context length and block table.
-    pub seqs: &'a [AttnSeq<'a>],
-    /// Rows of the batch whose logits are wanted (usually each sequence's last token).
-    pub logits_rows: &'a [u32],
-}
-
-/// Where attention gets its keys and values from.
-pub trait Attention {
-    /// `q`: `[tokens][heads][head_dim]` (rotated); `k`, `v`: `[tokens][kv_heads][head_dim]`
-    /// of the new tokens; writes `[tokens][heads][head_dim]` into `out`.
-    #[allow(clippy::too_many_arguments)]
-    fn attend(
-        &mut self,
-        layer: usize,
-        batch: &ForwardBatch<'_>,
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        num_heads: usize,
-        out: &mut [f32],
-    ) -> Result<()>;
-
-    /// Called once per forward pass, before the first layer (a device cache uploads the
-    /// step's block tables here).
-    fn begin_step(&mut self, _batch: &ForwardBatch<'_>) -> Result<()> {
-        Ok(())
-    }
-
-    /// Device attention: writes `k`, `v` (`[tokens, kv_heads * head_dim]`) into layer
-    /// `layer`'s cache and attends every row of `q` (`[tokens, heads * head_dim]`), all in
-    /// the cache's dtype; returns `[tokens, heads * head_dim]`.
-    #[cfg(feature = "cuda")]
-    fn attend_device(
-        &mut self,
-        _layer: usize,
-        _q: &Tensor,
-        _k: &Tensor,
-        _v: &Tensor,
-    ) -> Result<Tensor> {
-        anyhow::bail!("this attention backend keeps its cache in host memory")
-    }
-
-    /// The dtype device attention takes (`None`: host attention only).
-    fn device_dtype(&self) -> Option<DType> {
-        None
-    }
-}
-
-#[cfg(feature = "cuda")]
-impl Attention for crate::kv::DeviceKvCache {
-    fn attend(
-        &mut self,
-        _layer: usize,
-        _batch: &ForwardBatch<'_>,
-        _q: &[f32],
-        _k: &[f32],
-        _v: &[f32],
-        _num_heads: usize,
-        _out: &mut [f32],
-    ) -> Result<()> {
-        anyhow::bail!("the GPU KV cache attends device tensors (attend_device)")
-    }
-
-    fn begin_step(&mut self, batch: &ForwardBatch<'_>) -> Result<()> {
-        crate::kv::DeviceKvCache::begin_step(self, batch)
-    }
-
-    fn attend_device(
-        &mut self,
-        layer: usize,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-    ) -> Result<Tensor> {
-        crate::kv::DeviceKvCache::attend(self, layer, q, k, v)
-    }
-
-    fn device_dtype(&self) -> Option<DType> {
-        Some(self.dtype())
-    }
-}
-
-impl Attention for KvCache {
-    fn attend(
-        &mut self,
-        layer: usize,
-        batch: &ForwardBatch<'_>,
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        num_heads: usize,
-        out: &mut [f32],
-    ) -> Result<()> {
-        let layout = *self.layout();
-        let cache = self.layer_mut(layer);
-        ops::write_kv(&layout, &mut cache.k, &mut cache.v, k, v, batch.slots);
-        let scale = 1.0 / (layout.head_dim as f32).sqrt();
-        ops::paged_attention(
-            &layout, &cache.k, &cache.v, q, num_heads, batch.seqs, scale, out,
-        );
-        Ok(())
-    }
-}
+use crate::ops::{Rope, RopeScaling};
 
 #[derive(Debug)]
 struct Block {
@@ -153,31 +41,6 @@ pub struct LlamaModel {
     lm_head: Linear,
     rope: Rope,
     device: Device,
-    /// On a GPU: wick's kernels and the rope frequencies in device memory.
-    #[cfg(feature = "cuda")]
-    gpu: Option<GpuParts>,
-}
-
-#[cfg(feature = "cuda")]
-#[derive(Debug)]
-struct GpuParts {
-    kernels: crate::ops::cuda::Kernels,
-    inv_freq: candle_core::cuda_backend::cudarc::driver::CudaSlice<f32>,
-}
-
-#[cfg(feature = "cuda")]
-fn gpu_parts(device: &Device, rope: &Rope) -> Result<Option<GpuParts>> {
-    match device {
-        Device::Cuda(dev) => Ok(Some(GpuParts {
-            kernels: crate::ops::cuda::Kernels::new(dev)?,
-            inv_freq: dev.clone_htod(rope.inv_freq())?,
-        })),
-        _ => Ok(None),
-    }
-}
-
-fn to_f32_vec(t: &Tensor) -> Result<Vec<f32>> {
-    Ok(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
 }
 
 impl LlamaModel {
@@ -198,8 +61,19 @@ impl LlamaModel {
         }
     }
 
-    /// Runs the batch; returns logits `[logits_rows.len(), vocab]` (f32).
-    pub fn forward(&self, batch: &ForwardBatch<'_>, attn: &mut dyn Attention) -> Result<Tensor> {
+    /// The rotary embedding the attention backend applies.
+    pub fn rope(&self) -> &Rope {
+        &self.rope
+    }
+
+    /// Runs the batch; returns logits `[logits_rows.len(), vocab]` (f32). Activations stay
+    /// on the model's device in the embedding's dtype (f32 on the CPU); q, k and v go to
+    /// attention in the backend's dtype.
+    pub fn forward(
+        &self,
+        batch: &ForwardBatch<'_>,
+        attn: &mut dyn AttentionBackend,
+    ) -> Result<Tensor> {
         let cfg = &self.config;
         let n = batch.tokens.len();
         anyhow::ensure!(
@@ -214,79 +88,24 @@ impl LlamaModel {
                 cfg.vocab_size
             );
         }
-        #[cfg(feature = "cuda")]
-        if let Some(gpu) = &self.gpu {
-            return self.forward_gpu(gpu, batch, attn);
-        }
-        let (nh, nkv, d) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
         let eps = cfg.rms_norm_eps as f32;
-        let ids = Tensor::from_slice(batch.tokens, n, &self.device)?;
-        let mut x = self.embed.forward(&ids)?.to_dtype(DType::F32)?;
-        let tables = self.rope.tables(batch.positions);
-        let mut attn_out = vec![0f32; n * nh * d];
-        for (layer, b) in self.blocks.iter().enumerate() {
-            let h = candle_nn::ops::rms_norm(&x, &b.attn_norm, eps)?;
-            let qkv = Linear::forward_many(&[&b.q, &b.k, &b.v], &h)?;
-            let mut q = to_f32_vec(&qkv[0])?;
-            let mut k = to_f32_vec(&qkv[1])?;
-            let v = to_f32_vec(&qkv[2])?;
-            self.rope.apply(&mut q, nh, &tables);
-            self.rope.apply(&mut k, nkv, &tables);
-            attn.attend(layer, batch, &q, &k, &v, nh, &mut attn_out)?;
-            let a = Tensor::from_slice(&attn_out, (n, nh * d), &self.device)?;
-            x = (x + b.o.forward(&a)?)?;
-            let h = candle_nn::ops::rms_norm(&x, &b.ffn_norm, eps)?;
-            let gu = Linear::forward_many(&[&b.gate, &b.up], &h)?;
-            let g = gu[0].silu()?;
-            let u = &gu[1];
-            x = (x + b.down.forward(&(g * u)?)?)?;
-        }
-        let rows = Tensor::from_slice(batch.logits_rows, batch.logits_rows.len(), &self.device)?;
-        let x = x.index_select(&rows, 0)?;
-        let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
-        Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
-    }
-
-    /// The forward pass on a GPU: activations stay on the device; q/k/v are cast to the
-    /// cache's dtype for rope and attention (wick's kernels), matmuls and norms are
-    /// candle's (cuBLAS, and candle's quantized CUDA matmuls for GGUF weights).
-    #[cfg(feature = "cuda")]
-    fn forward_gpu(
-        &self,
-        gpu: &GpuParts,
-        batch: &ForwardBatch<'_>,
-        attn: &mut dyn Attention,
-    ) -> Result<Tensor> {
-        let cfg = &self.config;
-        let n = batch.tokens.len();
-        let (nh, nkv) = (cfg.num_heads, cfg.num_kv_heads);
-        let eps = cfg.rms_norm_eps as f32;
-        let Some(kv_dtype) = attn.device_dtype() else {
-            anyhow::bail!("a model on the GPU needs a GPU KV cache");
-        };
-        let Device::Cuda(dev) = &self.device else {
-            anyhow::bail!("GPU forward on a non-GPU device");
-        };
-        attn.begin_step(batch)?;
-        let positions = dev.clone_htod(batch.positions)?;
-        let positions = positions.slice(0..n);
-        let interleaved = self.rope.style() == crate::ops::RopeStyle::Interleaved;
+        attn.begin_step(batch, &self.rope)?;
+        let kv_dtype = attn.dtype();
         let ids = Tensor::from_slice(batch.tokens, n, &self.device)?;
         let mut x = self.embed.forward(&ids)?;
+        if self.device.is_cpu() {
+            x = x.to_dtype(DType::F32)?;
+        }
         let act = x.dtype();
         for (layer, b) in self.blocks.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &b.attn_norm, eps)?;
             let qkv = Linear::forward_many(&[&b.q, &b.k, &b.v], &h)?;
-            let q = qkv[0].to_dtype(kv_dtype)?;
-            let k = qkv[1].to_dtype(kv_dtype)?;
-            let v = qkv[2].to_dtype(kv_dtype)?.contiguous()?;
-            let q = gpu
-                .kernels
-                .rope(&q, &positions, &gpu.inv_freq, nh, interleaved)?;
-            let k = gpu
-                .kernels
-                .rope(&k, &positions, &gpu.inv_freq, nkv, interleaved)?;
-            let a = attn.attend_device(layer, &q, &k, &v)?.to_dtype(act)?;
+            let (q, k, v) = (
+                qkv[0].to_dtype(kv_dtype)?,
+                qkv[1].to_dtype(kv_dtype)?,
+                qkv[2].to_dtype(kv_dtype)?,
+            );
+            let a = attn.attend(layer, batch, &q, &k, &v)?.to_dtype(act)?;
             x = (x + b.o.forward(&a)?)?;
             let h = candle_nn::ops::rms_norm(&x, &b.ffn_norm, eps)?;
             let gu = Linear::forward_many(&[&b.gate, &b.up], &h)?;
@@ -345,8 +164,6 @@ impl LlamaModel {
             config.rope_style,
         );
         Ok(Self {
-            #[cfg(feature = "cuda")]
-            gpu: gpu_parts(device, &rope)?,
             embed: Embedding::Quantized(embed_q),
             blocks,
             norm,
@@ -415,8 +232,6 @@ impl LlamaModel {
             config.rope_style,
         );
         Ok(Self {
-            #[cfg(feature = "cuda")]
-            gpu: gpu_parts(&device, &rope)?,
             embed: Embedding::Dense(embed),
             blocks,
             norm,

@@ -111,7 +111,7 @@ impl Kernels {
         &self,
         logits: &Tensor,
         rows: &[u32],
-        params: &[crate::sampling::gumbel::RowSample],
+        params: &[crate::ops::launch::RowSample],
         ids: &mut Vec<u32>,
         lps: &mut Vec<f32>,
     ) -> Result<()> {
@@ -142,7 +142,7 @@ impl Kernels {
         &self,
         logits: &Tensor,
         kernel: &str,
-        params: Option<&[crate::sampling::gumbel::RowSample]>,
+        params: Option<&[crate::ops::launch::RowSample]>,
         ids_out: &mut Vec<u32>,
         lps_out: &mut Vec<f32>,
     ) -> Result<()> {
@@ -353,7 +353,7 @@ impl Kernels {
 
 // SAFETY: RowSample is repr(C) plain data (f32, u32 and u64 fields), laid out as the
 // kernel's struct.
-unsafe impl DeviceRepr for crate::sampling::gumbel::RowSample {}
+unsafe impl DeviceRepr for crate::ops::launch::RowSample {}
 
 /// cudarc's launch builder as the [`ArgSink`] that `ops::launch` pushes arguments into.
 struct Args<'x, 'a>(&'x mut LaunchArgs<'a>);

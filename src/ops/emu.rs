@@ -89,7 +89,7 @@ unsafe impl Elem for half::f16 {}
 // SAFETY: 16-bit floats, any bits.
 unsafe impl Elem for half::bf16 {}
 // SAFETY: repr(C) f32, u32 and u64 fields with an explicit pad field: no padding bytes.
-unsafe impl Elem for crate::sampling::gumbel::RowSample {}
+unsafe impl Elem for crate::ops::launch::RowSample {}
 
 /// One launch's arguments, pushed in the kernel's parameter order (by `ops::launch`).
 /// Buffers are borrowed for the launch: `&[T]` read-only, `&mut [T]` writable.

@@ -319,6 +319,22 @@ impl CopyRangeLaunch {
     }
 }
 
+/// One row's sampling parameters, as `wick_sample_f32` reads them (`RowSample` in
+/// kernels/sampling.cu; the rule is stated in `sampling::gumbel`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct RowSample {
+    pub temperature: f32,
+    pub top_p: f32,
+    pub min_p: f32,
+    /// 0: no top-k.
+    pub top_k: u32,
+    pub seed: u64,
+    /// Tokens generated so far (one draw per step).
+    pub step: u32,
+    pub _pad: u32,
+}
+
 /// The per-row choice kernels of kernels/sampling.cu (`wick_greedy_f32`,
 /// `wick_sample_f32`): one block per row of f32 logits.
 #[derive(Debug, Clone, PartialEq)]
@@ -341,7 +357,7 @@ impl ChooseRowsLaunch {
         }
     }
 
-    /// `params` (one `sampling::gumbel::RowSample` per row) for `SAMPLE`, `None` for
+    /// `params` (one [`RowSample`] per row) for `SAMPLE`, `None` for
     /// `GREEDY`.
     pub fn args<'s, S, X, P, I, L>(&'s self, s: &mut S, x: X, params: Option<P>, ids: I, lps: L)
     where

@@ -15,4 +15,4 @@ pub mod rope;
 pub mod simd;
 
 pub use attention::{paged_attention, write_kv, AttnSeq};
-pub use rope::{Rope, RopeScaling, RopeStyle};
+pub use rope::{Rope, RopeScaling, RopeStyle, RopeTables};

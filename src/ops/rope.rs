@@ -100,17 +100,25 @@ impl Rope {
     }
 
     pub fn tables(&self, positions: &[u32]) -> RopeTables {
-        let half = self.head_dim / 2;
-        let mut cos = Vec::with_capacity(positions.len() * half);
-        let mut sin = Vec::with_capacity(positions.len() * half);
+        let mut t = RopeTables {
+            cos: Vec::new(),
+            sin: Vec::new(),
+        };
+        self.tables_into(positions, &mut t);
+        t
+    }
+
+    /// [`Rope::tables`] into `out`, reusing its buffers.
+    pub fn tables_into(&self, positions: &[u32], out: &mut RopeTables) {
+        out.cos.clear();
+        out.sin.clear();
         for &p in positions {
             for &f in &self.inv_freq {
                 let (s, c) = (p as f32 * f).sin_cos();
-                cos.push(c);
-                sin.push(s);
+                out.cos.push(c);
+                out.sin.push(s);
             }
         }
-        RopeTables { cos, sin }
     }
 
     /// Rotates `x`, laid out `[tokens][heads][head_dim]`, in place.

@@ -30,20 +30,9 @@
 /// NaN).
 pub const NO_TOKEN: u32 = u32::MAX;
 
-/// One row's sampling parameters (what the device kernel reads per row).
-#[derive(Debug, Clone, Copy, PartialEq)]
-#[repr(C)]
-pub struct RowSample {
-    pub temperature: f32,
-    pub top_p: f32,
-    pub min_p: f32,
-    /// 0: no top-k.
-    pub top_k: u32,
-    pub seed: u64,
-    /// Tokens generated so far (one draw per step).
-    pub step: u32,
-    pub _pad: u32,
-}
+/// One row's sampling parameters, as the device kernel reads them (defined with the
+/// launches, which take them).
+pub use crate::ops::launch::RowSample;
 
 /// A uniform strictly inside (0, 1) from (seed, step, token): splitmix64's finalizer over
 /// the three, then 23 of its bits as `(b + 0.5) / 2^23`. Every such value is exact in f32

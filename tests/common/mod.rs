@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, D};
-use wick::model::{Attention, ForwardBatch};
+use wick::model::{AttentionBackend, ForwardBatch};
+use wick::ops::{Rope, RopeTables};
 
 /// The default model (fetched into the cache on first use), as the CLI resolves it.
 pub fn default_model() -> wick::hub::ResolvedModel {
@@ -33,13 +34,15 @@ pub fn ids(v: &serde_json::Value) -> Vec<u32> {
 
 /// Attention over contiguous per-sequence K/V tensors with candle ops (matmul, mask,
 /// softmax): an implementation independent of the paged kernel, with the same f16
-/// roundings (K/V stored as f16, queries and softmax weights rounded to f16).
+/// roundings (K/V stored as f16, queries and softmax weights rounded to f16), and the
+/// model's rope applied on the host as the paged host backend does.
 /// Sequences are identified by their index in the batch, which must stay stable.
 pub struct ContiguousAttention {
     num_kv_heads: usize,
     head_dim: usize,
     /// (layer, sequence) -> (K, V), each `[kv_heads, ctx, head_dim]`.
     cache: HashMap<(usize, usize), (Tensor, Tensor)>,
+    rope: Option<(Rope, RopeTables)>,
 }
 
 impl ContiguousAttention {
@@ -48,6 +51,7 @@ impl ContiguousAttention {
             num_kv_heads,
             head_dim,
             cache: HashMap::new(),
+            rope: None,
         }
     }
 }
@@ -56,19 +60,34 @@ fn round_f16(t: &Tensor) -> candle_core::Result<Tensor> {
     t.to_dtype(DType::F16)?.to_dtype(DType::F32)
 }
 
-impl Attention for ContiguousAttention {
+impl AttentionBackend for ContiguousAttention {
+    fn dtype(&self) -> DType {
+        DType::F32
+    }
+
+    fn begin_step(&mut self, batch: &ForwardBatch<'_>, rope: &Rope) -> anyhow::Result<()> {
+        self.rope = Some((rope.clone(), rope.tables(batch.positions)));
+        Ok(())
+    }
+
     fn attend(
         &mut self,
         layer: usize,
         batch: &ForwardBatch<'_>,
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        num_heads: usize,
-        out: &mut [f32],
-    ) -> anyhow::Result<()> {
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> anyhow::Result<Tensor> {
         let (nkv, d) = (self.num_kv_heads, self.head_dim);
         let dev = Device::Cpu;
+        let num_heads = q.dim(1)? / d;
+        let (rope, tables) = self.rope.as_ref().expect("begin_step first");
+        let mut q = q.flatten_all()?.to_vec1::<f32>()?;
+        let mut k = k.flatten_all()?.to_vec1::<f32>()?;
+        let v = v.flatten_all()?.to_vec1::<f32>()?;
+        rope.apply(&mut q, num_heads, tables);
+        rope.apply(&mut k, nkv, tables);
+        let mut out = vec![0f32; q.len()];
         for (s, seq) in batch.seqs.iter().enumerate() {
             let t = seq.q_len;
             let rows = seq.q_start..seq.q_start + t;
@@ -132,7 +151,8 @@ impl Attention for ContiguousAttention {
             out[rows.start * num_heads * d..rows.end * num_heads * d].copy_from_slice(&o);
             self.cache.insert((layer, s), (kall, vall));
         }
-        Ok(())
+        let tokens = batch.tokens.len();
+        Ok(Tensor::from_vec(out, (tokens, num_heads * d), &dev)?)
     }
 }
 
