@@ -115,7 +115,8 @@ fn attention(c: &mut Criterion) {
 #[cfg(feature = "cuda")]
 fn attention_cuda(c: &mut Criterion) {
     use candle_core::{DType, Device, Tensor};
-    use wick::ops::cuda::{AttnMeta, Kernels};
+    use wick::ops::cuda::{AttnMeta, AttnScratch, Kernels};
+    use wick::ops::launch::plan_splits;
     let dev = match Device::new_cuda(0) {
         Ok(Device::Cuda(d)) => d,
         _ => {
@@ -151,6 +152,11 @@ fn attention_cuda(c: &mut Criterion) {
             up(&vec![ctx as u32; seqs]),
             up(&tables),
         );
+        let mut split = Vec::new();
+        let plan = plan_splits(std::iter::repeat_n((q_len, ctx), seqs), 1 << 16, &mut split);
+        split.push(0);
+        let sp = up(&split);
+        let mut scratch = AttnScratch::new(&dev, plan.total_parts, heads, d).expect("scratch");
         let meta = AttnMeta {
             row_seq: rs.slice(..),
             q_start: qs.slice(..),
@@ -158,7 +164,9 @@ fn attention_cuda(c: &mut Criterion) {
             context_len: cl.slice(..),
             block_tables: bt.slice(..),
             max_blocks: per,
-            max_context: ctx,
+            part_start: sp.slice(..rows),
+            split_rows: sp.slice(rows..),
+            split: plan,
             num_heads: heads,
             kv_heads,
             head_dim: d,
@@ -172,7 +180,7 @@ fn attention_cuda(c: &mut Criterion) {
         group.bench_function(name, |b| {
             b.iter(|| {
                 let out = kernels
-                    .paged_attention(&q, &k_cache, &v_cache, &meta)
+                    .paged_attention(&q, &k_cache, &v_cache, &meta, &mut scratch)
                     .expect("attention");
                 device.synchronize().expect("sync");
                 black_box(out)

@@ -21,6 +21,7 @@
 // registers and every key and value is loaded once for all of them).
 #define GMAX 8
 #define NO_SLOT 0xffffffffu
+#define NOT_SPLIT 0xffffffffu  // part_start of a row that is not split (ops::launch)
 
 __device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
 __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
@@ -122,27 +123,30 @@ __device__ void write_kv(const T* __restrict__ k, const T* __restrict__ v,
 // 0 .. context_len[s] - q_len[s] + (r - q_start[s]) (causal). Keys are read through the
 // sequence's block table (block_tables[s * max_blocks ..]).
 //
-// grid: (rows, kv_heads * subgroups, partitions), block: NWARPS * WARP threads. A thread
-// block handles one row, up to GMAX query heads of one KV head (subgroup sg covers heads
-// kvh * group + sg * GMAX ..), and keys [p * part_size, (p + 1) * part_size) of the row's
-// range. Each warp keeps an online softmax (running max, sum, weighted values) per head,
-// a lane holding head_dim / 32 dimensions; the warps are then merged in shared memory.
-// With one partition the normalized output is written as T; otherwise the partial
-// (unnormalized sum, max, denominator) goes to part_acc / part_ml for reduce_partitions.
+// grid: (rows, kv_heads * subgroups, most partitions of a row), block: NWARPS * WARP
+// threads. A thread block handles one row, up to GMAX query heads of one KV head
+// (subgroup sg covers heads kvh * group + sg * GMAX ..), and, for a split row
+// (part_start[r] != NOT_SPLIT, a decode row: src/ops/launch.rs plan_splits), keys
+// [p * part_size, (p + 1) * part_size) of the row's range; a row that is not split takes
+// all its keys in partition 0, and blocks past a row's partitions return at once. Each
+// warp keeps an online softmax (running max, sum, weighted values) per head, a lane
+// holding head_dim / 32 dimensions; the warps are then merged in shared memory. A row that
+// is not split writes its normalized output as T; a split row's partials (unnormalized
+// sum, max, denominator) go to scratch slot part_start[r] + p of part_acc / part_ml
+// ([slot][head][dim] and [slot][head][2]) for reduce_partitions.
 template <typename T, int D>
 __device__ void paged_attention(
     T* __restrict__ out, float* __restrict__ part_acc, float* __restrict__ part_ml,
     const T* __restrict__ q, const T* __restrict__ k_cache, const T* __restrict__ v_cache,
     const uint32_t* __restrict__ row_seq, const uint32_t* __restrict__ q_start,
     const uint32_t* __restrict__ q_len, const uint32_t* __restrict__ context_len,
-    const uint32_t* __restrict__ block_tables, int max_blocks, int num_heads, int kv_heads,
-    int block_size, int part_size, float scale) {
+    const uint32_t* __restrict__ block_tables, const uint32_t* __restrict__ part_start,
+    int max_blocks, int num_heads, int kv_heads, int block_size, int part_size, float scale) {
     constexpr int E = D / WARP;
     __shared__ float sm_m[NWARPS][GMAX];
     __shared__ float sm_l[NWARPS][GMAX];
     __shared__ float sm_acc[NWARPS][GMAX][D];
 
-    const int parts = gridDim.z;
     const int p = blockIdx.z;
     const int group = num_heads / kv_heads;
     const int subgroups = (group + GMAX - 1) / GMAX;
@@ -155,8 +159,12 @@ __device__ void paged_attention(
 
     const uint32_t s = row_seq[r];
     const int n_keys = (int)context_len[s] - (int)q_len[s] + (r - (int)q_start[s]) + 1;
-    const int k0 = p * part_size;
-    const int k1 = min(n_keys, k0 + part_size);
+    const uint32_t first = part_start[r];
+    const bool split = first != NOT_SPLIT;
+    const int parts = split ? (n_keys + part_size - 1) / part_size : 1;
+    if (p >= parts) return;  // the whole block, before any barrier
+    const int k0 = split ? p * part_size : 0;
+    const int k1 = split ? min(n_keys, k0 + part_size) : n_keys;
     const uint32_t* table = block_tables + (size_t)s * max_blocks;
 
     float qr[GMAX][E];
@@ -228,10 +236,10 @@ __device__ void paged_attention(
             }
         }
         const int h = h0 + g;
-        if (parts == 1) {
+        if (!split) {
             out[((size_t)r * num_heads + h) * D + c] = from_f<T>(sum > 0.f ? a / sum : 0.f);
         } else {
-            const size_t idx = ((size_t)r * num_heads + h) * parts + p;
+            const size_t idx = ((size_t)first + p) * num_heads + h;
             part_acc[idx * D + c] = a;
             if (c == 0) {
                 part_ml[idx * 2] = mx;
@@ -241,26 +249,35 @@ __device__ void paged_attention(
     }
 }
 
-// Merges the partitions of paged_attention. grid: (rows, num_heads); block: head_dim.
+// Merges the partitions of paged_attention's split rows. grid: (split rows, num_heads);
+// block: head_dim. A split row is a decode row (its sequence's only query row), so its
+// keys are its sequence's whole context.
 template <typename T>
 __device__ void reduce_partitions(T* __restrict__ out, const float* __restrict__ part_acc,
-                                  const float* __restrict__ part_ml, int num_heads,
-                                  int head_dim, int parts) {
-    const int r = blockIdx.x, h = blockIdx.y;
-    const size_t base = ((size_t)r * num_heads + h) * parts;
+                                  const float* __restrict__ part_ml,
+                                  const uint32_t* __restrict__ split_rows,
+                                  const uint32_t* __restrict__ part_start,
+                                  const uint32_t* __restrict__ row_seq,
+                                  const uint32_t* __restrict__ context_len, int num_heads,
+                                  int head_dim, int part_size) {
+    const int r = split_rows[blockIdx.x], h = blockIdx.y;
+    const int parts = ((int)context_len[row_seq[r]] + part_size - 1) / part_size;
+    const size_t first = part_start[r];
     float mx = -INFINITY;
     for (int p = 0; p < parts; p++) {
-        if (part_ml[(base + p) * 2 + 1] > 0.f) mx = fmaxf(mx, part_ml[(base + p) * 2]);
+        const size_t i = (first + p) * num_heads + h;
+        if (part_ml[i * 2 + 1] > 0.f) mx = fmaxf(mx, part_ml[i * 2]);
     }
     for (int c = threadIdx.x; c < head_dim; c += blockDim.x) {
         float sum = 0.f, a = 0.f;
         if (mx != -INFINITY) {
             for (int p = 0; p < parts; p++) {
-                const float l = part_ml[(base + p) * 2 + 1];
+                const size_t i = (first + p) * num_heads + h;
+                const float l = part_ml[i * 2 + 1];
                 if (l > 0.f) {
-                    const float f = __expf(part_ml[(base + p) * 2] - mx);
+                    const float f = __expf(part_ml[i * 2] - mx);
                     sum += l * f;
-                    a += part_acc[(base + p) * head_dim + c] * f;
+                    a += part_acc[i * head_dim + c] * f;
                 }
             }
         }
@@ -301,18 +318,21 @@ __device__ void copy_range(uint16_t* __restrict__ buf, size_t src, size_t dst, s
             T* out, float* part_acc, float* part_ml, const T* q, const T* k_cache,         \
             const T* v_cache, const uint32_t* row_seq, const uint32_t* q_start,            \
             const uint32_t* q_len, const uint32_t* context_len,                            \
-            const uint32_t* block_tables, int max_blocks, int num_heads, int kv_heads,     \
-            int block_size, int part_size, float scale) {                                  \
+            const uint32_t* block_tables, const uint32_t* part_start, int max_blocks,      \
+            int num_heads, int kv_heads, int block_size, int part_size, float scale) {     \
         paged_attention<T, D>(out, part_acc, part_ml, q, k_cache, v_cache, row_seq,       \
-                              q_start, q_len, context_len, block_tables, max_blocks,       \
-                              num_heads, kv_heads, block_size, part_size, scale);          \
+                              q_start, q_len, context_len, block_tables, part_start,       \
+                              max_blocks, num_heads, kv_heads, block_size, part_size,      \
+                              scale);                                                      \
     }
 
 #define REDUCE(SUFFIX, T)                                                                  \
     extern "C" __global__ void wick_reduce_partitions_##SUFFIX(                            \
-        T* out, const float* part_acc, const float* part_ml, int num_heads, int head_dim,  \
-        int parts) {                                                                       \
-        reduce_partitions<T>(out, part_acc, part_ml, num_heads, head_dim, parts);         \
+        T* out, const float* part_acc, const float* part_ml, const uint32_t* split_rows,   \
+        const uint32_t* part_start, const uint32_t* row_seq, const uint32_t* context_len,  \
+        int num_heads, int head_dim, int part_size) {                                      \
+        reduce_partitions<T>(out, part_acc, part_ml, split_rows, part_start, row_seq,     \
+                             context_len, num_heads, head_dim, part_size);                \
     }
 
 ROPE(bf16, __nv_bfloat16)

@@ -19,7 +19,8 @@ use candle_core::cuda_backend::cudarc::driver::CudaSlice;
 use candle_core::cuda_backend::CudaDevice;
 use candle_core::{DType, Device, Tensor};
 use half::{bf16, f16};
-use wick::ops::cuda::{AttnMeta, Kernels};
+use wick::ops::cuda::{AttnMeta, AttnScratch, Kernels};
+use wick::ops::launch::plan_splits;
 use wick::ops::{AttnSeq, Rope, RopeScaling, RopeStyle};
 
 fn gpu() -> Option<CudaDevice> {
@@ -132,6 +133,17 @@ fn check_attention(dev: &CudaDevice, case: &Case, seed: u64) {
         up(&flat_tables),
     );
     let scale = 1.0 / (d as f32).sqrt();
+    // Split decode rows as the device cache plans them; the split-row list after the
+    // per-row starts (one placeholder word when empty: a buffer is never empty).
+    let mut split = Vec::new();
+    let plan = plan_splits(
+        case.seqs.iter().map(|&(c, q)| (q, c + q)),
+        1 << 16,
+        &mut split,
+    );
+    split.push(0);
+    let sp = up(&split);
+    let mut scratch = AttnScratch::new(dev, plan.total_parts, nh, d).expect("scratch");
     let meta = AttnMeta {
         row_seq: rs.slice(..),
         q_start: qs.slice(..),
@@ -139,7 +151,9 @@ fn check_attention(dev: &CudaDevice, case: &Case, seed: u64) {
         context_len: cl.slice(..),
         block_tables: bt.slice(..),
         max_blocks,
-        max_context: case.seqs.iter().map(|&(c, q)| c + q).max().unwrap(),
+        part_start: sp.slice(..tokens),
+        split_rows: sp.slice(tokens..),
+        split: plan,
         num_heads: nh,
         kv_heads: nkv,
         head_dim: d,
@@ -152,6 +166,7 @@ fn check_attention(dev: &CudaDevice, case: &Case, seed: u64) {
             &k_cache,
             &v_cache,
             &meta,
+            &mut scratch,
         )
         .expect("paged attention");
     let got = from_gpu(&out);

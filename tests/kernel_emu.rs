@@ -27,8 +27,8 @@ use wick::kv::CacheLayout;
 use wick::model::ForwardBatch;
 use wick::ops::emu::{self, Args};
 use wick::ops::launch::{
-    AdjustLaunch, ArgSink, AttentionLaunch, AttentionShape, ChooseRowsLaunch, CopyRangeLaunch,
-    Dims, RopeLaunch, StepBufs, WriteKvLaunch,
+    plan_splits, scratch_lens, AdjustLaunch, ArgSink, AttentionLaunch, AttentionShape,
+    ChooseRowsLaunch, CopyRangeLaunch, Dims, RopeLaunch, StepBufs, WriteKvLaunch,
 };
 use wick::ops::{AttnSeq, Rope, RopeScaling, RopeStyle};
 use wick::sampling::gumbel::{sample_row, RowSample};
@@ -455,6 +455,8 @@ struct Case {
     schedule: u64,
     /// Queries are drawn this many times larger (sharper softmax) than unit normals.
     q_scale: f32,
+    /// Scratch partitions for split decode rows (`ops::launch::plan_splits`).
+    split_capacity: usize,
 }
 
 /// Runs one step of `case` through write_kv and paged attention (and the reduction when
@@ -540,7 +542,7 @@ fn check_attention(case: &Case, seed: u64) {
         logits_rows: &[],
     };
     let mut packed = Vec::new();
-    let p = pack_step(&layout, &batch, &mut packed).expect("a valid step");
+    let p = pack_step(&layout, &batch, case.split_capacity, &mut packed).expect("a valid step");
 
     // write_kv: this step's K/V into their slots.
     let w = WriteKvLaunch::new(tokens, nkv, d, bs);
@@ -568,11 +570,12 @@ fn check_attention(case: &Case, seed: u64) {
         head_dim: d,
         block_size: bs,
         max_blocks: p.max_blocks,
-        max_context: p.max_context,
+        split: p.split,
         scale,
     })
     .expect("a shape the kernel takes");
-    let (acc_len, ml_len) = a.part_lens(tokens);
+    // Scratch for exactly the planned partitions: a write past them is reported.
+    let (acc_len, ml_len) = scratch_lens(p.split.total_parts, nh, d);
     let mut out = vec![ty.nan(); tokens * nh * d];
     let mut part_acc = vec![f32::NAN; acc_len];
     let mut part_ml = vec![f32::NAN; ml_len];
@@ -582,6 +585,8 @@ fn check_attention(case: &Case, seed: u64) {
         q_len: &packed[p.q_len()],
         context_len: &packed[p.context_len()],
         block_tables: &packed[p.block_tables()],
+        part_start: &packed[p.part_start()],
+        split_rows: &packed[p.split_rows()],
     };
     let mut args = Args::new().schedule(schedule);
     a.args(
@@ -602,6 +607,7 @@ fn check_attention(case: &Case, seed: u64) {
             out.as_mut_slice(),
             part_acc.as_slice(),
             part_ml.as_slice(),
+            step,
         );
         launch(&AttentionLaunch::reduce_kernel(ty.suffix()), dims, args);
     }
@@ -676,6 +682,7 @@ fn run_cases(shapes: &[(usize, usize, usize, usize, Ty, bool)], seed: u64) {
             ty,
             schedule: if i % 2 == 1 { seed + i as u64 } else { 0 },
             q_scale: 1.0,
+            split_capacity: 1 << 16,
         };
         check_attention(&case, seed + i as u64);
     }
@@ -714,9 +721,18 @@ fn paged_attention_large_groups() {
 #[test]
 fn long_contexts_split_across_partitions() {
     emu::available().unwrap();
-    for (bs, ty, nh, nkv, seqs) in [
-        (16, Ty::Bf16, 16, 4, vec![(4000, 1), (2100, 2)]),
-        (32, Ty::F16, 16, 2, vec![(3999, 1), (1023, 2)]),
+    // The third: a scratch of 6 partitions makes the step split at 2,048 keys.
+    for (bs, ty, nh, nkv, seqs, split_capacity) in [
+        (16, Ty::Bf16, 16, 4, vec![(4000, 1), (2100, 2)], 1 << 16),
+        (32, Ty::F16, 16, 2, vec![(3999, 1), (1023, 2)], 1 << 16),
+        (
+            16,
+            Ty::F16,
+            8,
+            2,
+            vec![(3000, 1), (5, 1), (4100, 1), (700, 3)],
+            6,
+        ),
     ] {
         let case = Case {
             head_dim: 128,
@@ -727,6 +743,7 @@ fn long_contexts_split_across_partitions() {
             ty,
             schedule: bs as u64,
             q_scale: 1.0,
+            split_capacity,
         };
         check_attention(&case, 99 + bs as u64);
     }
@@ -747,6 +764,7 @@ fn sharp_softmax() {
             ty,
             schedule,
             q_scale: 12.0,
+            split_capacity: 1 << 16,
         };
         check_attention(&case, 123);
     }
@@ -759,7 +777,7 @@ fn attention_does_not_depend_on_thread_order() {
     let run = |schedule: u64| -> Vec<u16> {
         let (d, nh, nkv, bs) = (64usize, 16usize, 2usize, 16usize);
         let mut rng = Rng(77);
-        let ctx = 600;
+        let ctx = 1200;
         let layout = CacheLayout {
             num_blocks: ctx / bs + 2,
             block_size: bs,
@@ -775,8 +793,14 @@ fn attention_does_not_depend_on_thread_order() {
         let q: Vec<u16> = (0..2 * nh * d)
             .map(|_| Ty::F16.bits(rng.normal()))
             .collect();
+        // Two decode rows over the same (reversed) blocks, split in three and in two.
         let table: Vec<u32> = (0..layout.num_blocks as u32).rev().collect();
-        let (row_seq, q_start, q_len, context_len) = ([0u32, 0], [0u32], [2u32], [ctx as u32]);
+        let tables: Vec<u32> = table.iter().chain(&table).copied().collect();
+        let (row_seq, q_start, q_len) = ([0u32, 1], [0u32, 1], [1u32, 1]);
+        let context_len = [ctx as u32, ctx as u32 - 200];
+        let mut split = Vec::new();
+        let plan = plan_splits([(1, ctx), (1, ctx - 200)].into_iter(), 64, &mut split);
+        assert_eq!((plan.total_parts, plan.split_rows), (5, 2));
         let a = AttentionLaunch::new(&AttentionShape {
             tokens: 2,
             num_heads: nh,
@@ -784,11 +808,11 @@ fn attention_does_not_depend_on_thread_order() {
             head_dim: d,
             block_size: bs,
             max_blocks: table.len(),
-            max_context: ctx,
+            split: plan,
             scale: 0.125,
         })
         .unwrap();
-        let (al, ml) = a.part_lens(2);
+        let (al, ml) = scratch_lens(plan.total_parts, nh, d);
         let (mut out, mut acc, mut m) = (vec![0u16; q.len()], vec![0f32; al], vec![0f32; ml]);
         let mut args = Args::new().schedule(schedule);
         let step = StepBufs {
@@ -796,7 +820,9 @@ fn attention_does_not_depend_on_thread_order() {
             q_start: &q_start[..],
             q_len: &q_len[..],
             context_len: &context_len[..],
-            block_tables: &table[..],
+            block_tables: &tables[..],
+            part_start: &split[..2],
+            split_rows: &split[2..],
         };
         a.args(
             &mut args,
@@ -810,7 +836,13 @@ fn attention_does_not_depend_on_thread_order() {
         );
         launch(&a.kernel("f16"), a.attention, args);
         let mut args = Args::new().schedule(schedule);
-        a.reduce_args(&mut args, out.as_mut_slice(), acc.as_slice(), m.as_slice());
+        a.reduce_args(
+            &mut args,
+            out.as_mut_slice(),
+            acc.as_slice(),
+            m.as_slice(),
+            step,
+        );
         launch(
             &AttentionLaunch::reduce_kernel("f16"),
             a.reduce.unwrap(),

@@ -55,7 +55,7 @@ fn expected() -> Vec<(&'static str, String)> {
                 head_dim,
                 block_size: 16,
                 max_blocks: 1,
-                max_context: 1,
+                split: Default::default(),
                 scale: 1.0,
             };
             let launch = AttentionLaunch::new(&shape).expect("a valid shape");

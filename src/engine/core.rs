@@ -20,6 +20,14 @@ use super::scheduler::{Scheduler, SeqId, StepPlan};
 use super::sequence::Sequence;
 use super::stats::{EngineStats, StepFigures};
 use crate::sampling::{log_softmax_at, Sampler, StopSequences};
+
+/// Rows of prompt logits computed and brought to the host at once for prompt logprobs
+/// (`decoder_input_details`, `echo`): a long prompt's `[prompt_len, vocab]` logits never
+/// exist whole, on the device or on the host.
+pub(crate) const PROMPT_LOGPROB_CHUNK: usize = 256;
+
+/// `StepLogits::targets` of a row whose logprob is not wanted.
+const NO_TARGET: u32 = u32::MAX;
 use crate::tokenizer::{DecodeStream, Tokenizer};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -329,6 +337,7 @@ impl EngineCore {
         batch.clear();
         modes.clear();
         logits.adjust.clear();
+        logits.targets.clear();
         let block_size = self.runner.block_size();
         let on_device = self.runner.chooses_on_device();
         let vocab = self.runner.model().config().vocab_size;
@@ -363,11 +372,27 @@ impl EngineCore {
                 None => RowMode::Host,
             };
             batch.push(seq, it.num_tokens, all_rows, block_size)?;
+            if all_rows {
+                // Each row's next prompt token, whose logprob is wanted.
+                let start = seq.num_computed;
+                logits
+                    .targets
+                    .extend((start..start + it.num_tokens).map(|pos| {
+                        if pos + 1 < seq.prompt_len {
+                            seq.tokens[pos + 1]
+                        } else {
+                            NO_TARGET
+                        }
+                    }));
+            } else {
+                logits.targets.push(NO_TARGET);
+            }
             if let (true, true, Some(c), RowMode::Greedy | RowMode::Sample(_)) =
                 (on_device, it.completes, cand, mode)
             {
-                // logit_bias and penalties, applied on the device before the choice.
-                let row = batch.logits_rows.len() - 1;
+                // logit_bias and penalties, applied on the device before the choice (to
+                // this item's row of the step's choice logits).
+                let row = modes.len();
                 c.sampler
                     .device_adjust(prompt, generated, vocab, row, &mut logits.adjust);
             }
@@ -380,7 +405,9 @@ impl EngineCore {
     /// host, into `s.logits`.
     fn forward(&mut self, s: &mut StepScratch) -> Result<()> {
         self.prepare(s)?;
-        let logits = self.runner.forward(&s.batch)?;
+        let hidden = self.runner.forward_hidden(&s.batch)?;
+        let last = s.logits.prompt_logprobs(&self.runner, &hidden, &s.batch)?;
+        let logits = self.runner.logits(&last)?;
         s.logits.gather(&self.runner, logits, &s.batch, &s.modes)
     }
 
@@ -464,9 +491,9 @@ impl EngineCore {
             if !item.completes {
                 continue;
             }
-            let result = match logits.choice(last) {
+            let result = match logits.choice(k) {
                 Some(row) => self.on_logits(item.id, row, row_buf),
-                None => Err(anyhow!("no logits for row {last}")),
+                None => Err(anyhow!("no logits for item {k}")),
             };
             if let Err(e) = result {
                 if let Some(gid) = self.candidates.get(&item.id).map(|c| c.group) {
@@ -519,11 +546,11 @@ impl EngineCore {
             if target >= prompt_len || target < g.prefill.len() {
                 continue;
             }
-            let Some(row) = logits.row(first + r) else {
+            let Some(logprob) = logits.prompt_logprob(first + r) else {
                 continue;
             };
             let id = g.request.prompt[target];
-            infos.push(self.prompt_token(id, log_softmax_at(row, id)));
+            infos.push(self.prompt_token(id, logprob));
         }
         let done = seq.num_computed >= prompt_len;
         if let Some(g) = self.groups.get_mut(&gid) {
@@ -720,26 +747,39 @@ impl EngineCore {
     }
 }
 
-/// One step's logits as the sampler needs them. On the host: every row. From a GPU: the
-/// rows that need the whole vocabulary (prompt logprobs, non-greedy samplers, top-n
-/// alternatives), plus the device's argmax and its logprob for every row. Kept between
-/// steps (refilled by [`StepLogits::gather`]).
+/// One step's logits as the sampler needs them. The model stops at the final hidden
+/// states of the step's logits rows; from those come the prompt logprobs of the rows that
+/// want them ([`StepLogits::prompt_logprobs`], a chunk of rows at a time), and the logits
+/// of each plan item's last row, the row its token is chosen from (item k's is row k of
+/// the choice logits). On the host: every item's logits. From a GPU: the items whose
+/// sampler needs the whole vocabulary (prompt-logprob items, samplers the device does not
+/// implement, top-n alternatives), plus the device's argmax and its logprob for every
+/// item. Kept between steps (refilled by [`StepLogits::gather`]).
 #[derive(Default)]
 struct StepLogits {
     vocab: usize,
-    /// Downloaded rows, packed; `at[r]` is row r's index in it.
+    /// Downloaded item rows, packed; `at[k]` is item k's index in it.
     data: Vec<f32>,
     at: Vec<Option<usize>>,
-    /// Per row: the argmax token and its logprob, when chosen on the device.
+    /// Per logits row: the token whose logprob is wanted, or `NO_TARGET` (filled by
+    /// `prepare`), and after `prompt_logprobs` that logprob (NaN when not wanted).
+    targets: Vec<u32>,
+    prompt_lps: Vec<f32>,
+    /// Rows of one prompt-logprob chunk, and their logits on the host.
+    chunk_rows: Vec<u32>,
+    chunk: Vec<f32>,
+    /// Each item's last logits row.
+    last_rows: Vec<u32>,
+    /// Per item: the argmax token and its logprob, when chosen on the device.
     greedy_ids: Vec<u32>,
     greedy_lps: Vec<f32>,
-    /// Rows sampled on the device (ascending), with their tokens and logprobs.
+    /// Items sampled on the device (ascending), with their tokens and logprobs.
     sample_rows: Vec<u32>,
     sample_ids: Vec<u32>,
     sample_lps: Vec<f32>,
-    /// logit_bias and penalties of the rows chosen on the device (filled by `prepare`).
+    /// logit_bias and penalties of the items chosen on the device (filled by `prepare`).
     adjust: crate::sampling::LogitAdjust,
-    /// Rows to download, and rows to sample on the device with their parameters.
+    /// Items to download, and items to sample on the device with their parameters.
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     wanted: Vec<u32>,
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
@@ -750,7 +790,7 @@ struct StepLogits {
 #[derive(Debug, Clone, Copy)]
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 enum RowMode {
-    /// Every row of the item goes to the host (prompt logprobs).
+    /// Every row of the item wants its prompt logprob; its token is chosen on the host.
     AllRows,
     /// The item's last row goes to the host sampler.
     Host,
@@ -773,10 +813,56 @@ enum Choice<'a> {
 }
 
 impl StepLogits {
-    /// Brings the logits `[rows, vocab]` to the host: all of them from the CPU; from a GPU
-    /// only the rows the host needs (item k's last row when `modes[k]` is `Host`, all its
-    /// rows when `AllRows`), with the others' tokens chosen on the device by the
-    /// runner's kernels.
+    /// Computes the prompt logprobs the step's rows want (`targets`), from the final
+    /// hidden states `[logits rows, hidden]`, [`PROMPT_LOGPROB_CHUNK`] rows at a time;
+    /// returns the hidden states of each item's last row (the rows tokens are chosen from).
+    fn prompt_logprobs(
+        &mut self,
+        runner: &ModelRunner,
+        hidden: &Tensor,
+        batch: &FlatBatch,
+    ) -> Result<Tensor> {
+        let rows = hidden.dim(0)?;
+        self.vocab = runner.model().config().vocab_size;
+        let vocab = self.vocab;
+        self.prompt_lps.clear();
+        self.prompt_lps.resize(rows, f32::NAN);
+        let mut chunk_rows = std::mem::take(&mut self.chunk_rows);
+        chunk_rows.clear();
+        chunk_rows.extend((0..rows as u32).filter(|&r| {
+            self.targets
+                .get(r as usize)
+                .is_some_and(|&t| t != NO_TARGET)
+        }));
+        for part in chunk_rows.chunks(PROMPT_LOGPROB_CHUNK) {
+            let idx = Tensor::from_slice(part, part.len(), hidden.device())?;
+            let logits = runner.logits(&hidden.index_select(&idx, 0)?)?;
+            to_host(runner, &logits, &mut self.chunk)?;
+            for (i, &r) in part.iter().enumerate() {
+                let (r, row) = (r as usize, &self.chunk[i * vocab..(i + 1) * vocab]);
+                self.prompt_lps[r] = log_softmax_at(row, self.targets[r]);
+            }
+        }
+        self.chunk_rows = chunk_rows;
+        let items = batch.seqs.len();
+        if rows == items {
+            return Ok(hidden.clone());
+        }
+        self.last_rows.clear();
+        self.last_rows
+            .extend((0..items).map(|k| batch.item_rows(k).end as u32 - 1));
+        let idx = Tensor::from_slice(&self.last_rows, items, hidden.device())?;
+        Ok(hidden.index_select(&idx, 0)?)
+    }
+
+    /// The prompt logprob computed for logits row `r`.
+    fn prompt_logprob(&self, r: usize) -> Option<f32> {
+        self.prompt_lps.get(r).copied().filter(|lp| !lp.is_nan())
+    }
+
+    /// Brings the choice logits `[items, vocab]` (item k's last row is row k) to the host:
+    /// all of them from the CPU; from a GPU only the items the host samples (`Host` and
+    /// `AllRows`), with the others' tokens chosen on the device by the runner's kernels.
     fn gather(
         &mut self,
         runner: &ModelRunner,
@@ -798,14 +884,11 @@ impl StepLogits {
             self.wanted.clear();
             self.sample_params.clear();
             for (k, mode) in modes.iter().enumerate() {
-                let r = batch.item_rows(k);
                 match mode {
-                    RowMode::AllRows => self.wanted.extend(r.map(|r| r as u32)),
-                    _ if r.is_empty() => {}
-                    RowMode::Host => self.wanted.push(r.end as u32 - 1),
+                    RowMode::AllRows | RowMode::Host => self.wanted.push(k as u32),
                     RowMode::Greedy => {}
                     RowMode::Sample(p) => {
-                        self.sample_rows.push(r.end as u32 - 1);
+                        self.sample_rows.push(k as u32);
                         self.sample_params.push(*p);
                     }
                 }
@@ -834,25 +917,35 @@ impl StepLogits {
         Ok(())
     }
 
-    /// Row `r`'s logits, when on the host.
-    fn row(&self, r: usize) -> Option<&[f32]> {
-        let i = (*self.at.get(r)?)?;
+    /// Item `k`'s logits, when on the host.
+    fn row(&self, k: usize) -> Option<&[f32]> {
+        let i = (*self.at.get(k)?)?;
         self.data.get(i * self.vocab..(i + 1) * self.vocab)
     }
 
-    /// What sampling gets for row `r`: its logits when downloaded, else the device's
+    /// What sampling gets for item `k`: its logits when downloaded, else the device's
     /// draw or greedy choice.
-    fn choice(&self, r: usize) -> Option<RowChoice<'_>> {
-        if let Some(row) = self.row(r) {
+    fn choice(&self, k: usize) -> Option<RowChoice<'_>> {
+        if let Some(row) = self.row(k) {
             return Some(RowChoice::Logits(row));
         }
-        if let Ok(i) = self.sample_rows.binary_search(&(r as u32)) {
+        if let Ok(i) = self.sample_rows.binary_search(&(k as u32)) {
             let id = *self.sample_ids.get(i)?;
             return Some(RowChoice::Chosen(id, *self.sample_lps.get(i)?));
         }
-        let id = *self.greedy_ids.get(r)?;
-        Some(RowChoice::Chosen(id, *self.greedy_lps.get(r)?))
+        let id = *self.greedy_ids.get(k)?;
+        Some(RowChoice::Chosen(id, *self.greedy_lps.get(k)?))
     }
+}
+
+/// Copies f32 logits to the host (from the GPU through the runner's kernels).
+fn to_host(runner: &ModelRunner, t: &Tensor, out: &mut Vec<f32>) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    if let Some(kernels) = runner.kernels() {
+        return Ok(kernels.download(t, out)?);
+    }
+    let _ = runner;
+    copy_to_host(t, out)
 }
 
 /// Copies an f32 tensor's elements into `out` (cleared first); from CPU memory without
@@ -974,22 +1067,28 @@ mod tests {
         core.scheduler.schedule_into(&mut s.plan).unwrap();
         core.prepare(&mut s).unwrap();
         let a1 = allocations();
-        let logits = core.runner.forward(&s.batch).unwrap();
+        let hidden = core.runner.forward_hidden(&s.batch).unwrap();
         let a2 = allocations();
+        let last = s
+            .logits
+            .prompt_logprobs(&core.runner, &hidden, &s.batch)
+            .unwrap();
+        let a3 = allocations();
+        let logits = core.runner.logits(&last).unwrap();
+        let a4 = allocations();
         s.logits
             .gather(&core.runner, logits, &s.batch, &s.modes)
             .unwrap();
-        let a3 = allocations();
+        let a5 = allocations();
         assert_eq!(s.plan.decode_tokens, s.plan.items.len());
         // Put the step back so the engine stays consistent.
         core.scheduler.complete(&s.plan).unwrap();
         for k in 0..s.plan.items.len() {
-            let last = s.batch.item_rows(k).end - 1;
-            let row = s.logits.choice(last).unwrap();
+            let row = s.logits.choice(k).unwrap();
             core.on_logits(s.plan.items[k].id, row, &mut s.row).unwrap();
         }
         core.scratch = s;
-        (a1 - a0, a3 - a2)
+        (a1 - a0, (a3 - a2) + (a5 - a4))
     }
 
     #[test]
@@ -1045,6 +1144,91 @@ mod tests {
                 }
                 assert_eq!(tokens, 4, "request {i}");
             }
+        }
+    }
+
+    /// Prompt logprobs of a prompt longer than several chunks: every position's logprob
+    /// equals the log-softmax of the whole prompt's logits, computed in one piece.
+    #[test]
+    fn prompt_logprobs_in_chunks_equal_the_whole_prompt_logits() {
+        let spec = RandomSpec {
+            shape: RandomShape::Tiny,
+            seed: 9,
+        };
+        let (model, tok) = load(spec, DType::F32, &Device::Cpu).unwrap();
+        let cache = CacheConfig {
+            block_size: 16,
+            num_blocks: 64,
+        };
+        let n = 2 * PROMPT_LOGPROB_CHUNK + 37;
+        let prompt: Vec<u32> = (0..n as u32).map(|t| (t * 7 + 3) % 500).collect();
+        // The reference: one forward over every row, whole logits.
+        let mut reference =
+            ModelRunner::new(load(spec, DType::F32, &Device::Cpu).unwrap().0, cache);
+        let mut seq = Sequence::new(prompt.clone());
+        reference.reserve(&mut seq, n).unwrap();
+        let mut batch = FlatBatch::default();
+        batch.push(&seq, n, true, 16).unwrap();
+        let logits = reference.forward(&batch).unwrap();
+        let want: Vec<f32> = (0..n - 1)
+            .map(|r| {
+                let row = logits.get(r).unwrap().to_vec1::<f32>().unwrap();
+                log_softmax_at(&row, prompt[r + 1])
+            })
+            .collect();
+        let config = EngineConfig {
+            scheduler: SchedulerConfig {
+                max_batch_size: 4,
+                max_batch_prefill_tokens: 4096,
+                ..Default::default()
+            },
+            check_invariants: true,
+            ..Default::default()
+        };
+        let mut core = EngineCore::new(
+            ModelRunner::new(model, cache),
+            Arc::new(tok),
+            Arc::new(EngineStats::default()),
+            config,
+        );
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        core.admit(Submission {
+            request: GenerationRequest {
+                id: 0,
+                prompt: prompt.clone(),
+                sampling: SamplingParams::default(),
+                stopping: StoppingParams {
+                    max_new_tokens: 2,
+                    stop_sequences: vec![],
+                    include_stop_sequence: true,
+                    ignore_eos: true,
+                },
+                top_n_tokens: 0,
+                prompt_logprobs: true,
+                candidates: 1,
+            },
+            events: tx,
+            queued: Instant::now(),
+        });
+        core.step();
+        let mut got = None;
+        while let Ok(e) = rx.try_recv() {
+            if let Event::Prefill { tokens } = e {
+                got = Some(tokens);
+            }
+        }
+        let got = got.expect("prompt logprobs were sent");
+        // The first prompt token has no logprob (nothing predicts it).
+        assert_eq!(got.len(), n);
+        for (i, t) in got.iter().skip(1).enumerate() {
+            assert_eq!(t.id, prompt[i + 1]);
+            assert!(
+                (t.logprob - want[i]).abs() < 1e-4,
+                "position {}: {} vs {}",
+                i + 1,
+                t.logprob,
+                want[i]
+            );
         }
     }
 }

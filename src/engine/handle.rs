@@ -127,16 +127,8 @@ impl EngineHandle {
     /// (one small forward pass), then serves submissions.
     pub fn start(model: LoadedModel, config: EngineConfig) -> Result<Self> {
         let cfg = model.model.config().clone();
-        // Activations and logits of the largest step stay free on a GPU: hidden states,
-        // q/k/v, the MLP's three intermediate rows (f32 worst case) per prefill token,
-        // plus logits rows, with room to spare for cuBLAS workspaces.
-        let step_tokens = config
-            .scheduler
-            .max_batch_prefill_tokens
-            .max(config.scheduler.max_batch_size);
-        let reserve = 4 * step_tokens * (4 * cfg.hidden_size + 3 * cfg.intermediate_size)
-            + 4 * config.scheduler.max_batch_size * cfg.vocab_size
-            + (512 << 20);
+        // Activations and logits of the largest step stay free on a GPU.
+        let reserve = super::memory::reserve_bytes(&cfg, &config.scheduler);
         let cache = CacheConfig::for_device(
             &cfg,
             model.model.device(),

@@ -5,6 +5,7 @@ pub mod batch;
 mod core;
 pub mod generate;
 pub mod handle;
+pub mod memory;
 pub mod request;
 pub mod runner;
 pub mod scheduler;

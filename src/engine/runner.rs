@@ -80,12 +80,17 @@ impl CacheConfig {
                         let fraction = cuda_memory_fraction.clamp(0.0, 1.0);
                         let unusable = (total as f64 * (1.0 - fraction)) as usize;
                         let budget = free.saturating_sub(unusable).saturating_sub(reserve_bytes);
-                        // bf16/f16 cache: the same bytes per token as the host cache.
+                        // bf16/f16 cache: the same bytes per token as the host cache, and
+                        // the attention scratch that grows with the pool.
                         let per_token = CacheLayout::bytes_per_token(
                             config.num_layers,
                             config.num_kv_heads,
                             config.head_dim,
-                        );
+                        ) + crate::kv::scratch_bytes_per_part(
+                            config.num_heads,
+                            config.head_dim,
+                        )
+                        .div_ceil(crate::ops::launch::PARTITION_SIZE);
                         let tokens = budget / per_token;
                         anyhow::ensure!(
                             tokens >= block_size,
@@ -267,13 +272,25 @@ impl ModelRunner {
     /// Runs a prepared batch (slots must be reserved) and returns the logits of its
     /// `logits_rows`.
     pub fn forward(&mut self, batch: &FlatBatch) -> Result<Tensor> {
+        let hidden = self.forward_hidden(batch)?;
+        self.model.logits(&hidden)
+    }
+
+    /// Runs a prepared batch (slots must be reserved) and returns the final hidden states
+    /// of its `logits_rows` (see [`ModelRunner::logits`]).
+    pub fn forward_hidden(&mut self, batch: &FlatBatch) -> Result<Tensor> {
         let mut seqs = recycle(std::mem::take(&mut self.seq_buf));
         batch.fill_attn_seqs(&mut seqs);
         let out = self
             .model
-            .forward(&batch.forward_batch(&seqs), self.cache.attention());
+            .forward_hidden(&batch.forward_batch(&seqs), self.cache.attention());
         self.seq_buf = recycle(seqs);
         out
+    }
+
+    /// The f32 logits of some final hidden states.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.model.logits(hidden)
     }
 
     /// Runs `n` pending tokens of each sequence (slots must be reserved) and returns the

@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Tensor};
 use half::f16;
 
-use crate::model::{AttentionBackend, ForwardBatch};
+use crate::model::{AttentionBackend, ForwardBatch, StepInputs};
 use crate::ops::{self, Rope, RopeTables};
 
 /// Shape of the cache, shared by every layer.
@@ -135,12 +135,16 @@ impl AttentionBackend for KvCache {
         DType::F32
     }
 
-    fn begin_step(&mut self, batch: &ForwardBatch<'_>, rope: &Rope) -> Result<()> {
+    fn begin_step(&mut self, batch: &ForwardBatch<'_>, rope: &Rope) -> Result<StepInputs> {
         match &mut self.rope {
             Some((_, tables)) => rope.tables_into(batch.positions, tables),
             None => self.rope = Some((rope.clone(), rope.tables(batch.positions))),
         }
-        Ok(())
+        let cpu = &candle_core::Device::Cpu;
+        Ok(StepInputs {
+            token_ids: Tensor::from_slice(batch.tokens, batch.tokens.len(), cpu)?,
+            logits_rows: Tensor::from_slice(batch.logits_rows, batch.logits_rows.len(), cpu)?,
+        })
     }
 
     fn attend(

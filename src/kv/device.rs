@@ -6,19 +6,20 @@
 //! buffer per layer in the model's 16-bit dtype, laid out
 //! `[num_blocks][num_kv_heads][block_size][head_dim]` for both (a key is `head_dim`
 //! contiguous elements, which one warp reads in one coalesced load). The step's batch
-//! description (slots, per-row sequence, per-sequence query ranges, context lengths and
-//! padded block tables, positions) is packed into one buffer and uploaded once per step; the host
-//! staging vector and the device buffer are reused and only grow.
+//! (token ids, positions, slots, per-row sequence, per-sequence query ranges, context
+//! lengths and padded block tables, attention's row splits, the rows whose logits are
+//! wanted) is packed into one host vector, reused between steps, and uploaded in one copy
+//! per step: every kernel and the model's embedding read views of it.
 
 use anyhow::{bail, ensure, Result};
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView};
 use candle_core::cuda_backend::CudaDevice;
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Storage, Tensor};
 
 use super::step_meta::{pack_step, Packed};
-use super::CacheLayout;
-use crate::model::{AttentionBackend, ForwardBatch};
-use crate::ops::cuda::{AttnMeta, Kernels};
+use super::{scratch_bytes, scratch_parts, CacheLayout};
+use crate::model::{AttentionBackend, ForwardBatch, StepInputs};
+use crate::ops::cuda::{AttnMeta, AttnScratch, Kernels};
 use crate::ops::{Rope, RopeStyle};
 
 struct DeviceLayer {
@@ -32,13 +33,16 @@ pub struct DeviceKvCache {
     layers: Vec<DeviceLayer>,
     kernels: Kernels,
     host: Vec<u32>,
-    upload: CudaSlice<u32>,
+    /// This step's upload (a u32 tensor on the device) and where each array sits in it.
+    upload: Option<Tensor>,
     packed: Option<Packed>,
     num_heads: usize,
     scale: f32,
     /// The model's rope frequencies (uploaded once) and pair layout.
     inv_freq: CudaSlice<f32>,
     interleaved: bool,
+    /// Split attention rows' partials, for every layer in turn.
+    scratch: AttnScratch,
 }
 
 impl std::fmt::Debug for DeviceKvCache {
@@ -86,12 +90,13 @@ impl DeviceKvCache {
             layers,
             kernels,
             host: Vec::new(),
-            upload: dev.alloc_zeros::<u32>(1024)?,
+            upload: None,
             packed: None,
             num_heads,
             scale: 1.0 / (layout.head_dim as f32).sqrt(),
             inv_freq: dev.clone_htod(rope.inv_freq())?,
             interleaved: rope.style() == RopeStyle::Interleaved,
+            scratch: AttnScratch::new(dev, scratch_parts(&layout), num_heads, layout.head_dim)?,
         })
     }
 
@@ -107,8 +112,10 @@ impl DeviceKvCache {
         &self.kernels
     }
 
+    /// Bytes of the K/V storage and the attention scratch.
     pub fn size_in_bytes(&self) -> usize {
         self.layers.len() * 2 * self.layout.layer_len() * 2
+            + scratch_bytes(&self.layout, self.num_heads)
     }
 
     /// Copies the K/V of every layer from block `src` to block `dst`.
@@ -128,18 +135,20 @@ impl DeviceKvCache {
         Ok(())
     }
 
-    /// Checks the step's batch and uploads its description (one copy for all layers).
-    pub fn begin_step(&mut self, batch: &ForwardBatch<'_>) -> Result<()> {
-        let packed = pack_step(&self.layout, batch, &mut self.host)?;
-        let dev = self.kernels.device();
-        let host = &self.host;
-        if self.upload.len() < host.len() {
-            self.upload = dev.alloc_zeros::<u32>(host.len().next_power_of_two())?;
-        }
-        let mut dst = self.upload.slice_mut(0..host.len());
-        dev.memcpy_htod(host.as_slice(), &mut dst)?;
+    /// Checks the step's batch and uploads it in one copy; returns the views of it the
+    /// model reads (token ids, logits rows).
+    pub fn begin_step(&mut self, batch: &ForwardBatch<'_>) -> Result<StepInputs> {
+        let packed = pack_step(&self.layout, batch, self.scratch.parts(), &mut self.host)?;
+        let device = Device::Cuda(self.kernels.device().clone());
+        let upload = Tensor::from_slice(&self.host, self.host.len(), &device)?;
+        let view = |r: std::ops::Range<usize>| upload.narrow(0, r.start, r.len());
+        let inputs = StepInputs {
+            token_ids: view(packed.token_ids())?,
+            logits_rows: view(packed.logits_rows())?,
+        };
+        self.upload = Some(upload);
         self.packed = Some(packed);
-        Ok(())
+        Ok(inputs)
     }
 
     /// Rotates `q` and `k` at the step's positions, writes the new tokens' K/V
@@ -153,7 +162,14 @@ impl DeviceKvCache {
         let Some(cache) = self.layers.get_mut(layer) else {
             bail!("layer {layer} is outside the cache");
         };
-        let upload = &self.upload;
+        let Some(upload) = &self.upload else {
+            bail!("attend before begin_step");
+        };
+        let (storage, _) = upload.storage_and_layout();
+        let Storage::Cuda(storage) = &*storage else {
+            bail!("the step's upload is not on the GPU");
+        };
+        let upload = storage.as_cuda_slice::<u32>()?;
         let view = |r: std::ops::Range<usize>| -> CudaView<'_, u32> { upload.slice(r) };
         let positions = view(p.positions());
         let kern = &self.kernels;
@@ -189,14 +205,16 @@ impl DeviceKvCache {
             context_len: view(p.context_len()),
             block_tables: view(p.block_tables()),
             max_blocks: p.max_blocks,
-            max_context: p.max_context,
+            part_start: view(p.part_start()),
+            split_rows: view(p.split_rows()),
+            split: p.split,
             num_heads: self.num_heads,
             kv_heads: l.num_kv_heads,
             head_dim: l.head_dim,
             block_size: l.block_size,
             scale: self.scale,
         };
-        Ok(kern.paged_attention(&q, &cache.k, &cache.v, &meta)?)
+        Ok(kern.paged_attention(&q, &cache.k, &cache.v, &meta, &mut self.scratch)?)
     }
 }
 
@@ -205,8 +223,8 @@ impl AttentionBackend for DeviceKvCache {
         self.dtype
     }
 
-    /// The rope was taken at construction; the step's metadata goes up in one copy.
-    fn begin_step(&mut self, batch: &ForwardBatch<'_>, _rope: &Rope) -> Result<()> {
+    /// The rope was taken at construction; the step goes up in one copy.
+    fn begin_step(&mut self, batch: &ForwardBatch<'_>, _rope: &Rope) -> Result<StepInputs> {
         DeviceKvCache::begin_step(self, batch)
     }
 

@@ -1,4 +1,4 @@
-//! One step's batch as device attention reads it, packed into a single `u32` array so it
+//! One step's batch as the device reads it, packed into a single `u32` array so it
 //! reaches the GPU in one copy: slots, positions, the sequence of every query row, per-sequence
 //! query start, query length and context length, and block tables padded to the longest.
 //! Checked here, on the host, so a bad batch is an error and never an out-of-bounds read
@@ -8,6 +8,7 @@ use anyhow::{bail, ensure, Result};
 
 use super::CacheLayout;
 use crate::model::ForwardBatch;
+use crate::ops::launch::{plan_splits, SplitPlan};
 
 /// Where each array sits in the packed upload.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -16,6 +17,10 @@ pub struct Packed {
     pub seqs: usize,
     pub max_blocks: usize,
     pub max_context: usize,
+    /// How attention splits the rows (`part_start` and `split_rows` describe it per row).
+    pub split: SplitPlan,
+    /// Rows whose final hidden states are kept (the model's `logits_rows`).
+    pub logits_rows: usize,
 }
 
 impl Packed {
@@ -44,8 +49,26 @@ impl Packed {
         let o = 3 * self.tokens + 3 * self.seqs;
         o..o + self.seqs * self.max_blocks
     }
+    pub fn part_start(&self) -> std::ops::Range<usize> {
+        let o = self.block_tables().end;
+        o..o + self.tokens
+    }
+    pub fn split_rows(&self) -> std::ops::Range<usize> {
+        let o = self.part_start().end;
+        o..o + self.split.split_rows
+    }
+    /// The batch's token ids (the embedding's input).
+    pub fn token_ids(&self) -> std::ops::Range<usize> {
+        let o = self.split_rows().end;
+        o..o + self.tokens
+    }
+    /// The rows whose final hidden states are kept.
+    pub fn logits_rows(&self) -> std::ops::Range<usize> {
+        let o = self.token_ids().end;
+        o..o + self.logits_rows
+    }
     pub fn len(&self) -> usize {
-        3 * self.tokens + 3 * self.seqs + self.seqs * self.max_blocks
+        self.logits_rows().end
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -53,10 +76,12 @@ impl Packed {
 }
 
 /// Checks `batch` against the cache and packs it into `out` (cleared first; its capacity
-/// is reused across steps).
+/// is reused across steps), with attention's row splits planned for a scratch of
+/// `split_capacity` partitions (`ops::launch::plan_splits`).
 pub fn pack_step(
     layout: &CacheLayout,
     batch: &ForwardBatch<'_>,
+    split_capacity: usize,
     out: &mut Vec<u32>,
 ) -> Result<Packed> {
     let tokens = batch.tokens.len();
@@ -106,14 +131,7 @@ pub fn pack_step(
     if let Some(&s) = batch.slots.iter().find(|&&s| s as usize >= capacity) {
         bail!("slot {s} is outside the cache ({capacity} slots)");
     }
-    let packed = Packed {
-        tokens,
-        seqs: batch.seqs.len(),
-        max_blocks,
-        max_context,
-    };
     out.clear();
-    out.reserve(packed.len());
     out.extend_from_slice(batch.slots);
     out.extend_from_slice(batch.positions);
     for (i, s) in batch.seqs.iter().enumerate() {
@@ -126,6 +144,22 @@ pub fn pack_step(
         out.extend_from_slice(s.block_table);
         out.extend(std::iter::repeat_n(0, max_blocks - s.block_table.len()));
     }
+    // Per-row partition starts, then the split rows.
+    let seqs = batch.seqs.iter().map(|s| (s.q_len, s.context_len));
+    let split = plan_splits(seqs, split_capacity, out);
+    if let Some(&r) = batch.logits_rows.iter().find(|&&r| r as usize >= tokens) {
+        bail!("logits row {r} is outside the batch's {tokens} rows");
+    }
+    out.extend_from_slice(batch.tokens);
+    out.extend_from_slice(batch.logits_rows);
+    let packed = Packed {
+        tokens,
+        seqs: batch.seqs.len(),
+        max_blocks,
+        max_context,
+        split,
+        logits_rows: batch.logits_rows.len(),
+    };
     debug_assert_eq!(out.len(), packed.len());
     Ok(packed)
 }
@@ -133,6 +167,7 @@ pub fn pack_step(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::launch::NOT_SPLIT;
     use crate::ops::AttnSeq;
 
     fn layout() -> CacheLayout {
@@ -170,14 +205,21 @@ mod tests {
             logits_rows: &[2, 3],
         };
         let mut out = vec![99; 3];
-        let p = pack_step(&layout(), &batch, &mut out).unwrap();
+        let p = pack_step(&layout(), &batch, 64, &mut out).unwrap();
         assert_eq!(
             p,
             Packed {
                 tokens: 4,
                 seqs: 2,
                 max_blocks: 3,
-                max_context: 9
+                max_context: 9,
+                split: SplitPlan {
+                    part_size: 512,
+                    max_parts: 1,
+                    total_parts: 0,
+                    split_rows: 0
+                },
+                logits_rows: 2,
             }
         );
         assert_eq!(&out[p.slots()], &[22, 23, 8, 12]);
@@ -187,6 +229,10 @@ mod tests {
         assert_eq!(&out[p.q_len()], &[3, 1]);
         assert_eq!(&out[p.context_len()], &[5, 9]);
         assert_eq!(&out[p.block_tables()], &[5, 2, 0, 1, 7, 3]);
+        assert_eq!(&out[p.part_start()], &[NOT_SPLIT; 4]);
+        assert!(out[p.split_rows()].is_empty());
+        assert_eq!(&out[p.token_ids()], &[10, 11, 12, 13]);
+        assert_eq!(&out[p.logits_rows()], &[2, 3]);
         assert_eq!(out.len(), p.len());
     }
 
@@ -200,7 +246,7 @@ mod tests {
                 seqs,
                 logits_rows: &[],
             };
-            pack_step(&layout(), &batch, &mut Vec::new())
+            pack_step(&layout(), &batch, 64, &mut Vec::new())
                 .unwrap_err()
                 .to_string()
         };
@@ -224,7 +270,54 @@ mod tests {
             seqs: &[seq(0, 2, 2, &[1])],
             logits_rows: &[],
         };
-        let e = pack_step(&layout(), &batch, &mut Vec::new()).unwrap_err();
+        let e = pack_step(&layout(), &batch, 64, &mut Vec::new()).unwrap_err();
         assert!(e.to_string().contains("1 positions"), "{e}");
+        let batch = ForwardBatch {
+            tokens: &[0],
+            positions: &[0],
+            slots: &[0],
+            seqs: &[seq(0, 1, 2, &[1])],
+            logits_rows: &[1],
+        };
+        let e = pack_step(&layout(), &batch, 64, &mut Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("logits row 1"), "{e}");
+    }
+
+    #[test]
+    fn a_long_decode_row_is_split_and_listed() {
+        let layout = CacheLayout {
+            num_blocks: 200,
+            block_size: 16,
+            num_kv_heads: 2,
+            head_dim: 8,
+        };
+        let table: Vec<u32> = (0..100).collect();
+        let seqs = [
+            AttnSeq {
+                q_start: 0,
+                q_len: 2,
+                context_len: 1500,
+                block_table: &table,
+            },
+            AttnSeq {
+                q_start: 2,
+                q_len: 1,
+                context_len: 1100,
+                block_table: &table[..70],
+            },
+        ];
+        let batch = ForwardBatch {
+            tokens: &[1, 2, 3],
+            positions: &[1498, 1499, 1099],
+            slots: &[1498, 1499, 1099],
+            seqs: &seqs,
+            logits_rows: &[1, 2],
+        };
+        let mut out = Vec::new();
+        let p = pack_step(&layout, &batch, 64, &mut out).unwrap();
+        assert_eq!((p.split.max_parts, p.split.total_parts), (3, 3));
+        assert_eq!(&out[p.part_start()], &[NOT_SPLIT, NOT_SPLIT, 0]);
+        assert_eq!(&out[p.split_rows()], &[2]);
+        assert_eq!(out.len(), p.len());
     }
 }

@@ -28,15 +28,26 @@ pub struct ForwardBatch<'a> {
     pub logits_rows: &'a [u32],
 }
 
+/// A step's token ids and logits rows on the model's device, where the backend put them
+/// (on a GPU: views of the step's one upload).
+#[derive(Debug, Clone)]
+pub struct StepInputs {
+    /// `[tokens]` u32.
+    pub token_ids: Tensor,
+    /// `[logits rows]` u32: the rows whose final hidden states are kept.
+    pub logits_rows: Tensor,
+}
+
 /// Attention over a paged KV cache, for one forward pass at a time.
 pub trait AttentionBackend {
     /// The dtype `attend` takes q, k and v in (and returns its output in).
     fn dtype(&self) -> DType;
 
     /// Called once per forward pass, before the first layer, with the model's rotary
-    /// embedding: the backend checks the batch against its cache and prepares what every
-    /// layer shares (rope tables, the step's metadata on the device).
-    fn begin_step(&mut self, batch: &ForwardBatch<'_>, rope: &Rope) -> Result<()>;
+    /// embedding: the backend checks the batch against its cache, prepares what every
+    /// layer shares (rope tables, the step's metadata on the device) and returns the
+    /// step's inputs on the device.
+    fn begin_step(&mut self, batch: &ForwardBatch<'_>, rope: &Rope) -> Result<StepInputs>;
 
     /// One layer: rotates `q` (`[tokens, heads * head_dim]`) and `k`
     /// (`[tokens, kv_heads * head_dim]`) at the batch's positions, writes `k` and `v` into

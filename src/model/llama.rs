@@ -66,10 +66,26 @@ impl LlamaModel {
         &self.rope
     }
 
-    /// Runs the batch; returns logits `[logits_rows.len(), vocab]` (f32). Activations stay
-    /// on the model's device in the embedding's dtype (f32 on the CPU); q, k and v go to
-    /// attention in the backend's dtype.
+    /// Runs the batch; returns logits `[logits_rows.len(), vocab]` (f32).
     pub fn forward(
+        &self,
+        batch: &ForwardBatch<'_>,
+        attn: &mut dyn AttentionBackend,
+    ) -> Result<Tensor> {
+        self.logits(&self.forward_hidden(batch, attn)?)
+    }
+
+    /// Logits (f32) of final hidden states `[rows, hidden]` (what
+    /// [`LlamaModel::forward_hidden`] returns, or some of its rows).
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        Ok(self.lm_head.forward(hidden)?.to_dtype(DType::F32)?)
+    }
+
+    /// Runs the batch up to the final norm; returns the hidden states of its `logits_rows`,
+    /// `[logits_rows.len(), hidden]`, so that logits can be taken a few rows at a time.
+    /// Activations stay on the model's device in the embedding's dtype (f32 on the CPU);
+    /// q, k and v go to attention in the backend's dtype.
+    pub fn forward_hidden(
         &self,
         batch: &ForwardBatch<'_>,
         attn: &mut dyn AttentionBackend,
@@ -89,10 +105,9 @@ impl LlamaModel {
             );
         }
         let eps = cfg.rms_norm_eps as f32;
-        attn.begin_step(batch, &self.rope)?;
+        let inputs = attn.begin_step(batch, &self.rope)?;
         let kv_dtype = attn.dtype();
-        let ids = Tensor::from_slice(batch.tokens, n, &self.device)?;
-        let mut x = self.embed.forward(&ids)?;
+        let mut x = self.embed.forward(&inputs.token_ids)?;
         if self.device.is_cpu() {
             x = x.to_dtype(DType::F32)?;
         }
@@ -112,10 +127,8 @@ impl LlamaModel {
             let g = gu[0].silu()?;
             x = (x + b.down.forward(&(g * &gu[1])?)?)?;
         }
-        let rows = Tensor::from_slice(batch.logits_rows, batch.logits_rows.len(), &self.device)?;
-        let x = x.index_select(&rows, 0)?;
-        let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
-        Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
+        let x = x.index_select(&inputs.logits_rows, 0)?;
+        Ok(candle_nn::ops::rms_norm(&x, &self.norm, eps)?)
     }
 
     /// Loads weights from a GGUF file (quantized matmuls stay quantized).

@@ -12,7 +12,7 @@ pub mod llama;
 pub mod loader;
 pub mod random;
 
-pub use backend::{AttentionBackend, ForwardBatch};
+pub use backend::{AttentionBackend, ForwardBatch, StepInputs};
 pub use config::{Arch, ModelConfig};
 pub use device::select_device;
 pub use llama::LlamaModel;

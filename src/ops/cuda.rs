@@ -18,8 +18,8 @@ use candle_core::{
 use half::{bf16, f16};
 
 use super::launch::{
-    AdjustLaunch, ArgSink, AttentionLaunch, AttentionShape, ChooseRowsLaunch, CopyRangeLaunch,
-    Dims, RopeLaunch, StepBufs, WriteKvLaunch,
+    scratch_lens, AdjustLaunch, ArgSink, AttentionLaunch, AttentionShape, ChooseRowsLaunch,
+    CopyRangeLaunch, Dims, RopeLaunch, SplitPlan, StepBufs, WriteKvLaunch,
 };
 pub use super::launch::{HEAD_DIMS, PARTITION_SIZE};
 
@@ -304,19 +304,22 @@ impl Kernels {
     }
 
     /// Paged attention of every query row (`q`: `[tokens, heads * head_dim]`) over one
-    /// layer's cache; returns `[tokens, heads * head_dim]` in q's dtype.
+    /// layer's cache; returns `[tokens, heads * head_dim]` in q's dtype. Split rows keep
+    /// their partials in `scratch`, which must hold the plan's partitions.
     pub fn paged_attention(
         &self,
         q: &Tensor,
         k_cache: &CudaSlice<u16>,
         v_cache: &CudaSlice<u16>,
         meta: &AttnMeta<'_>,
+        scratch: &mut AttnScratch,
     ) -> Result<Tensor> {
         let op = AttentionOp {
             k: self,
             k_cache,
             v_cache,
             meta,
+            scratch: std::cell::RefCell::new(scratch),
         };
         // The kernel loads up to 16 bytes at once: q must start 16-byte aligned.
         let q = q.contiguous()?;
@@ -496,6 +499,31 @@ impl CustomOp1 for RopeOp<'_> {
     }
 }
 
+/// The partial results of split attention rows: allocated once, with the cache, for
+/// `parts` partitions (`ops::launch::plan_splits` keeps every step within them), so no
+/// layer allocates scratch.
+pub struct AttnScratch {
+    acc: CudaSlice<f32>,
+    ml: CudaSlice<f32>,
+    parts: usize,
+}
+
+impl AttnScratch {
+    pub fn new(dev: &CudaDevice, parts: usize, num_heads: usize, head_dim: usize) -> Result<Self> {
+        let (acc, ml) = scratch_lens(parts, num_heads, head_dim);
+        Ok(Self {
+            acc: alloc_like(dev, acc)?,
+            ml: alloc_like(dev, ml)?,
+            parts,
+        })
+    }
+
+    /// Partitions it holds.
+    pub fn parts(&self) -> usize {
+        self.parts
+    }
+}
+
 /// One step's batch as the attention kernel reads it, uploaded once per step and shared
 /// by every layer.
 pub struct AttnMeta<'a> {
@@ -508,8 +536,11 @@ pub struct AttnMeta<'a> {
     /// `[seqs, max_blocks]` block tables, padded.
     pub block_tables: CudaView<'a, u32>,
     pub max_blocks: usize,
-    /// Longest context of any row: sets the number of partitions.
-    pub max_context: usize,
+    /// Per row: its first scratch partition or `launch::NOT_SPLIT`; the split rows.
+    pub part_start: CudaView<'a, u32>,
+    pub split_rows: CudaView<'a, u32>,
+    /// How the rows are split.
+    pub split: SplitPlan,
     pub num_heads: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
@@ -522,6 +553,7 @@ struct AttentionOp<'a> {
     k_cache: &'a CudaSlice<u16>,
     v_cache: &'a CudaSlice<u16>,
     meta: &'a AttnMeta<'a>,
+    scratch: std::cell::RefCell<&'a mut AttnScratch>,
 }
 
 impl CustomOp1 for AttentionOp<'_> {
@@ -554,7 +586,7 @@ impl CustomOp1 for AttentionOp<'_> {
             head_dim: m.head_dim,
             block_size: m.block_size,
             max_blocks: m.max_blocks,
-            max_context: m.max_context,
+            split: m.split,
             scale: m.scale,
         })
         .map_err(Error::Msg)?;
@@ -563,26 +595,37 @@ impl CustomOp1 for AttentionOp<'_> {
         if tokens == 0 {
             return Ok((out.into_storage(&dev), l.shape().clone()));
         }
-        let (acc_len, ml_len) = launch.part_lens(tokens);
-        let mut part_acc = alloc_like::<f32>(&dev, acc_len)?;
-        let mut part_ml = alloc_like::<f32>(&dev, ml_len)?;
+        let mut scratch = self.scratch.borrow_mut();
+        if m.split.total_parts > scratch.parts {
+            return Err(Error::Msg(format!(
+                "paged attention: {} partitions planned, the scratch holds {}",
+                m.split.total_parts, scratch.parts
+            )));
+        }
+        let AttnScratch {
+            acc: part_acc,
+            ml: part_ml,
+            ..
+        } = &mut **scratch;
         let q = raw_view(s, l)?;
+        let step = StepBufs {
+            row_seq: &m.row_seq,
+            q_start: &m.q_start,
+            q_len: &m.q_len,
+            context_len: &m.context_len,
+            block_tables: &m.block_tables,
+            part_start: &m.part_start,
+            split_rows: &m.split_rows,
+        };
         let f = self.k.func(&launch.kernel(sfx))?;
         {
             let stream = self.k.stream();
             let mut b = stream.launch_builder(&f);
-            let step = StepBufs {
-                row_seq: &m.row_seq,
-                q_start: &m.q_start,
-                q_len: &m.q_len,
-                context_len: &m.context_len,
-                block_tables: &m.block_tables,
-            };
             launch.args(
                 &mut Args(&mut b),
                 &mut out,
-                &mut part_acc,
-                &mut part_ml,
+                &mut *part_acc,
+                &mut *part_ml,
                 &q,
                 self.k_cache,
                 self.v_cache,
@@ -596,7 +639,7 @@ impl CustomOp1 for AttentionOp<'_> {
             let f = self.k.func(&AttentionLaunch::reduce_kernel(sfx))?;
             let stream = self.k.stream();
             let mut b = stream.launch_builder(&f);
-            launch.reduce_args(&mut Args(&mut b), &mut out, &part_acc, &part_ml);
+            launch.reduce_args(&mut Args(&mut b), &mut out, &*part_acc, &*part_ml, step);
             // SAFETY: matches wick_reduce_partitions_*; buffers sized above.
             unsafe { b.launch(config(dims)) }.w()?;
         }

@@ -9,9 +9,86 @@
 //! CPU. Buffers are generic (device slices or host slices); scalars are pushed by reference
 //! to the launch value, which must outlive the launch.
 
-/// Keys per attention partition: a row with a longer context is split across thread
-/// blocks (flash-decoding) and merged by a second kernel.
+/// Keys per attention partition: a decode row with a longer context is split across
+/// thread blocks (flash-decoding) and merged by a second kernel (see [`plan_splits`]).
 pub const PARTITION_SIZE: usize = 512;
+
+/// `part_start` of a row that is not split.
+pub const NOT_SPLIT: u32 = u32::MAX;
+
+/// How one step's query rows are split across thread blocks.
+///
+/// Only decode rows (the single query row of their sequence) are split, each into
+/// `ceil(keys / part_size)` partitions when it has more keys than one partition; prompt
+/// rows never are (a chunk's rows already give the GPU many blocks), so a long prompt never
+/// pays for a long decode row beside it, and the scratch the partitions need grows with
+/// the decode rows' own contexts, not with the step's longest context times its rows.
+/// `part_size` starts at [`PARTITION_SIZE`] and doubles until the partitions fit
+/// `capacity` (the scratch allocated once with the cache), so no step needs more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SplitPlan {
+    pub part_size: usize,
+    /// Most partitions of any row (the grid's third dimension; 1 when none is split).
+    pub max_parts: usize,
+    /// Partitions of all split rows together (scratch slots used).
+    pub total_parts: usize,
+    /// Rows that are split (the reduction's grid).
+    pub split_rows: usize,
+}
+
+/// Plans the splits of a step (see [`SplitPlan`]) whose sequences have these
+/// `(q_len, context_len)`, rows in order; appends to `out` each row's first scratch
+/// partition (or [`NOT_SPLIT`]), then the split rows.
+pub fn plan_splits(
+    seqs: impl Iterator<Item = (usize, usize)> + Clone,
+    capacity: usize,
+    out: &mut Vec<u32>,
+) -> SplitPlan {
+    let decode_keys = || seqs.clone().filter(|&(q, _)| q == 1).map(|(_, c)| c);
+    let mut part_size = PARTITION_SIZE;
+    loop {
+        let total: usize = decode_keys()
+            .filter(|&c| c > part_size)
+            .map(|c| c.div_ceil(part_size))
+            .sum();
+        if total <= capacity {
+            break;
+        }
+        part_size *= 2;
+    }
+    let split = |q_len: usize, ctx: usize| q_len == 1 && ctx > part_size;
+    let mut plan = SplitPlan {
+        part_size,
+        max_parts: 1,
+        ..Default::default()
+    };
+    for (q_len, ctx) in seqs.clone() {
+        if split(q_len, ctx) {
+            let parts = ctx.div_ceil(part_size);
+            out.push(plan.total_parts as u32);
+            plan.total_parts += parts;
+            plan.max_parts = plan.max_parts.max(parts);
+            plan.split_rows += 1;
+        } else {
+            out.extend(std::iter::repeat_n(NOT_SPLIT, q_len));
+        }
+    }
+    let mut row = 0u32;
+    for (q_len, ctx) in seqs {
+        if split(q_len, ctx) {
+            out.push(row);
+        }
+        row += q_len as u32;
+    }
+    plan
+}
+
+/// f32 elements of the scratch buffers `(part_acc, part_ml)` for `parts` partitions of
+/// `num_heads` heads of `head_dim`.
+pub fn scratch_lens(parts: usize, num_heads: usize, head_dim: usize) -> (usize, usize) {
+    let n = parts.max(1) * num_heads;
+    (n * head_dim, n * 2)
+}
 
 /// Head sizes the attention kernel is instantiated for.
 pub const HEAD_DIMS: [usize; 3] = [64, 128, 256];
@@ -128,8 +205,8 @@ pub struct AttentionShape {
     pub block_size: usize,
     /// Width of the padded block-table array.
     pub max_blocks: usize,
-    /// Longest context of any row: sets the number of partitions.
-    pub max_context: usize,
+    /// How the rows are split across thread blocks.
+    pub split: SplitPlan,
     pub scale: f32,
 }
 
@@ -141,16 +218,19 @@ pub struct StepBufs<B> {
     pub q_len: B,
     pub context_len: B,
     pub block_tables: B,
+    /// Per row: its first scratch partition, or [`NOT_SPLIT`].
+    pub part_start: B,
+    /// The split rows (the reduction's rows).
+    pub split_rows: B,
 }
 
-/// `wick_paged_attention_*` and, when a context spans several partitions,
-/// `wick_reduce_partitions_*`.
+/// `wick_paged_attention_*` and, when a row is split, `wick_reduce_partitions_*`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttentionLaunch {
-    /// Partitions of the longest context (1: no reduction launch).
+    /// Most partitions of any row (1: no reduction launch).
     pub parts: usize,
     pub attention: Dims,
-    /// The reduction's launch, when `parts > 1`.
+    /// The reduction's launch, over the split rows.
     pub reduce: Option<Dims>,
     head_dim: usize,
     max_blocks: i32,
@@ -160,7 +240,6 @@ pub struct AttentionLaunch {
     part_size: i32,
     scale: f32,
     head_dim_i32: i32,
-    parts_i32: i32,
 }
 
 impl AttentionLaunch {
@@ -179,11 +258,11 @@ impl AttentionLaunch {
                 s.num_heads, s.kv_heads
             ));
         }
-        let parts = s.max_context.div_ceil(PARTITION_SIZE).max(1);
-        if parts > 65535 {
+        let parts = s.split.max_parts.max(1);
+        if parts > 65535 || s.split.split_rows > i32::MAX as usize {
             return Err(format!(
-                "a context of {} tokens is beyond the attention kernel's grid",
-                s.max_context
+                "{} partitions of {} keys are beyond the attention kernel's grid",
+                parts, s.split.part_size
             ));
         }
         let subgroups = (s.num_heads / s.kv_heads).div_ceil(GMAX);
@@ -197,8 +276,8 @@ impl AttentionLaunch {
                 ),
                 block: (NWARPS * 32, 1, 1),
             },
-            reduce: (parts > 1).then_some(Dims {
-                grid: (s.tokens as u32, s.num_heads as u32, 1),
+            reduce: (s.split.split_rows > 0).then_some(Dims {
+                grid: (s.split.split_rows as u32, s.num_heads as u32, 1),
                 block: (s.head_dim as u32, 1, 1),
             }),
             head_dim: s.head_dim,
@@ -206,22 +285,10 @@ impl AttentionLaunch {
             num_heads: s.num_heads as i32,
             kv_heads: s.kv_heads as i32,
             block_size: s.block_size as i32,
-            part_size: PARTITION_SIZE as i32,
+            part_size: s.split.part_size.min(i32::MAX as usize) as i32,
             scale: s.scale,
             head_dim_i32: s.head_dim as i32,
-            parts_i32: parts as i32,
         })
-    }
-
-    /// f32 elements of the partial-result buffers `(part_acc, part_ml)`; a single
-    /// partition writes neither (one-element placeholders).
-    pub fn part_lens(&self, tokens: usize) -> (usize, usize) {
-        if self.parts > 1 {
-            let n = tokens * self.num_heads as usize * self.parts;
-            (n * self.head_dim, n * 2)
-        } else {
-            (1, 1)
-        }
     }
 
     pub fn kernel(&self, suffix: &str) -> String {
@@ -263,6 +330,7 @@ impl AttentionLaunch {
         s.arg(step.q_len);
         s.arg(step.context_len);
         s.arg(step.block_tables);
+        s.arg(step.part_start);
         s.arg(&self.max_blocks);
         s.arg(&self.num_heads);
         s.arg(&self.kv_heads);
@@ -271,16 +339,26 @@ impl AttentionLaunch {
         s.arg(&self.scale);
     }
 
-    pub fn reduce_args<'s, S, O, P>(&'s self, s: &mut S, out: O, part_acc: P, part_ml: P)
-    where
-        S: ArgSink<O> + ArgSink<P> + ArgSink<&'s i32>,
+    pub fn reduce_args<'s, S, O, P, B>(
+        &'s self,
+        s: &mut S,
+        out: O,
+        part_acc: P,
+        part_ml: P,
+        step: StepBufs<B>,
+    ) where
+        S: ArgSink<O> + ArgSink<P> + ArgSink<B> + ArgSink<&'s i32>,
     {
         s.arg(out);
         s.arg(part_acc);
         s.arg(part_ml);
+        s.arg(step.split_rows);
+        s.arg(step.part_start);
+        s.arg(step.row_seq);
+        s.arg(step.context_len);
         s.arg(&self.num_heads);
         s.arg(&self.head_dim_i32);
-        s.arg(&self.parts_i32);
+        s.arg(&self.part_size);
     }
 }
 
@@ -408,46 +486,96 @@ impl AdjustLaunch {
 mod tests {
     use super::*;
 
+    fn plan(seqs: &[(usize, usize)], capacity: usize) -> (SplitPlan, Vec<u32>, Vec<u32>) {
+        let mut starts = Vec::new();
+        let p = plan_splits(seqs.iter().copied(), capacity, &mut starts);
+        let rows = starts.split_off(seqs.iter().map(|s| s.0).sum());
+        (p, starts, rows)
+    }
+
     #[test]
-    fn attention_partitions_and_subgroups() {
-        let shape = AttentionShape {
+    fn only_decode_rows_longer_than_a_partition_are_split() {
+        // A 4-row prompt chunk at context 5000, a decode row at 1300, one at 300, one at
+        // 2048: the prompt rows and the short decode row stay whole.
+        let (p, starts, rows) = plan(&[(4, 5000), (1, 1300), (1, 300), (1, 2048)], 100);
+        assert_eq!(
+            p,
+            SplitPlan {
+                part_size: 512,
+                max_parts: 4,
+                total_parts: 3 + 4,
+                split_rows: 2
+            }
+        );
+        let n = NOT_SPLIT;
+        assert_eq!(starts, vec![n, n, n, n, 0, n, 3]);
+        assert_eq!(rows, vec![4, 6]);
+    }
+
+    #[test]
+    fn prompt_rows_never_pay_for_a_long_decode_row() {
+        // The review's case: 4,096 prompt rows beside one decode row at 8k: 16 partitions
+        // in all, not 16 for each of the 4,097 rows.
+        let (p, starts, _) = plan(&[(4096, 4096), (1, 8192)], 1 << 20);
+        assert_eq!((p.total_parts, p.max_parts, p.split_rows), (16, 16, 1));
+        assert_eq!(starts.iter().filter(|&&s| s != NOT_SPLIT).count(), 1);
+    }
+
+    #[test]
+    fn partitions_grow_until_the_scratch_holds_them() {
+        // 256 decode rows at 32k: 64 partitions each at 512 keys; a scratch of 4,096
+        // partitions takes them at 2,048 keys (16 each).
+        let seqs = vec![(1usize, 32_768usize); 256];
+        let (p, _, rows) = plan(&seqs, 4096);
+        assert_eq!((p.part_size, p.max_parts, p.total_parts), (2048, 16, 4096));
+        assert_eq!(rows.len(), 256);
+        // No scratch at all: nothing is split.
+        let (p, starts, rows) = plan(&seqs, 0);
+        assert_eq!((p.total_parts, p.split_rows, p.max_parts), (0, 0, 1));
+        assert!(starts.iter().all(|&s| s == NOT_SPLIT) && rows.is_empty());
+    }
+
+    fn shape(split: SplitPlan) -> AttentionShape {
+        AttentionShape {
             tokens: 3,
             num_heads: 32,
             kv_heads: 2,
             head_dim: 128,
             block_size: 16,
             max_blocks: 90,
-            max_context: 1300,
+            split,
             scale: 0.1,
-        };
-        let l = AttentionLaunch::new(&shape).unwrap();
+        }
+    }
+
+    #[test]
+    fn attention_partitions_and_subgroups() {
+        let (split, _, _) = plan(&[(1, 1300), (1, 100), (1, 1000)], 64);
+        let l = AttentionLaunch::new(&shape(split)).unwrap();
         assert_eq!(l.parts, 3);
         // 16 query heads per KV head: two subgroups of GMAX.
         assert_eq!(l.attention.grid, (3, 4, 3));
         assert_eq!(l.attention.block, (128, 1, 1));
-        assert_eq!(l.reduce.unwrap().grid, (3, 32, 1));
-        assert_eq!(l.part_lens(3), (3 * 32 * 3 * 128, 3 * 32 * 3 * 2));
-        let short = AttentionLaunch::new(&AttentionShape {
-            max_context: 512,
-            ..shape
-        })
-        .unwrap();
-        assert_eq!(
-            (short.parts, short.reduce, short.part_lens(3)),
-            (1, None, (1, 1))
-        );
+        assert_eq!(l.reduce.unwrap().grid, (2, 32, 1));
+        assert_eq!(scratch_lens(5, 32, 128), (5 * 32 * 128, 5 * 32 * 2));
+        let (split, _, _) = plan(&[(3, 1300)], 64);
+        let short = AttentionLaunch::new(&shape(split)).unwrap();
+        assert_eq!((short.parts, short.reduce), (1, None));
         for bad in [
             AttentionShape {
                 head_dim: 96,
-                ..shape
+                ..shape(split)
             },
             AttentionShape {
                 kv_heads: 3,
-                ..shape
+                ..shape(split)
             },
             AttentionShape {
-                max_context: 65536 * PARTITION_SIZE,
-                ..shape
+                split: SplitPlan {
+                    max_parts: 65536,
+                    ..split
+                },
+                ..shape(split)
             },
         ] {
             assert!(AttentionLaunch::new(&bad).is_err(), "{bad:?}");
@@ -480,7 +608,11 @@ mod tests {
             head_dim: 64,
             block_size: 16,
             max_blocks: 5,
-            max_context: 80,
+            split: SplitPlan {
+                part_size: 512,
+                max_parts: 1,
+                ..Default::default()
+            },
             scale: 0.5,
         })
         .unwrap();
@@ -491,11 +623,20 @@ mod tests {
             q_len: "q_len",
             context_len: "context_len",
             block_tables: "block_tables",
+            part_start: "part_start",
+            split_rows: "split_rows",
         };
         l.args(&mut n, "out", "acc", "ml", "q", "k", "v", step);
         assert_eq!(
             n.0.join(" "),
-            "out acc ml q k v row_seq q_start q_len context_len block_tables 5 8 2 16 512 0.5"
+            "out acc ml q k v row_seq q_start q_len context_len block_tables part_start \
+             5 8 2 16 512 0.5"
+        );
+        let mut n = Names::default();
+        l.reduce_args(&mut n, "out", "acc", "ml", step);
+        assert_eq!(
+            n.0.join(" "),
+            "out acc ml split_rows part_start row_seq context_len 8 64 512"
         );
     }
 }

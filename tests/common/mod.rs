@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, D};
-use wick::model::{AttentionBackend, ForwardBatch};
+use wick::model::{AttentionBackend, ForwardBatch, StepInputs};
 use wick::ops::{Rope, RopeTables};
 
 /// The default model (fetched into the cache on first use), as the CLI resolves it.
@@ -65,9 +65,13 @@ impl AttentionBackend for ContiguousAttention {
         DType::F32
     }
 
-    fn begin_step(&mut self, batch: &ForwardBatch<'_>, rope: &Rope) -> anyhow::Result<()> {
+    fn begin_step(&mut self, batch: &ForwardBatch<'_>, rope: &Rope) -> anyhow::Result<StepInputs> {
         self.rope = Some((rope.clone(), rope.tables(batch.positions)));
-        Ok(())
+        let dev = Device::Cpu;
+        Ok(StepInputs {
+            token_ids: Tensor::from_slice(batch.tokens, batch.tokens.len(), &dev)?,
+            logits_rows: Tensor::from_slice(batch.logits_rows, batch.logits_rows.len(), &dev)?,
+        })
     }
 
     fn attend(
