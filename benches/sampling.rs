@@ -183,7 +183,7 @@ fn sampler_cuda(c: &mut Criterion) {
                 top_k: 50,
                 seed: r as u64,
                 step: 0,
-                _pad: 0,
+                row: 0,
             })
             .collect();
         group.throughput(Throughput::Elements(batch as u64));

@@ -104,7 +104,7 @@ struct RowSample {
     uint32_t top_k;
     unsigned long long seed;
     uint32_t step;
-    uint32_t pad;
+    uint32_t row;  // the logits row to draw from
 };
 
 #define NO_TOKEN 0xffffffffu
@@ -210,7 +210,7 @@ __device__ uint32_t radix_select(const float* x, int vocab, float m, float inv_t
     return min(prefix, limit);
 }
 
-// grid: rows; block: THREADS.
+// grid: draws (one RowSample each, naming its logits row); block: THREADS.
 // At least one block per SM, not two: with two ptxas caps it at 32 registers and spills
 // on sm_90 (tests/kernel_ptx.rs); rows rarely outnumber the SMs twice over.
 extern "C" __global__ void __launch_bounds__(THREADS, 1)
@@ -224,8 +224,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     __shared__ uint32_t best_i[THREADS / 32];
     __shared__ uint32_t chosen;
     __shared__ unsigned long long below;
-    const float* x = logits + (size_t)blockIdx.x * vocab;
     const RowSample p = params[blockIdx.x];
+    const float* x = logits + (size_t)p.row * vocab;
 
     float local = -INFINITY;
     for (int j = threadIdx.x; j < vocab; j += blockDim.x) local = fmaxf(local, x[j]);

@@ -497,7 +497,7 @@ fn device_sampling_matches_its_reference() {
             top_k: [0, 50, 1, 1000][r % 4] as u32,
             seed: 1000 + r as u64,
             step: (r * 7) as u32,
-            _pad: 0,
+            row: 0,
         })
         .collect();
     let idx: Vec<u32> = (0..rows as u32).collect();

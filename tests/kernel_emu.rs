@@ -958,7 +958,7 @@ fn sample_params(r: usize, vocab: usize) -> RowSample {
         top_k: [0, 50, 1, 1000, 7][(r / 2) % 5] as u32,
         seed: 1000 + r as u64 + vocab as u64,
         step: (r * 7) as u32,
-        _pad: 0,
+        row: r as u32,
     }
 }
 
@@ -1024,7 +1024,16 @@ fn sampling_an_empty_row_gives_no_token() {
     for v in x[vocab..].iter_mut().step_by(2) {
         *v = f32::NAN;
     }
-    let params = [sample_params(1, vocab), sample_params(2, vocab)];
+    let params = [
+        RowSample {
+            row: 0,
+            ..sample_params(1, vocab)
+        },
+        RowSample {
+            row: 1,
+            ..sample_params(2, vocab)
+        },
+    ];
     let (ids, _) = choose(ChooseRowsLaunch::SAMPLE, &x, vocab, Some(&params), 3);
     assert_eq!(ids, vec![NO_TOKEN, NO_TOKEN]);
 }
@@ -1059,7 +1068,10 @@ fn host_and_device_draw_the_same_tokens() {
         };
         let sampler = Sampler::new(&p, p.seed);
         let step = (r * 13) as u32;
-        params.push(sampler.device_params(step).unwrap());
+        params.push(RowSample {
+            row: r as u32,
+            ..sampler.device_params(step).unwrap()
+        });
         samplers.push((sampler, step));
     }
     let (ids, lps) = choose(ChooseRowsLaunch::SAMPLE, &x, vocab, Some(&params), 5);

@@ -770,13 +770,11 @@ struct StepLogits {
     chunk: Vec<f32>,
     /// Each item's last logits row.
     last_rows: Vec<u32>,
-    /// Per item: the argmax token and its logprob, when chosen on the device.
-    greedy_ids: Vec<u32>,
-    greedy_lps: Vec<f32>,
-    /// Items sampled on the device (ascending), with their tokens and logprobs.
+    /// Items sampled on the device (ascending).
     sample_rows: Vec<u32>,
-    sample_ids: Vec<u32>,
-    sample_lps: Vec<f32>,
+    /// Per item: the device's argmax and its logprob; per sampled item: its draw.
+    #[cfg(feature = "cuda")]
+    chosen: crate::ops::cuda::Choices,
     /// logit_bias and penalties of the items chosen on the device (filled by `prepare`).
     adjust: crate::sampling::LogitAdjust,
     /// Items to download, and items to sample on the device with their parameters.
@@ -804,6 +802,7 @@ enum RowMode {
 enum RowChoice<'a> {
     Logits(&'a [f32]),
     /// A token chosen on the device, and its logprob.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     Chosen(u32, f32),
 }
 
@@ -873,14 +872,12 @@ impl StepLogits {
         let rows = logits.dim(0)?;
         self.vocab = runner.model().config().vocab_size;
         self.at.clear();
-        self.greedy_ids.clear();
         self.sample_rows.clear();
         #[cfg(feature = "cuda")]
         if let Some(kernels) = runner.kernels() {
             if !self.adjust.is_empty() {
                 kernels.adjust(&logits, self.adjust.packed())?;
             }
-            kernels.greedy(&logits, &mut self.greedy_ids, &mut self.greedy_lps)?;
             self.wanted.clear();
             self.sample_params.clear();
             for (k, mode) in modes.iter().enumerate() {
@@ -889,17 +886,15 @@ impl StepLogits {
                     RowMode::Greedy => {}
                     RowMode::Sample(p) => {
                         self.sample_rows.push(k as u32);
-                        self.sample_params.push(*p);
+                        self.sample_params.push(crate::ops::launch::RowSample {
+                            row: k as u32,
+                            ..*p
+                        });
                     }
                 }
             }
-            kernels.sample(
-                &logits,
-                &self.sample_rows,
-                &self.sample_params,
-                &mut self.sample_ids,
-                &mut self.sample_lps,
-            )?;
+            // Every item's argmax and the sampled items' draws: one copy back.
+            kernels.choose(&logits, &self.sample_params, &mut self.chosen)?;
             self.at.resize(rows, None);
             for (i, &r) in self.wanted.iter().enumerate() {
                 self.at[r as usize] = Some(i);
@@ -929,12 +924,22 @@ impl StepLogits {
         if let Some(row) = self.row(k) {
             return Some(RowChoice::Logits(row));
         }
-        if let Ok(i) = self.sample_rows.binary_search(&(k as u32)) {
-            let id = *self.sample_ids.get(i)?;
-            return Some(RowChoice::Chosen(id, *self.sample_lps.get(i)?));
+        #[cfg(feature = "cuda")]
+        {
+            let c = &self.chosen;
+            if let Ok(i) = self.sample_rows.binary_search(&(k as u32)) {
+                return Some(RowChoice::Chosen(
+                    *c.sample_ids.get(i)?,
+                    *c.sample_lps.get(i)?,
+                ));
+            }
+            Some(RowChoice::Chosen(
+                *c.greedy_ids.get(k)?,
+                *c.greedy_lps.get(k)?,
+            ))
         }
-        let id = *self.greedy_ids.get(k)?;
-        Some(RowChoice::Chosen(id, *self.greedy_lps.get(k)?))
+        #[cfg(not(feature = "cuda"))]
+        None
     }
 }
 

@@ -8,7 +8,7 @@
 
 use candle_core::cuda_backend::cudarc::driver::{
     CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchArgs, LaunchConfig,
-    PushKernelArg,
+    PinnedHostSlice, PushKernelArg,
 };
 use candle_core::cuda_backend::{CudaDevice, WrapErr};
 use candle_core::{
@@ -52,6 +52,37 @@ pub struct Kernels {
     dev: CudaDevice,
     /// The device's compute capability, e.g. 90.
     cap: u32,
+    /// Host-device copies made through these kernels (and their clones).
+    transfers: std::sync::Arc<TransferCounts>,
+}
+
+/// Host-to-device and device-to-host copies, counted (tests and `gpu-check` read them:
+/// a step uploads its batch once and brings device-chosen tokens back once).
+#[derive(Debug, Default)]
+struct TransferCounts {
+    htod: std::sync::atomic::AtomicU64,
+    dtoh: std::sync::atomic::AtomicU64,
+}
+
+/// A snapshot of [`Kernels::transfers`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Transfers {
+    pub htod: u64,
+    pub dtoh: u64,
+}
+
+/// Tokens chosen on the device for one step: every row's argmax and logprob, and the
+/// sampled rows' draws, brought back in one copy into page-locked host memory (both
+/// buffers are kept and only grow).
+#[derive(Default)]
+pub struct Choices {
+    buf: Option<CudaSlice<u32>>,
+    host: Option<PinnedHostSlice<u32>>,
+    pub greedy_ids: Vec<u32>,
+    pub greedy_lps: Vec<f32>,
+    /// In the order of the `params` given to [`Kernels::choose`].
+    pub sample_ids: Vec<u32>,
+    pub sample_lps: Vec<f32>,
 }
 
 impl std::fmt::Debug for Kernels {
@@ -74,11 +105,33 @@ impl Kernels {
         Ok(Self {
             dev: dev.clone(),
             cap,
+            transfers: Default::default(),
         })
     }
 
     pub fn device(&self) -> &CudaDevice {
         &self.dev
+    }
+
+    /// Copies made so far (shared by clones).
+    pub fn transfers(&self) -> Transfers {
+        use std::sync::atomic::Ordering::Relaxed;
+        Transfers {
+            htod: self.transfers.htod.load(Relaxed),
+            dtoh: self.transfers.dtoh.load(Relaxed),
+        }
+    }
+
+    fn count(&self, htod: u64, dtoh: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.transfers.htod.fetch_add(htod, Relaxed);
+        self.transfers.dtoh.fetch_add(dtoh, Relaxed);
+    }
+
+    /// Uploads `host` in one copy (counted).
+    pub fn upload<T: DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>> {
+        self.count(1, 0);
+        Ok(self.dev.clone_htod(host)?)
     }
 
     fn func(&self, name: &str) -> Result<CudaFunction> {
@@ -104,79 +157,125 @@ impl Kernels {
             .into_cuda_function())
     }
 
-    /// Samples rows `rows` of f32 logits `[n, vocab]` on the device, row `rows[i]` with
-    /// `params[i]` by `sampling::gumbel`'s rule; writes each row's token and logprob into
-    /// `ids` and `lps` (resized to `rows.len()`). Only those reach the host.
-    pub fn sample(
+    /// Chooses tokens from f32 logits `[rows, vocab]`: every row's argmax and its
+    /// logprob under the plain softmax (lowest id among ties), and a draw by
+    /// `sampling::gumbel`'s rule from row `params[i].row` with `params[i]`. One upload of
+    /// the parameters (when any) and one blocking copy back, into page-locked memory.
+    pub fn choose(
         &self,
         logits: &Tensor,
-        rows: &[u32],
         params: &[crate::ops::launch::RowSample],
-        ids: &mut Vec<u32>,
-        lps: &mut Vec<f32>,
-    ) -> Result<()> {
-        if rows.len() != params.len() {
-            return Err(Error::Msg("sample: one parameter set per row".into()));
-        }
-        if rows.is_empty() {
-            ids.clear();
-            lps.clear();
-            return Ok(());
-        }
-        let idx = Tensor::from_slice(rows, rows.len(), logits.device())?;
-        let picked = logits.index_select(&idx, 0)?;
-        self.choose_rows(&picked, ChooseRowsLaunch::SAMPLE, Some(params), ids, lps)
-    }
-
-    /// Greedy choice per row of f32 logits `[rows, vocab]`: the argmax token (lowest id
-    /// among ties) and its log-probability under the plain softmax, into `ids` and `lps`
-    /// (resized to `rows`). Only those reach the host.
-    pub fn greedy(&self, logits: &Tensor, ids: &mut Vec<u32>, lps: &mut Vec<f32>) -> Result<()> {
-        self.choose_rows(logits, ChooseRowsLaunch::GREEDY, None, ids, lps)
-    }
-
-    /// Runs a per-row choice kernel of kernels/sampling.cu (one 1024-thread block per row
-    /// of f32 logits `[rows, vocab]`, then `params` when given, writing a token and a
-    /// logprob per row) and brings the tokens and logprobs to the host.
-    fn choose_rows(
-        &self,
-        logits: &Tensor,
-        kernel: &str,
-        params: Option<&[crate::ops::launch::RowSample]>,
-        ids_out: &mut Vec<u32>,
-        lps_out: &mut Vec<f32>,
+        out: &mut Choices,
     ) -> Result<()> {
         let (rows, vocab) = logits.dims2()?;
-        ids_out.clear();
-        lps_out.clear();
+        out.greedy_ids.clear();
+        out.greedy_lps.clear();
+        out.sample_ids.clear();
+        out.sample_lps.clear();
         if rows == 0 {
             return Ok(());
+        }
+        if let Some(p) = params.iter().find(|p| p.row as usize >= rows) {
+            return Err(Error::Msg(format!(
+                "sample: row {} is outside the {rows} rows of logits",
+                p.row
+            )));
         }
         let logits = logits.to_dtype(DType::F32)?.contiguous()?;
         let (st, l) = logits.storage_and_layout();
         let Storage::Cuda(st) = &*st else {
-            return Err(Error::Msg(format!("{kernel}: logits are not on the GPU")));
+            return Err(Error::Msg("choose: logits are not on the GPU".into()));
         };
         let x = st
             .as_cuda_slice::<f32>()?
             .slice(l.start_offset()..l.start_offset() + rows * vocab);
-        let params = params.map(|p| self.dev.clone_htod(p)).transpose()?;
-        let mut ids = alloc_like::<u32>(&self.dev, rows)?;
-        let mut lps = alloc_like::<f32>(&self.dev, rows)?;
-        let f = self.func_in("sampling", kernel)?;
-        let launch = ChooseRowsLaunch::new(rows, vocab);
-        {
-            let stream = self.stream();
-            let mut b = stream.launch_builder(&f);
-            launch.args(&mut Args(&mut b), &x, params.as_ref(), &mut ids, &mut lps);
-            // SAFETY: matches wick_greedy_f32 / wick_sample_f32 (RowSample is repr(C), as
-            // the kernel's struct); one output per row.
-            unsafe { b.launch(config(launch.dims)) }.w()?;
+        // [greedy ids | greedy logprobs | sampled ids | sampled logprobs], the logprobs as
+        // f32 bits.
+        let s = params.len();
+        let words = 2 * rows + 2 * s;
+        if out.buf.as_ref().is_none_or(|b| b.len() < words) {
+            out.buf = Some(alloc_like::<u32>(&self.dev, words.next_power_of_two())?);
         }
-        ids_out.resize(rows, 0);
-        lps_out.resize(rows, 0.0);
-        self.dev.memcpy_dtoh(&ids, ids_out)?;
-        self.dev.memcpy_dtoh(&lps, lps_out)?;
+        if out.host.as_ref().is_none_or(|h| h.len() < words) {
+            let ctx = self.stream().context().clone();
+            // SAFETY: every word read back is first written by the copy below. Default
+            // flags: write-combined memory is slow for the host to read.
+            out.host = Some(
+                unsafe { ctx.alloc_pinned_with_flags::<u32>(words.next_power_of_two(), 0) }.w()?,
+            );
+        }
+        let (Some(buf), Some(host)) = (out.buf.as_mut(), out.host.as_mut()) else {
+            return Err(Error::Msg("choose: buffers missing".into()));
+        };
+        let params_dev = if s > 0 {
+            Some(self.upload(params)?)
+        } else {
+            None
+        };
+        let stream = self.stream();
+        {
+            let (greedy, sampled) = buf.split_at_mut(2 * rows);
+            let (mut ids, mut lps) = greedy.split_at_mut(rows);
+            let f = self.func_in("sampling", ChooseRowsLaunch::GREEDY)?;
+            let launch = ChooseRowsLaunch::new(rows, vocab);
+            let mut b = stream.launch_builder(&f);
+            launch.args(
+                &mut Args(&mut b),
+                &x,
+                None::<&CudaSlice<crate::ops::launch::RowSample>>,
+                &mut ids,
+                &mut lps,
+            );
+            // SAFETY: matches wick_greedy_f32 (`lps` is passed as the kernel's float*: four
+            // bytes per row, read back as f32 bits); one output per row.
+            unsafe { b.launch(config(launch.dims)) }.w()?;
+            if let Some(p) = &params_dev {
+                let (mut ids, rest) = sampled.split_at_mut(s);
+                let mut lps = rest.slice_mut(..s);
+                let f = self.func_in("sampling", ChooseRowsLaunch::SAMPLE)?;
+                let launch = ChooseRowsLaunch::new(s, vocab);
+                let mut b = stream.launch_builder(&f);
+                launch.args(&mut Args(&mut b), &x, Some(p), &mut ids, &mut lps);
+                // SAFETY: matches wick_sample_f32 (RowSample is repr(C), as the kernel's
+                // struct; every row index was checked above); one output per draw.
+                unsafe { b.launch(config(launch.dims)) }.w()?;
+            }
+        }
+        let n = words;
+        self.count(0, 1);
+        stream.memcpy_dtoh(&buf.slice(..n), host).w()?;
+        let h = host.as_slice().w()?;
+        out.greedy_ids.extend_from_slice(&h[..rows]);
+        out.greedy_lps
+            .extend(h[rows..2 * rows].iter().map(|&b| f32::from_bits(b)));
+        out.sample_ids.extend_from_slice(&h[2 * rows..2 * rows + s]);
+        out.sample_lps
+            .extend(h[2 * rows + s..n].iter().map(|&b| f32::from_bits(b)));
+        Ok(())
+    }
+
+    /// Greedy choice per row of f32 logits `[rows, vocab]` (see [`Kernels::choose`]).
+    pub fn greedy(&self, logits: &Tensor, ids: &mut Vec<u32>, lps: &mut Vec<f32>) -> Result<()> {
+        let mut c = Choices::default();
+        self.choose(logits, &[], &mut c)?;
+        *ids = c.greedy_ids;
+        *lps = c.greedy_lps;
+        Ok(())
+    }
+
+    /// Draws from rows `params[i].row` of f32 logits `[rows, vocab]` (see
+    /// [`Kernels::choose`]); tokens and logprobs in the order of `params`.
+    pub fn sample(
+        &self,
+        logits: &Tensor,
+        params: &[crate::ops::launch::RowSample],
+        ids: &mut Vec<u32>,
+        lps: &mut Vec<f32>,
+    ) -> Result<()> {
+        let mut c = Choices::default();
+        self.choose(logits, params, &mut c)?;
+        *ids = c.sample_ids;
+        *lps = c.sample_lps;
         Ok(())
     }
 
@@ -196,6 +295,7 @@ impl Kernels {
             .as_cuda_slice::<f32>()?
             .slice(l.start_offset()..l.start_offset() + n);
         out.resize(n, 0.0);
+        self.count(0, 1);
         self.dev.memcpy_dtoh(&x, out)?;
         Ok(())
     }
@@ -223,7 +323,7 @@ impl Kernels {
         let x = st
             .as_cuda_slice::<f32>()?
             .slice(l.start_offset()..l.start_offset() + rows * vocab);
-        let packed = self.dev.clone_htod(packed)?;
+        let packed = self.upload(packed)?;
         let f = self.func_in("sampling", AdjustLaunch::KERNEL)?;
         let launch = AdjustLaunch::new(n);
         let stream = self.stream();

@@ -410,7 +410,8 @@ pub struct RowSample {
     pub seed: u64,
     /// Tokens generated so far (one draw per step).
     pub step: u32,
-    pub _pad: u32,
+    /// The logits row to draw from (the device sampler's; the host ignores it).
+    pub row: u32,
 }
 
 /// The per-row choice kernels of kernels/sampling.cu (`wick_greedy_f32`,

@@ -236,7 +236,7 @@ mod tests {
             top_k,
             seed: 0,
             step: 0,
-            _pad: 0,
+            row: 0,
         }
     }
 

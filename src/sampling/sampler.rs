@@ -118,7 +118,7 @@ impl Sampler {
             top_k: p.top_k.min(u32::MAX as usize) as u32,
             seed: self.seed,
             step,
-            _pad: 0,
+            row: 0,
         })
     }
 
