@@ -116,7 +116,7 @@ fn attention(c: &mut Criterion) {
 fn attention_cuda(c: &mut Criterion) {
     use candle_core::{DType, Device, Tensor};
     use wick::ops::cuda::{AttnMeta, Kernels};
-    let dev = match Device::new_cuda(0) {
+    let dev = match wick::model::select_device("cuda") {
         Ok(Device::Cuda(d)) => d,
         _ => {
             eprintln!("attention_cuda: no CUDA device, skipped");

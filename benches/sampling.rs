@@ -159,7 +159,7 @@ fn sampler_cuda(c: &mut Criterion) {
     use candle_core::{Device, Tensor};
     use wick::ops::cuda::Kernels;
     use wick::sampling::gumbel::RowSample;
-    let dev = match Device::new_cuda(0) {
+    let dev = match wick::model::select_device("cuda") {
         Ok(Device::Cuda(d)) => d,
         _ => {
             eprintln!("sampler_cuda: no CUDA device, skipped");

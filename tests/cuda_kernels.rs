@@ -23,7 +23,7 @@ use wick::ops::cuda::{AttnMeta, Kernels};
 use wick::ops::{AttnSeq, Rope, RopeScaling, RopeStyle};
 
 fn gpu() -> Option<CudaDevice> {
-    match Device::new_cuda(0) {
+    match wick::model::select_device("cuda") {
         Ok(Device::Cuda(d)) => Some(d),
         other => {
             assert!(
