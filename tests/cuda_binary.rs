@@ -25,7 +25,11 @@ fn cuda_bin() -> Option<PathBuf> {
         eprintln!("skipping: WICK_CUDA_BIN is not set (a `cargo build --features cuda` wick)");
         return None;
     };
-    assert!(bin.is_file(), "WICK_CUDA_BIN={} is not a file", bin.display());
+    assert!(
+        bin.is_file(),
+        "WICK_CUDA_BIN={} is not a file",
+        bin.display()
+    );
     if Path::new("/proc/driver/nvidia").exists() {
         eprintln!("skipping: this machine has an NVIDIA driver");
         return None;
@@ -72,7 +76,11 @@ fn starts_and_refuses_cuda_in_one_line() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "--device {device}: {stderr}");
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-        assert_eq!(lines.len(), 1, "--device {device}: want one line, got {stderr}");
+        assert_eq!(
+            lines.len(),
+            1,
+            "--device {device}: want one line, got {stderr}"
+        );
         let line = lines[0];
         assert!(
             line.starts_with("error: no NVIDIA driver")
@@ -102,7 +110,12 @@ async fn serves_on_the_cpu_with_device_auto() {
         wick(&bin, dir.path())
             .args(["serve", "--model-id", "random:tiny", "--device", "auto"])
             .args(["--hostname", "127.0.0.1", "--port", "0", "--json-output"])
-            .args(["--max-batch-total-tokens", "1024", "--max-total-tokens", "128"])
+            .args([
+                "--max-batch-total-tokens",
+                "1024",
+                "--max-total-tokens",
+                "128",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -117,7 +117,7 @@ fn auto() -> Device {
     match cuda(0) {
         Ok(d) => d,
         Err(e) => {
-            tracing::warn!("running on the CPU: no usable GPU ({e:#})");
+            tracing::warn!("no usable GPU, running on the CPU: {e:#}");
             Device::Cpu
         }
     }
