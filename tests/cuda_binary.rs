@@ -1,7 +1,8 @@
 //! A `--features cuda` build of `wick` on a machine with no NVIDIA driver and no CUDA
 //! libraries on the library path (CI's): it starts (`--help`), serves a random-weight
 //! model on the CPU with `--device auto` after one log line saying so, and `--device cuda`
-//! fails with one line naming what it needs.
+//! fails with one line naming what it needs: without a driver, and with a stand-in driver
+//! library (built here with `cc`) that reports CUDA 12.8 or finds no GPU.
 //!
 //! The binary comes from `WICK_CUDA_BIN` (`.ci/run` builds one and sets it). Without it
 //! the tests say so and pass, unless `WICK_REQUIRE_CUDA_BIN=1` (set by `.ci/run`). On a
@@ -88,6 +89,61 @@ fn starts_and_refuses_cuda_in_one_line() {
                 && line.contains("driver 580 or newer")
                 && !line.contains("CUDA_ERROR"),
             "--device {device}: {line}"
+        );
+    }
+}
+
+/// The one line `wick generate --device cuda` fails with where `libcuda.so.1` is
+/// `driver` (C source), compiled into a directory put on the library path.
+fn refusal_with_driver(bin: &Path, dir: &Path, driver: &str) -> Option<String> {
+    let lib = dir.join("driver");
+    std::fs::create_dir_all(&lib).expect("a directory");
+    let src = lib.join("fake_cuda.c");
+    std::fs::write(&src, driver).expect("write the stand-in driver");
+    let built = Command::new("cc")
+        .args(["-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o"])
+        .arg(lib.join("libcuda.so.1"))
+        .arg(&src)
+        .status();
+    if !built.is_ok_and(|s| s.success()) {
+        eprintln!("skipping the stand-in driver: `cc` cannot build a shared library");
+        return None;
+    }
+    let out = wick(bin, dir)
+        .env("LD_LIBRARY_PATH", &lib)
+        .args(["generate", "--model-id", "random:tiny", "--prompt", "Hi"])
+        .args(["--max-new-tokens", "1", "--device", "cuda"])
+        .output()
+        .expect("wick runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "want one line, got {stderr}");
+    assert!(!lines[0].contains("CUDA_ERROR"), "{}", lines[0]);
+    Some(lines[0].to_string())
+}
+
+#[test]
+fn refuses_an_old_driver_or_no_gpu_in_one_line() {
+    let Some(bin) = cuda_bin() else { return };
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    // cuDriverGetVersion reports CUDA 12.8 (a 570 driver).
+    let old = "int cuDriverGetVersion(int *v) { *v = 12080; return 0; }\n";
+    if let Some(line) = refusal_with_driver(&bin, dir.path(), old) {
+        assert!(
+            line.starts_with("error: the NVIDIA driver supports CUDA 12.8, too old")
+                && line.contains("driver 580 or newer"),
+            "{line}"
+        );
+    }
+    // A 13.0 driver whose cuInit finds no device (CUDA_ERROR_NO_DEVICE is 100).
+    let no_gpu = "int cuDriverGetVersion(int *v) { *v = 13000; return 0; }\n\
+                  int cuInit(unsigned flags) { (void)flags; return 100; }\n";
+    if let Some(line) = refusal_with_driver(&bin, dir.path(), no_gpu) {
+        assert!(
+            line.starts_with("error: the NVIDIA driver finds no GPU")
+                && line.contains("CUDA 13.0 or newer"),
+            "{line}"
         );
     }
 }
