@@ -75,7 +75,9 @@ fn check_cuda(ordinal: usize) -> Result<()> {
             describe(e)
         );
     }
-    let count = result::device::get_count().map_err(|e| anyhow::anyhow!(describe(e)))?;
+    let count = result::device::get_count().map_err(|e| {
+        anyhow::anyhow!("the NVIDIA driver cannot count its GPUs ({})", describe(e))
+    })?;
     if ordinal >= count.max(0) as usize {
         bail!("there is no CUDA device {ordinal}: the NVIDIA driver finds {count} GPU(s)");
     }
