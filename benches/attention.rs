@@ -117,7 +117,7 @@ fn attention_cuda(c: &mut Criterion) {
     use candle_core::{DType, Device, Tensor};
     use wick::ops::cuda::{AttnMeta, AttnScratch, Kernels};
     use wick::ops::launch::plan_splits;
-    let dev = match Device::new_cuda(0) {
+    let dev = match wick::model::select_device("cuda") {
         Ok(Device::Cuda(d)) => d,
         _ => {
             eprintln!("attention_cuda: no CUDA device, skipped");

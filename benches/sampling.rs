@@ -161,7 +161,7 @@ fn sampler_cuda(c: &mut Criterion) {
     use candle_core::{Device, Tensor};
     use wick::ops::cuda::Kernels;
     use wick::sampling::gumbel::RowSample;
-    let dev = match Device::new_cuda(0) {
+    let dev = match wick::model::select_device("cuda") {
         Ok(Device::Cuda(d)) => d,
         _ => {
             eprintln!("sampler_cuda: no CUDA device, skipped");
@@ -174,7 +174,6 @@ fn sampler_cuda(c: &mut Criterion) {
     for batch in [1usize, 64, 256] {
         let rows: Vec<f32> = (0..batch).flat_map(|r| logits(r as u64, true)).collect();
         let t = Tensor::from_vec(rows, (batch, VOCAB), &device).expect("upload");
-        let idx: Vec<u32> = (0..batch as u32).collect();
         let params: Vec<RowSample> = (0..batch)
             .map(|r| RowSample {
                 temperature: 0.8,
@@ -183,7 +182,7 @@ fn sampler_cuda(c: &mut Criterion) {
                 top_k: 50,
                 seed: r as u64,
                 step: 0,
-                row: 0,
+                row: r as u32,
             })
             .collect();
         group.throughput(Throughput::Elements(batch as u64));
@@ -191,7 +190,7 @@ fn sampler_cuda(c: &mut Criterion) {
         group.bench_function(format!("top_k_top_p/batch_{batch}"), |b| {
             b.iter(|| {
                 kernels
-                    .sample(&t, &idx, &params, &mut ids, &mut lps)
+                    .sample(&t, &params, &mut ids, &mut lps)
                     .expect("sample")
             })
         });
@@ -224,7 +223,7 @@ fn sampler_cuda(c: &mut Criterion) {
                     }
                     kernels.adjust(&rows, adjust.packed()).expect("adjust");
                     kernels
-                        .sample(&rows, &idx, &params, &mut ids, &mut lps)
+                        .sample(&rows, &params, &mut ids, &mut lps)
                         .expect("sample")
                 },
                 BatchSize::LargeInput,

@@ -1,35 +1,39 @@
 #!/usr/bin/env bash
 # Installs a CUDA 13.0 toolkit from NVIDIA's Python wheels into one prefix, so that
 # `cargo build --release --features cuda` works on a machine with no GPU and no system
-# CUDA (a 2-core CI box, a laptop). The result runs on any machine with an NVIDIA driver
-# for CUDA 13.0 or newer.
+# CUDA (a 2-core CI box, a laptop). The binary runs on any machine; on one with an NVIDIA
+# driver for CUDA 13.0 or newer (driver 580+) and the CUDA 13 cuBLAS/cuRAND libraries it
+# runs on the GPU.
 #
 #   scripts/cuda-toolkit.sh [PREFIX]        # default PREFIX: .cuda (git-ignored)
 #   eval "$(scripts/cuda-toolkit.sh --env [PREFIX])"   # print/export the environment only
-#   scripts/cuda-toolkit.sh --compiler PREFIX  # nvcc and ptxas alone (about 100 MB of
-#                                              # wheels): enough to compile kernels/*.cu,
-#                                              # which CI does (tests/kernel_ptx.rs)
+#   scripts/cuda-toolkit.sh --compiler PREFIX  # the compiler part alone (nvcc, ptxas, the
+#                                              # runtime's headers and static library; about
+#                                              # 100 MB of wheels): enough to build wick with
+#                                              # `--features cuda` and to compile
+#                                              # kernels/*.cu, which CI does
+#
+# The full toolkit adds cuBLAS, cuRAND and NVRTC (shared libraries, about 800 MB): the
+# binary loads them at run time on the GPU machine (`LD_LIBRARY_PATH=PREFIX/lib`), where a
+# CUDA 13 runtime image or toolkit also has them. Building never needs them: the binary
+# links no CUDA library but the runtime's static one (build.rs), and cudarc opens the
+# driver, cuBLAS and cuRAND with dlopen (vendor/candle-core/WICK.md).
 #
 # Why pinned to 13.0: the GPU driver loads PTX only from a toolkit no newer than itself,
 # and the GPU machines we target run a 13.0 driver. The CUDA 12 nvcc wheel
 # (`nvidia-cuda-nvcc-cu12`) ships no `nvcc` driver program, so 13.x is the first line of
 # wheels that can build anything.
 #
-# What the wheels lack and this script adds:
-#   * the directory layout nvcc's nvcc.profile expects (`targets/x86_64-linux/{include,lib}`,
-#     `lib64`, `nvvm/`), made of symlinks into the unpacked wheels;
-#   * unversioned `libX.so` links for the linker (`libcudart.so -> libcudart.so.13`, ...);
-#   * `lib64/stubs/libcuda.so`: the driver library is not in any wheel (it comes with the
-#     driver). As NVIDIA's toolkit does, we link against a stub with the same soname
-#     (`libcuda.so.1`) that defines every `cu*` entry point named in `cuda.h`; at run time
-#     the driver's real library is loaded instead.
+# What the wheels lack and this script adds: the directory layout nvcc's nvcc.profile
+# expects (`targets/x86_64-linux/{include,lib}`, `lib64`, `nvvm/`), made of symlinks into
+# the unpacked wheels, and unversioned `libX.so` links (`libcublas.so -> libcublas.so.13`).
 set -euo pipefail
 
 CUDA_WHEEL_VERSION="${CUDA_WHEEL_VERSION:-13.0}"
 # cuRAND has its own version line; 10.4.x is the CUDA 13.0 release.
 CURAND_WHEEL_VERSION="${CURAND_WHEEL_VERSION:-10.4.0}"
-# Compute capabilities: candle's kernels are built for the first one (one arch only);
-# wick's own kernels (kernels/*.cu) get PTX for each listed one.
+# The compute capability candle's kernels are built for (one: 80 for A100, 90 for H100).
+# wick's own kernels (kernels/*.cu) are built for sm_80 and sm_90 whatever it says.
 : "${CUDA_COMPUTE_CAP:=90}"
 
 env_only=0
@@ -53,7 +57,6 @@ export CUDA_PATH="$prefix"
 export CUDA_TOOLKIT_ROOT_DIR="$prefix"
 export CUDA_COMPUTE_CAP="$CUDA_COMPUTE_CAP"
 export PATH="$prefix/bin:\$PATH"
-export LIBRARY_PATH="$prefix/lib64/stubs:$prefix/lib64\${LIBRARY_PATH:+:\$LIBRARY_PATH}"
 export LD_LIBRARY_PATH="$prefix/lib64\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
 EOF
 }
@@ -63,7 +66,7 @@ if [[ $env_only == 1 ]]; then
     exit 0
 fi
 
-if [[ -x "$prefix/bin/nvcc" && ( $compiler_only == 1 || ( -e "$prefix/lib64/stubs/libcuda.so" && -e "$prefix/lib64/libcublas.so" ) ) ]]; then
+if [[ -x "$prefix/bin/nvcc" && -e "$prefix/lib64/libcudart_static.a" && ( $compiler_only == 1 || -e "$prefix/lib64/libcublas.so" ) ]]; then
     echo "CUDA toolkit already in $prefix" >&2
 else
     wheels="$prefix/.wheels"
@@ -112,15 +115,6 @@ else
         plain="${base%%.so.*}.so"
         [[ -e "$prefix/lib/$plain" ]] || ln -s "$base" "$prefix/lib/$plain"
     done
-    # The driver stub: every cu* function named in cuda.h (including the _v2.. names
-    # the header's macros map to), defined as an empty function, soname libcuda.so.1.
-    mkdir -p "$prefix/lib/stubs"
-    grep -ohE '\bcu[A-Z][A-Za-z0-9_]*\b' "$prefix/include/cuda.h" | sort -u |
-        awk '{ printf "void %s(void) {}\n", $1 }' >"$prefix/lib/stubs/libcuda_stub.c"
-    cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$prefix/lib/stubs/libcuda.so" \
-        "$prefix/lib/stubs/libcuda_stub.c"
-    ln -sfn libcuda.so "$prefix/lib/stubs/libcuda.so.1"
-    rm -f "$prefix/lib/stubs/libcuda_stub.c"
 fi
 
 "$prefix/bin/nvcc" --version >&2

@@ -1,15 +1,19 @@
-//! wick's own CUDA kernels (`kernels/*.cu`, compiled to PTX by `build.rs`), launched on
-//! candle's device and stream so they order with candle's own kernels and cuBLAS calls.
+//! wick's own CUDA kernels (`kernels/*.cu`, compiled by `build.rs` to a fatbin per file:
+//! SASS for sm_80 and sm_90, PTX for compute_90), launched on candle's device and stream so
+//! they order with candle's own kernels and cuBLAS calls.
 //!
 //! Element types: bf16 and f16 (the KV cache's dtype). Tensors must be contiguous.
 //!
 //! Grid and block sizes, partition counts and argument lists come from `ops::launch`,
 //! which the CPU emulator (`ops::emu`) launches the same kernels with.
 
+use std::sync::Arc;
+
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchArgs, LaunchConfig,
-    PinnedHostSlice, PushKernelArg,
+    sys, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchArgs,
+    LaunchConfig, PinnedHostSlice, PushKernelArg,
 };
+use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
 use candle_core::cuda_backend::{CudaDevice, WrapErr};
 use candle_core::{
     backend::BackendStorage, CpuStorage, CudaStorage, CustomOp1, DType, Error, Layout, Result,
@@ -23,18 +27,12 @@ use super::launch::{
 };
 pub use super::launch::{HEAD_DIMS, PARTITION_SIZE};
 
-mod ptx {
-    include!(concat!(env!("OUT_DIR"), "/kernels_ptx.rs"));
+mod fatbin {
+    include!(concat!(env!("OUT_DIR"), "/kernels_fatbin.rs"));
 }
 
-/// The PTX of `file` for the newest compute capability that is not above `cap`.
-fn ptx_for(file: &str, cap: u32) -> Option<(u32, &'static str)> {
-    ptx::PTX
-        .iter()
-        .filter(|(f, c, _)| *f == file && *c <= cap)
-        .max_by_key(|(_, c, _)| *c)
-        .map(|(_, c, p)| (*c, *p))
-}
+/// The oldest compute capability the kernels are built for (sm_80: A100).
+pub const MIN_COMPUTE_CAP: u32 = 80;
 
 fn suffix(dtype: DType) -> Result<&'static str> {
     match dtype {
@@ -46,12 +44,14 @@ fn suffix(dtype: DType) -> Result<&'static str> {
     }
 }
 
-/// wick's kernel modules for one device (loaded on first use).
+/// wick's kernel modules, loaded into one device's context.
 #[derive(Clone)]
 pub struct Kernels {
     dev: CudaDevice,
     /// The device's compute capability, e.g. 90.
     cap: u32,
+    /// `(kernel file, its module)`.
+    modules: Vec<(&'static str, Arc<CudaModule>)>,
     /// Host-device copies made through these kernels (and their clones).
     transfers: std::sync::Arc<TransferCounts>,
 }
@@ -93,18 +93,38 @@ impl std::fmt::Debug for Kernels {
 
 impl Kernels {
     pub fn new(dev: &CudaDevice) -> Result<Self> {
-        let (major, minor) = dev.cuda_stream().context().compute_capability().w()?;
+        let ctx = dev.cuda_stream().context().clone();
+        let (major, minor) = ctx.compute_capability().w()?;
         let cap = (major * 10 + minor) as u32;
-        if ptx_for("attention", cap).is_none() {
-            let built: Vec<u32> = ptx::PTX.iter().map(|(_, c, _)| *c).collect();
+        if cap < MIN_COMPUTE_CAP {
             return Err(Error::Msg(format!(
-                "wick's CUDA kernels were built for compute capabilities {built:?}, but this \
-                 GPU has {cap}: rebuild with CUDA_COMPUTE_CAP={cap}"
+                "this GPU has compute capability {major}.{minor}; wick's CUDA kernels need 8.0 \
+                 or newer (A100, L4, H100, ...)"
             )));
+        }
+        let mut modules = Vec::with_capacity(fatbin::FATBIN.len());
+        for &(file, image) in fatbin::FATBIN {
+            let module = ctx
+                .load_module(Ptx::from_binary(image.to_vec()))
+                .map_err(|e| {
+                    let why = if e.0 == sys::CUresult::CUDA_ERROR_NO_BINARY_FOR_GPU {
+                        "the fatbin has no code this GPU runs".to_string()
+                    } else {
+                        e.error_string()
+                            .map(|s| s.to_string_lossy().into_owned())
+                            .unwrap_or_else(|_| format!("{e:?}"))
+                    };
+                    Error::Msg(format!(
+                        "cannot load kernels/{file}.cu (sm_80, sm_90 and compute_90) on this \
+                         GPU of compute capability {major}.{minor}: {why}"
+                    ))
+                })?;
+            modules.push((file, module));
         }
         Ok(Self {
             dev: dev.clone(),
             cap,
+            modules,
             transfers: Default::default(),
         })
     }
@@ -129,9 +149,9 @@ impl Kernels {
     }
 
     /// Uploads `host` in one copy (counted).
-    pub fn upload<T: DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>> {
+    pub fn upload<T: DeviceRepr + 'static>(&self, host: &[T]) -> Result<CudaSlice<T>> {
         self.count(1, 0);
-        Ok(self.dev.clone_htod(host)?)
+        self.dev.clone_htod(host)
     }
 
     fn func(&self, name: &str) -> Result<CudaFunction> {
@@ -139,22 +159,18 @@ impl Kernels {
     }
 
     /// The stream candle's own kernels run on (kernels launched on it order with them).
-    fn stream(&self) -> std::sync::Arc<CudaStream> {
+    fn stream(&self) -> Arc<CudaStream> {
         self.dev.cuda_stream()
     }
 
     /// Kernel `name` of `kernels/<file>.cu`.
     fn func_in(&self, file: &str, name: &str) -> Result<CudaFunction> {
-        let (built, ptx) = ptx_for(file, self.cap).ok_or_else(|| {
-            Error::Msg(format!(
-                "no PTX of kernels/{file}.cu for compute capability {}",
-                self.cap
-            ))
-        })?;
-        Ok(self
-            .dev
-            .get_or_load_custom_func(name, &format!("wick_{file}_sm{built}"), ptx)?
-            .into_cuda_function())
+        let (_, module) = self
+            .modules
+            .iter()
+            .find(|(f, _)| *f == file)
+            .ok_or_else(|| Error::Msg(format!("kernels/{file}.cu is not built in")))?;
+        module.load_function(name).w()
     }
 
     /// Chooses tokens from f32 logits `[rows, vocab]`: every row's argmax and its
@@ -214,7 +230,7 @@ impl Kernels {
         };
         let stream = self.stream();
         {
-            let (greedy, sampled) = buf.split_at_mut(2 * rows);
+            let (mut greedy, mut sampled) = buf.split_at_mut(2 * rows);
             let (mut ids, mut lps) = greedy.split_at_mut(rows);
             let f = self.func_in("sampling", ChooseRowsLaunch::GREEDY)?;
             let launch = ChooseRowsLaunch::new(rows, vocab);
@@ -230,7 +246,7 @@ impl Kernels {
             // bytes per row, read back as f32 bits); one output per row.
             unsafe { b.launch(config(launch.dims)) }.w()?;
             if let Some(p) = &params_dev {
-                let (mut ids, rest) = sampled.split_at_mut(s);
+                let (mut ids, mut rest) = sampled.split_at_mut(s);
                 let mut lps = rest.slice_mut(..s);
                 let f = self.func_in("sampling", ChooseRowsLaunch::SAMPLE)?;
                 let launch = ChooseRowsLaunch::new(s, vocab);

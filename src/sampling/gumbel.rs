@@ -185,7 +185,7 @@ impl GumbelMax {
     #[inline]
     pub fn offer(&mut self, id: u32, y: f32) {
         // fl(y + g) <= fl(y + reach): rounding is monotone, so nothing skipped could win.
-        if !(y > f32::NEG_INFINITY) || y + self.reach < self.best {
+        if y.is_nan() || y == f32::NEG_INFINITY || y + self.reach < self.best {
             return;
         }
         let s = y + gumbel(self.seed, self.step, id);

@@ -213,12 +213,10 @@ impl Sampler {
             p.presence_penalty,
         );
         for x in logits.iter_mut() {
-            if !(*x <= f32::MAX) {
-                *x = if x.is_nan() {
-                    f32::NEG_INFINITY
-                } else {
-                    f32::MAX
-                };
+            if x.is_nan() {
+                *x = f32::NEG_INFINITY;
+            } else if *x == f32::INFINITY {
+                *x = f32::MAX;
             }
         }
     }
