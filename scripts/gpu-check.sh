@@ -347,7 +347,7 @@ if [[ ! -f "$B/tiny.gguf" && -d "$B" ]]; then
     "$PY" scripts/make_tiny_gguf.py "$B/tiny.gguf" || true
 fi
 chmod +x "$B/wick" "$B/cuda_kernels" 2>/dev/null
-"$PY" scripts/gpu_check.py prompts "$W/prompts"
+"$PY" scripts/gpu_check.py prompts "$W/prompts" || record prompts fail 0 "could not write the prompt files"
 
 start=$SECONDS
 failed=0
