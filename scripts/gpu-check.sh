@@ -101,16 +101,18 @@ step_gpu() {
 
 step_start() {
     local bin fail=0
+    : >"$W/start.detail"
     for bin in "$B/wick" "$B/cuda_kernels"; do
-        [[ -x "$bin" ]] || { echo "missing: $bin"; fail=1; continue; }
+        [[ -x "$bin" ]] || { echo "missing: $bin" | tee -a "$W/start.detail"; fail=1; continue; }
         ldd "$bin" | grep -E "cuda|cublas|curand|nvrtc|not found" || true
         if ldd "$bin" | grep -q "not found"; then
-            echo "$bin: missing shared libraries; set CUDA_LIBS to a directory with the CUDA 13 libraries"
+            echo "$(basename "$bin"): missing shared libraries (set CUDA_LIBS to a directory with the CUDA 13 libraries)" \
+                | tee -a "$W/start.detail"
             fail=1
         fi
     done
-    "$B/wick" --version || fail=1
-    "$B/cuda_kernels" --list >/dev/null || fail=1
+    "$B/wick" --version || { echo "wick does not start" | tee -a "$W/start.detail"; fail=1; }
+    "$B/cuda_kernels" --list >/dev/null || { echo "cuda_kernels does not start" | tee -a "$W/start.detail"; fail=1; }
     (( fail == 0 )) && echo "wick and cuda_kernels start" >"$W/start.detail"
     return "$fail"
 }
@@ -196,7 +198,12 @@ print("identical greedy texts: %d of %d" % (same, len(rows)))
 sys.exit(1 if failed else 0)
 EOF
     local rc=$?
-    "$PY" -c 'import json,sys; g=json.load(open(sys.argv[1])); print("%d of %d greedy texts identical" % (g["identical"], g["total"]))' \
+    "$PY" -c '
+import json, sys
+g = json.load(open(sys.argv[1]))
+errors = [e for p in g["prompts"] for e in (p["gpu_error"], p["cpu_error"]) if e]
+print("%d of %d greedy texts identical" % (g["identical"], g["total"]),
+      ("; " + errors[0].splitlines()[-1][:200]) if errors else "")' \
         "$W/greedy.json" >"$W/greedy.detail" 2>/dev/null
     return "$rc"
 }
@@ -220,6 +227,14 @@ print("%s: %d of %d completed, %.0f output tok/s, TTFT p50 %.0f ms" % (sys.argv[
 sys.exit(0 if lv["completed"] == lv["num_prompts"] and lv["failed"] == 0 else 1)' "$@"
 }
 
+healthy() {  # curl where there is one, else python
+    if command -v curl >/dev/null; then
+        curl -sf "$1/health" >/dev/null 2>&1
+    else
+        "$PY" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' "$1/health" >/dev/null 2>&1
+    fi
+}
+
 step_serving() {
     local url="http://127.0.0.1:$GC_PORT" fail=0 n count
     "$B/wick" serve --model-id "random:$SHAPE" --device cuda --hostname 127.0.0.1 --port "$GC_PORT" \
@@ -229,14 +244,16 @@ step_serving() {
     echo "$SERVE_PID" >"$W/serve.pid"
     trap 'kill "$SERVE_PID" 2>/dev/null' EXIT
     for _ in $(seq 1 240); do
-        curl -sf "$url/health" >/dev/null 2>&1 && break
+        healthy "$url" && break
         kill -0 "$SERVE_PID" 2>/dev/null || { echo "wick serve exited:"; tail -n 30 "$W/serve.log"; return 1; }
         sleep 0.5
     done
-    curl -sf "$url/health" >/dev/null || { echo "wick serve not healthy after 120 s"; tail -n 30 "$W/serve.log"; return 1; }
+    healthy "$url" || { echo "wick serve not healthy after 120 s"; tail -n 30 "$W/serve.log"; return 1; }
     echo "== 64 concurrent, 512 prompt / 256 output tokens"
+    # No warm-up request: the server warms up before /health says 200, and a warm-up
+    # prompt from the file would sit in the prefix cache for its measured twin.
     "$B/wick" benchmark --url "$url" --api tgi --concurrency 64 --num-prompts 64 \
-        --prompts-file "$W/prompts/serving-512.txt" --output-len 256 --warmup 1 --quiet \
+        --prompts-file "$W/prompts/serving-512.txt" --output-len 256 --warmup 0 --quiet \
         --label wick --json-out "$W/wick-serving.json" || fail=1
     all_completed "$W/wick-serving.json" "64 x 512/256" | tee "$W/serving.detail" || fail=1
     for n in 2048 8192 32768; do
@@ -319,6 +336,9 @@ REPORT_DIR="${REPORT_DIR:-${OUT:-$dir}}"
 mkdir -p "$W" "$REPORT_DIR/gpu-check-logs"
 : >"$W/steps.jsonl"
 echo "$SHAPE" >"$W/shape"
+# The driver compiles candle's PTX for the GPU on first use; a cache large enough for all of
+# it, in a place that is writable, lets every later process of the run skip that.
+export CUDA_CACHE_PATH="${CUDA_CACHE_PATH:-$W/cuda-cache}" CUDA_CACHE_MAXSIZE="${CUDA_CACHE_MAXSIZE:-4294967296}"
 for lib in "${CUDA_LIBS:-}" /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
     [[ -n "$lib" && -d "$lib" ]] && export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 done
@@ -329,13 +349,21 @@ record() {  # name status seconds detail
     printf '== %-9s %-4s %4ss  %s\n' "$1" "$2" "$3" "$4"
 }
 
+unxz_to() {  # xz where there is one, else python's lzma
+    if command -v xz >/dev/null; then
+        xz -dc "$1"
+    else
+        "$PY" -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), sys.stdout.buffer)' "$1"
+    fi
+}
+
 # Unpack the bundle (or use DIR as it is, holding wick, cuda_kernels and tiny.gguf).
 t0=$SECONDS
 if [[ -f "$dir/gpu-bundle.tar.xz" ]]; then
     export B="$W/bin"
     mkdir -p "$B"
     if { [[ ! -f "$dir/gpu-bundle.sha256" ]] || (cd "$dir" && sha256sum -c --quiet gpu-bundle.sha256); } \
-        && xz -dc "$dir/gpu-bundle.tar.xz" | tar -xf - -C "$B"; then
+        && unxz_to "$dir/gpu-bundle.tar.xz" | tar -xf - -C "$B"; then
         record bundle pass $((SECONDS - t0)) "unpacked: $(cat "$B/COMMIT" 2>/dev/null)"
     else
         record bundle fail $((SECONDS - t0)) "$dir/gpu-bundle.tar.xz is damaged or incomplete"
