@@ -49,8 +49,13 @@
 # GC_PORT (default 3917), NSYS (path of nsys), REPORT_DIR, WORK (scratch directory).
 # shellcheck disable=SC2317  # the step_* functions are called by name ("step_$2")
 set -uo pipefail
+CALLER_PWD="$PWD"
 cd "$(dirname "$0")/.." || exit 2
 SELF="$PWD/scripts/gpu-check.sh"
+
+abspath() {  # paths given on the command line are relative to where it was run
+    if [[ "$1" == /* ]]; then echo "$1"; else echo "$CALLER_PWD/$1"; fi
+}
 
 pack() {
     local out="$1"
@@ -81,7 +86,7 @@ pack() {
 }
 
 if [[ "${1:-}" == "--pack" ]]; then
-    pack "${2:?usage: scripts/gpu-check.sh --pack DIR}"
+    pack "$(abspath "${2:?usage: scripts/gpu-check.sh --pack DIR}")"
     exit
 fi
 
@@ -314,7 +319,7 @@ fi
 # ---------------------------------------------------------------------------------------
 # The run: unpack, run every step, collect statuses, write the report.
 
-dir="${1:?usage: scripts/gpu-check.sh DIR [STEP ...]   or   scripts/gpu-check.sh --pack DIR}"
+dir="$(abspath "${1:?usage: scripts/gpu-check.sh DIR [STEP ...]   or   scripts/gpu-check.sh --pack DIR}")"
 shift
 ALL_STEPS=(gpu start bandwidth kernels forward greedy decode1 serving peer nsys)
 STEPS=("$@")
@@ -331,8 +336,9 @@ PY="${PYTHON:-$(command -v python3 || echo "$PEER_PYTHON")}"
 export PY
 export GC_PORT="${GC_PORT:-3917}"
 BUDGET_S="${BUDGET_S:-480}"
-export W="${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/wick-gpu-check.XXXXXX")}"
-REPORT_DIR="${REPORT_DIR:-${OUT:-$dir}}"
+W="$(abspath "${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/wick-gpu-check.XXXXXX")}")"
+export W
+REPORT_DIR="$(abspath "${REPORT_DIR:-${OUT:-$dir}}")"
 mkdir -p "$W" "$REPORT_DIR/gpu-check-logs"
 : >"$W/steps.jsonl"
 echo "$SHAPE" >"$W/shape"
@@ -406,7 +412,9 @@ for s in "${STEPS[@]}"; do
     case $rc in
         0) record "$s" pass $((SECONDS - t0)) "$detail" ;;
         3) record "$s" skip $((SECONDS - t0)) "$detail" ;;
-        124 | 137) record "$s" fail $((SECONDS - t0)) "timed out after ${limit} s. $detail"; failed=1 ;;
+        124) record "$s" fail $((SECONDS - t0)) "timed out after ${limit} s. $detail"; failed=1 ;;
+        137) if (( SECONDS - t0 >= limit )); then why="timed out after ${limit} s"; else why="killed (out of memory?)"; fi
+             record "$s" fail $((SECONDS - t0)) "$why. $detail"; failed=1 ;;
         *) record "$s" fail $((SECONDS - t0)) "exit status $rc. $detail"; failed=1 ;;
     esac
 done
