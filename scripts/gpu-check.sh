@@ -297,10 +297,11 @@ step_nsys() {
     "$nsys" profile --trace=cuda --sample=none --cpuctxsw=none --force-overwrite=true \
         -o "$W/decode" "$B/wick" bench --model-id "random:$SHAPE" --device cuda \
         --prompt-tokens 16 --decode-tokens "$steps" --repeats 1 --json || return 1
-    local csv=""
+    local csv="" rep="$W/decode.nsys-rep"
+    [[ -f "$rep" ]] || rep="$W/decode.qdrep"  # older nsys
     for report in cuda_gpu_trace gputrace; do
         "$nsys" stats --report "$report" --format csv --force-export=true \
-            --output "$W/decode" "$W/decode.nsys-rep" >/dev/null 2>&1 || continue
+            --output "$W/decode" "$rep" >/dev/null || continue
         [[ -f "$W/decode_$report.csv" ]] && { csv="$W/decode_$report.csv"; break; }
     done
     [[ -n "$csv" ]] || { echo "nsys stats wrote no GPU trace" >"$W/nsys.detail"; return 1; }
