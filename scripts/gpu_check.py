@@ -1,6 +1,7 @@
 """Helpers of scripts/gpu-check.sh (Python standard library only):
 
     gpu_check.py prompts DIR                 the prompt files the benchmarks share
+    gpu_check.py greedy CPU_URL GPU_URL OUT  greedy tokens of two servers compared
     gpu_check.py nsys-split CSV STEPS        decode step time split from an nsys GPU trace
     gpu_check.py report WORK OUTDIR          gpu-report.md and gpu-report.json
 
@@ -15,6 +16,7 @@ import random
 import statistics
 import sys
 import time
+import urllib.request
 
 # Prompts: the random models' tokenizer is byte-level (one token per byte, no BOS), so
 # an ASCII line of N characters is exactly N prompt tokens, on wick's side (the server
@@ -57,6 +59,82 @@ def cmd_prompts(out_dir):
                 line = prompt_line(rng, n)
                 assert len(line.encode()) == n
                 f.write(line + "\n")
+
+
+GREEDY_PROMPTS = [
+    "The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village,",
+    "The three primary colors are", "Water boils at a temperature of",
+    # 1,200 tokens: past 512 tokens of context (split-context attention) and, with the
+    # servers' --max-batch-prefill-tokens 256, prefilled in 5 chunks.
+    " ".join("word%d" % (i * 7919 % 1000) for i in range(150))[:1200],
+]
+GREEDY_TOKENS = 48
+# A divergence where the CPU's two best tokens are closer than this (in logprob, i.e.
+# logit units) is a near tie that summation order may flip, not a bug.
+NEAR_TIE = 0.01
+
+
+def generate(url, prompt):
+    body = json.dumps({"inputs": prompt, "parameters": {
+        "max_new_tokens": GREEDY_TOKENS, "details": True, "top_n_tokens": 2}}).encode()
+    req = urllib.request.Request(url + "/generate", body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        details = json.load(r)["details"]
+    ids = [t["id"] for t in details["tokens"]]
+    lps = [t["logprob"] for t in details["tokens"]]
+    gaps = []
+    for top in details.get("top_tokens") or []:
+        best = sorted((t["logprob"] for t in top), reverse=True)
+        gaps.append(best[0] - best[1] if len(best) > 1 else float("inf"))
+    return ids, lps, gaps
+
+
+def cmd_greedy(cpu_url, gpu_url, out):
+    """Greedy tokens from a CPU server and a GPU server of the same GGUF model: the same,
+    or diverging only at a near tie of the CPU's logits."""
+    rows, bad = [], 0
+    for p in GREEDY_PROMPTS:
+        row = {"prompt": p}
+        try:
+            cpu, cpu_lp, gaps = generate(cpu_url, p)
+            gpu, gpu_lp, _ = generate(gpu_url, p)
+        except Exception as e:  # noqa: BLE001 - any failure of a request fails the check
+            row.update(verdict="error", error=str(e)[:300])
+            rows.append(row)
+            bad += 1
+            print(f"ERROR   {p[:40]!r}: {e}")
+            continue
+        first = next((i for i, (a, b) in enumerate(zip(cpu, gpu)) if a != b), None)
+        if first is None and len(cpu) != len(gpu):
+            first = min(len(cpu), len(gpu))
+        common = first if first is not None else len(cpu)
+        row["max_logprob_diff"] = max((abs(a - b) for a, b in
+                                       zip(cpu_lp[:common], gpu_lp[:common])), default=0.0)
+        row["tokens"] = len(cpu)
+        if first is None:
+            row["verdict"] = "same"
+        elif first < len(gaps) and gaps[first] < NEAR_TIE:
+            row.update(verdict="near tie", first_diff=first, gap=gaps[first])
+        else:
+            row.update(verdict="differs", first_diff=first,
+                       gap=gaps[first] if first < len(gaps) else None)
+            bad += 1
+        row["cpu"], row["gpu"] = cpu, gpu
+        rows.append(row)
+        print(f"{row['verdict']:8} {p[:40]!r}" + (f" (from token {first})" if first is not None else "")
+              + f", max |logprob cpu - gpu| {row['max_logprob_diff']:.2e}")
+    same = sum(r["verdict"] == "same" for r in rows)
+    ties = sum(r["verdict"] == "near tie" for r in rows)
+    what = (f"tiny.gguf (random f16 weights, llama, head size 64, 4 query / 2 KV heads, "
+            f"2 layers; f32 compute and an f16 KV cache on both devices), served by "
+            f"`wick serve --device cpu` and `--device cuda` (prefill in chunks of 256): "
+            f"{GREEDY_TOKENS} greedy tokens for each of {len(rows)} prompts, one of 1,200 "
+            f"tokens. Pass: the GPU's tokens equal the CPU's, or they part only where the "
+            f"CPU's two best tokens are within {NEAR_TIE} in logprob (a near tie).")
+    json.dump({"what": what, "identical": same, "near_ties": ties, "total": len(rows),
+               "prompts": rows}, open(out, "w"), indent=1)
+    print(f"{same} of {len(rows)} identical, {ties} near ties, {bad} failed")
+    return 1 if bad else 0
 
 
 def cmd_nsys_split(csv_path, steps):
@@ -318,8 +396,12 @@ def cmd_report(work, out_dir):
         md += ["", "### Greedy generations, GPU vs CPU", "",
                greedy.get("what", ""), ""]
         for g in greedy.get("prompts", []):
-            mark = "same" if g["same"] else f"differs from character {g['first_diff']}"
-            md.append(f"- {g['prompt'][:40]!r}: {mark}")
+            mark = g["verdict"]
+            if "first_diff" in g:
+                mark += f" from token {g['first_diff']} (CPU top-2 gap {fmt(g.get('gap'), '.2e')})"
+            if "max_logprob_diff" in g:
+                mark += f"; max |logprob CPU - GPU| before that {g['max_logprob_diff']:.1e}"
+            md.append(f"- {g['prompt'][:40]!r}: {g.get('error') or mark}")
     md += ["", "Targets: batch-1 decode >= 85 % of the measured roofline; 64 concurrent "
            ">= 8x transformers. Logs of every step are in gpu-check-logs/."]
     with open(os.path.join(out_dir, "gpu-report.md"), "w") as f:
@@ -334,6 +416,8 @@ def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "prompts" and len(args) == 1:
         return cmd_prompts(*args) or 0
+    if cmd == "greedy" and len(args) == 3:
+        return cmd_greedy(*args)
     if cmd == "nsys-split" and len(args) == 2:
         return cmd_nsys_split(*args)
     if cmd == "report" and len(args) == 2:
