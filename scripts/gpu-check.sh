@@ -237,14 +237,14 @@ step_serving() {
     # No warm-up request: the server warms up before /health says 200, and a warm-up
     # prompt from the file would sit in the prefix cache for its measured twin.
     "$B/wick" benchmark --url "$url" --api tgi --concurrency 64 --num-prompts 64 \
-        --prompts-file "$W/prompts/serving-512.txt" --output-len 256 --warmup 0 --quiet \
+        --prompts-file "$W/prompts/serving-512.txt" --output-len 256 --warmup 0 --quiet --timeout 180 \
         --label wick --json-out "$W/wick-serving.json" || fail=1
     all_completed "$W/wick-serving.json" "64 x 512/256" | tee "$W/serving.detail" || fail=1
     for n in 2048 8192 32768; do
         echo "== TTFT, $n-token prompts, one request at a time"
         count=$(wc -l <"$W/prompts/ttft-$n.txt")
         "$B/wick" benchmark --url "$url" --api tgi --concurrency 1 --num-prompts "$count" \
-            --prompts-file "$W/prompts/ttft-$n.txt" --output-len 1 --warmup 0 --quiet \
+            --prompts-file "$W/prompts/ttft-$n.txt" --output-len 1 --warmup 0 --quiet --timeout 60 \
             --label "wick-ttft-$n" --json-out "$W/ttft-$n.json" || fail=1
         all_completed "$W/ttft-$n.json" "TTFT $n" | tee -a "$W/serving.detail" || fail=1
     done
