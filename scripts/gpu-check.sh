@@ -11,13 +11,14 @@
 #   cargo test --release --features cuda --target-dir target/cuda --test cuda_kernels --no-run
 #   scripts/gpu-check.sh --pack target/gpu-bundle
 # --pack writes DIR/gpu-bundle.tar.xz (the stripped `wick` and `cuda_kernels` test binary,
-# ~61 MiB each, mostly candle's PTX, which xz shrinks about sevenfold; plus tiny.gguf from
+# ~61 MiB each, mostly candle's PTX, which xz shrinks about sevenfold (a stripped cuda
+# debug build of wick: 66 MiB to 9.7 MiB); plus tiny.gguf from
 # scripts/make_tiny_gguf.py and the commit) and its sha256: about 10-20 MiB in all, one
 # transfer under 64 MiB. Then on the GPU machine, from the repository root:
 #   scripts/gpu-check.sh target/gpu-bundle [STEP ...]
 # The report goes to $OUT when it is set (as on the lent GPU machines), else to DIR; each
 # step's log goes beside it in gpu-check-logs/. Exit status: 0 when every check passed,
-# 1 otherwise. Every step runs whatever failed before it.
+# 1 otherwise. A step that fails does not stop the later ones.
 #
 # Steps (all by default, in this order), with a time model for an H100 (80 GB, ~3 TB/s):
 #   gpu        nvidia-smi: name, driver, memory                                       ~2 s
@@ -41,7 +42,8 @@
 #              and a 256-token generate (~10-20 s at ~50 ms per step)               ~45-60 s
 #   nsys       `nsys profile` of a short `wick bench` (2 x 64 decode steps) and the
 #              per-step split into kernel time and gaps (launch overhead)          ~40-60 s
-# About 5-7 minutes in all. Each step has its own timeout, cut to what the global budget
+# About 6.5 minutes in all (the middle estimates; each random:llama-3-8b load, ~10-15 s
+# with CUDA start-up, is counted in its step). Each step has its own timeout, cut to what the global budget
 # BUDGET_S (default 480 s) leaves; a step that does not start for lack of time fails.
 #
 # Settings: SHAPE (random shape for the benchmarks, default llama-3-8b), BUDGET_S,
