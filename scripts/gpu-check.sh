@@ -43,8 +43,9 @@
 #   nsys       `nsys profile` of a short `wick bench` (2 x 64 decode steps) and the
 #              per-step split into kernel time and gaps (launch overhead)          ~40-60 s
 # About 6.5 minutes in all (the middle estimates; each random:llama-3-8b load, ~10-15 s
-# with CUDA start-up, is counted in its step). Each step has its own timeout, cut to what the global budget
-# BUDGET_S (default 480 s) leaves; a step that does not start for lack of time fails.
+# with CUDA start-up, is counted in its step). Each step has its own timeout, cut to what
+# the global budget BUDGET_S (default 480 s) leaves; a step that does not start for lack
+# of time fails. Give the call that runs it 600 s.
 #
 # Settings: SHAPE (random shape for the benchmarks, default llama-3-8b), BUDGET_S,
 # PEER_PYTHON (default /opt/torch/.venv/bin/python), PYTHON (python3 for the helpers),
