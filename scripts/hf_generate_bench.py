@@ -4,9 +4,15 @@ bandwidth that sets the memory roofline. Prints one JSON object.
 
     python scripts/hf_generate_bench.py --shape llama-3-8b --batch 64 \
         --input-len 512 --output-len 256
+    python scripts/hf_generate_bench.py --prompts FILE --output-len 256
+    python scripts/hf_generate_bench.py --bandwidth-only
 
 Shapes match wick's `random:<shape>` models. The weights are random (initialised on the
-GPU); nothing is downloaded. Needs torch and transformers (the GPU machines have them).
+GPU, in bf16); nothing is downloaded. With --prompts, the batch is the file's lines, each
+line's bytes taken as token ids: the token ids wick's byte-level tokenizer gives the same
+text for a `random:<shape>` model (one token per byte, no BOS), so both engines see the
+same prompts (lines of unequal length are left-padded). Needs torch and transformers (the
+GPU machines have them).
 """
 
 import argparse
@@ -14,6 +20,7 @@ import json
 import time
 
 import torch
+import transformers
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 SHAPES = {
@@ -59,15 +66,28 @@ def main():
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--input-len", type=int, default=512)
     ap.add_argument("--output-len", type=int, default=256)
+    ap.add_argument("--prompts", help="one prompt per line; its bytes are the token ids")
     ap.add_argument("--skip-generate", action="store_true", help="bandwidth and sizes only")
+    ap.add_argument("--bandwidth-only", action="store_true", help="copy bandwidth only")
     args = ap.parse_args()
 
     bw = copy_bandwidth()
+    if args.bandwidth_only:
+        print(json.dumps({"copy_bandwidth_bytes_per_s": bw,
+                          "device": torch.cuda.get_device_name(0),
+                          "torch": torch.__version__}))
+        return
     cfg_cls, model_cls, kw = SHAPES[args.shape]
     config = cfg_cls(**kw)
     torch.manual_seed(0)
+    t0 = time.perf_counter()
+    # Built in bf16 on the GPU directly: no f32 copy of the weights, no host round trip.
+    torch.set_default_dtype(torch.bfloat16)
     with torch.device("cuda"):
-        model = model_cls(config).to(torch.bfloat16).eval()
+        model = model_cls(config).eval()
+    torch.set_default_dtype(torch.float32)
+    torch.cuda.synchronize()
+    init_s = time.perf_counter() - t0
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     out = {
         "peer": "transformers",
@@ -75,13 +95,30 @@ def main():
         "copy_bandwidth_bytes_per_s": bw,
         "weight_bytes": weight_bytes,
         "device": torch.cuda.get_device_name(0),
+        "init_s": init_s,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "attention": getattr(model.config, "_attn_implementation", None),
     }
     if not args.skip_generate:
-        gen = torch.Generator(device="cuda").manual_seed(0)
-        ids = torch.randint(100, config.vocab_size - 100, (args.batch, args.input_len),
-                            device="cuda", generator=gen)
+        if args.prompts:
+            with open(args.prompts, "rb") as f:
+                rows = [list(line.rstrip(b"\n")) for line in f if line.strip()]
+            width = max(map(len, rows))
+            ids = torch.zeros((len(rows), width), dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, r in enumerate(rows):
+                ids[i, width - len(r):] = torch.tensor(r)
+                mask[i, width - len(r):] = 1
+            ids, mask = ids.cuda(), mask.cuda()
+            args.batch, args.input_len = len(rows), width
+        else:
+            gen = torch.Generator(device="cuda").manual_seed(0)
+            ids = torch.randint(100, config.vocab_size - 100, (args.batch, args.input_len),
+                                device="cuda", generator=gen)
+            mask = torch.ones_like(ids)
         common = dict(do_sample=False, eos_token_id=None, pad_token_id=0,
-                      attention_mask=torch.ones_like(ids))
+                      attention_mask=mask)
         with torch.inference_mode():
             model.generate(ids, max_new_tokens=2, min_new_tokens=2, **common)  # warm-up
             torch.cuda.synchronize()
