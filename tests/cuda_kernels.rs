@@ -572,3 +572,62 @@ fn device_penalties_match_the_host() {
         assert_eq!(ids[r], *id, "row {r}: device argmax vs host greedy");
     }
 }
+
+/// Host-device copies of a decode step: the forward pass uploads its batch once (token
+/// ids, positions, slots, block tables, row splits, logits rows in one copy) and brings
+/// nothing back; choosing every row's token on the device (greedy and sampled rows
+/// together) is one upload of the sampling parameters and one copy back.
+#[test]
+fn a_decode_step_uploads_once_and_copies_back_once() {
+    use wick::engine::{CacheConfig, FlatBatch, ModelRunner, Sequence};
+    use wick::model::random::{load, RandomSpec};
+    use wick::model::RandomShape;
+    use wick::ops::cuda::Choices;
+    use wick::sampling::gumbel::RowSample;
+
+    let Some(dev) = gpu() else { return };
+    let spec = RandomSpec {
+        shape: RandomShape::Tiny,
+        seed: 3,
+    };
+    let (model, _) = load(spec, DType::BF16, &Device::Cuda(dev)).unwrap();
+    let cache = CacheConfig {
+        block_size: 16,
+        num_blocks: 32,
+    };
+    let mut runner = ModelRunner::try_new(model, cache).unwrap();
+    let mut seqs: Vec<Sequence> = (0..3)
+        .map(|s| Sequence::new((0..20).map(|t| 40 + t + s).collect()))
+        .collect();
+    for seq in &mut seqs {
+        runner.reserve(seq, 20).unwrap();
+    }
+    let mut items: Vec<(&mut Sequence, usize)> = seqs.iter_mut().map(|s| (s, 20)).collect();
+    runner.step(&mut items).unwrap();
+    for seq in &mut seqs {
+        seq.tokens.push(7);
+        runner.reserve(seq, 1).unwrap();
+    }
+    let view: Vec<(&Sequence, usize)> = seqs.iter().map(|s| (s, 1)).collect();
+    let batch = FlatBatch::build(&view, 16).unwrap();
+    let kernels = runner.kernels().expect("a GPU runner").clone();
+    let before = kernels.transfers();
+    let hidden = runner.forward_hidden(&batch).unwrap();
+    let logits = runner.logits(&hidden).unwrap();
+    let mid = kernels.transfers();
+    assert_eq!((mid.htod - before.htod, mid.dtoh - before.dtoh), (1, 0));
+    let params = [RowSample {
+        temperature: 0.8,
+        top_p: 0.9,
+        min_p: 0.0,
+        top_k: 20,
+        seed: 5,
+        step: 0,
+        row: 1,
+    }];
+    let mut chosen = Choices::default();
+    kernels.choose(&logits, &params, &mut chosen).unwrap();
+    let after = kernels.transfers();
+    assert_eq!((after.htod - mid.htod, after.dtoh - mid.dtoh), (1, 1));
+    assert_eq!((chosen.greedy_ids.len(), chosen.sample_ids.len()), (3, 1));
+}

@@ -14,7 +14,8 @@
 use anyhow::{bail, ensure, Result};
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView};
 use candle_core::cuda_backend::CudaDevice;
-use candle_core::{DType, Device, Storage, Tensor};
+use candle_core::op::BackpropOp;
+use candle_core::{CudaStorage, DType, Storage, Tensor};
 
 use super::step_meta::{pack_step, Packed};
 use super::{scratch_bytes, scratch_parts, CacheLayout};
@@ -139,8 +140,14 @@ impl DeviceKvCache {
     /// model reads (token ids, logits rows).
     pub fn begin_step(&mut self, batch: &ForwardBatch<'_>) -> Result<StepInputs> {
         let packed = pack_step(&self.layout, batch, self.scratch.parts(), &mut self.host)?;
-        let device = Device::Cuda(self.kernels.device().clone());
-        let upload = Tensor::from_slice(&self.host, self.host.len(), &device)?;
+        let dev = self.kernels.device();
+        let storage = CudaStorage::wrap_cuda_slice(self.kernels.upload(&self.host)?, dev.clone());
+        let upload = Tensor::from_storage(
+            Storage::Cuda(storage),
+            self.host.len(),
+            BackpropOp::none(),
+            false,
+        );
         let view = |r: std::ops::Range<usize>| upload.narrow(0, r.start, r.len());
         let inputs = StepInputs {
             token_ids: view(packed.token_ids())?,
