@@ -115,7 +115,7 @@ fn attention(c: &mut Criterion) {
 #[cfg(feature = "cuda")]
 fn attention_cuda(c: &mut Criterion) {
     use candle_core::{DType, Device, Tensor};
-    use wick::ops::cuda::{AttnMeta, AttnScratch, Kernels};
+    use wick::ops::cuda::{AttnMeta, AttnScratch, Choices, Kernels};
     use wick::ops::launch::plan_splits;
     let dev = match wick::model::select_device("cuda") {
         Ok(Device::Cuda(d)) => d,
@@ -193,11 +193,12 @@ fn attention_cuda(c: &mut Criterion) {
     run("prefill/512", 1, 512, 512);
     let logits = Tensor::randn(0f32, 3.0, (64, 128_256), &device).expect("logits");
     group.throughput(Throughput::Elements(64));
-    let (mut ids, mut lps) = (Vec::new(), Vec::new());
+    // Buffers kept between iterations, as the engine keeps them between steps.
+    let mut chosen = Choices::default();
     group.bench_function("greedy_64x128256", |b| {
         b.iter(|| {
-            kernels.greedy(&logits, &mut ids, &mut lps).expect("greedy");
-            black_box(ids[0])
+            kernels.choose(&logits, &[], &mut chosen).expect("greedy");
+            black_box(chosen.greedy_ids[0])
         })
     });
     group.finish();

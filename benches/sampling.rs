@@ -159,7 +159,7 @@ fn detokenizer_bench(c: &mut Criterion) {
 #[cfg(feature = "cuda")]
 fn sampler_cuda(c: &mut Criterion) {
     use candle_core::{Device, Tensor};
-    use wick::ops::cuda::Kernels;
+    use wick::ops::cuda::{Choices, Kernels};
     use wick::sampling::gumbel::RowSample;
     let dev = match wick::model::select_device("cuda") {
         Ok(Device::Cuda(d)) => d,
@@ -186,16 +186,14 @@ fn sampler_cuda(c: &mut Criterion) {
             })
             .collect();
         group.throughput(Throughput::Elements(batch as u64));
-        let (mut ids, mut lps) = (Vec::new(), Vec::new());
-        group.bench_function(format!("top_k_top_p/batch_{batch}"), |b| {
-            b.iter(|| {
-                kernels
-                    .sample(&t, &params, &mut ids, &mut lps)
-                    .expect("sample")
-            })
+        // One `choose` per step, as the engine makes it: every row's argmax, and the
+        // draws; buffers kept between iterations, as between steps.
+        let mut chosen = Choices::default();
+        group.bench_function(format!("greedy_and_top_k_top_p/batch_{batch}"), |b| {
+            b.iter(|| kernels.choose(&t, &params, &mut chosen).expect("choose"))
         });
         group.bench_function(format!("greedy/batch_{batch}"), |b| {
-            b.iter(|| kernels.greedy(&t, &mut ids, &mut lps).expect("greedy"))
+            b.iter(|| kernels.choose(&t, &[], &mut chosen).expect("greedy"))
         });
         let penalised = SamplingParams {
             do_sample: true,
@@ -222,9 +220,7 @@ fn sampler_cuda(c: &mut Criterion) {
                         s.device_adjust(&prompts[r], &generated[r], VOCAB, r, &mut adjust);
                     }
                     kernels.adjust(&rows, adjust.packed()).expect("adjust");
-                    kernels
-                        .sample(&rows, &params, &mut ids, &mut lps)
-                        .expect("sample")
+                    kernels.choose(&rows, &params, &mut chosen).expect("choose")
                 },
                 BatchSize::LargeInput,
             )

@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 mod server_support;
-use server_support::{get, line_reader, post};
+use server_support::{get, line_reader, post, serving_address};
 
 fn cuda_bin() -> Option<PathBuf> {
     let Some(bin) = std::env::var_os("WICK_CUDA_BIN").map(PathBuf::from) else {
@@ -181,20 +181,7 @@ async fn serves_on_the_cpu_with_device_auto() {
     let lines = line_reader(stderr);
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut seen = Vec::new();
-    let base = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = lines
-            .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("wick serve did not start:\n{}", seen.join("\n")));
-        seen.push(line.clone());
-        let msg = serde_json::from_str::<Value>(&line)
-            .ok()
-            .and_then(|v| v["message"].as_str().map(str::to_string));
-        if let Some(m) = msg.filter(|m| m.starts_with("serving ")) {
-            let at = m.find("http://").expect("an address in the serving line");
-            break m[at..].trim().to_string();
-        }
-    };
+    let base = serving_address(&lines, Duration::from_secs(120), &mut seen);
     let fallback: Vec<&String> = seen
         .iter()
         .filter(|l| l.contains("running on the CPU"))

@@ -19,7 +19,7 @@ use candle_core::cuda_backend::cudarc::driver::CudaSlice;
 use candle_core::cuda_backend::CudaDevice;
 use candle_core::{DType, Device, Tensor};
 use half::{bf16, f16};
-use wick::ops::cuda::{AttnMeta, AttnScratch, Kernels};
+use wick::ops::cuda::{AttnMeta, AttnScratch, Choices, Kernels};
 use wick::ops::launch::plan_splits;
 use wick::ops::{AttnSeq, Rope, RopeScaling, RopeStyle};
 
@@ -500,10 +500,9 @@ fn device_sampling_matches_its_reference() {
             row: r as u32,
         })
         .collect();
-    let (mut ids, mut lps) = (Vec::new(), Vec::new());
-    kernels
-        .sample(&logits, &params, &mut ids, &mut lps)
-        .unwrap();
+    let mut chosen = Choices::default();
+    kernels.choose(&logits, &params, &mut chosen).unwrap();
+    let (ids, lps) = (&chosen.sample_ids, &chosen.sample_lps);
     let mut same = 0;
     for r in 0..rows {
         let row = &x[r * vocab..(r + 1) * vocab];
@@ -523,8 +522,7 @@ fn device_sampling_matches_its_reference() {
         same >= rows - 1,
         "device draws match the reference on {same} of {rows} rows"
     );
-    let (mut gids, mut glps) = (Vec::new(), Vec::new());
-    kernels.greedy(&logits, &mut gids, &mut glps).unwrap();
+    let gids = &chosen.greedy_ids;
     for r in 0..rows {
         let row = &x[r * vocab..(r + 1) * vocab];
         assert_eq!(gids[r], wick::sampling::argmax(row).unwrap(), "row {r}");
@@ -565,8 +563,9 @@ fn device_penalties_match_the_host() {
     let t = Tensor::from_vec(logits, (rows, vocab), &Device::Cuda(dev.clone())).unwrap();
     kernels.adjust(&t, adjust.packed()).unwrap();
     let got = from_gpu(&t);
-    let (mut ids, mut lps) = (Vec::new(), Vec::new());
-    kernels.greedy(&t, &mut ids, &mut lps).unwrap();
+    let mut chosen = Choices::default();
+    kernels.choose(&t, &[], &mut chosen).unwrap();
+    let ids = &chosen.greedy_ids;
     for (r, (row, id)) in want.iter().enumerate() {
         assert_eq!(&got[r * vocab..(r + 1) * vocab], row.as_slice(), "row {r}");
         assert_eq!(ids[r], *id, "row {r}: device argmax vs host greedy");
@@ -582,7 +581,6 @@ fn a_decode_step_uploads_once_and_copies_back_once() {
     use wick::engine::{CacheConfig, FlatBatch, ModelRunner, Sequence};
     use wick::model::random::{load, RandomSpec};
     use wick::model::RandomShape;
-    use wick::ops::cuda::Choices;
     use wick::sampling::gumbel::RowSample;
 
     let Some(dev) = gpu() else { return };

@@ -6,7 +6,7 @@ mod server_support;
 
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 use server_support::*;
 use wick::config::ModelsConfig;
 use wick::hub::{self, HubOptions};
@@ -166,20 +166,7 @@ async fn wick_serve_and_generate_with_random_tiny() {
     let lines = line_reader(child.0.stderr.take().unwrap());
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut seen = Vec::new();
-    let base = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = lines
-            .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("wick serve did not start:\n{}", seen.join("\n")));
-        seen.push(line.clone());
-        let msg = serde_json::from_str::<Value>(&line)
-            .ok()
-            .and_then(|v| v["message"].as_str().map(str::to_string));
-        if let Some(m) = msg.filter(|m| m.starts_with("serving ")) {
-            let at = m.find("http://").expect("an address in the serving line");
-            break m[at..].trim().to_string();
-        }
-    };
+    let base = serving_address(&lines, Duration::from_secs(60), &mut seen);
     while get(&format!("{base}/health")).await.status != 200 {
         assert!(Instant::now() < deadline, "never healthy");
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -408,7 +408,7 @@ impl EngineCore {
         let hidden = self.runner.forward_hidden(&s.batch)?;
         let last = s.logits.prompt_logprobs(&self.runner, &hidden, &s.batch)?;
         let logits = self.runner.logits(&last)?;
-        s.logits.gather(&self.runner, logits, &s.batch, &s.modes)
+        s.logits.gather(&self.runner, logits, &s.modes)
     }
 
     fn step(&mut self) {
@@ -862,13 +862,7 @@ impl StepLogits {
     /// Brings the choice logits `[items, vocab]` (item k's last row is row k) to the host:
     /// all of them from the CPU; from a GPU only the items the host samples (`Host` and
     /// `AllRows`), with the others' tokens chosen on the device by the runner's kernels.
-    fn gather(
-        &mut self,
-        runner: &ModelRunner,
-        logits: Tensor,
-        batch: &FlatBatch,
-        modes: &[RowMode],
-    ) -> Result<()> {
+    fn gather(&mut self, runner: &ModelRunner, logits: Tensor, modes: &[RowMode]) -> Result<()> {
         let rows = logits.dim(0)?;
         self.vocab = runner.model().config().vocab_size;
         self.at.clear();
@@ -906,7 +900,7 @@ impl StepLogits {
             }
             return Ok(());
         }
-        let _ = (batch, modes);
+        let _ = modes;
         copy_to_host(&logits, &mut self.data)?;
         self.at.extend((0..rows).map(Some));
         Ok(())
@@ -1081,9 +1075,7 @@ mod tests {
         let a3 = allocations();
         let logits = core.runner.logits(&last).unwrap();
         let a4 = allocations();
-        s.logits
-            .gather(&core.runner, logits, &s.batch, &s.modes)
-            .unwrap();
+        s.logits.gather(&core.runner, logits, &s.modes).unwrap();
         let a5 = allocations();
         assert_eq!(s.plan.decode_tokens, s.plan.items.len());
         // Put the step back so the engine stays consistent.

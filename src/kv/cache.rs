@@ -140,11 +140,7 @@ impl AttentionBackend for KvCache {
             Some((_, tables)) => rope.tables_into(batch.positions, tables),
             None => self.rope = Some((rope.clone(), rope.tables(batch.positions))),
         }
-        let cpu = &candle_core::Device::Cpu;
-        Ok(StepInputs {
-            token_ids: Tensor::from_slice(batch.tokens, batch.tokens.len(), cpu)?,
-            logits_rows: Tensor::from_slice(batch.logits_rows, batch.logits_rows.len(), cpu)?,
-        })
+        StepInputs::on_host(batch)
     }
 
     fn attend(

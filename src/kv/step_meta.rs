@@ -16,7 +16,6 @@ pub struct Packed {
     pub tokens: usize,
     pub seqs: usize,
     pub max_blocks: usize,
-    pub max_context: usize,
     /// How attention splits the rows (`part_start` and `split_rows` describe it per row).
     pub split: SplitPlan,
     /// Rows whose final hidden states are kept (the model's `logits_rows`).
@@ -93,7 +92,6 @@ pub fn pack_step(
         batch.positions.len()
     );
     let mut max_blocks = 1;
-    let mut max_context = 0;
     let mut rows = 0;
     for (i, s) in batch.seqs.iter().enumerate() {
         ensure!(
@@ -122,7 +120,6 @@ pub fn pack_step(
             );
         }
         max_blocks = max_blocks.max(s.block_table.len());
-        max_context = max_context.max(s.context_len);
     }
     ensure!(
         rows == tokens,
@@ -156,7 +153,6 @@ pub fn pack_step(
         tokens,
         seqs: batch.seqs.len(),
         max_blocks,
-        max_context,
         split,
         logits_rows: batch.logits_rows.len(),
     };
@@ -212,7 +208,6 @@ mod tests {
                 tokens: 4,
                 seqs: 2,
                 max_blocks: 3,
-                max_context: 9,
                 split: SplitPlan {
                     part_size: 512,
                     max_parts: 1,

@@ -38,6 +38,17 @@ pub struct StepInputs {
     pub logits_rows: Tensor,
 }
 
+impl StepInputs {
+    /// The batch's token ids and logits rows in host memory (the CPU backends').
+    pub fn on_host(batch: &ForwardBatch<'_>) -> Result<Self> {
+        let cpu = &candle_core::Device::Cpu;
+        Ok(Self {
+            token_ids: Tensor::from_slice(batch.tokens, batch.tokens.len(), cpu)?,
+            logits_rows: Tensor::from_slice(batch.logits_rows, batch.logits_rows.len(), cpu)?,
+        })
+    }
+}
+
 /// Attention over a paged KV cache, for one forward pass at a time.
 pub trait AttentionBackend {
     /// The dtype `attend` takes q, k and v in (and returns its output in).

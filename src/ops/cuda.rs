@@ -270,31 +270,6 @@ impl Kernels {
         Ok(())
     }
 
-    /// Greedy choice per row of f32 logits `[rows, vocab]` (see [`Kernels::choose`]).
-    pub fn greedy(&self, logits: &Tensor, ids: &mut Vec<u32>, lps: &mut Vec<f32>) -> Result<()> {
-        let mut c = Choices::default();
-        self.choose(logits, &[], &mut c)?;
-        *ids = c.greedy_ids;
-        *lps = c.greedy_lps;
-        Ok(())
-    }
-
-    /// Draws from rows `params[i].row` of f32 logits `[rows, vocab]` (see
-    /// [`Kernels::choose`]); tokens and logprobs in the order of `params`.
-    pub fn sample(
-        &self,
-        logits: &Tensor,
-        params: &[crate::ops::launch::RowSample],
-        ids: &mut Vec<u32>,
-        lps: &mut Vec<f32>,
-    ) -> Result<()> {
-        let mut c = Choices::default();
-        self.choose(logits, params, &mut c)?;
-        *ids = c.sample_ids;
-        *lps = c.sample_lps;
-        Ok(())
-    }
-
     /// Copies f32 `t` (any shape, contiguous) into `out` (resized to fit).
     pub fn download(&self, t: &Tensor, out: &mut Vec<f32>) -> Result<()> {
         let n = t.elem_count();

@@ -67,11 +67,7 @@ impl AttentionBackend for ContiguousAttention {
 
     fn begin_step(&mut self, batch: &ForwardBatch<'_>, rope: &Rope) -> anyhow::Result<StepInputs> {
         self.rope = Some((rope.clone(), rope.tables(batch.positions)));
-        let dev = Device::Cpu;
-        Ok(StepInputs {
-            token_ids: Tensor::from_slice(batch.tokens, batch.tokens.len(), &dev)?,
-            logits_rows: Tensor::from_slice(batch.logits_rows, batch.logits_rows.len(), &dev)?,
-        })
+        StepInputs::on_host(batch)
     }
 
     fn attend(

@@ -274,3 +274,28 @@ pub fn line_reader(stderr: std::process::ChildStderr) -> std::sync::mpsc::Receiv
     });
     rx
 }
+
+/// Reads a `wick serve --json-output` child's log lines (from [`line_reader`]) into `seen`
+/// until its "serving http://..." line, and returns that address; panics with what it saw
+/// if the line does not come within `timeout`.
+pub fn serving_address(
+    lines: &std::sync::mpsc::Receiver<String>,
+    timeout: Duration,
+    seen: &mut Vec<String>,
+) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = lines
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("wick serve did not start:\n{}", seen.join("\n")));
+        seen.push(line.clone());
+        let msg = serde_json::from_str::<Value>(&line)
+            .ok()
+            .and_then(|v| v["message"].as_str().map(str::to_string));
+        if let Some(m) = msg.filter(|m| m.starts_with("serving ")) {
+            let at = m.find("http://").expect("an address in the serving line");
+            return m[at..].trim().to_string();
+        }
+    }
+}
