@@ -5,6 +5,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use wick::config::ModelsConfig;
 use wick::engine::{CacheConfig, ModelRunner, Sequence};
 use wick::hub::{resolve, HubOptions};
+use wick::kv::BlockPool;
 use wick::model::{load, LoadOptions};
 
 fn runner() -> ModelRunner {
@@ -28,6 +29,7 @@ fn prompt(len: usize, salt: u32) -> Vec<u32> {
 
 fn engine(c: &mut Criterion) {
     let mut runner = runner();
+    let mut pool = BlockPool::new(1024);
     let mut group = c.benchmark_group("engine");
     group.sample_size(10);
 
@@ -36,9 +38,9 @@ fn engine(c: &mut Criterion) {
     group.bench_function("prefill_512", |b| {
         b.iter(|| {
             let mut seq = Sequence::new(p.clone());
-            runner.reserve(&mut seq, p.len()).expect("blocks");
+            seq.reserve(p.len(), 16, &mut pool).expect("blocks");
             runner.step(&mut [(&mut seq, p.len())]).expect("step");
-            runner.release(&mut seq).expect("release");
+            seq.release(&mut pool).expect("release");
         })
     });
 
@@ -47,7 +49,7 @@ fn engine(c: &mut Criterion) {
             .map(|i| Sequence::new(prompt(64, i as u32)))
             .collect();
         for s in seqs.iter_mut() {
-            runner.reserve(s, 65).expect("blocks");
+            s.reserve(65, 16, &mut pool).expect("blocks");
             runner.step(&mut [(s, 64)]).expect("prefill");
         }
         group.throughput(Throughput::Elements(batch as u64));
@@ -69,7 +71,7 @@ fn engine(c: &mut Criterion) {
             })
         });
         for s in seqs.iter_mut() {
-            runner.release(s).expect("release");
+            s.release(&mut pool).expect("release");
         }
     }
     group.finish();

@@ -2,12 +2,14 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use wick::config::ModelsConfig;
-use wick::engine::{generate_greedy, CacheConfig, ModelRunner, Sequence};
+use wick::engine::{
+    generate_greedy, greedy_request, run_to_end, CacheConfig, EngineConfig, EngineCore,
+    EngineStats, ModelRunner, SchedulerConfig,
+};
 use wick::hub::{self, HubOptions};
 use wick::kv::DEFAULT_BLOCK_SIZE;
 use wick::model::{self, LoadOptions, LoadedModel};
@@ -207,31 +209,44 @@ fn generate(args: GenerateArgs) -> Result<()> {
     if prompt.is_empty() {
         anyhow::bail!("the prompt is empty after tokenization");
     }
-    let mut runner = ModelRunner::try_new(model, cache)?;
-    let mut stream = tokenizer.inner().decode_stream(true);
+    let runner = ModelRunner::try_new(model, cache)?;
+    let scheduler = SchedulerConfig {
+        max_batch_prefill_tokens: args.max_batch_prefill_tokens,
+        ..SchedulerConfig::default()
+    };
+    let mut engine = engine(runner, tokenizer, scheduler);
     let mut stdout = std::io::stdout().lock();
-    let mut failed = None;
-    let eos = tokenizer.eos_ids().to_vec();
     generate_greedy(
-        &mut runner,
+        &mut engine,
         &[prompt],
         args.max_new_tokens,
-        &eos,
-        args.max_batch_prefill_tokens,
-        |_, token| match stream.step(token) {
-            Ok(Some(piece)) => {
-                let _ = stdout.write_all(piece.as_bytes());
-                let _ = stdout.flush();
-            }
-            Ok(None) => {}
-            Err(e) => failed = Some(e.to_string()),
+        true,
+        |_, token| {
+            let _ = stdout.write_all(token.text_piece.as_bytes());
+            let _ = stdout.flush();
         },
     )?;
-    if let Some(e) = failed {
-        anyhow::bail!("detokenization failed: {e}");
-    }
     writeln!(stdout)?;
     Ok(())
+}
+
+/// The engine's step loop over `runner`, run in place.
+fn engine(
+    runner: ModelRunner,
+    tokenizer: wick::tokenizer::Tokenizer,
+    scheduler: SchedulerConfig,
+) -> EngineCore {
+    let config = EngineConfig {
+        scheduler,
+        check_invariants: false,
+        ..EngineConfig::default()
+    };
+    EngineCore::new(
+        runner,
+        std::sync::Arc::new(tokenizer),
+        std::sync::Arc::new(EngineStats::default()),
+        config,
+    )
 }
 
 fn bench(args: BenchArgs) -> Result<()> {
@@ -243,7 +258,14 @@ fn bench(args: BenchArgs) -> Result<()> {
     let vocab = loaded.model.config().vocab_size as u32;
     let need = args.prompt_tokens.max(8 + args.decode_tokens) + cache.block_size;
     cache.num_blocks = cache.num_blocks.max(need.div_ceil(cache.block_size));
-    let mut runner = ModelRunner::try_new(loaded.model, cache)?;
+    let runner = ModelRunner::try_new(loaded.model, cache)?;
+    // The whole prompt in one step, computed anew each time.
+    let scheduler = SchedulerConfig {
+        max_batch_prefill_tokens: args.prompt_tokens.max(8),
+        prefix_caching: false,
+        ..SchedulerConfig::default()
+    };
+    let mut engine = engine(runner, loaded.tokenizer, scheduler);
     // A fixed pseudo-random prompt of exactly `prompt_tokens` ids.
     let prompt: Vec<u32> = (0..args.prompt_tokens as u64)
         .map(|i| (100 + (i * 2654435761) % (vocab as u64 - 200)) as u32)
@@ -251,29 +273,13 @@ fn bench(args: BenchArgs) -> Result<()> {
     let mut best_prefill = f64::MAX;
     let mut best_decode = f64::MAX;
     for _ in 0..args.repeats.max(1) + 1 {
-        let mut seq = Sequence::new(prompt.clone());
-        runner.reserve(&mut seq, prompt.len())?;
-        let t = Instant::now();
-        let logits = runner.step(&mut [(&mut seq, prompt.len())])?;
-        // Reading the logits waits for the device: on a GPU the time is then the
-        // prefill's, not only its launch's.
-        logits.get(0)?.to_vec1::<f32>()?;
-        best_prefill = best_prefill.min(t.elapsed().as_secs_f64());
-        runner.release(&mut seq)?;
-
-        let mut seq = Sequence::new(prompt[..8].to_vec());
-        runner.reserve(&mut seq, 8)?;
-        let logits = runner.step(&mut [(&mut seq, 8)])?;
-        let mut next = wick::sampling::argmax(&logits.get(0)?.to_vec1::<f32>()?).unwrap_or(0);
-        let t = Instant::now();
-        for _ in 0..args.decode_tokens {
-            seq.tokens.push(next);
-            runner.reserve(&mut seq, 1)?;
-            let logits = runner.step(&mut [(&mut seq, 1)])?;
-            next = wick::sampling::argmax(&logits.get(0)?.to_vec1::<f32>()?).unwrap_or(0);
-        }
-        best_decode = best_decode.min(t.elapsed().as_secs_f64());
-        runner.release(&mut seq)?;
+        // Prefill: from the step that starts the prompt to its first token.
+        let t = run_to_end(&mut engine, greedy_request(0, prompt.clone(), 1, false))?.timings;
+        best_prefill = best_prefill.min((t.first_token - t.started).as_secs_f64());
+        // Decode: `decode_tokens` steps of one token after an 8-token prompt's first.
+        let request = greedy_request(1, prompt[..8].to_vec(), args.decode_tokens + 1, false);
+        let t = run_to_end(&mut engine, request)?.timings;
+        best_decode = best_decode.min((t.finished - t.first_token).as_secs_f64());
     }
     let prefill = args.prompt_tokens as f64 / best_prefill;
     let decode = args.decode_tokens as f64 / best_decode;

@@ -403,6 +403,8 @@ fn gpu_forward_matches_the_cpu_forward() {
         };
         let mut cpu = ModelRunner::try_new(cpu_model, cache).unwrap();
         let mut gpu = ModelRunner::try_new(gpu_model, cache).unwrap();
+        let mut cpu_pool = wick::kv::BlockPool::new(cache.num_blocks);
+        let mut gpu_pool = wick::kv::BlockPool::new(cache.num_blocks);
         let vocab = cfg.vocab_size as u32;
         let prompt = |n: usize, salt: u32| -> Vec<u32> {
             (0..n as u32)
@@ -422,7 +424,10 @@ fn gpu_forward_matches_the_cpu_forward() {
         let mut plans: Vec<[usize; 3]> = vec![[40, 7, 60], [0, 0, 40]];
         plans.extend(std::iter::repeat_n([1, 1, 1], 8));
         for (step, plan) in plans.iter().enumerate() {
-            let run = |runner: &mut ModelRunner, seqs: &mut [Sequence]| -> Vec<Vec<f32>> {
+            let run = |runner: &mut ModelRunner,
+                       pool: &mut wick::kv::BlockPool,
+                       seqs: &mut [Sequence]|
+             -> Vec<Vec<f32>> {
                 let mut items: Vec<(&mut Sequence, usize)> = seqs
                     .iter_mut()
                     .zip(plan)
@@ -430,7 +435,7 @@ fn gpu_forward_matches_the_cpu_forward() {
                     .map(|(s, &n)| (s, n))
                     .collect();
                 for (s, n) in items.iter_mut() {
-                    runner.reserve(s, *n).unwrap();
+                    s.reserve(*n, 16, pool).unwrap();
                 }
                 let logits = runner.step(&mut items).unwrap();
                 logits
@@ -439,8 +444,8 @@ fn gpu_forward_matches_the_cpu_forward() {
                     .and_then(|t| t.to_vec2::<f32>())
                     .unwrap()
             };
-            let c = run(&mut cpu, &mut seqs_cpu);
-            let g = run(&mut gpu, &mut seqs_gpu);
+            let c = run(&mut cpu, &mut cpu_pool, &mut seqs_cpu);
+            let g = run(&mut gpu, &mut gpu_pool, &mut seqs_gpu);
             for (cr, gr) in c.iter().zip(&g) {
                 let norm = cr.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
                 let diff = cr
@@ -594,17 +599,18 @@ fn a_decode_step_uploads_once_and_copies_back_once() {
         num_blocks: 32,
     };
     let mut runner = ModelRunner::try_new(model, cache).unwrap();
+    let mut pool = wick::kv::BlockPool::new(cache.num_blocks);
     let mut seqs: Vec<Sequence> = (0..3)
         .map(|s| Sequence::new((0..20).map(|t| 40 + t + s).collect()))
         .collect();
     for seq in &mut seqs {
-        runner.reserve(seq, 20).unwrap();
+        seq.reserve(20, 16, &mut pool).unwrap();
     }
     let mut items: Vec<(&mut Sequence, usize)> = seqs.iter_mut().map(|s| (s, 20)).collect();
     runner.step(&mut items).unwrap();
     for seq in &mut seqs {
         seq.tokens.push(7);
-        runner.reserve(seq, 1).unwrap();
+        seq.reserve(1, 16, &mut pool).unwrap();
     }
     let view: Vec<(&Sequence, usize)> = seqs.iter().map(|s| (s, 1)).collect();
     let batch = FlatBatch::build(&view, 16).unwrap();

@@ -6,7 +6,13 @@ mod common;
 use candle_core::quantized::gguf_file;
 use candle_core::Device;
 use common::{ids, reference_json, ContiguousAttention};
-use wick::engine::{generate_greedy, CacheConfig, FlatBatch, ModelRunner, Sequence};
+use std::sync::Arc;
+
+use wick::engine::{
+    generate_greedy, CacheConfig, EngineConfig, EngineCore, EngineStats, FlatBatch, ModelRunner,
+    SchedulerConfig, Sequence,
+};
+use wick::kv::BlockPool;
 use wick::model::LlamaModel;
 use wick::sampling::argmax;
 
@@ -31,6 +37,30 @@ fn runner(block_size: usize) -> ModelRunner {
             block_size,
             num_blocks: 8192 / block_size,
         },
+    )
+}
+
+/// The engine's step loop over the default model (16-token blocks), prefilling at most
+/// `max_step_tokens` prompt tokens a step.
+fn engine(max_step_tokens: usize) -> EngineCore {
+    let loaded = wick::model::load(&common::default_model(), &Default::default()).unwrap();
+    let cache = CacheConfig {
+        block_size: 16,
+        num_blocks: 8192 / 16,
+    };
+    let config = EngineConfig {
+        scheduler: SchedulerConfig {
+            max_batch_prefill_tokens: max_step_tokens,
+            ..Default::default()
+        },
+        check_invariants: true,
+        ..Default::default()
+    };
+    EngineCore::new(
+        ModelRunner::new(loaded.model, cache),
+        Arc::new(loaded.tokenizer),
+        Arc::new(EngineStats::default()),
+        config,
     )
 }
 
@@ -70,17 +100,18 @@ fn cases() -> Vec<Case> {
 #[test]
 fn argmax_matches_llama_cpp_at_every_decisive_step() {
     let mut runner = runner(16);
+    let mut pool = BlockPool::new(8192 / 16);
     let (mut checked, mut skipped, mut wrong) = (0, 0, Vec::new());
     let (mut steps, mut same) = (0, 0);
     for case in cases() {
         let mut all = case.prompt.clone();
         all.extend(&case.tokens[..case.tokens.len() - 1]);
         let mut seq = Sequence::new(all.clone());
-        runner.reserve(&mut seq, all.len()).unwrap();
+        seq.block_table.grow(all.len(), 16, &mut pool).unwrap();
         let mut batch = FlatBatch::build(&[(&seq, all.len())], runner.block_size()).unwrap();
         batch.logits_rows = (case.prompt.len() as u32 - 1..all.len() as u32).collect();
         let logits = runner.forward(&batch).unwrap();
-        runner.release(&mut seq).unwrap();
+        seq.block_table.release(&mut pool).unwrap();
         for (step, (&want, &margin)) in case.tokens.iter().zip(&case.margins).enumerate() {
             let got = argmax(&logits.get(step).unwrap().to_vec1::<f32>().unwrap()).unwrap();
             steps += 1;
@@ -114,15 +145,14 @@ fn argmax_matches_llama_cpp_at_every_decisive_step() {
 /// or up to the first near-tie step when one comes earlier.
 #[test]
 fn greedy_generation_matches_llama_cpp() {
-    let mut runner = runner(16);
+    let mut engine = engine(4096);
     let mut total = 0;
     for case in cases() {
         let out = generate_greedy(
-            &mut runner,
+            &mut engine,
             std::slice::from_ref(&case.prompt),
             32,
-            &[],
-            4096,
+            false,
             |_, _| {},
         )
         .unwrap();
@@ -151,17 +181,16 @@ fn greedy_generation_matches_llama_cpp() {
 /// each gives alone.
 #[test]
 fn batched_and_chunked_generation_equals_single_runs() {
-    let mut runner = runner(16);
+    let mut alone_engine = engine(4096);
     let prompts: Vec<Vec<u32>> = cases().into_iter().map(|c| c.prompt).collect();
     let alone: Vec<Vec<u32>> = prompts
         .iter()
         .map(|p| {
             generate_greedy(
-                &mut runner,
+                &mut alone_engine,
                 std::slice::from_ref(p),
                 12,
-                &[],
-                4096,
+                false,
                 |_, _| {},
             )
             .unwrap()[0]
@@ -169,11 +198,13 @@ fn batched_and_chunked_generation_equals_single_runs() {
                 .clone()
         })
         .collect();
-    let together = generate_greedy(&mut runner, &prompts, 12, &[], 37, |_, _| {}).unwrap();
+    let mut together_engine = engine(37);
+    let together = generate_greedy(&mut together_engine, &prompts, 12, false, |_, _| {}).unwrap();
     for (i, out) in together.iter().enumerate() {
         assert_eq!(out.generated, alone[i], "prompt {i}");
     }
-    assert_eq!(runner.pool().num_used(), 0, "blocks leaked");
+    assert_eq!(alone_engine.pool().num_used(), 0, "blocks leaked");
+    assert_eq!(together_engine.pool().num_used(), 0, "blocks leaked");
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {

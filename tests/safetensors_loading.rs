@@ -4,8 +4,13 @@
 
 mod common;
 
+use std::sync::Arc;
 use wick::config::ModelsConfig;
-use wick::engine::{generate_greedy, CacheConfig, ModelRunner};
+
+use wick::engine::{
+    generate_greedy, CacheConfig, EngineConfig, EngineCore, EngineStats, ModelRunner,
+    SchedulerConfig,
+};
 use wick::hub::{resolve, HubOptions, ModelFormat};
 use wick::model::{load, LoadOptions};
 
@@ -28,26 +33,36 @@ fn random_llama_snapshot_loads_and_generates() {
     assert_eq!(loaded.tokenizer.eos_ids(), &[1]);
     let cache = CacheConfig::for_model(loaded.model.config(), 4, Some(256), 0.0).unwrap();
     assert_eq!(cache.num_blocks, 64);
-    let mut runner = ModelRunner::new(loaded.model, cache);
-    let a = generate_greedy(
-        &mut runner,
-        std::slice::from_ref(&prompt),
-        8,
-        &[],
-        3,
-        |_, _| {},
-    )
-    .unwrap();
-    let b = generate_greedy(
-        &mut runner,
-        std::slice::from_ref(&prompt),
-        8,
-        &[],
-        64,
-        |_, _| {},
-    )
-    .unwrap();
+    // The same snapshot through two engines: prompts prefilled 3 tokens a step, and whole.
+    let engine = |max_step_tokens: usize| {
+        let loaded = load(&resolved, &LoadOptions::default()).unwrap();
+        let config = EngineConfig {
+            scheduler: SchedulerConfig {
+                max_batch_prefill_tokens: max_step_tokens,
+                ..Default::default()
+            },
+            check_invariants: true,
+            ..Default::default()
+        };
+        let mut engine = EngineCore::new(
+            ModelRunner::new(loaded.model, cache),
+            Arc::new(loaded.tokenizer),
+            Arc::new(EngineStats::default()),
+            config,
+        );
+        let out = generate_greedy(
+            &mut engine,
+            std::slice::from_ref(&prompt),
+            8,
+            false,
+            |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(engine.pool().num_used(), 0);
+        out
+    };
+    let a = engine(3);
+    let b = engine(64);
     assert_eq!(a, b, "chunked and whole prefill disagree");
     assert_eq!(a[0].generated.len(), 8);
-    assert_eq!(runner.pool().num_used(), 0);
 }

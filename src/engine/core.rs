@@ -1,74 +1,47 @@
-//! The engine core: requests, their sequences, and the step loop that runs on the
-//! engine thread (plan with the scheduler, run the model, sample, detokenize, check
-//! stops, send events).
+//! The engine core: the step loop that runs on the engine thread, and the same loop run
+//! in place for the CLI and tests ([`EngineCore::submit`] + [`EngineCore::step`], as
+//! nano-vllm's `add_request` + `step`).
+//!
+//! One step: the scheduler plans which sequences run and how many of their tokens
+//! (`scheduler`); the plan becomes one flattened batch, and each item's row is placed
+//! where its token will be chosen (`placement`); the runner runs the model; each chosen
+//! token becomes text and events for its request (`output`), and the requests' books
+//! are kept (`requests`): forks for several candidates, finished candidates, ended
+//! requests. A failed step fails only the requests in it; a request whose row cannot
+//! give a token fails alone; a request whose client has gone is dropped before the next
+//! step and its blocks are freed.
 
-use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 use anyhow::{anyhow, Result};
-use candle_core::Tensor;
+use tokio::sync::mpsc::unbounded_channel;
 
 use super::batch::FlatBatch;
-use super::handle::{Command, EngineConfig, Submission};
-use super::request::{
-    Completion, EngineError, Event, FinishReason, GeneratedToken, GenerationRequest, Timings,
-    TokenInfo,
-};
+use super::handle::{Command, EngineConfig, EventReceiver, Submission};
+use super::output::token_info;
+use super::placement::{row_mode, RowChoice, RowFacts, RowMode, StepLogits};
+use super::request::{EngineError, Event, FinishReason, GenerationRequest};
+use super::requests::{Group, GroupId, Requests};
 use super::runner::ModelRunner;
 use super::scheduler::{Scheduler, SeqId, StepPlan};
 use super::sequence::Sequence;
-use super::stats::{EngineStats, StepFigures};
-use crate::sampling::{log_softmax_at, Sampler, StopSequences};
+use super::stats::{EngineStats, StatsSnapshot, StepFigures};
+use crate::kv::BlockPool;
+use crate::sampling::{Sampled, Sampler};
+use crate::tokenizer::Tokenizer;
 
-/// Rows of prompt logits computed and brought to the host at once for prompt logprobs
-/// (`decoder_input_details`, `echo`): a long prompt's `[prompt_len, vocab]` logits never
-/// exist whole, on the device or on the host.
-pub(crate) const PROMPT_LOGPROB_CHUNK: usize = 256;
-
-/// `StepLogits::targets` of a row whose logprob is not wanted.
-const NO_TARGET: u32 = u32::MAX;
-use crate::tokenizer::{DecodeStream, Tokenizer};
-use tokio::sync::mpsc::UnboundedSender;
-
-/// One request: its candidates and where its events go.
-struct Group {
-    request: GenerationRequest,
-    events: UnboundedSender<Event>,
-    /// Sequence ids of candidates, by candidate index (None once finished).
-    candidates: Vec<Option<SeqId>>,
-    forked: bool,
-    unfinished: usize,
-    /// Prompt token logprobs gathered so far (when asked).
-    prefill: Vec<TokenInfo>,
-    prefill_sent: bool,
-    queued: Instant,
-    started: Option<Instant>,
-    first_token: Option<Instant>,
-}
-
-/// A candidate's generation state (the scheduler holds its tokens and blocks).
-struct Candidate {
-    group: u64,
-    index: usize,
-    sampler: Sampler,
-    detok: DecodeStream,
-    stop: StopSequences,
-    text: String,
-    cumulative_logprob: f64,
-}
-
-pub(crate) struct EngineCore {
+/// The step loop over one model: the runner, the scheduler (the one block allocator)
+/// and the requests in flight.
+pub struct EngineCore {
     runner: ModelRunner,
     scheduler: Scheduler,
     tokenizer: Arc<Tokenizer>,
     stats: Arc<EngineStats>,
     config: EngineConfig,
     eos_ids: Vec<u32>,
-    groups: HashMap<u64, Group>,
-    candidates: HashMap<SeqId, Candidate>,
-    next_group: u64,
-    next_seq: SeqId,
+    requests: Requests,
     shutting_down: bool,
     /// The step's buffers, reused from step to step.
     scratch: StepScratch,
@@ -84,20 +57,31 @@ struct StepScratch {
     /// Per plan item: how its token is chosen.
     modes: Vec<RowMode>,
     /// Requests with an item in the step.
-    gids: Vec<u64>,
+    gids: Vec<GroupId>,
     logits: StepLogits,
     /// A row's logits, copied for a sampler that processes them in place.
     row: Vec<f32>,
 }
 
+/// How sampling gets a candidate's token.
+enum Choice<'a> {
+    /// From its logits row (processed in place).
+    Sample(&'a mut [f32]),
+    /// Chosen on the device, with its logprob.
+    Chosen(u32, f32),
+}
+
 impl EngineCore {
+    /// An engine over `runner`; its scheduler's blocks are the runner's cache blocks
+    /// (the runner's block size wins over `config.scheduler.block_size`).
     pub fn new(
         runner: ModelRunner,
         tokenizer: Arc<Tokenizer>,
         stats: Arc<EngineStats>,
-        config: EngineConfig,
+        mut config: EngineConfig,
     ) -> Self {
-        let scheduler = Scheduler::new(config.scheduler.clone(), runner.pool().num_blocks());
+        config.scheduler.block_size = runner.block_size();
+        let scheduler = Scheduler::new(config.scheduler.clone(), runner.num_blocks());
         let eos_ids = tokenizer.eos_ids().to_vec();
         Self {
             runner,
@@ -106,13 +90,46 @@ impl EngineCore {
             stats,
             config,
             eos_ids,
-            groups: HashMap::new(),
-            candidates: HashMap::new(),
-            next_group: 0,
-            next_seq: 0,
+            requests: Requests::default(),
             shutting_down: false,
             scratch: StepScratch::default(),
         }
+    }
+
+    /// Queues a request in this engine (run it with [`EngineCore::step`]); fails as
+    /// [`super::EngineHandle::submit`] does for a request that can never run here.
+    pub fn submit(&mut self, request: GenerationRequest) -> Result<EventReceiver, EngineError> {
+        let vocab = self.runner.model().config().vocab_size;
+        let kv_tokens = self.runner.num_blocks() * self.runner.block_size();
+        request.validate(vocab, kv_tokens)?;
+        self.stats.try_enter(u64::MAX);
+        let (events, rx) = unbounded_channel();
+        self.admit(Submission {
+            request,
+            events,
+            queued: Instant::now(),
+        });
+        Ok(rx)
+    }
+
+    /// Whether a request is waiting or running.
+    pub fn has_work(&self) -> bool {
+        self.scheduler.has_work()
+    }
+
+    /// The KV block pool (the scheduler's).
+    pub fn pool(&self) -> &BlockPool {
+        self.scheduler.pool()
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// Drops the free blocks of the prefix cache.
+    pub fn clear_prefix_cache(&mut self) {
+        self.scheduler.clear_prefix_cache();
+        self.publish_gauges();
     }
 
     /// One small forward pass, so the first request does not pay for lazy setup.
@@ -137,7 +154,7 @@ impl EngineCore {
     }
 
     /// Serves commands until the handle is dropped or shut down.
-    pub fn run(&mut self, commands: mpsc::Receiver<Command>) {
+    pub(crate) fn run(&mut self, commands: mpsc::Receiver<Command>) {
         loop {
             if !self.scheduler.has_work() {
                 match commands.recv() {
@@ -158,20 +175,14 @@ impl EngineCore {
             if self.shutting_down {
                 return;
             }
-            self.drop_cancelled();
-            if self.scheduler.has_work() {
-                self.step();
-            }
+            self.step();
         }
     }
 
     fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Submit(sub) => self.admit(sub),
-            Command::ClearPrefixCache => {
-                self.scheduler.clear_prefix_cache();
-                self.publish_gauges();
-            }
+            Command::ClearPrefixCache => self.clear_prefix_cache(),
             Command::Shutdown => self.shutting_down = true,
         }
     }
@@ -189,120 +200,48 @@ impl EngineCore {
             self.stats.failed();
             return;
         }
-        let gid = self.next_group;
-        self.next_group += 1;
-        let sid = self.new_seq_id();
-        let cand = self.new_candidate(gid, 0, &request);
-        self.candidates.insert(sid, cand);
-        self.scheduler.add(
-            sid,
-            Sequence::new(request.prompt.clone()),
-            request.prompt_logprobs,
-        );
-        let mut candidates = vec![None; request.candidates];
-        candidates[0] = Some(sid);
-        let prefill = if request.prompt_logprobs {
-            vec![self.prompt_token(request.prompt[0], f32::NAN)]
-        } else {
-            Vec::new()
-        };
-        self.groups.insert(
-            gid,
-            Group {
-                unfinished: request.candidates,
-                request,
-                events,
-                candidates,
-                forked: false,
-                prefill,
-                prefill_sent: false,
-                queued,
-                started: None,
-                first_token: None,
-            },
-        );
+        let first = request
+            .prompt_logprobs
+            .then(|| token_info(&self.tokenizer, request.prompt[0], f32::NAN));
+        let seq = Sequence::new(request.prompt.clone());
+        let no_prefix_reuse = request.prompt_logprobs;
+        let sid = self.requests.admit(request, events, queued, first);
+        self.scheduler.add(sid, seq, no_prefix_reuse);
         self.publish_gauges();
-    }
-
-    fn new_seq_id(&mut self) -> SeqId {
-        let id = self.next_seq;
-        self.next_seq += 1;
-        id
-    }
-
-    fn new_candidate(&self, group: u64, index: usize, r: &GenerationRequest) -> Candidate {
-        let seed = r.sampling.seed.wrapping_add(index as u64);
-        // A few prompt tokens give the detokenizer the context for the first token's
-        // leading space.
-        let tail = &r.prompt[r.prompt.len().saturating_sub(4)..];
-        Candidate {
-            group,
-            index,
-            sampler: Sampler::new(&r.sampling, seed),
-            detok: DecodeStream::new(tail),
-            stop: StopSequences::new(
-                r.stopping.stop_sequences.clone(),
-                r.stopping.include_stop_sequence,
-            ),
-            text: String::new(),
-            cumulative_logprob: 0.0,
-        }
-    }
-
-    fn prompt_token(&self, id: u32, logprob: f32) -> TokenInfo {
-        TokenInfo {
-            id,
-            text: self.token_text(id),
-            logprob,
-            special: self.tokenizer.is_special(id),
-        }
-    }
-
-    fn token_text(&self, id: u32) -> String {
-        self.tokenizer.decode(&[id], false).unwrap_or_default()
     }
 
     /// Removes requests whose receiver is gone.
     fn drop_cancelled(&mut self) {
-        let gone: Vec<u64> = self
-            .groups
-            .iter()
-            .filter(|(_, g)| g.events.is_closed())
-            .map(|(&id, _)| id)
-            .collect();
-        for gid in gone {
+        for gid in self.requests.closed() {
             self.end_group(gid);
             self.stats.cancelled();
         }
         self.publish_gauges();
     }
 
-    /// Forgets a request and every sequence it still has.
-    fn end_group(&mut self, gid: u64) {
-        if let Some(g) = self.groups.remove(&gid) {
-            for sid in g.candidates.into_iter().flatten() {
-                self.candidates.remove(&sid);
-                if let Err(e) = self.scheduler.remove(sid) {
-                    tracing::error!("releasing sequence {sid}: {e}");
-                }
+    /// Forgets a request and releases every sequence it still has.
+    fn end_group(&mut self, gid: GroupId) -> Option<Group> {
+        let (g, live) = self.requests.remove(gid)?;
+        for sid in live {
+            if let Err(e) = self.scheduler.remove(sid) {
+                tracing::error!("releasing sequence {sid}: {e}");
             }
-            self.stats.leave();
         }
+        self.stats.leave();
+        Some(g)
     }
 
-    fn fail_group(&mut self, gid: u64, err: EngineError) {
+    fn fail_group(&mut self, gid: GroupId, err: EngineError) {
         // Release first (blocks and the in-flight slot), then tell the client.
-        let events = self.groups.get(&gid).map(|g| g.events.clone());
-        self.end_group(gid);
-        if let Some(events) = events {
-            let _ = events.send(Event::Error(err));
+        if let Some(g) = self.end_group(gid) {
+            g.send(Event::Error(err));
         }
         self.stats.failed();
     }
 
     /// Ends every request with `err` (engine stopping).
     pub fn fail_all(&mut self, err: EngineError) {
-        let all: Vec<u64> = self.groups.keys().copied().collect();
+        let all: Vec<GroupId> = self.requests.ids().collect();
         for gid in all {
             self.fail_group(gid, err.clone());
         }
@@ -325,7 +264,7 @@ impl EngineCore {
         self.stats.gauges(self.figures());
     }
 
-    /// Fills the step's batch from its plan, and how each item's token is chosen.
+    /// Fills the step's batch from its plan, and where each item's token is chosen.
     fn prepare(&mut self, s: &mut StepScratch) -> Result<()> {
         let StepScratch {
             plan,
@@ -336,8 +275,7 @@ impl EngineCore {
         } = s;
         batch.clear();
         modes.clear();
-        logits.adjust.clear();
-        logits.targets.clear();
+        logits.clear();
         let block_size = self.runner.block_size();
         let on_device = self.runner.chooses_on_device();
         let vocab = self.runner.model().config().vocab_size;
@@ -346,49 +284,30 @@ impl EngineCore {
                 .scheduler
                 .sequence(it.id)
                 .ok_or_else(|| anyhow!("sequence {} vanished", it.id))?;
-            let group = self
-                .candidates
-                .get(&it.id)
-                .and_then(|c| self.groups.get(&c.group));
-            // Every row of a prompt chunk when its logprobs are wanted.
-            let all_rows =
-                group.is_some_and(|g| g.request.prompt_logprobs && !g.prefill_sent && !g.forked);
-            // The device chooses for single-candidate requests without top-n alternatives
-            // whose sampler it implements; everything else gets its row on the host.
-            let simple =
-                group.is_some_and(|g| g.request.top_n_tokens == 0 && g.request.candidates == 1);
-            let (prompt, generated) = seq.tokens.split_at(seq.prompt_len.min(seq.tokens.len()));
-            let cand = self.candidates.get_mut(&it.id);
-            let mode = match &cand {
-                _ if all_rows => RowMode::AllRows,
-                _ if !simple => RowMode::Host,
-                // A prompt chunk that does not end the prompt samples nothing.
-                _ if !it.completes => RowMode::Greedy,
-                Some(c) if c.sampler.is_greedy() => RowMode::Greedy,
-                Some(c) => c
-                    .sampler
-                    .device_params(generated.len() as u32)
-                    .map_or(RowMode::Host, RowMode::Sample),
-                None => RowMode::Host,
+            let mut found = self.requests.get_mut(it.id);
+            let facts = match &found {
+                Some((g, c)) => RowFacts {
+                    all_rows: g.wants_prompt_logprobs(),
+                    single: g.request.top_n_tokens == 0 && g.request.candidates == 1,
+                    completes: it.completes,
+                    greedy: c.sampler.is_greedy(),
+                },
+                None => RowFacts {
+                    all_rows: false,
+                    single: false,
+                    completes: it.completes,
+                    greedy: false,
+                },
             };
-            batch.push(seq, it.num_tokens, all_rows, block_size)?;
-            if all_rows {
-                // Each row's next prompt token, whose logprob is wanted.
-                let start = seq.num_computed;
-                logits
-                    .targets
-                    .extend((start..start + it.num_tokens).map(|pos| {
-                        if pos + 1 < seq.prompt_len {
-                            seq.tokens[pos + 1]
-                        } else {
-                            NO_TARGET
-                        }
-                    }));
-            } else {
-                logits.targets.push(NO_TARGET);
-            }
-            if let (true, true, Some(c), RowMode::Greedy | RowMode::Sample(_)) =
-                (on_device, it.completes, cand, mode)
+            let (prompt, generated) = seq.tokens.split_at(seq.prompt_len.min(seq.tokens.len()));
+            let mode = row_mode(facts, || {
+                let (_, c) = found.as_ref()?;
+                c.sampler.device_params(generated.len() as u32)
+            });
+            batch.push(seq, it.num_tokens, facts.all_rows, block_size)?;
+            logits.push_targets(seq, it.num_tokens, facts.all_rows);
+            if let (true, true, Some((_, c)), RowMode::Greedy | RowMode::Sample(_)) =
+                (on_device, it.completes, &mut found, mode)
             {
                 // logit_bias and penalties, applied on the device before the choice (to
                 // this item's row of the step's choice logits).
@@ -411,21 +330,23 @@ impl EngineCore {
         s.logits.gather(&self.runner, logits, &s.modes)
     }
 
-    fn step(&mut self) {
+    /// Drops cancelled requests, then runs one step if there is work.
+    pub fn step(&mut self) {
+        self.drop_cancelled();
+        if !self.scheduler.has_work() {
+            return;
+        }
         let mut s = std::mem::take(&mut self.scratch);
         self.step_with(&mut s);
         self.scratch = s;
     }
 
     fn step_with(&mut self, s: &mut StepScratch) {
-        match self.scheduler.schedule_into(&mut s.plan) {
-            Ok(()) => {}
-            Err(e) => {
-                tracing::error!("scheduling failed: {e}");
-                self.fail_all(EngineError::Generation(e.to_string()));
-                return;
-            }
-        };
+        if let Err(e) = self.scheduler.schedule_into(&mut s.plan) {
+            tracing::error!("scheduling failed: {e}");
+            self.fail_all(EngineError::Generation(e.to_string()));
+            return;
+        }
         if s.plan.is_empty() {
             self.publish_gauges();
             return;
@@ -436,27 +357,16 @@ impl EngineCore {
             s.plan
                 .items
                 .iter()
-                .filter_map(|it| self.candidates.get(&it.id).map(|c| c.group)),
+                .filter_map(|it| self.requests.group_of(it.id)),
         );
         s.gids.sort_unstable();
         s.gids.dedup();
-        for gid in &s.gids {
-            if let Some(g) = self.groups.get_mut(gid) {
+        for &gid in &s.gids {
+            if let Some(g) = self.requests.group_mut(gid) {
                 g.started.get_or_insert(now);
             }
         }
-        let result = match &self.config.fault_hook {
-            Some(hook) => {
-                let ids: Vec<u64> = s
-                    .gids
-                    .iter()
-                    .filter_map(|g| self.groups.get(g).map(|g| g.request.id))
-                    .collect();
-                hook(&ids).map_err(|e| anyhow!(e))
-            }
-            None => Ok(()),
-        }
-        .and_then(|()| self.forward(s));
+        let result = self.fault(&s.gids).and_then(|()| self.forward(s));
         if let Err(e) = result {
             // A failed step fails the requests in it; the others go on.
             tracing::error!("step failed: {e:#}");
@@ -486,8 +396,7 @@ impl EngineCore {
             if rows.is_empty() {
                 continue;
             }
-            let (first, last) = (rows.start, rows.end - 1);
-            self.record_prompt_logprobs(item.id, item.num_tokens, logits, first, last);
+            self.record_prompt_logprobs(item.id, item.num_tokens, logits, rows);
             if !item.completes {
                 continue;
             }
@@ -496,7 +405,7 @@ impl EngineCore {
                 None => Err(anyhow!("no logits for item {k}")),
             };
             if let Err(e) = result {
-                if let Some(gid) = self.candidates.get(&item.id).map(|c| c.group) {
+                if let Some(gid) = self.requests.group_of(item.id) {
                     self.fail_group(gid, EngineError::Generation(format!("{e:#}")));
                 }
             }
@@ -515,51 +424,52 @@ impl EngineCore {
         }
     }
 
-    /// Gathers prompt logprobs from a prompt chunk's rows, and sends them once the
-    /// prompt is done.
+    /// The test hook's verdict on a step of these requests.
+    fn fault(&self, gids: &[GroupId]) -> Result<()> {
+        let Some(hook) = &self.config.fault_hook else {
+            return Ok(());
+        };
+        let ids: Vec<u64> = gids
+            .iter()
+            .filter_map(|&g| self.requests.group(g).map(|g| g.request.id))
+            .collect();
+        hook(&ids).map_err(|e| anyhow!(e))
+    }
+
+    /// Gathers prompt logprobs from a prompt chunk's logits `rows`, and sends them once
+    /// the prompt is done.
     fn record_prompt_logprobs(
         &mut self,
         sid: SeqId,
         n: usize,
         logits: &StepLogits,
-        first: usize,
-        last: usize,
+        rows: Range<usize>,
     ) {
-        let Some(gid) = self.candidates.get(&sid).map(|c| c.group) else {
-            return;
-        };
         let Some(seq) = self.scheduler.sequence(sid) else {
             return;
         };
-        let Some(g) = self.groups.get(&gid) else {
+        let Some((g, _)) = self.requests.get_mut(sid) else {
             return;
         };
-        if !g.request.prompt_logprobs || g.prefill_sent || g.forked || last + 1 - first != n {
+        if !g.wants_prompt_logprobs() || rows.len() != n {
             return;
         }
         let prompt_len = g.request.prompt.len();
         // Rows cover positions [computed - n, computed); row r predicts position r + 1.
         let start = seq.num_computed - n;
-        let mut infos = Vec::new();
         for (r, pos) in (start..start + n).enumerate() {
             let target = pos + 1;
             if target >= prompt_len || target < g.prefill.len() {
                 continue;
             }
-            let Some(logprob) = logits.prompt_logprob(first + r) else {
+            let Some(logprob) = logits.prompt_logprob(rows.start + r) else {
                 continue;
             };
             let id = g.request.prompt[target];
-            infos.push(self.prompt_token(id, logprob));
+            g.prefill.push(token_info(&self.tokenizer, id, logprob));
         }
-        let done = seq.num_computed >= prompt_len;
-        if let Some(g) = self.groups.get_mut(&gid) {
-            g.prefill.extend(infos);
-            if done && g.prefill.len() == prompt_len {
-                g.prefill_sent = true;
-                let tokens = std::mem::take(&mut g.prefill);
-                let _ = g.events.send(Event::Prefill { tokens });
-            }
+        if seq.num_computed >= prompt_len && g.prefill.len() == prompt_len {
+            g.send_prefill();
         }
     }
 
@@ -568,34 +478,10 @@ impl EngineCore {
     /// `buf` holds a copy of the row for each candidate's sampler.
     fn on_logits(&mut self, sid: SeqId, row: RowChoice<'_>, buf: &mut Vec<f32>) -> Result<()> {
         let gid = self
-            .candidates
-            .get(&sid)
-            .map(|c| c.group)
+            .requests
+            .group_of(sid)
             .ok_or_else(|| anyhow!("sequence {sid} has no candidate"))?;
-        // The new candidates' ids are consecutive (`new_seq_id`).
-        let mut children = self.next_seq..self.next_seq;
-        let fork_now = self
-            .groups
-            .get(&gid)
-            .is_some_and(|g| !g.forked && g.request.candidates > 1);
-        if fork_now {
-            let n = self.groups[&gid].request.candidates;
-            for index in 1..n {
-                let child = self.new_seq_id();
-                if let Some((src, dst)) = self.scheduler.fork(sid, child)? {
-                    self.runner.copy_block(src, dst)?;
-                }
-                let cand = self.new_candidate(gid, index, &self.groups[&gid].request);
-                self.candidates.insert(child, cand);
-                if let Some(g) = self.groups.get_mut(&gid) {
-                    g.candidates[index] = Some(child);
-                }
-                children.end = child + 1;
-            }
-        }
-        if let Some(g) = self.groups.get_mut(&gid) {
-            g.forked = true;
-        }
+        let children = self.fork_candidates(gid, sid)?;
         let targets = std::iter::once(sid).chain(children);
         match row {
             RowChoice::Logits(row) => {
@@ -614,369 +500,133 @@ impl EngineCore {
         Ok(())
     }
 
-    fn sample_one(&mut self, sid: SeqId, choice: Choice<'_>) -> Result<()> {
-        let Some(cand) = self.candidates.get_mut(&sid) else {
-            return Ok(());
+    /// At a request's first token: forks its other candidates from `sid` (their ids
+    /// are consecutive, returned), copying a shared partial block.
+    fn fork_candidates(&mut self, gid: GroupId, sid: SeqId) -> Result<Range<SeqId>> {
+        let start = self.requests.next_seq_id();
+        let Some(g) = self.requests.group_mut(gid) else {
+            return Ok(start..start);
         };
-        let gid = cand.group;
-        let Some(g) = self.groups.get_mut(&gid) else {
+        if g.forked {
+            return Ok(start..start);
+        }
+        g.forked = true;
+        for index in 1..g.request.candidates {
+            let child = self.requests.next_seq_id();
+            if let Some((src, dst)) = self.scheduler.fork(sid, child)? {
+                self.runner.copy_block(src, dst)?;
+            }
+            self.requests.add_candidate(gid, index);
+        }
+        Ok(start..self.requests.next_seq_id())
+    }
+
+    /// Chooses `sid`'s next token, sends it, and ends the candidate (and the request
+    /// with its last candidate) when it finishes.
+    fn sample_one(&mut self, sid: SeqId, choice: Choice<'_>) -> Result<()> {
+        let Some((g, cand)) = self.requests.get_mut(sid) else {
             return Ok(());
         };
         let seq = self
             .scheduler
             .sequence(sid)
             .ok_or_else(|| anyhow!("sequence {sid} vanished"))?;
-        let prompt = &seq.tokens[..seq.prompt_len];
-        let generated = &seq.tokens[seq.prompt_len..];
-        let top_n = g.request.top_n_tokens;
-        let sampled = match choice {
-            Choice::Sample(logits) => cand.sampler.sample(logits, prompt, generated, top_n)?,
-            // Chosen on the device (see `forward`): the argmax, or a draw by
-            // `sampling::gumbel`'s rule from the same distribution.
-            Choice::Chosen(crate::sampling::gumbel::NO_TOKEN, _) => {
-                return Err(crate::sampling::NoToken.into())
-            }
-            Choice::Chosen(id, logprob) => crate::sampling::Sampled {
-                id,
-                logprob,
-                top: Vec::new(),
-            },
-        };
+        let (prompt, generated) = seq.tokens.split_at(seq.prompt_len);
+        let sampled = choose(&mut cand.sampler, choice, prompt, generated, &g.request)?;
         let n_generated = generated.len() + 1;
-        let id = sampled.id;
-        let tok = &self.tokenizer;
-        let special = tok.is_special(id);
-        let raw = cand.detok.step(tok, id)?;
-        let stop = cand.stop.push(&raw);
-        let mut piece = stop.emit;
-        let eos = !g.request.stopping.ignore_eos && self.eos_ids.contains(&id);
-        let mut reason = if stop.stopped {
-            Some(FinishReason::StopSequence)
-        } else if eos {
-            Some(FinishReason::EosToken)
-        } else if n_generated >= g.request.stopping.max_new_tokens {
-            Some(FinishReason::Length)
-        } else {
-            None
-        };
-        if reason.is_some() && !stop.stopped {
-            // Text the detokenizer still holds (an unfinished character), then whatever
-            // the stop matcher held back.
-            let tail = cand.stop.push(&cand.detok.flush(tok)?);
-            piece.push_str(&tail.emit);
-            if tail.stopped {
-                reason = Some(FinishReason::StopSequence);
-            } else {
-                piece.push_str(&cand.stop.finish());
-            }
-        }
-        cand.text.push_str(&piece);
-        cand.cumulative_logprob += sampled.logprob as f64;
-        let index = cand.index;
-        let top_tokens = sampled
-            .top
-            .iter()
-            .map(|&(t, lp)| TokenInfo {
-                id: t,
-                text: tok.decode(&[t], false).unwrap_or_default(),
-                logprob: lp,
-                special: tok.is_special(t),
-            })
-            .collect();
-        let token = GeneratedToken {
-            token: TokenInfo {
-                id,
-                text: tok.decode(&[id], false).unwrap_or_default(),
-                logprob: sampled.logprob,
-                special,
-            },
-            text_piece: piece,
-            top_tokens,
-        };
+        let accepted = cand.output.accept(
+            &self.tokenizer,
+            &sampled,
+            n_generated,
+            &g.request.stopping,
+            &self.eos_ids,
+        )?;
         let now = Instant::now();
         g.first_token.get_or_insert(now);
         if g.request.prompt_logprobs && !g.prefill_sent {
             // The prompt was fully cached or chunk bookkeeping missed rows: send what
             // we have so the order of events holds.
-            g.prefill_sent = true;
-            let tokens = std::mem::take(&mut g.prefill);
-            let _ = g.events.send(Event::Prefill { tokens });
+            g.send_prefill();
         }
-        let _ = g.events.send(Event::Token {
-            candidate: index,
-            token,
-            last: reason.is_some(),
+        g.send(Event::Token {
+            candidate: cand.index,
+            token: accepted.token,
+            last: accepted.finish.is_some(),
         });
-        self.scheduler.append_token(sid, id)?;
-        let Some(reason) = reason else {
+        self.scheduler.append_token(sid, sampled.id)?;
+        match accepted.finish {
+            Some(reason) => self.finish_candidate(sid, reason, n_generated, now),
+            None => Ok(()),
+        }
+    }
+
+    /// Ends candidate `sid`, and its request when it was the last.
+    fn finish_candidate(
+        &mut self,
+        sid: SeqId,
+        reason: FinishReason,
+        generated_tokens: usize,
+        now: Instant,
+    ) -> Result<()> {
+        let Some(cand) = self.requests.finish_candidate(sid) else {
             return Ok(());
         };
-        let cand = self.candidates.remove(&sid);
-        if let Some(c) = &cand {
-            let _ = g.events.send(Event::CandidateFinished {
-                candidate: c.index,
-                reason,
-                text: c.text.clone(),
-                generated_tokens: n_generated,
-                cumulative_logprob: c.cumulative_logprob,
-            });
+        let gid = cand.group;
+        if let Some(g) = self.requests.group(gid) {
+            g.send(cand.output.finished(cand.index, reason, generated_tokens));
         }
-        g.candidates[index] = None;
-        g.unfinished -= 1;
-        let all_done = g.unfinished == 0 && g.forked;
         self.scheduler.remove(sid)?;
-        if all_done {
-            let started = g.started.unwrap_or(now);
+        if self
+            .requests
+            .group(gid)
+            .is_some_and(|g| g.unfinished == 0 && g.forked)
+        {
             // Free the in-flight slot before the client hears it is done, so a client
             // that sends its next request at once is not refused as overloaded.
             self.stats.leave();
-            let _ = g.events.send(Event::Done(Completion {
-                prompt_tokens: g.request.prompt.len(),
-                seed: g.request.sampling.seed,
-                timings: Timings {
-                    queued: g.queued,
-                    started,
-                    first_token: g.first_token.unwrap_or(now),
-                    finished: now,
-                },
-            }));
-            self.groups.remove(&gid);
+            if let Some((g, _)) = self.requests.remove(gid) {
+                g.send(g.done(now));
+            }
             self.stats.finished();
         }
         Ok(())
     }
 }
 
-/// One step's logits as the sampler needs them. The model stops at the final hidden
-/// states of the step's logits rows; from those come the prompt logprobs of the rows that
-/// want them ([`StepLogits::prompt_logprobs`], a chunk of rows at a time), and the logits
-/// of each plan item's last row, the row its token is chosen from (item k's is row k of
-/// the choice logits). On the host: every item's logits. From a GPU: the items whose
-/// sampler needs the whole vocabulary (prompt-logprob items, samplers the device does not
-/// implement, top-n alternatives), plus the device's argmax and its logprob for every
-/// item. Kept between steps (refilled by [`StepLogits::gather`]).
-#[derive(Default)]
-struct StepLogits {
-    vocab: usize,
-    /// Downloaded item rows, packed; `at[k]` is item k's index in it.
-    data: Vec<f32>,
-    at: Vec<Option<usize>>,
-    /// Per logits row: the token whose logprob is wanted, or `NO_TARGET` (filled by
-    /// `prepare`), and after `prompt_logprobs` that logprob (NaN when not wanted).
-    targets: Vec<u32>,
-    prompt_lps: Vec<f32>,
-    /// Rows of one prompt-logprob chunk, and their logits on the host.
-    chunk_rows: Vec<u32>,
-    chunk: Vec<f32>,
-    /// Each item's last logits row.
-    last_rows: Vec<u32>,
-    /// Items sampled on the device (ascending).
-    sample_rows: Vec<u32>,
-    /// Per item: the device's argmax and its logprob; per sampled item: its draw.
-    #[cfg(feature = "cuda")]
-    chosen: crate::ops::cuda::Choices,
-    /// logit_bias and penalties of the items chosen on the device (filled by `prepare`).
-    adjust: crate::sampling::LogitAdjust,
-    /// Items to download, and items to sample on the device with their parameters.
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    wanted: Vec<u32>,
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    sample_params: Vec<crate::sampling::gumbel::RowSample>,
-}
-
-/// How a row's token is chosen when the logits are on a GPU.
-#[derive(Debug, Clone, Copy)]
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-enum RowMode {
-    /// Every row of the item wants its prompt logprob; its token is chosen on the host.
-    AllRows,
-    /// The item's last row goes to the host sampler.
-    Host,
-    /// A plain argmax, on the device.
-    Greedy,
-    /// Sampled on the device with these parameters.
-    Sample(crate::sampling::gumbel::RowSample),
-}
-
-/// What sampling gets for a row.
-enum RowChoice<'a> {
-    Logits(&'a [f32]),
-    /// A token chosen on the device, and its logprob.
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    Chosen(u32, f32),
-}
-
-enum Choice<'a> {
-    Sample(&'a mut [f32]),
-    Chosen(u32, f32),
-}
-
-impl StepLogits {
-    /// Computes the prompt logprobs the step's rows want (`targets`), from the final
-    /// hidden states `[logits rows, hidden]`, [`PROMPT_LOGPROB_CHUNK`] rows at a time;
-    /// returns the hidden states of each item's last row (the rows tokens are chosen from).
-    fn prompt_logprobs(
-        &mut self,
-        runner: &ModelRunner,
-        hidden: &Tensor,
-        batch: &FlatBatch,
-    ) -> Result<Tensor> {
-        let rows = hidden.dim(0)?;
-        self.vocab = runner.model().config().vocab_size;
-        let vocab = self.vocab;
-        self.prompt_lps.clear();
-        self.prompt_lps.resize(rows, f32::NAN);
-        let mut chunk_rows = std::mem::take(&mut self.chunk_rows);
-        chunk_rows.clear();
-        chunk_rows.extend((0..rows as u32).filter(|&r| {
-            self.targets
-                .get(r as usize)
-                .is_some_and(|&t| t != NO_TARGET)
-        }));
-        for part in chunk_rows.chunks(PROMPT_LOGPROB_CHUNK) {
-            let idx = Tensor::from_slice(part, part.len(), hidden.device())?;
-            let logits = runner.logits(&hidden.index_select(&idx, 0)?)?;
-            to_host(runner, &logits, &mut self.chunk)?;
-            for (i, &r) in part.iter().enumerate() {
-                let (r, row) = (r as usize, &self.chunk[i * vocab..(i + 1) * vocab]);
-                self.prompt_lps[r] = log_softmax_at(row, self.targets[r]);
-            }
+/// The token a candidate's sampler chooses from its row, or the device's choice.
+fn choose(
+    sampler: &mut Sampler,
+    choice: Choice<'_>,
+    prompt: &[u32],
+    generated: &[u32],
+    request: &GenerationRequest,
+) -> Result<Sampled> {
+    Ok(match choice {
+        Choice::Sample(logits) => {
+            sampler.sample(logits, prompt, generated, request.top_n_tokens)?
         }
-        self.chunk_rows = chunk_rows;
-        let items = batch.seqs.len();
-        if rows == items {
-            return Ok(hidden.clone());
+        // Chosen on the device (see `placement`): the argmax, or a draw by
+        // `sampling::gumbel`'s rule from the same distribution.
+        Choice::Chosen(crate::sampling::gumbel::NO_TOKEN, _) => {
+            return Err(crate::sampling::NoToken.into())
         }
-        self.last_rows.clear();
-        self.last_rows
-            .extend((0..items).map(|k| batch.item_rows(k).end as u32 - 1));
-        let idx = Tensor::from_slice(&self.last_rows, items, hidden.device())?;
-        Ok(hidden.index_select(&idx, 0)?)
-    }
-
-    /// The prompt logprob computed for logits row `r`.
-    fn prompt_logprob(&self, r: usize) -> Option<f32> {
-        self.prompt_lps.get(r).copied().filter(|lp| !lp.is_nan())
-    }
-
-    /// Brings the choice logits `[items, vocab]` (item k's last row is row k) to the host:
-    /// all of them from the CPU; from a GPU only the items the host samples (`Host` and
-    /// `AllRows`), with the others' tokens chosen on the device by the runner's kernels.
-    fn gather(&mut self, runner: &ModelRunner, logits: Tensor, modes: &[RowMode]) -> Result<()> {
-        let rows = logits.dim(0)?;
-        self.vocab = runner.model().config().vocab_size;
-        self.at.clear();
-        self.sample_rows.clear();
-        #[cfg(feature = "cuda")]
-        if let Some(kernels) = runner.kernels() {
-            if !self.adjust.is_empty() {
-                kernels.adjust(&logits, self.adjust.packed())?;
-            }
-            self.wanted.clear();
-            self.sample_params.clear();
-            for (k, mode) in modes.iter().enumerate() {
-                match mode {
-                    RowMode::AllRows | RowMode::Host => self.wanted.push(k as u32),
-                    RowMode::Greedy => {}
-                    RowMode::Sample(p) => {
-                        self.sample_rows.push(k as u32);
-                        self.sample_params.push(crate::ops::launch::RowSample {
-                            row: k as u32,
-                            ..*p
-                        });
-                    }
-                }
-            }
-            // Every item's argmax and the sampled items' draws: one copy back.
-            kernels.choose(&logits, &self.sample_params, &mut self.chosen)?;
-            self.at.resize(rows, None);
-            for (i, &r) in self.wanted.iter().enumerate() {
-                self.at[r as usize] = Some(i);
-            }
-            self.data.clear();
-            if !self.wanted.is_empty() {
-                let idx = Tensor::from_slice(&self.wanted, self.wanted.len(), logits.device())?;
-                kernels.download(&logits.index_select(&idx, 0)?, &mut self.data)?;
-            }
-            return Ok(());
-        }
-        let _ = modes;
-        copy_to_host(&logits, &mut self.data)?;
-        self.at.extend((0..rows).map(Some));
-        Ok(())
-    }
-
-    /// Item `k`'s logits, when on the host.
-    fn row(&self, k: usize) -> Option<&[f32]> {
-        let i = (*self.at.get(k)?)?;
-        self.data.get(i * self.vocab..(i + 1) * self.vocab)
-    }
-
-    /// What sampling gets for item `k`: its logits when downloaded, else the device's
-    /// draw or greedy choice.
-    fn choice(&self, k: usize) -> Option<RowChoice<'_>> {
-        if let Some(row) = self.row(k) {
-            return Some(RowChoice::Logits(row));
-        }
-        #[cfg(feature = "cuda")]
-        {
-            let c = &self.chosen;
-            if let Ok(i) = self.sample_rows.binary_search(&(k as u32)) {
-                return Some(RowChoice::Chosen(
-                    *c.sample_ids.get(i)?,
-                    *c.sample_lps.get(i)?,
-                ));
-            }
-            Some(RowChoice::Chosen(
-                *c.greedy_ids.get(k)?,
-                *c.greedy_lps.get(k)?,
-            ))
-        }
-        #[cfg(not(feature = "cuda"))]
-        None
-    }
-}
-
-/// Copies f32 logits to the host (from the GPU through the runner's kernels).
-fn to_host(runner: &ModelRunner, t: &Tensor, out: &mut Vec<f32>) -> Result<()> {
-    #[cfg(feature = "cuda")]
-    if let Some(kernels) = runner.kernels() {
-        return Ok(kernels.download(t, out)?);
-    }
-    let _ = runner;
-    copy_to_host(t, out)
-}
-
-/// Copies an f32 tensor's elements into `out` (cleared first); from CPU memory without
-/// an intermediate vector.
-fn copy_to_host(t: &Tensor, out: &mut Vec<f32>) -> Result<()> {
-    out.clear();
-    {
-        let (storage, layout) = t.storage_and_layout();
-        if let (candle_core::Storage::Cpu(cpu), Some((a, b))) =
-            (&*storage, layout.contiguous_offsets())
-        {
-            if let Ok(data) = cpu.as_slice::<f32>() {
-                out.extend_from_slice(&data[a..b]);
-                return Ok(());
-            }
-        }
-    }
-    out.extend(
-        t.to_dtype(candle_core::DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?,
-    );
-    Ok(())
+        Choice::Chosen(id, logprob) => Sampled {
+            id,
+            logprob,
+            top: Vec::new(),
+        },
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::placement::PROMPT_LOGPROB_CHUNK;
     use crate::engine::request::StoppingParams;
     use crate::engine::runner::CacheConfig;
     use crate::engine::scheduler::SchedulerConfig;
     use crate::model::random::{load, RandomShape, RandomSpec};
+    use crate::sampling::log_softmax_at;
     use crate::sampling::SamplingParams;
     use crate::test_alloc::allocations;
     use candle_core::{DType, Device};
@@ -1162,8 +812,9 @@ mod tests {
         // The reference: one forward over every row, whole logits.
         let mut reference =
             ModelRunner::new(load(spec, DType::F32, &Device::Cpu).unwrap().0, cache);
+        let mut pool = BlockPool::new(cache.num_blocks);
         let mut seq = Sequence::new(prompt.clone());
-        reference.reserve(&mut seq, n).unwrap();
+        seq.reserve(n, 16, &mut pool).unwrap();
         let mut batch = FlatBatch::default();
         batch.push(&seq, n, true, 16).unwrap();
         let logits = reference.forward(&batch).unwrap();

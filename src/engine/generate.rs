@@ -1,13 +1,18 @@
-//! Greedy generation for a fixed set of prompts, run together: every step carries one
-//! decode token per running sequence plus prompt chunks up to a token budget. This is the
-//! path the CLI and the correctness tests use; the serving scheduler adds admission,
-//! preemption and sampling on top of the same runner.
+//! Greedy generation for a fixed set of prompts, run together through the engine's own
+//! step loop: each prompt is submitted as a greedy request, then the engine steps until
+//! every request is answered (nano-vllm's `generate`: `add_request` + `step`). The CLI
+//! and the reference tests use it, so they check the path the server runs: the same
+//! scheduler (chunked prefill within `max_batch_prefill_tokens`, prefix caching,
+//! preemption), sampler, detokenizer and stop rules.
 
 use anyhow::{bail, Result};
 
-use super::runner::ModelRunner;
-use super::sequence::Sequence;
-use crate::sampling::argmax;
+use super::core::EngineCore;
+use super::request::{
+    EngineError, Event, FinishReason, GeneratedToken, GenerationRequest, StoppingParams,
+};
+use super::EventReceiver;
+use crate::sampling::SamplingParams;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GenerateOutput {
@@ -17,106 +22,104 @@ pub struct GenerateOutput {
     pub hit_eos: bool,
 }
 
-/// Runs `prompts` to completion. `max_step_tokens` bounds the tokens of one forward pass
-/// (long prompts are prefilled in chunks); `on_token(prompt_index, token)` sees every new
-/// token as it is produced.
+/// The greedy request for one prompt; with `stop_at_eos` false it runs to
+/// `max_new_tokens` whatever it generates.
+pub fn greedy_request(
+    id: u64,
+    prompt: Vec<u32>,
+    max_new_tokens: usize,
+    stop_at_eos: bool,
+) -> GenerationRequest {
+    GenerationRequest {
+        id,
+        prompt,
+        sampling: SamplingParams::default(),
+        stopping: StoppingParams {
+            max_new_tokens,
+            stop_sequences: Vec::new(),
+            include_stop_sequence: true,
+            ignore_eos: !stop_at_eos,
+        },
+        top_n_tokens: 0,
+        prompt_logprobs: false,
+        candidates: 1,
+    }
+}
+
+/// Runs `prompts` to completion on `engine`, greedily, each for at most
+/// `max_new_tokens` (and up to an end-of-sequence token with `stop_at_eos`).
+/// `on_token(prompt_index, token)` sees every new token as it is produced, with its
+/// text piece.
 pub fn generate_greedy(
-    runner: &mut ModelRunner,
+    engine: &mut EngineCore,
     prompts: &[Vec<u32>],
     max_new_tokens: usize,
-    eos_ids: &[u32],
-    max_step_tokens: usize,
-    mut on_token: impl FnMut(usize, u32),
+    stop_at_eos: bool,
+    mut on_token: impl FnMut(usize, &GeneratedToken),
 ) -> Result<Vec<GenerateOutput>> {
-    if max_step_tokens == 0 {
-        bail!("the step token budget must be at least 1");
-    }
     if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
         bail!("prompt {i} is empty");
     }
-    let mut seqs: Vec<Sequence> = prompts.iter().map(|p| Sequence::new(p.clone())).collect();
-    let mut done: Vec<Option<bool>> = vec![None; prompts.len()];
-    if max_new_tokens == 0 {
-        done.iter_mut().for_each(|d| *d = Some(false));
-    }
-    let result = run(
-        runner,
-        &mut seqs,
-        &mut done,
-        max_new_tokens,
-        eos_ids,
-        max_step_tokens,
-        &mut on_token,
-    );
-    for seq in seqs.iter_mut() {
-        runner.release(seq)?;
-    }
-    result?;
-    Ok(seqs
+    let mut outputs: Vec<GenerateOutput> = prompts
         .iter()
-        .zip(done)
-        .map(|(s, d)| GenerateOutput {
-            prompt_len: s.prompt_len,
-            generated: s.generated().to_vec(),
-            hit_eos: d.unwrap_or(false),
+        .map(|p| GenerateOutput {
+            prompt_len: p.len(),
+            generated: Vec::new(),
+            hit_eos: false,
         })
-        .collect())
+        .collect();
+    if max_new_tokens == 0 {
+        return Ok(outputs);
+    }
+    let mut receivers: Vec<EventReceiver> = Vec::with_capacity(prompts.len());
+    for (i, p) in prompts.iter().enumerate() {
+        let request = greedy_request(i as u64, p.clone(), max_new_tokens, stop_at_eos);
+        receivers.push(engine.submit(request)?);
+    }
+    let mut done = vec![false; prompts.len()];
+    while done.iter().any(|d| !d) {
+        if !engine.has_work() {
+            bail!("the engine stopped before every prompt was answered");
+        }
+        engine.step();
+        for (i, rx) in receivers.iter_mut().enumerate() {
+            while let Ok(event) = rx.try_recv() {
+                match event {
+                    Event::Token { token, .. } => {
+                        outputs[i].generated.push(token.token.id);
+                        on_token(i, &token);
+                    }
+                    Event::CandidateFinished { reason, .. } => {
+                        outputs[i].hit_eos = reason == FinishReason::EosToken;
+                    }
+                    Event::Done(_) => done[i] = true,
+                    Event::Error(e) => return Err(anyhow::Error::new(e)),
+                    Event::Prefill { .. } => {}
+                }
+            }
+        }
+    }
+    Ok(outputs)
 }
 
-fn run(
-    runner: &mut ModelRunner,
-    seqs: &mut [Sequence],
-    done: &mut [Option<bool>],
-    max_new_tokens: usize,
-    eos_ids: &[u32],
-    max_step_tokens: usize,
-    on_token: &mut impl FnMut(usize, u32),
-) -> Result<()> {
-    while done.iter().any(|d| d.is_none()) {
-        // Decodes first (one token each), then prompt chunks while the budget lasts.
-        let mut plan: Vec<(usize, usize)> = Vec::new();
-        let mut budget = max_step_tokens;
-        for decode_pass in [true, false] {
-            for (i, seq) in seqs.iter().enumerate() {
-                let pending = seq.num_pending();
-                if done[i].is_some() || budget == 0 || (pending == 1) != decode_pass {
-                    continue;
-                }
-                let n = pending.min(budget);
-                budget -= n;
-                plan.push((i, n));
+/// Runs one request to its end on `engine` and returns its terminal event's
+/// completion, for timing it.
+pub fn run_to_end(
+    engine: &mut EngineCore,
+    request: GenerationRequest,
+) -> Result<super::Completion, EngineError> {
+    let mut rx = engine.submit(request)?;
+    loop {
+        while let Ok(event) = rx.try_recv() {
+            match event {
+                Event::Done(c) => return Ok(c),
+                Event::Error(e) => return Err(e),
+                _ => {}
             }
         }
-        for &(i, n) in &plan {
-            runner.reserve(&mut seqs[i], n)?;
+        if !engine.has_work() {
+            return Err(EngineError::ShutDown);
         }
-        let completes: Vec<bool> = plan
-            .iter()
-            .map(|&(i, n)| seqs[i].num_pending() == n)
-            .collect();
-        let logits = {
-            let mut items: Vec<(&mut Sequence, usize)> = Vec::with_capacity(plan.len());
-            let mut rest: Vec<Option<&mut Sequence>> = seqs.iter_mut().map(Some).collect();
-            for &(i, n) in &plan {
-                if let Some(seq) = rest[i].take() {
-                    items.push((seq, n));
-                }
-            }
-            runner.step(&mut items)?
-        };
-        for (row, (&(i, _), &complete)) in plan.iter().zip(&completes).enumerate() {
-            if !complete {
-                continue;
-            }
-            let row_logits = logits.get(row)?.to_vec1::<f32>()?;
-            let token = argmax(&row_logits).ok_or_else(|| anyhow::anyhow!("empty logits"))?;
-            seqs[i].tokens.push(token);
-            on_token(i, token);
-            let eos = eos_ids.contains(&token);
-            if eos || seqs[i].generated().len() >= max_new_tokens {
-                done[i] = Some(eos);
-            }
-        }
+        engine.step();
     }
-    Ok(())
 }

@@ -226,37 +226,7 @@ impl EngineHandle {
     }
 
     fn validate(&self, r: &GenerationRequest) -> Result<(), EngineError> {
-        let invalid = |m: String| Err(EngineError::Validation(m));
-        if r.prompt.is_empty() {
-            return invalid("the prompt has no tokens".into());
-        }
-        if let Some(&t) = r
-            .prompt
-            .iter()
-            .find(|&&t| t as usize >= self.shared.config.vocab_size)
-        {
-            return invalid(format!(
-                "token id {t} is outside the vocabulary ({})",
-                self.shared.config.vocab_size
-            ));
-        }
-        if r.stopping.max_new_tokens == 0 {
-            return invalid("max_new_tokens must be at least 1".into());
-        }
-        if r.candidates == 0 {
-            return invalid("at least one candidate must be generated".into());
-        }
-        let total = r.prompt.len().saturating_add(r.stopping.max_new_tokens);
-        if total > self.shared.kv_tokens {
-            return invalid(format!(
-                "prompt ({} tokens) + max_new_tokens ({}) = {total} exceeds the KV cache \
-                 capacity of {} tokens",
-                r.prompt.len(),
-                r.stopping.max_new_tokens,
-                self.shared.kv_tokens
-            ));
-        }
-        Ok(())
+        r.validate(self.shared.config.vocab_size, self.shared.kv_tokens)
     }
 
     /// True once the engine thread has ended (shut down, failed to warm up, or panicked).

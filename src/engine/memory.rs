@@ -11,7 +11,7 @@
 //! in f32 on a GPU; bf16 checkpoints need half), q/k/v and attention at 2 (the cache's
 //! 16-bit dtype).
 
-use super::core::PROMPT_LOGPROB_CHUNK;
+use super::placement::PROMPT_LOGPROB_CHUNK;
 use super::scheduler::SchedulerConfig;
 use crate::kv::{scratch_bytes_per_part, FIXED_SCRATCH_PARTS};
 use crate::model::ModelConfig;

@@ -1,19 +1,25 @@
-//! The engine: sequences, flattened batches and the model runner that owns the model, the
-//! KV cache and its block pool. The continuous-batching scheduler builds on these.
+//! The engine: sequences, the scheduler (which owns the one block pool), flattened
+//! batches, the model runner (the model and the KV cache's storage) and the step loop
+//! over them (`core`, with `placement`, `output` and `requests`), run on its own thread
+//! behind an [`EngineHandle`] for the server or in place for the CLI and tests.
 
 pub mod batch;
 mod core;
 pub mod generate;
 pub mod handle;
 pub mod memory;
+mod output;
+mod placement;
 pub mod request;
+mod requests;
 pub mod runner;
 pub mod scheduler;
 pub mod sequence;
 pub mod stats;
 
 pub use batch::FlatBatch;
-pub use generate::{generate_greedy, GenerateOutput};
+pub use core::EngineCore;
+pub use generate::{generate_greedy, greedy_request, run_to_end, GenerateOutput};
 pub use handle::{EngineConfig, EngineHandle, EventReceiver, FaultHook};
 pub use request::{
     Completion, EngineError, Event, FinishReason, GeneratedToken, GenerationRequest,
@@ -22,4 +28,4 @@ pub use request::{
 pub use runner::{CacheConfig, ModelRunner};
 pub use scheduler::{Scheduler, SchedulerConfig, SeqId, StepPlan};
 pub use sequence::Sequence;
-pub use stats::StatsSnapshot;
+pub use stats::{EngineStats, StatsSnapshot};

@@ -23,6 +23,41 @@ pub struct GenerationRequest {
     pub candidates: usize,
 }
 
+impl GenerationRequest {
+    /// Whether the request can run on a model with `vocab_size` tokens and a KV cache of
+    /// `kv_tokens`: a `Validation` error says why not.
+    pub fn validate(&self, vocab_size: usize, kv_tokens: usize) -> Result<(), EngineError> {
+        let invalid = |m: String| Err(EngineError::Validation(m));
+        if self.prompt.is_empty() {
+            return invalid("the prompt has no tokens".into());
+        }
+        if let Some(&t) = self.prompt.iter().find(|&&t| t as usize >= vocab_size) {
+            return invalid(format!(
+                "token id {t} is outside the vocabulary ({vocab_size})"
+            ));
+        }
+        if self.stopping.max_new_tokens == 0 {
+            return invalid("max_new_tokens must be at least 1".into());
+        }
+        if self.candidates == 0 {
+            return invalid("at least one candidate must be generated".into());
+        }
+        let total = self
+            .prompt
+            .len()
+            .saturating_add(self.stopping.max_new_tokens);
+        if total > kv_tokens {
+            return invalid(format!(
+                "prompt ({} tokens) + max_new_tokens ({}) = {total} exceeds the KV cache \
+                 capacity of {kv_tokens} tokens",
+                self.prompt.len(),
+                self.stopping.max_new_tokens,
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoppingParams {
     /// At least 1.

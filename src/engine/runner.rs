@@ -1,13 +1,14 @@
-//! The model runner owns the model, the paged KV cache and the block pool, and runs one
-//! flattened step at a time.
+//! The model runner owns the model and the paged KV cache's storage, and runs one
+//! flattened step at a time. It allocates nothing: which blocks a sequence's tokens go
+//! to is the caller's (the scheduler's block pool), the runner only reads and writes
+//! them.
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 
 use super::batch::{recycle, FlatBatch};
 use super::sequence::Sequence;
-use crate::kv::block_pool::PoolError;
-use crate::kv::{BlockPool, CacheLayout, KvCache};
+use crate::kv::{CacheLayout, KvCache};
 use crate::model::{LlamaModel, ModelConfig};
 
 /// How big the KV cache is.
@@ -142,8 +143,7 @@ impl Cache {
 pub struct ModelRunner {
     model: LlamaModel,
     cache: Cache,
-    pool: BlockPool,
-    block_size: usize,
+    size: CacheConfig,
     /// Kept between steps so that building a step's attention view does not allocate.
     seq_buf: Vec<crate::ops::AttnSeq<'static>>,
 }
@@ -207,8 +207,7 @@ impl ModelRunner {
         Self {
             model,
             cache: kv,
-            pool: BlockPool::new(cache.num_blocks),
-            block_size: cache.block_size,
+            size: cache,
             seq_buf: Vec::new(),
         }
     }
@@ -234,29 +233,14 @@ impl ModelRunner {
         false
     }
 
-    pub fn pool(&self) -> &BlockPool {
-        &self.pool
+    /// Blocks in the cache.
+    pub fn num_blocks(&self) -> usize {
+        self.size.num_blocks
     }
 
+    /// Tokens per cache block.
     pub fn block_size(&self) -> usize {
-        self.block_size
-    }
-
-    /// Reserves cache slots for the next `n` tokens of `seq`. On failure nothing changes.
-    pub fn reserve(&mut self, seq: &mut Sequence, n: usize) -> Result<(), PoolError> {
-        let have = seq.block_table.num_tokens();
-        let want = seq.num_computed + n;
-        if want > have {
-            seq.block_table
-                .grow(want - have, self.block_size, &mut self.pool)?;
-        }
-        Ok(())
-    }
-
-    /// Returns a sequence's blocks to the pool.
-    pub fn release(&mut self, seq: &mut Sequence) -> Result<(), PoolError> {
-        seq.num_computed = 0;
-        seq.block_table.release(&mut self.pool)
+        self.size.block_size
     }
 
     /// Copies a block's K/V to another block (copy-on-write of a shared partial block).
@@ -293,11 +277,12 @@ impl ModelRunner {
         self.model.logits(hidden)
     }
 
-    /// Runs `n` pending tokens of each sequence (slots must be reserved) and returns the
-    /// logits of each item's last token, `[items, vocab]`. Marks the tokens computed.
+    /// Runs `n` pending tokens of each sequence (their slots must be in its block table
+    /// already) and returns the logits of each item's last token, `[items, vocab]`.
+    /// Marks the tokens computed.
     pub fn step(&mut self, items: &mut [(&mut Sequence, usize)]) -> Result<Tensor> {
         let view: Vec<(&Sequence, usize)> = items.iter().map(|(s, n)| (&**s, *n)).collect();
-        let batch = FlatBatch::build(&view, self.block_size)?;
+        let batch = FlatBatch::build(&view, self.size.block_size)?;
         let logits = self.forward(&batch)?;
         for (seq, n) in items.iter_mut() {
             seq.num_computed += *n;

@@ -238,8 +238,7 @@ impl Scheduler {
         let mut e = self.entries.remove(&id).ok_or(ScheduleError::Unknown(id))?;
         self.running.retain(|&r| r != id);
         self.waiting.retain(|&w| w != id);
-        e.seq.block_table.release(&mut self.pool)?;
-        e.seq.num_computed = 0;
+        e.seq.release(&mut self.pool)?;
         Ok(e.seq)
     }
 

@@ -552,9 +552,10 @@ mod tests {
             num_blocks: 8,
         };
         let mut runner = ModelRunner::new(model, cache);
+        let mut pool = crate::kv::BlockPool::new(cache.num_blocks);
         let prompt = tok.encode("The capital of France is", true).unwrap();
         let mut seq = Sequence::new(prompt.clone());
-        runner.reserve(&mut seq, prompt.len()).unwrap();
+        seq.reserve(prompt.len(), 16, &mut pool).unwrap();
         let mut logits = runner.step(&mut [(&mut seq, prompt.len())]).unwrap();
         let mut out = Vec::new();
         for _ in 0..12 {
@@ -565,7 +566,7 @@ mod tests {
             assert!((next as usize) < vocab);
             out.push(next);
             seq.tokens.push(next);
-            runner.reserve(&mut seq, 1).unwrap();
+            seq.reserve(1, 16, &mut pool).unwrap();
             logits = runner.step(&mut [(&mut seq, 1)]).unwrap();
         }
         tok.decode(&out, true).unwrap();
