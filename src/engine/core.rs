@@ -21,7 +21,7 @@ use tokio::sync::mpsc::unbounded_channel;
 use super::batch::FlatBatch;
 use super::handle::{Command, EngineConfig, EventReceiver, Submission};
 use super::output::token_info;
-use super::placement::{row_mode, RowChoice, RowFacts, RowMode, StepLogits};
+use super::placement::{RowChoice, RowMode, StepLogits};
 use super::request::{EngineError, Event, FinishReason, GenerationRequest};
 use super::requests::{Group, GroupId, Requests};
 use super::runner::ModelRunner;
@@ -273,51 +273,15 @@ impl EngineCore {
             logits,
             ..
         } = s;
-        batch.clear();
-        modes.clear();
-        logits.clear();
-        let block_size = self.runner.block_size();
-        let on_device = self.runner.chooses_on_device();
-        let vocab = self.runner.model().config().vocab_size;
-        for it in &plan.items {
-            let seq = self
-                .scheduler
-                .sequence(it.id)
-                .ok_or_else(|| anyhow!("sequence {} vanished", it.id))?;
-            let mut found = self.requests.get_mut(it.id);
-            let facts = match &found {
-                Some((g, c)) => RowFacts {
-                    all_rows: g.wants_prompt_logprobs(),
-                    single: g.request.top_n_tokens == 0 && g.request.candidates == 1,
-                    completes: it.completes,
-                    greedy: c.sampler.is_greedy(),
-                },
-                None => RowFacts {
-                    all_rows: false,
-                    single: false,
-                    completes: it.completes,
-                    greedy: false,
-                },
-            };
-            let (prompt, generated) = seq.tokens.split_at(seq.prompt_len.min(seq.tokens.len()));
-            let mode = row_mode(facts, || {
-                let (_, c) = found.as_ref()?;
-                c.sampler.device_params(generated.len() as u32)
-            });
-            batch.push(seq, it.num_tokens, facts.all_rows, block_size)?;
-            logits.push_targets(seq, it.num_tokens, facts.all_rows);
-            if let (true, true, Some((_, c)), RowMode::Greedy | RowMode::Sample(_)) =
-                (on_device, it.completes, &mut found, mode)
-            {
-                // logit_bias and penalties, applied on the device before the choice (to
-                // this item's row of the step's choice logits).
-                let row = modes.len();
-                c.sampler
-                    .device_adjust(prompt, generated, vocab, row, &mut logits.adjust);
-            }
-            modes.push(mode);
-        }
-        Ok(())
+        super::placement::prepare(
+            plan,
+            &self.scheduler,
+            &mut self.requests,
+            &self.runner,
+            batch,
+            modes,
+            logits,
+        )
     }
 
     /// Runs the model on the step's plan and brings its logits (or chosen tokens) to the

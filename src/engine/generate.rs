@@ -123,3 +123,76 @@ pub fn run_to_end(
         engine.step();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::engine::{CacheConfig, EngineConfig, EngineStats, ModelRunner};
+    use crate::model::random::{load, RandomShape, RandomSpec};
+    use candle_core::{DType, Device};
+
+    fn engine() -> EngineCore {
+        let spec = RandomSpec {
+            shape: RandomShape::Tiny,
+            seed: 2,
+        };
+        let (model, tok) = load(spec, DType::F32, &Device::Cpu).unwrap();
+        let cache = CacheConfig {
+            block_size: 16,
+            num_blocks: 16,
+        };
+        let config = EngineConfig {
+            check_invariants: true,
+            ..Default::default()
+        };
+        EngineCore::new(
+            ModelRunner::new(model, cache),
+            Arc::new(tok),
+            Arc::new(EngineStats::default()),
+            config,
+        )
+    }
+
+    #[test]
+    fn every_prompt_gets_its_tokens_and_the_blocks_come_back() {
+        let mut e = engine();
+        let prompts = vec![vec![3, 4, 5], vec![9; 20]];
+        let mut seen = vec![0; 2];
+        let out = generate_greedy(&mut e, &prompts, 5, false, |i, _| seen[i] += 1).unwrap();
+        assert_eq!(seen, vec![5, 5]);
+        assert_eq!(
+            out.iter()
+                .map(|o| (o.prompt_len, o.generated.len()))
+                .collect::<Vec<_>>(),
+            vec![(3, 5), (20, 5)]
+        );
+        assert!(!e.has_work());
+        assert_eq!(e.pool().num_used(), 0);
+        assert_eq!(e.stats().in_flight, 0);
+        assert_eq!(e.stats().requests_finished, 2);
+    }
+
+    #[test]
+    fn no_new_tokens_runs_nothing_and_empty_prompts_are_refused() {
+        let mut e = engine();
+        let out = generate_greedy(&mut e, &[vec![1, 2]], 0, false, |_, _| {}).unwrap();
+        assert_eq!(out[0].generated, Vec::<u32>::new());
+        assert_eq!(e.stats().steps, 0);
+        assert!(generate_greedy(&mut e, &[vec![1], vec![]], 3, false, |_, _| {}).is_err());
+    }
+
+    #[test]
+    fn a_request_runs_to_its_end_with_ordered_timings() {
+        let mut e = engine();
+        let c = run_to_end(&mut e, greedy_request(0, vec![5; 30], 4, false)).unwrap();
+        let t = c.timings;
+        assert_eq!(c.prompt_tokens, 30);
+        assert!(t.queued <= t.started && t.started <= t.first_token);
+        assert!(t.first_token <= t.finished);
+        // Longer than the cache: refused before it runs.
+        let err = run_to_end(&mut e, greedy_request(1, vec![5; 300], 4, false)).unwrap_err();
+        assert!(matches!(err, EngineError::Validation(_)), "{err:?}");
+    }
+}

@@ -10,11 +10,13 @@
 //! device does not implement. Prompt logprobs are computed [`PROMPT_LOGPROB_CHUNK`]
 //! rows at a time, so a long prompt's logits never exist whole.
 
-use anyhow::Result;
+use anyhow::{anyhow, Result};
 use candle_core::Tensor;
 
 use super::batch::FlatBatch;
+use super::requests::Requests;
 use super::runner::ModelRunner;
+use super::scheduler::{Scheduler, StepPlan};
 use crate::sampling::log_softmax_at;
 
 /// Rows of prompt logits computed and brought to the host at once for prompt logprobs
@@ -54,6 +56,64 @@ pub(crate) fn row_mode(
     } else {
         device_sample().map_or(RowMode::Host, RowMode::Sample)
     }
+}
+
+/// Fills the step's batch from its plan, each item's logits targets, and where each
+/// item's token is chosen (`modes`); on a GPU, also the logit_bias and penalties of the
+/// rows chosen there.
+pub(crate) fn prepare(
+    plan: &StepPlan,
+    scheduler: &Scheduler,
+    requests: &mut Requests,
+    runner: &ModelRunner,
+    batch: &mut FlatBatch,
+    modes: &mut Vec<RowMode>,
+    logits: &mut StepLogits,
+) -> Result<()> {
+    batch.clear();
+    modes.clear();
+    logits.clear();
+    let block_size = runner.block_size();
+    let on_device = runner.chooses_on_device();
+    let vocab = runner.model().config().vocab_size;
+    for it in &plan.items {
+        let seq = scheduler
+            .sequence(it.id)
+            .ok_or_else(|| anyhow!("sequence {} vanished", it.id))?;
+        let mut found = requests.get_mut(it.id);
+        let facts = match &found {
+            Some((g, c)) => RowFacts {
+                all_rows: g.wants_prompt_logprobs(),
+                single: g.request.top_n_tokens == 0 && g.request.candidates == 1,
+                completes: it.completes,
+                greedy: c.sampler.is_greedy(),
+            },
+            None => RowFacts {
+                all_rows: false,
+                single: false,
+                completes: it.completes,
+                greedy: false,
+            },
+        };
+        let (prompt, generated) = seq.tokens.split_at(seq.prompt_len.min(seq.tokens.len()));
+        let mode = row_mode(facts, || {
+            let (_, c) = found.as_ref()?;
+            c.sampler.device_params(generated.len() as u32)
+        });
+        batch.push(seq, it.num_tokens, facts.all_rows, block_size)?;
+        logits.push_targets(seq, it.num_tokens, facts.all_rows);
+        if let (true, true, Some((_, c)), RowMode::Greedy | RowMode::Sample(_)) =
+            (on_device, it.completes, &mut found, mode)
+        {
+            // logit_bias and penalties, applied on the device before the choice (to
+            // this item's row of the step's choice logits).
+            let row = modes.len();
+            c.sampler
+                .device_adjust(prompt, generated, vocab, row, &mut logits.adjust);
+        }
+        modes.push(mode);
+    }
+    Ok(())
 }
 
 /// One step's logits as the sampler needs them. The model stops at the final hidden
