@@ -1,7 +1,7 @@
 //! A request's stream gathered into finished results (the non-streaming answers).
 
 use super::error::ApiError;
-use super::stream::{CandidateEnd, Finished, GenerationStream, Item};
+use super::stream::{CandidateEnd, Finished, GenerationStream, Item, Ledger};
 use crate::engine::{Completion, FinishReason, TokenInfo};
 
 #[derive(Debug, Clone)]
@@ -38,7 +38,7 @@ struct Gathered {
     top_tokens: Vec<Vec<TokenInfo>>,
 }
 
-impl GenerationStream {
+impl<L: Ledger> GenerationStream<L> {
     /// Waits for the whole request: one result per prompt, in prompt order, and what the
     /// request reports. The error (already logged) is the stream's terminal failure.
     /// Dropping the future drops the stream, which cancels the request in the engine.

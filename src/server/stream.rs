@@ -20,8 +20,6 @@
 use std::sync::Arc;
 use std::task::Poll;
 
-use axum::response::Response;
-
 use super::error::{ApiError, Flavor};
 use super::state::{AppState, Elapsed, RequestLog};
 use crate::engine::{
@@ -120,9 +118,49 @@ struct Prompt {
     completion: Option<Completion>,
 }
 
+/// Where a request's end is recorded: [`RequestLog`] (the log line and the metrics); a
+/// recorder in the tests.
+pub trait Ledger {
+    /// The request id.
+    fn id(&self) -> u64;
+    fn prompt_tokens(&self) -> usize;
+    fn succeed(
+        &mut self,
+        timings: &Timings,
+        generated_tokens: usize,
+        finish_reason: &str,
+        seed: Option<u64>,
+    ) -> Elapsed;
+    fn fail(&mut self, err: &ApiError);
+}
+
+impl Ledger for RequestLog {
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn prompt_tokens(&self) -> usize {
+        self.prompt_tokens
+    }
+
+    fn succeed(
+        &mut self,
+        timings: &Timings,
+        generated_tokens: usize,
+        finish_reason: &str,
+        seed: Option<u64>,
+    ) -> Elapsed {
+        RequestLog::succeed(self, timings, generated_tokens, finish_reason, seed)
+    }
+
+    fn fail(&mut self, err: &ApiError) {
+        RequestLog::fail(self, err)
+    }
+}
+
 /// A request's events as [`Item`]s; see the module documentation.
-pub struct GenerationStream {
-    log: RequestLog,
+pub struct GenerationStream<L: Ledger = RequestLog> {
+    log: L,
     flavor: Flavor,
     summary: Summary,
     /// Whether the request samples (the seed is logged only then).
@@ -139,15 +177,15 @@ pub struct GenerationStream {
 
 impl GenerationStream {
     /// Submits `requests` (each with the log's request id), all or none: on a refusal the
-    /// receivers already taken are dropped (cancelled), the failure is logged and its
-    /// answer returned.
+    /// receivers already taken are dropped (cancelled) and the error, already logged as
+    /// the request's end, is returned to answer with.
     pub fn start(
         st: &Arc<AppState>,
         mut log: RequestLog,
         requests: Vec<GenerationRequest>,
         flavor: Flavor,
         summary: Summary,
-    ) -> Result<Self, Response> {
+    ) -> Result<Self, ApiError> {
         let prompt_tokens = requests.iter().map(|r| r.prompt.len()).sum();
         let max_new = requests.first().map_or(0, |r| r.stopping.max_new_tokens);
         log.validated(prompt_tokens, max_new);
@@ -157,32 +195,50 @@ impl GenerationStream {
             .map(|mut r| {
                 r.id = log.id;
                 let candidates = r.candidates;
-                st.submit(r).map(|rx| Prompt {
-                    events: Some(rx),
-                    ends: vec![None; candidates],
-                    completion: None,
-                })
+                st.submit(r).map(|rx| (rx, candidates))
             })
             .collect::<Result<Vec<_>, _>>();
         match submitted {
-            Ok(prompts) => Ok(Self {
-                log,
-                flavor,
-                summary,
-                sampling,
-                prompts,
-                cursor: 0,
-                last_reason: None,
-                first_timings: None,
-                ended: false,
-            }),
-            Err(e) => Err(log.reject(e.flavor(flavor))),
+            Ok(receivers) => Ok(Self::new(log, receivers, flavor, summary, sampling)),
+            Err(e) => Err(log.refuse(e.flavor(flavor))),
+        }
+    }
+}
+
+impl<L: Ledger> GenerationStream<L> {
+    /// The stream of submitted requests: per prompt, its receiver and its number of
+    /// candidates.
+    fn new(
+        log: L,
+        receivers: Vec<(EventReceiver, usize)>,
+        flavor: Flavor,
+        summary: Summary,
+        sampling: bool,
+    ) -> Self {
+        let prompts = receivers
+            .into_iter()
+            .map(|(rx, candidates)| Prompt {
+                events: Some(rx),
+                ends: vec![None; candidates],
+                completion: None,
+            })
+            .collect();
+        Self {
+            log,
+            flavor,
+            summary,
+            sampling,
+            prompts,
+            cursor: 0,
+            last_reason: None,
+            first_timings: None,
+            ended: false,
         }
     }
 
     /// The request id (OpenAI's `id` field).
     pub fn id(&self) -> u64 {
-        self.log.id
+        self.log.id()
     }
 
     /// The next item; `None` after the terminal one.
@@ -354,11 +410,317 @@ impl GenerationStream {
         let elapsed = self.log.succeed(&timings, generated_tokens, reason, seed);
         Item::Finished(Finished {
             elapsed,
-            prompt_tokens: self.log.prompt_tokens,
+            prompt_tokens: self.log.prompt_tokens(),
             generated_tokens,
             completions,
             ends,
             best,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    use axum::http::StatusCode;
+    use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
+
+    use super::*;
+    use crate::engine::EngineError;
+
+    /// What a stream recorded: its log lines.
+    #[derive(Default)]
+    struct Lines {
+        succeeded: Vec<(usize, String, Option<u64>)>,
+        failed: Vec<ApiError>,
+    }
+
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<Lines>>);
+
+    impl Recorder {
+        fn count(&self) -> usize {
+            let l = self.0.lock().unwrap();
+            l.succeeded.len() + l.failed.len()
+        }
+    }
+
+    impl Ledger for Recorder {
+        fn id(&self) -> u64 {
+            7
+        }
+
+        fn prompt_tokens(&self) -> usize {
+            3
+        }
+
+        fn succeed(&mut self, t: &Timings, n: usize, reason: &str, seed: Option<u64>) -> Elapsed {
+            let mut l = self.0.lock().unwrap();
+            l.succeeded.push((n, reason.to_string(), seed));
+            Elapsed::new(t.queued, t, n)
+        }
+
+        fn fail(&mut self, err: &ApiError) {
+            self.0.lock().unwrap().failed.push(err.clone());
+        }
+    }
+
+    fn token(candidate: usize, text: &str, logprob: f32, last: bool) -> Event {
+        Event::Token {
+            candidate,
+            token: GeneratedToken {
+                token: TokenInfo {
+                    id: 5,
+                    text: text.into(),
+                    logprob,
+                    special: false,
+                },
+                text_piece: text.into(),
+                top_tokens: Vec::new(),
+            },
+            last,
+        }
+    }
+
+    fn finished(candidate: usize, reason: FinishReason, text: &str, n: usize, lp: f64) -> Event {
+        Event::CandidateFinished {
+            candidate,
+            reason,
+            text: text.into(),
+            generated_tokens: n,
+            cumulative_logprob: lp,
+        }
+    }
+
+    fn done(seed: u64) -> Event {
+        let now = Instant::now();
+        Event::Done(Completion {
+            prompt_tokens: 3,
+            seed,
+            timings: Timings {
+                queued: now,
+                started: now,
+                first_token: now,
+                finished: now,
+            },
+        })
+    }
+
+    /// A stream over one channel per prompt (`candidates` each), with the senders.
+    fn stream(
+        prompts: usize,
+        candidates: usize,
+        flavor: Flavor,
+        summary: Summary,
+    ) -> (
+        GenerationStream<Recorder>,
+        Vec<UnboundedSender<Event>>,
+        Recorder,
+    ) {
+        let rec = Recorder::default();
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..prompts)
+            .map(|_| {
+                let (tx, rx) = unbounded_channel();
+                (tx, (rx, candidates))
+            })
+            .unzip();
+        let s = GenerationStream::new(rec.clone(), rxs, flavor, summary, true);
+        (s, txs, rec)
+    }
+
+    async fn drain(s: &mut GenerationStream<Recorder>) -> Vec<Item> {
+        let mut items = Vec::new();
+        while let Some(i) = s.next().await {
+            items.push(i);
+        }
+        items
+    }
+
+    #[tokio::test]
+    async fn a_last_token_carries_its_end_and_done_is_the_one_terminal_item() {
+        let (mut s, txs, rec) = stream(1, 1, Flavor::Tgi, Summary::Best);
+        for e in [
+            token(0, "a", -1.0, false),
+            token(0, "b", -1.0, true),
+            finished(0, FinishReason::EosToken, "ab", 2, -2.0),
+            done(4),
+        ] {
+            txs[0].send(e).unwrap();
+        }
+        let items = drain(&mut s).await;
+        assert_eq!(items.len(), 3, "{items:?}");
+        assert!(matches!(&items[0], Item::Token { end: None, .. }));
+        match &items[1] {
+            Item::Token { end: Some(e), .. } => assert_eq!(e.text, "ab"),
+            other => panic!("{other:?}"),
+        }
+        match &items[2] {
+            Item::Finished(f) => assert_eq!((f.generated_tokens, f.prompt_tokens), (2, 3)),
+            other => panic!("{other:?}"),
+        }
+        {
+            let l = rec.0.lock().unwrap();
+            assert_eq!(l.succeeded, vec![(2, "eos_token".to_string(), Some(4))]);
+            assert!(l.failed.is_empty());
+        }
+        assert!(s.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_channel_closed_before_done_fails_once_as_incomplete() {
+        let (mut s, txs, rec) = stream(1, 1, Flavor::Tgi, Summary::Best);
+        txs[0].send(token(0, "a", -1.0, false)).unwrap();
+        drop(txs);
+        let items = drain(&mut s).await;
+        match items.as_slice() {
+            [Item::Token { .. }, Item::Failed(e)] => {
+                assert_eq!(e.kind, "incomplete_generation");
+                assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(rec.count(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_engine_error_fails_once_in_the_routes_flavor() {
+        let (mut s, txs, rec) = stream(1, 1, Flavor::OpenAi, Summary::ByArrival);
+        txs[0].send(token(0, "a", -1.0, false)).unwrap();
+        txs[0]
+            .send(Event::Error(EngineError::Generation("boom".into())))
+            .unwrap();
+        // Nothing after the terminal event is read.
+        txs[0].send(done(1)).unwrap();
+        let items = drain(&mut s).await;
+        match items.as_slice() {
+            [Item::Token { .. }, Item::Failed(e)] => {
+                assert_eq!(e.status, StatusCode::FAILED_DEPENDENCY);
+                assert_eq!(e.flavor, Flavor::OpenAi);
+            }
+            other => panic!("{other:?}"),
+        }
+        let l = rec.0.lock().unwrap();
+        assert_eq!((l.failed.len(), l.succeeded.len()), (1, 0));
+        assert_eq!(l.failed[0].flavor, Flavor::OpenAi);
+    }
+
+    #[tokio::test]
+    async fn an_error_right_after_a_last_token_fails_without_the_token() {
+        let (mut s, txs, rec) = stream(1, 1, Flavor::Tgi, Summary::Best);
+        txs[0].send(token(0, "a", -1.0, true)).unwrap();
+        txs[0].send(Event::Error(EngineError::ShutDown)).unwrap();
+        let items = drain(&mut s).await;
+        match items.as_slice() {
+            [Item::Failed(e)] => assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(rec.count(), 1);
+    }
+
+    #[tokio::test]
+    async fn events_out_of_the_engines_order_are_incomplete() {
+        let orders: [Vec<Event>; 4] = [
+            // A last token whose CandidateFinished does not follow.
+            vec![token(0, "a", -1.0, true), done(1)],
+            // Done before every candidate finished.
+            vec![
+                token(0, "a", -1.0, true),
+                finished(0, FinishReason::Length, "a", 1, -1.0),
+                done(1),
+            ],
+            // A CandidateFinished without its last token.
+            vec![finished(0, FinishReason::Length, "", 0, 0.0)],
+            // A token of a candidate the request does not have.
+            vec![token(5, "a", -1.0, false)],
+        ];
+        for events in orders {
+            let (mut s, txs, rec) = stream(1, 2, Flavor::Tgi, Summary::Best);
+            for e in events {
+                txs[0].send(e).unwrap();
+            }
+            let items = drain(&mut s).await;
+            match items.last() {
+                Some(Item::Failed(e)) => assert_eq!(e.kind, "incomplete_generation"),
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(rec.count(), 1);
+        }
+    }
+
+    /// Two candidates: 0 ends first (eos, mean logprob -2), 1 ends last (length, -0.5).
+    fn two_candidates(tx: &UnboundedSender<Event>) {
+        for e in [
+            token(0, "a", -2.0, true),
+            finished(0, FinishReason::EosToken, "a", 1, -2.0),
+            token(1, "b", -0.5, false),
+            token(1, "c", -0.5, true),
+            finished(1, FinishReason::Length, "bc", 2, -1.0),
+            done(10),
+        ] {
+            tx.send(e).unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn best_logs_the_candidate_with_the_highest_mean_logprob_and_its_seed() {
+        let (s, txs, rec) = stream(1, 2, Flavor::Tgi, Summary::Best);
+        two_candidates(&txs[0]);
+        let (results, f) = s.collect().await.unwrap();
+        assert_eq!((f.best, f.generated_tokens), (1, 2));
+        assert_eq!(
+            rec.0.lock().unwrap().succeeded,
+            vec![(2, "length".to_string(), Some(11))]
+        );
+        let r = &results[0];
+        assert_eq!(r.candidates.len(), 2);
+        assert_eq!(r.candidates[1].text, "bc");
+        assert_eq!(r.candidates[1].tokens.len(), 2);
+        assert_eq!(r.completion.seed, 10);
+    }
+
+    #[tokio::test]
+    async fn openai_logs_count_every_candidate_with_the_first_or_the_last_reason() {
+        for (summary, reason) in [(Summary::ByIndex, "stop"), (Summary::ByArrival, "length")] {
+            let (mut s, txs, rec) = stream(1, 2, Flavor::OpenAi, summary);
+            two_candidates(&txs[0]);
+            drain(&mut s).await;
+            assert_eq!(
+                rec.0.lock().unwrap().succeeded,
+                vec![(3, reason.to_string(), Some(10))],
+                "{summary:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn prompts_finish_together_and_one_error_fails_them_all() {
+        let (mut s, txs, rec) = stream(2, 1, Flavor::OpenAi, Summary::ByIndex);
+        txs[0].send(token(0, "a", -1.0, true)).unwrap();
+        txs[0]
+            .send(finished(0, FinishReason::Length, "a", 1, -1.0))
+            .unwrap();
+        txs[0].send(done(1)).unwrap();
+        txs[1].send(Event::Error(EngineError::Overloaded)).unwrap();
+        let items = drain(&mut s).await;
+        assert!(matches!(items.last(), Some(Item::Failed(_))), "{items:?}");
+        assert!(!items.iter().any(|i| matches!(i, Item::Finished(_))));
+        assert_eq!(rec.count(), 1);
+
+        let (s, txs, rec) = stream(2, 1, Flavor::OpenAi, Summary::ByIndex);
+        for (p, tx) in txs.iter().enumerate() {
+            tx.send(Event::Prefill { tokens: Vec::new() }).unwrap();
+            tx.send(token(0, "x", -1.0, true)).unwrap();
+            tx.send(finished(0, FinishReason::Length, "x", p + 1, -1.0))
+                .unwrap();
+            tx.send(done(1)).unwrap();
+        }
+        let (results, f) = s.collect().await.unwrap();
+        assert_eq!(
+            (results.len(), f.completions.len(), f.generated_tokens),
+            (2, 2, 3)
+        );
+        assert_eq!(rec.count(), 1);
     }
 }

@@ -188,7 +188,7 @@ pub async fn chat_completions(
     );
     let (plan, stream, s) = match started {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     if stream {
         let prompt_tokens = plan.request.prompt.len();

@@ -217,7 +217,7 @@ pub async fn completions(
     );
     let (plan, stream, s) = match started {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     if stream {
         let prompt_tokens = plan.requests.iter().map(|r| r.prompt.len()).sum();

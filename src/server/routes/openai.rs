@@ -9,7 +9,6 @@ use std::time::Instant;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::Event as SseEvent;
-use axum::response::Response;
 use axum::Json;
 use futures::Stream;
 use serde::de::DeserializeOwned;
@@ -31,7 +30,8 @@ pub(super) trait Plan {
 }
 
 /// Parses the body, plans the request (`plan` gets the request id) and starts it; a
-/// refusal at any step is logged and answered in OpenAI's error shape.
+/// refusal at any step is logged (as the request's end) and returned, in OpenAI's error
+/// shape, to answer with.
 pub(super) fn start<R: DeserializeOwned, P: Plan>(
     st: &Arc<AppState>,
     route: &'static str,
@@ -39,15 +39,15 @@ pub(super) fn start<R: DeserializeOwned, P: Plan>(
     body: Body,
     streamed: impl FnOnce(&R) -> bool,
     plan: impl FnOnce(&R, u64) -> Result<P, ApiError>,
-) -> Result<(P, bool, GenerationStream), Response> {
+) -> Result<(P, bool, GenerationStream), ApiError> {
     let log = RequestLog::new(st, route, Instant::now());
     let req: R = match json::parse(headers, body) {
         Ok(r) => r,
-        Err(e) => return Err(log.reject(e.openai())),
+        Err(e) => return Err(log.refuse(e.openai())),
     };
     let plan = match plan(&req, log.id) {
         Ok(p) => p,
-        Err(e) => return Err(log.reject(e.openai())),
+        Err(e) => return Err(log.refuse(e.openai())),
     };
     let stream = streamed(&req);
     // A stream's log reports what its client saw last; a whole answer, its first choice.

@@ -136,7 +136,8 @@ pub async fn compat_generate(
     }
 }
 
-/// Validates a request and hands it to the engine; a refusal is logged and answered.
+/// Validates a request and hands it to the engine; a refusal is logged (as the
+/// request's end) and returned to answer with.
 fn start(
     st: &Arc<AppState>,
     log: RequestLog,
@@ -144,7 +145,7 @@ fn start(
     params: Option<GenerateParameters>,
     default_full_text: bool,
     stream: bool,
-) -> Result<(TgiRequest, GenerationStream), Response> {
+) -> Result<(TgiRequest, GenerationStream), ApiError> {
     let v = validation::tgi(
         &st.limits,
         st.engine.tokenizer(),
@@ -155,7 +156,7 @@ fn start(
     );
     let v = match v {
         Ok(v) => v,
-        Err(e) => return Err(log.reject(e)),
+        Err(e) => return Err(log.refuse(e)),
     };
     let request = v.request.clone();
     let s = GenerationStream::start(st, log, vec![request], Flavor::Tgi, Summary::Best)?;
@@ -172,7 +173,7 @@ async fn run_generate(
 ) -> Response {
     let (v, s) = match start(&st, log, &inputs, params, default_full_text, false) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let (results, f) = match s.collect().await {
         Ok(x) => x,
@@ -258,7 +259,7 @@ fn run_stream(
 ) -> Response {
     let (v, s) = match start(&st, log, &inputs, params, default_full_text, true) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let characters = inputs.chars().count();
     let prefix = if v.return_full_text {
