@@ -250,18 +250,13 @@ async fn completion_answer(st: &AppState, s: GenerationStream, plan: &Completion
             _ => "",
         };
         for (j, c) in cands.into_iter().enumerate() {
-            choices.push(CompletionChoice {
-                text: format!("{prefix}{}", c.text),
-                index: (p * plan.n + j) as u32,
-                logprobs: plan.logprobs.map(|_| {
-                    completion_logprobs(
-                        plan.echo.then_some(result.prefill.as_slice()),
-                        &c.tokens,
-                        &c.top_tokens,
-                    )
-                }),
-                finish_reason: Some(c.reason.as_openai()),
+            let logprobs = plan.logprobs.map(|_| {
+                let prompt = plan.echo.then_some(result.prefill.as_slice());
+                completion_logprobs(prompt, &c.tokens, &c.top_tokens)
             });
+            let text = format!("{prefix}{}", c.text);
+            let reason = Some(c.reason.as_openai());
+            choices.push(choice(text, p * plan.n + j, logprobs, reason));
         }
     }
     let headers = timing_headers(st, &f, plan.compute_characters);
