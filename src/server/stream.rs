@@ -100,7 +100,7 @@ pub enum Summary {
 }
 
 /// The candidate with the highest mean token logprob, the lowest index on ties.
-pub fn best_candidate(ends: &[CandidateEnd]) -> usize {
+fn best_candidate(ends: &[CandidateEnd]) -> usize {
     (0..ends.len())
         .max_by(|&a, &b| {
             ends[a]
