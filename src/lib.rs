@@ -3,8 +3,10 @@
 //! The modules mirror the layers of the architecture: `config` (flags, models.toml),
 //! `hub` (model sources), `tokenizer`, `model` (one file per architecture family),
 //! `kv` (paged KV cache), `ops` (paged attention and friends), `engine` (batches and the
-//! step loop) and `sampling`.
+//! step loop), `sampling`, `server` (routes and state) and `app` (`wick serve`: the
+//! model, the engine and the server put together).
 
+pub mod app;
 pub mod config;
 pub mod engine;
 pub mod hub;

@@ -141,7 +141,7 @@ fn main() {
         Command::ModelPath(a) => model_path(a),
         Command::Bench(a) => bench(a),
         Command::Benchmark(a) => wick::loadgen::run_cli(a),
-        Command::Serve(a) => wick::server::run(a),
+        Command::Serve(a) => wick::app::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

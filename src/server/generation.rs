@@ -1,7 +1,8 @@
-//! Gathering a request's engine events into a finished result (non-streaming answers).
+//! A request's stream gathered into finished results (the non-streaming answers).
 
 use super::error::ApiError;
-use crate::engine::{Completion, Event, EventReceiver, FinishReason, TokenInfo};
+use super::stream::{CandidateEnd, Finished, GenerationStream, Item, Ledger};
+use crate::engine::{Completion, FinishReason, TokenInfo};
 
 #[derive(Debug, Clone)]
 pub struct CandidateResult {
@@ -21,6 +22,7 @@ impl CandidateResult {
     }
 }
 
+/// One prompt's result.
 #[derive(Debug, Clone)]
 pub struct GenerationResult {
     pub prefill: Vec<TokenInfo>,
@@ -29,65 +31,87 @@ pub struct GenerationResult {
     pub completion: Completion,
 }
 
-impl GenerationResult {
-    pub fn generated_tokens(&self) -> usize {
-        self.candidates.iter().map(|c| c.generated_tokens).sum()
+/// One candidate's tokens and their alternatives, as they arrive.
+#[derive(Default, Clone)]
+struct Gathered {
+    tokens: Vec<TokenInfo>,
+    top_tokens: Vec<Vec<TokenInfo>>,
+}
+
+impl<L: Ledger> GenerationStream<L> {
+    /// Waits for the whole request: one result per prompt, in prompt order, and what the
+    /// request reports. The error (already logged) is the stream's terminal failure.
+    /// Dropping the future drops the stream, which cancels the request in the engine.
+    pub async fn collect(mut self) -> Result<(Vec<GenerationResult>, Finished), ApiError> {
+        let mut prefill: Vec<Vec<TokenInfo>> = Vec::new();
+        let mut gathered: Vec<Vec<Gathered>> = Vec::new();
+        while let Some(item) = self.next().await {
+            match item {
+                Item::Prefill { prompt, tokens } => {
+                    if prefill.len() <= prompt {
+                        prefill.resize(prompt + 1, Vec::new());
+                    }
+                    prefill[prompt] = tokens;
+                }
+                Item::Token {
+                    prompt,
+                    candidate,
+                    token,
+                    ..
+                } => {
+                    if gathered.len() <= prompt {
+                        gathered.resize(prompt + 1, Vec::new());
+                    }
+                    let g = &mut gathered[prompt];
+                    if g.len() <= candidate {
+                        g.resize(candidate + 1, Gathered::default());
+                    }
+                    g[candidate].tokens.push(token.token);
+                    g[candidate].top_tokens.push(token.top_tokens);
+                }
+                Item::Finished(f) => return Ok((results(&f, prefill, gathered), f)),
+                Item::Failed(e) => return Err(e),
+            }
+        }
+        // `next` always ends with a terminal item.
+        Err(ApiError::incomplete())
     }
 }
 
-/// Waits for all of a request's events. Dropping the future drops `rx`, which cancels
-/// the request in the engine.
-pub async fn collect(
-    mut rx: EventReceiver,
-    candidates: usize,
-) -> Result<GenerationResult, ApiError> {
-    let mut prefill = Vec::new();
-    let mut tokens: Vec<Vec<TokenInfo>> = vec![Vec::new(); candidates];
-    let mut tops: Vec<Vec<Vec<TokenInfo>>> = vec![Vec::new(); candidates];
-    let mut done: Vec<Option<CandidateResult>> = vec![None; candidates];
-    while let Some(ev) = rx.recv().await {
-        match ev {
-            Event::Prefill { tokens } => prefill = tokens,
-            Event::Token {
-                candidate, token, ..
-            } => {
-                if candidate < candidates {
-                    tokens[candidate].push(token.token);
-                    tops[candidate].push(token.top_tokens);
-                }
+fn results(
+    f: &Finished,
+    mut prefill: Vec<Vec<TokenInfo>>,
+    mut gathered: Vec<Vec<Gathered>>,
+) -> Vec<GenerationResult> {
+    f.completions
+        .iter()
+        .zip(&f.ends)
+        .enumerate()
+        .map(|(p, (completion, ends))| {
+            let mut g = gathered.get_mut(p).map(std::mem::take).unwrap_or_default();
+            g.resize(ends.len(), Gathered::default());
+            GenerationResult {
+                prefill: prefill.get_mut(p).map(std::mem::take).unwrap_or_default(),
+                candidates: ends
+                    .iter()
+                    .zip(g)
+                    .enumerate()
+                    .map(|(index, (e, g))| candidate(index, e, g))
+                    .collect(),
+                completion: completion.clone(),
             }
-            Event::CandidateFinished {
-                candidate,
-                reason,
-                text,
-                generated_tokens,
-                cumulative_logprob,
-            } => {
-                if candidate < candidates {
-                    done[candidate] = Some(CandidateResult {
-                        index: candidate,
-                        text,
-                        reason,
-                        generated_tokens,
-                        cumulative_logprob,
-                        tokens: std::mem::take(&mut tokens[candidate]),
-                        top_tokens: std::mem::take(&mut tops[candidate]),
-                    });
-                }
-            }
-            Event::Done(completion) => {
-                let candidates: Option<Vec<_>> = done.into_iter().collect();
-                return match candidates {
-                    Some(candidates) => Ok(GenerationResult {
-                        prefill,
-                        candidates,
-                        completion,
-                    }),
-                    None => Err(ApiError::incomplete()),
-                };
-            }
-            Event::Error(e) => return Err(e.into()),
-        }
+        })
+        .collect()
+}
+
+fn candidate(index: usize, e: &CandidateEnd, g: Gathered) -> CandidateResult {
+    CandidateResult {
+        index,
+        text: e.text.clone(),
+        reason: e.reason,
+        generated_tokens: e.generated_tokens,
+        cumulative_logprob: e.cumulative_logprob,
+        tokens: g.tokens,
+        top_tokens: g.top_tokens,
     }
-    Err(ApiError::incomplete())
 }

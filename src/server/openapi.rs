@@ -2,7 +2,7 @@
 
 use utoipa::OpenApi;
 
-use super::routes::{openai, tgi};
+use super::routes::{chat, completions, openai, tgi, tokenize};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -18,9 +18,9 @@ use super::routes::{openai, tgi};
         tgi::info,
         tgi::health,
         tgi::metrics,
-        tgi::tokenize,
-        openai::chat_completions,
-        openai::completions,
+        tokenize::tokenize,
+        chat::chat_completions,
+        completions::completions,
         openai::models,
     ),
     components(schemas(

@@ -335,10 +335,15 @@ pub fn log_text(message: &str, log_prompts: bool) -> std::borrow::Cow<'_, str> {
 
 impl RequestLog {
     /// Logs `err` as this request's end and answers with it.
-    pub fn reject(mut self, err: ApiError) -> axum::response::Response {
+    pub fn reject(self, err: ApiError) -> axum::response::Response {
         use axum::response::IntoResponse;
+        self.refuse(err).into_response()
+    }
+
+    /// Logs `err` as this request's end and gives it back, to answer with.
+    pub fn refuse(mut self, err: ApiError) -> ApiError {
         self.fail(&err);
-        err.into_response()
+        err
     }
 }
 

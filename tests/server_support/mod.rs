@@ -75,7 +75,7 @@ impl TestServer {
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
                 addr_tx.send(listener.local_addr()?)?;
-                wick::server::serve(listener, e, options, async move {
+                wick::app::serve(listener, e, options, async move {
                     let _ = stop_rx.await;
                 })
                 .await

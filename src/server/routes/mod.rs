@@ -1,4 +1,9 @@
-//! Route handlers: TGI's and OpenAI's.
+//! Route handlers: TGI's (`tgi`, `tokenize`) and OpenAI's (`chat`, `completions`,
+//! `openai`); `respond` holds what their answers share (headers, SSE).
 
+pub mod chat;
+pub mod completions;
 pub mod openai;
+mod respond;
 pub mod tgi;
+pub mod tokenize;
