@@ -3,12 +3,15 @@
 //! The modules mirror the layers of the architecture: `config` (flags, models.toml),
 //! `hub` (model sources), `tokenizer`, `model` (one file per architecture family),
 //! `kv` (paged KV cache), `ops` (paged attention and friends), `engine` (batches and the
-//! step loop) and `sampling`.
+//! step loop), `sampling` and `server` (the HTTP APIs). With the `loadgen` feature (on by
+//! default), `loadgen`: the `wick benchmark` client, with its own HTTP client and SVG
+//! charts, which embedders can leave out (`default-features = false`).
 
 pub mod config;
 pub mod engine;
 pub mod hub;
 pub mod kv;
+#[cfg(feature = "loadgen")]
 pub mod loadgen;
 pub mod model;
 pub mod ops;
