@@ -6,11 +6,10 @@
 //!
 //! Grid and block sizes, partition counts and argument lists come from `ops::launch`,
 //! which the CPU emulator (`ops::emu`) launches the same kernels with.
-
 //!
 //! [`Kernels`] loads the kernel modules and counts host-device copies; the launches live
-//! by concern: [`sampling`] (choosing tokens, logit adjustments), [`rope`], [`cache`]
-//! (KV cache writes and copies), [`attention`] (paged attention); [`buffers`] holds the
+//! by concern: `sampling` (choosing tokens, logit adjustments), `rope`, `cache`
+//! (KV cache writes and copies), `attention` (paged attention); `buffers` holds the
 //! views and output buffers between candle's storage and the kernels.
 
 mod attention;
@@ -22,8 +21,8 @@ mod sampling;
 use std::sync::Arc;
 
 use candle_core::cuda_backend::cudarc::driver::{
-    sys, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, LaunchArgs, LaunchConfig,
-    PushKernelArg,
+    sys, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchArgs,
+    LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
 use candle_core::cuda_backend::{CudaDevice, WrapErr};
@@ -164,18 +163,31 @@ impl Kernels {
             return Ok(());
         }
         let t = t.to_dtype(DType::F32)?.contiguous()?;
-        let (st, l) = t.storage_and_layout();
-        let Storage::Cuda(st) = &*st else {
-            return Err(Error::Msg("download: the tensor is not on the GPU".into()));
-        };
-        let x = st
-            .as_cuda_slice::<f32>()?
-            .slice(l.start_offset()..l.start_offset() + n);
-        out.resize(n, 0.0);
-        self.count(0, 1);
-        self.dev.memcpy_dtoh(&x, out)?;
-        Ok(())
+        with_f32(&t, n, "download: the tensor is not on the GPU", |x| {
+            out.resize(n, 0.0);
+            self.count(0, 1);
+            self.dev.memcpy_dtoh(&x, out)
+        })
     }
+}
+
+/// Runs `f` on the first `n` elements of f32 tensor `t`'s GPU storage (from its layout's
+/// offset), holding the storage for the call; `not_gpu` is the error when `t` is
+/// elsewhere.
+fn with_f32<R>(
+    t: &Tensor,
+    n: usize,
+    not_gpu: &str,
+    f: impl FnOnce(CudaView<'_, f32>) -> Result<R>,
+) -> Result<R> {
+    let (st, l) = t.storage_and_layout();
+    let Storage::Cuda(st) = &*st else {
+        return Err(Error::Msg(not_gpu.into()));
+    };
+    let x = st
+        .as_cuda_slice::<f32>()?
+        .slice(l.start_offset()..l.start_offset() + n);
+    f(x)
 }
 
 /// cudarc's launch builder as the [`ArgSink`] that `ops::launch` pushes arguments into.

@@ -2,12 +2,12 @@
 //! rows' draws, brought back in one copy) and a step's logit adjustments
 //! ([`Kernels::adjust`]: logit_bias and penalties), `kernels/sampling.cu`.
 
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, PinnedHostSlice};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, PinnedHostSlice};
 use candle_core::cuda_backend::WrapErr;
-use candle_core::{DType, Error, Result, Storage, Tensor};
+use candle_core::{DType, Error, Result, Tensor};
 
 use super::buffers::alloc_like;
-use super::{config, Args, Kernels};
+use super::{config, with_f32, Args, Kernels};
 use crate::ops::launch::{AdjustLaunch, ChooseRowsLaunch};
 
 /// Tokens chosen on the device for one step: every row's argmax and logprob, and the
@@ -50,13 +50,21 @@ impl Kernels {
             )));
         }
         let logits = logits.to_dtype(DType::F32)?.contiguous()?;
-        let (st, l) = logits.storage_and_layout();
-        let Storage::Cuda(st) = &*st else {
-            return Err(Error::Msg("choose: logits are not on the GPU".into()));
-        };
-        let x = st
-            .as_cuda_slice::<f32>()?
-            .slice(l.start_offset()..l.start_offset() + rows * vocab);
+        let not_gpu = "choose: logits are not on the GPU";
+        with_f32(&logits, rows * vocab, not_gpu, |x| {
+            self.choose_from(&x, rows, vocab, params, out)
+        })
+    }
+
+    /// `choose` over logits `x` (`[rows, vocab]`, f32), the rows of `params` checked.
+    fn choose_from(
+        &self,
+        x: &CudaView<'_, f32>,
+        rows: usize,
+        vocab: usize,
+        params: &[crate::ops::launch::RowSample],
+        out: &mut Choices,
+    ) -> Result<()> {
         // [greedy ids | greedy logprobs | sampled ids | sampled logprobs], the logprobs as
         // f32 bits.
         let s = params.len();
@@ -89,7 +97,7 @@ impl Kernels {
             let mut b = stream.launch_builder(&f);
             launch.args(
                 &mut Args(&mut b),
-                &x,
+                x,
                 None::<&CudaSlice<crate::ops::launch::RowSample>>,
                 &mut ids,
                 &mut lps,
@@ -103,7 +111,7 @@ impl Kernels {
                 let f = self.func_in("sampling", ChooseRowsLaunch::SAMPLE)?;
                 let launch = ChooseRowsLaunch::new(s, vocab);
                 let mut b = stream.launch_builder(&f);
-                launch.args(&mut Args(&mut b), &x, Some(p), &mut ids, &mut lps);
+                launch.args(&mut Args(&mut b), x, Some(p), &mut ids, &mut lps);
                 // SAFETY: matches wick_sample_f32 (RowSample is repr(C), as the kernel's
                 // struct; every row index was checked above); one output per draw.
                 unsafe { b.launch(config(launch.dims)) }.w()?;
@@ -138,23 +146,19 @@ impl Kernels {
                 "adjust: logit {bad} is outside the {rows} x {vocab} logits"
             )));
         }
-        let (st, l) = logits.storage_and_layout();
-        let Storage::Cuda(st) = &*st else {
-            return Err(Error::Msg("adjust: logits are not on the GPU".into()));
-        };
-        let x = st
-            .as_cuda_slice::<f32>()?
-            .slice(l.start_offset()..l.start_offset() + rows * vocab);
-        let packed = self.upload(packed)?;
-        let f = self.func_in("sampling", AdjustLaunch::KERNEL)?;
-        let launch = AdjustLaunch::new(n);
-        let stream = self.stream();
-        let mut b = stream.launch_builder(&f);
-        launch.args(&mut Args(&mut b), &x, &packed);
-        // SAFETY: matches wick_adjust_f32; every index was checked against the logits'
-        // size, and entries name distinct logits (LogitAdjust), so threads do not race.
-        unsafe { b.launch(config(launch.dims)) }.w()?;
-        Ok(())
+        let not_gpu = "adjust: logits are not on the GPU";
+        with_f32(logits, rows * vocab, not_gpu, |x| {
+            let packed = self.upload(packed)?;
+            let f = self.func_in("sampling", AdjustLaunch::KERNEL)?;
+            let launch = AdjustLaunch::new(n);
+            let stream = self.stream();
+            let mut b = stream.launch_builder(&f);
+            launch.args(&mut Args(&mut b), &x, &packed);
+            // SAFETY: matches wick_adjust_f32; every index was checked against the logits'
+            // size, and entries name distinct logits (LogitAdjust), so threads do not race.
+            unsafe { b.launch(config(launch.dims)) }.w()?;
+            Ok(())
+        })
     }
 }
 

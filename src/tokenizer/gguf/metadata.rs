@@ -65,3 +65,20 @@ pub(super) fn get_strings(md: &Metadata, key: &str) -> Result<Option<Vec<String>
         .collect::<Result<Vec<_>>>()
         .map(Some)
 }
+
+/// Array `key` with one value per token (`n` tokens: it must hold at least that many),
+/// each read by `read` or, when of another type, `fallback`; `n` times `fallback` when
+/// the key is absent.
+pub(super) fn get_per_token<T: Copy>(
+    md: &Metadata,
+    key: &str,
+    n: usize,
+    read: impl Fn(&Value) -> Option<T>,
+    fallback: T,
+) -> Result<Vec<T>> {
+    match get_array(md, key)? {
+        Some(a) if a.len() >= n => Ok(a.iter().map(|v| read(v).unwrap_or(fallback)).collect()),
+        Some(a) => bail!("GGUF '{key}' has {} entries for {n} tokens", a.len()),
+        None => Ok(vec![fallback; n]),
+    }
+}

@@ -3,16 +3,16 @@
 //!
 //! * `gpt2` vocabularies become byte-level BPE split by the regexes llama.cpp associates
 //!   with `tokenizer.ggml.pre` (see [`super::pre`]); `gemma4` ones SentencePiece-style BPE
-//!   over raw UTF-8 ([`bpe`]).
+//!   over raw UTF-8 (`bpe`).
 //! * `llama` vocabularies become what Hugging Face's LlamaConverter builds: BPE with merges
 //!   derived from the vocabulary ranked by piece score, byte fallback, `▁` for spaces and a
-//!   `▁` prefix when `add_space_prefix` holds ([`spm`]).
+//!   `▁` prefix when `add_space_prefix` holds (`spm`).
 //! * Token types and the token-text rules llama.cpp applies on load decide which tokens
-//!   are matched verbatim in text (control, user-defined, unknown: [`verbatim`]), which
-//!   are special, and which end generation ([`roles`]).
+//!   are matched verbatim in text (control, user-defined, unknown: `verbatim`), which
+//!   are special, and which end generation (`roles`).
 //!
-//! [`metadata`] reads the typed values, [`vocab`] the tokens and their attributes, and
-//! [`parts`] assembles the Hugging Face tokenizer.
+//! `metadata` reads the typed values, `vocab` the tokens and their attributes, and
+//! `parts` assembles the Hugging Face tokenizer.
 
 mod bpe;
 mod metadata;

@@ -2,23 +2,16 @@
 //! with merges derived from the vocabulary ranked by piece score, byte fallback, `▁` for
 //! spaces and a `▁` prefix when `add_space_prefix` holds.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use serde_json::json;
 
-use super::metadata::{as_f32, get_array, get_bool, Metadata};
+use super::metadata::{as_f32, get_bool, get_per_token, Metadata};
 use super::parts::{bpe_model, Parts};
 use super::vocab::Vocab;
 
 pub(super) fn spm_parts(md: &Metadata, vocab: &Vocab, unk_id: Option<u32>) -> Result<Parts> {
     let n = vocab.tokens.len();
-    let scores: Vec<f32> = match get_array(md, "tokenizer.ggml.scores")? {
-        Some(a) if a.len() >= n => a.iter().map(|v| as_f32(v).unwrap_or(0.0)).collect(),
-        Some(a) => bail!(
-            "GGUF 'tokenizer.ggml.scores' has {} entries for {n} tokens",
-            a.len()
-        ),
-        None => vec![0.0; n],
-    };
+    let scores = get_per_token(md, "tokenizer.ggml.scores", n, as_f32, 0.0)?;
     // llama.cpp merges the adjacent pair whose concatenation is the highest-scoring
     // token. As BPE merges (Hugging Face's SentencePiece extractor): every split of a
     // piece into two pieces, ranked by the piece's score.

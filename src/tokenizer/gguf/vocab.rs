@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use anyhow::{anyhow, bail, Result};
 
-use super::metadata::{as_i64, get_array, get_strings, Metadata};
+use super::metadata::{as_i64, get_per_token, get_strings, Metadata};
 
 // Token attributes, as llama.cpp derives them from `tokenizer.ggml.token_type`.
 pub(super) const UNKNOWN: u32 = 1 << 0;
@@ -36,14 +36,7 @@ impl Vocab {
                 *t = format!("[EMPTY_{i}]");
             }
         }
-        let types: Vec<i64> = match get_array(md, "tokenizer.ggml.token_type")? {
-            Some(a) if a.len() >= n => a.iter().map(|v| as_i64(v).unwrap_or(1)).collect(),
-            Some(a) => bail!(
-                "GGUF 'tokenizer.ggml.token_type' has {} entries for {n} tokens",
-                a.len()
-            ),
-            None => vec![1; n],
-        };
+        let types = get_per_token(md, "tokenizer.ggml.token_type", n, as_i64, 1)?;
         let attrs = types
             .iter()
             .take(n)
