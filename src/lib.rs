@@ -4,13 +4,16 @@
 //! `hub` (model sources), `tokenizer`, `model` (one file per architecture family),
 //! `kv` (paged KV cache), `ops` (paged attention and friends), `engine` (batches and the
 //! step loop), `sampling`, `server` (routes and state) and `app` (`wick serve`: the
-//! model, the engine and the server put together).
+//! model, the engine and the server put together). With the `loadgen` feature (on by
+//! default), `loadgen`: the `wick benchmark` client, with its own HTTP client and SVG
+//! charts, which embedders can leave out (`default-features = false`).
 
 pub mod app;
 pub mod config;
 pub mod engine;
 pub mod hub;
 pub mod kv;
+#[cfg(feature = "loadgen")]
 pub mod loadgen;
 pub mod model;
 pub mod ops;

@@ -36,6 +36,7 @@ enum Command {
     Bench(BenchArgs),
     /// Load-test a running TGI- or OpenAI-compatible server over HTTP: throughput, TTFT,
     /// TPOT and latency percentiles for each concurrency level.
+    #[cfg(feature = "loadgen")]
     Benchmark(wick::loadgen::cli::BenchmarkArgs),
     /// Serve a model over HTTP: Hugging Face TGI's and OpenAI's APIs (TGI's launcher flags).
     Serve(wick::config::LauncherArgs),
@@ -109,6 +110,7 @@ fn main() {
         Command::Generate(a) => a.model.threads,
         Command::ModelPath(a) => a.threads,
         Command::Bench(a) => a.model.threads,
+        #[cfg(feature = "loadgen")]
         Command::Benchmark(_) => None,
         Command::Serve(a) => a.threads,
     };
@@ -140,6 +142,7 @@ fn main() {
         Command::Generate(a) => generate(a),
         Command::ModelPath(a) => model_path(a),
         Command::Bench(a) => bench(a),
+        #[cfg(feature = "loadgen")]
         Command::Benchmark(a) => wick::loadgen::run_cli(a),
         Command::Serve(a) => wick::app::run(a),
     };

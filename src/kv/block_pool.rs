@@ -138,6 +138,12 @@ impl BlockPool {
 
     /// Adds one holder to an allocated block.
     pub fn retain(&mut self, block: BlockId) -> Result<(), PoolError> {
+        *self.holders(block)? += 1;
+        Ok(())
+    }
+
+    /// The holder count of an allocated block.
+    fn holders(&mut self, block: BlockId) -> Result<&mut u32, PoolError> {
         let rc = self
             .ref_counts
             .get_mut(block as usize)
@@ -145,21 +151,14 @@ impl BlockPool {
         if *rc == 0 {
             return Err(PoolError::NotAllocated(block));
         }
-        *rc += 1;
-        Ok(())
+        Ok(rc)
     }
 
     /// Drops one holder; the block becomes free when none is left (keeping its cached
     /// contents until it is reused).
     pub fn release(&mut self, block: BlockId) -> Result<(), PoolError> {
         let i = block as usize;
-        let rc = self
-            .ref_counts
-            .get_mut(i)
-            .ok_or(PoolError::OutOfRange(block))?;
-        if *rc == 0 {
-            return Err(PoolError::NotAllocated(block));
-        }
+        let rc = self.holders(block)?;
         *rc -= 1;
         if *rc == 0 {
             self.free_gen[i] = self.free_gen[i].wrapping_add(1);

@@ -6,7 +6,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Storage, Tensor};
 
 use crate::ops::qmatmul;
-use crate::ops::qpacked::{self, PackedMatrix, Q4_1x8, Q8_0x8};
+use crate::ops::qpacked::{self, Packed, PackedMatrix, Q4_1x8, Q8_0x8};
 
 #[derive(Debug, Clone)]
 enum Weight {
@@ -36,7 +36,7 @@ impl Linear {
             (GgmlDType::Q4_1 | GgmlDType::Q8_0, Device::Cpu, &[n, k])
                 if k.is_multiple_of(qmatmul::QK)
                     && n.is_multiple_of(qpacked::GROUP)
-                    && qpacked::has_avx2() =>
+                    && crate::ops::simd::has_avx2() =>
             {
                 let bytes = weight.data()?;
                 let misaligned =
@@ -166,43 +166,51 @@ impl Linear {
     /// `forward_many` when every layer is packed with one weight type and one input
     /// width; `None` otherwise.
     fn forward_packed(layers: &[&Linear], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
-        let q4: Option<Vec<&PackedMatrix<Q4_1x8>>> = layers
-            .iter()
-            .map(|l| match &l.weight {
-                Weight::PackedQ4_1(w) => Some(&**w),
-                _ => None,
-            })
-            .collect();
-        let q8: Option<Vec<&PackedMatrix<Q8_0x8>>> = layers
-            .iter()
-            .map(|l| match &l.weight {
-                Weight::PackedQ8_0(w) => Some(&**w),
-                _ => None,
-            })
-            .collect();
-        let shapes: Vec<(usize, usize)> = match (&q4, &q8) {
-            (Some(w), _) => w.iter().map(|w| (w.rows(), w.cols())).collect(),
-            (_, Some(w)) => w.iter().map(|w| (w.rows(), w.cols())).collect(),
-            _ => return Ok(None),
-        };
-        let Some(&(_, k)) = shapes.first() else {
+        let q4 = all_packed(layers, |w| match w {
+            Weight::PackedQ4_1(w) => Some(&**w),
+            _ => None,
+        });
+        if let Some(w) = q4 {
+            return Self::forward_packed_as(layers, x, &w);
+        }
+        let q8 = all_packed(layers, |w| match w {
+            Weight::PackedQ8_0(w) => Some(&**w),
+            _ => None,
+        });
+        match q8 {
+            Some(w) => Self::forward_packed_as(layers, x, &w),
+            None => Ok(None),
+        }
+    }
+
+    /// `forward_packed` for layers packed as `P` (`w`: their weights, in order).
+    fn forward_packed_as<P: Packed>(
+        layers: &[&Linear],
+        x: &Tensor,
+        w: &[&PackedMatrix<P>],
+    ) -> Result<Option<Vec<Tensor>>> {
+        let Some(k) = w.first().map(|w| w.cols()) else {
             return Ok(Some(Vec::new()));
         };
-        if shapes.iter().any(|&(_, wk)| wk != k) {
+        if w.iter().any(|w| w.cols() != k) {
             // Mixed widths: each layer on its own.
             return Ok(None);
         }
-        let ns: Vec<usize> = shapes.iter().map(|&(n, _)| n).collect();
+        let ns: Vec<usize> = w.iter().map(|w| w.rows()).collect();
         Self::run_on_cpu(layers, x, k, &ns, |xs, m, outs| {
-            match (&q4, &q8) {
-                (Some(w), _) => qpacked::matmul_many(xs, m, w, outs),
-                (_, Some(w)) => qpacked::matmul_many(xs, m, w, outs),
-                _ => {}
-            }
+            qpacked::matmul_many(xs, m, w, outs);
             Ok(())
         })
         .map(Some)
     }
+}
+
+/// Every layer's weight as `packed` sees it, or `None` when one is not of its kind.
+fn all_packed<'a, P: Packed>(
+    layers: &[&'a Linear],
+    packed: impl Fn(&'a Weight) -> Option<&'a PackedMatrix<P>>,
+) -> Option<Vec<&'a PackedMatrix<P>>> {
+    layers.iter().map(|l| packed(&l.weight)).collect()
 }
 
 /// Runs wick's kernel for weight blocks of type `T` over raw GGUF bytes.

@@ -157,29 +157,18 @@ impl<'a, 'b: 'a, T: Elem> ArgSink<&'b mut [T]> for Args<'a> {
     }
 }
 
-impl<'a, 'b: 'a> ArgSink<&'b i32> for Args<'a> {
-    fn arg(&mut self, a: &'b i32) {
-        self.scalar(a, b'i');
-    }
+/// Scalar arguments, by the class the emulator reads them as (`i`nt, `u`nsigned, `f`loat).
+macro_rules! scalar_args {
+    ($($t:ty => $cls:literal),* $(,)?) => {$(
+        impl<'a, 'b: 'a> ArgSink<&'b $t> for Args<'a> {
+            fn arg(&mut self, a: &'b $t) {
+                self.scalar(a, $cls);
+            }
+        }
+    )*};
 }
 
-impl<'a, 'b: 'a> ArgSink<&'b u32> for Args<'a> {
-    fn arg(&mut self, a: &'b u32) {
-        self.scalar(a, b'u');
-    }
-}
-
-impl<'a, 'b: 'a> ArgSink<&'b u64> for Args<'a> {
-    fn arg(&mut self, a: &'b u64) {
-        self.scalar(a, b'u');
-    }
-}
-
-impl<'a, 'b: 'a> ArgSink<&'b f32> for Args<'a> {
-    fn arg(&mut self, a: &'b f32) {
-        self.scalar(a, b'f');
-    }
-}
+scalar_args!(i32 => b'i', u32 => b'u', u64 => b'u', f32 => b'f');
 
 /// Runs `kernel` (an `extern "C" __global__` function of kernels/*.cu) over `dims` with
 /// `args`; writable buffers hold the results when it returns Ok.

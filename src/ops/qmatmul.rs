@@ -12,6 +12,8 @@
 
 use half::f16;
 
+use super::simd::has_avx2;
+
 pub const QK: usize = 32;
 
 /// ggml `block_q4_1`: 32 weights as `d * q + m`, q in 0..16.
@@ -265,19 +267,6 @@ mod avx2 {
             }
         }
         out
-    }
-}
-
-fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
     }
 }
 

@@ -18,6 +18,7 @@
 use half::f16;
 
 use super::qmatmul::{BlockQ4_1, BlockQ8_0, QK};
+use super::simd::has_avx2;
 
 /// Weight rows per group.
 pub const GROUP: usize = 8;
@@ -188,21 +189,6 @@ fn q8_0x8_scalar<const R: usize>(w: &[Q8_0x8], x: [&[ActQ8]; R]) -> [[f32; GROUP
         }
     }
     out
-}
-
-/// Whether the packed kernels have their SIMD path on this CPU (else they still work, in
-/// scalar code, so callers keep the row-by-row kernels instead).
-pub fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
 }
 
 #[cfg(target_arch = "x86_64")]

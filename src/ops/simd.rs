@@ -1,4 +1,21 @@
-//! Small vector helpers written so that LLVM turns them into FMA loops.
+//! Small vector helpers written so that LLVM turns them into FMA loops, and the CPU
+//! feature check for the SIMD kernels.
+
+/// Whether this CPU has AVX2, FMA and F16C: the SIMD paths of the quantized matmuls
+/// (`qmatmul`, `qpacked`). Without them those kernels still work, in scalar code, and
+/// callers keep the row-by-row kernels instead of the packed ones.
+pub fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
 
 const LN2_HI: f32 = 0.693_359_4;
 const LN2_LO: f32 = -2.121_944_4e-4;

@@ -103,15 +103,42 @@ fn json_string(s: &str, ensure_ascii: bool, out: &mut String) {
     out.push('"');
 }
 
-fn json_value(v: &Value, style: &JsonStyle, depth: usize, out: &mut String) -> Result<(), Error> {
-    let newline = |out: &mut String, depth: usize| {
-        if let Some(ind) = &style.indent {
-            out.push('\n');
-            for _ in 0..depth {
-                out.push_str(ind);
-            }
+/// A line break and `depth` indents, when the style indents.
+fn json_newline(style: &JsonStyle, depth: usize, out: &mut String) {
+    if let Some(ind) = &style.indent {
+        out.push('\n');
+        for _ in 0..depth {
+            out.push_str(ind);
         }
-    };
+    }
+}
+
+/// An array or object: `open`, the items (written by `item`) separated by the style's
+/// item separator, each on a line of its own when the style indents, then `close`.
+fn json_container<T>(
+    items: &[T],
+    (open, close): (char, char),
+    style: &JsonStyle,
+    depth: usize,
+    out: &mut String,
+    mut item: impl FnMut(&T, &mut String) -> Result<(), Error>,
+) -> Result<(), Error> {
+    out.push(open);
+    if !items.is_empty() {
+        for (i, it) in items.iter().enumerate() {
+            if i > 0 {
+                out.push_str(&style.item_sep);
+            }
+            json_newline(style, depth + 1, out);
+            item(it, out)?;
+        }
+        json_newline(style, depth, out);
+    }
+    out.push(close);
+    Ok(())
+}
+
+fn json_value(v: &Value, style: &JsonStyle, depth: usize, out: &mut String) -> Result<(), Error> {
     match v.kind() {
         ValueKind::Undefined | ValueKind::None => out.push_str("null"),
         ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
@@ -128,45 +155,23 @@ fn json_value(v: &Value, style: &JsonStyle, depth: usize, out: &mut String) -> R
         ValueKind::String => json_string(v.as_str().unwrap_or_default(), style.ensure_ascii, out),
         ValueKind::Seq | ValueKind::Iterable => {
             let items: Vec<Value> = v.try_iter()?.collect();
-            if items.is_empty() {
-                out.push_str("[]");
-                return Ok(());
-            }
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(&style.item_sep);
-                }
-                newline(out, depth + 1);
-                json_value(item, style, depth + 1, out)?;
-            }
-            newline(out, depth);
-            out.push(']');
+            json_container(&items, ('[', ']'), style, depth, out, |item, out| {
+                json_value(item, style, depth + 1, out)
+            })?;
         }
         ValueKind::Map => {
             let mut keys: Vec<Value> = v.try_iter()?.collect();
             if style.sort_keys {
                 keys.sort();
             }
-            if keys.is_empty() {
-                out.push_str("{}");
-                return Ok(());
-            }
-            out.push('{');
-            for (i, key) in keys.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(&style.item_sep);
-                }
-                newline(out, depth + 1);
+            json_container(&keys, ('{', '}'), style, depth, out, |key, out| {
                 match key.as_str() {
                     Some(k) => json_string(k, style.ensure_ascii, out),
                     None => json_string(&key.to_string(), style.ensure_ascii, out),
                 }
                 out.push_str(&style.key_sep);
-                json_value(&v.get_item(key)?, style, depth + 1, out)?;
-            }
-            newline(out, depth);
-            out.push('}');
+                json_value(&v.get_item(key)?, style, depth + 1, out)
+            })?;
         }
         _ => {
             return Err(Error::new(
