@@ -1,4 +1,7 @@
-//! Prometheus metrics with TGI's names, plus wick's KV and prefix-cache figures.
+//! Prometheus metrics with TGI's names, plus wick's KV and prefix-cache figures, plus the
+//! vLLM names that the Gateway API Inference Extension's endpoint picker reads (its
+//! model-server protocol, `docs/proposals/003-model-server-protocol`): queue length,
+//! running requests and KV-cache usage, with vLLM's meaning and units.
 //!
 //! The recorder belongs to one server (no global install), so several servers can run
 //! in one process; request metrics are recorded through it, engine gauges are read from
@@ -140,6 +143,27 @@ impl Metrics {
                 "wick_requests_failed_total",
                 "Requests failed in the engine"
             );
+            // The model-server protocol's names (vLLM's), read by the endpoint picker.
+            describe_gauge!(
+                "vllm:num_requests_waiting",
+                "Number of requests waiting to be processed"
+            );
+            describe_gauge!(
+                "vllm:num_requests_running",
+                "Number of requests in model execution batches"
+            );
+            describe_gauge!(
+                "vllm:kv_cache_usage_perc",
+                "KV-cache usage. 1 means 100 percent usage"
+            );
+            describe_gauge!(
+                "vllm:gpu_cache_usage_perc",
+                "KV-cache usage. 1 means 100 percent usage (older name of vllm:kv_cache_usage_perc)"
+            );
+            describe_gauge!(
+                "vllm:cache_config_info",
+                "Information of the KV cache (block_size and num_gpu_blocks labels)"
+            );
         });
         m
     }
@@ -195,9 +219,35 @@ impl Metrics {
             counter!("wick_requests_finished_total").absolute(s.requests_finished);
             counter!("wick_requests_cancelled_total").absolute(s.requests_cancelled);
             counter!("wick_requests_failed_total").absolute(s.requests_failed);
+            // The endpoint picker's inputs, with vLLM's meaning: waiting (queued or
+            // preempted) and running as in tgi_queue_size and tgi_batch_current_size, and
+            // KV usage as the fraction (0..1, not 0..100) of blocks held by sequences,
+            // prefix-cached blocks no sequence holds counting as free.
+            gauge!("vllm:num_requests_waiting").set(s.queue_size as f64);
+            gauge!("vllm:num_requests_running").set(s.running as f64);
+            let usage = kv_usage(s);
+            gauge!("vllm:kv_cache_usage_perc").set(usage);
+            gauge!("vllm:gpu_cache_usage_perc").set(usage);
+            // Every block holds the same number of tokens (kv_tokens = blocks * block size).
+            let block_size = kv_tokens.checked_div(s.blocks_total as usize).unwrap_or(0);
+            gauge!(
+                "vllm:cache_config_info",
+                "block_size" => block_size.to_string(),
+                "num_gpu_blocks" => s.blocks_total.to_string()
+            )
+            .set(1.0);
         });
         self.handle.run_upkeep();
         self.handle.render()
+    }
+}
+
+/// The fraction of KV blocks held by sequences, 0 when there are none.
+fn kv_usage(s: &StatsSnapshot) -> f64 {
+    if s.blocks_total == 0 {
+        0.0
+    } else {
+        (s.blocks_used as f64 / s.blocks_total as f64).clamp(0.0, 1.0)
     }
 }
 
@@ -242,5 +292,45 @@ mod tests {
         assert!(text.contains("tgi_batch_total_tokens 1024"), "{text}");
         let text = b.render(&StatsSnapshot::default(), 1);
         assert!(text.contains("tgi_request_count 1"), "{text}");
+    }
+
+    #[test]
+    fn endpoint_picker_names_carry_the_engine_figures() {
+        let m = Metrics::new(100, 200);
+        let stats = StatsSnapshot {
+            queue_size: 3,
+            running: 2,
+            blocks_total: 64,
+            blocks_used: 16,
+            blocks_cached: 40,
+            ..Default::default()
+        };
+        let text = m.render(&stats, 64 * 16);
+        assert!(text.contains("vllm:num_requests_waiting 3\n"), "{text}");
+        assert!(text.contains("vllm:num_requests_running 2\n"), "{text}");
+        assert!(text.contains("vllm:kv_cache_usage_perc 0.25\n"), "{text}");
+        assert!(text.contains("vllm:gpu_cache_usage_perc 0.25\n"), "{text}");
+        assert!(
+            text.contains("# TYPE vllm:num_requests_waiting gauge"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE vllm:kv_cache_usage_perc gauge"),
+            "{text}"
+        );
+        let info = text
+            .lines()
+            .find(|l| l.starts_with("vllm:cache_config_info{"))
+            .unwrap_or_else(|| panic!("no vllm:cache_config_info in {text}"));
+        assert!(info.contains("block_size=\"16\""), "{info}");
+        assert!(info.contains("num_gpu_blocks=\"64\""), "{info}");
+        assert!(info.ends_with(" 1"), "{info}");
+
+        // Idle, and before the cache exists: zeros, never NaN.
+        let text = m.render(&StatsSnapshot::default(), 0);
+        assert!(text.contains("vllm:num_requests_waiting 0\n"), "{text}");
+        assert!(text.contains("vllm:num_requests_running 0\n"), "{text}");
+        assert!(text.contains("vllm:kv_cache_usage_perc 0\n"), "{text}");
+        assert!(!text.contains("NaN"), "{text}");
     }
 }
