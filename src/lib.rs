@@ -11,6 +11,7 @@
 pub mod app;
 pub mod config;
 pub mod engine;
+pub mod grammar;
 pub mod hub;
 pub mod kv;
 #[cfg(feature = "loadgen")]

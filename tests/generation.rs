@@ -61,6 +61,7 @@ fn request(
         },
         top_n_tokens: 0,
         prompt_logprobs: false,
+        grammar: None,
         candidates: 1,
     }
 }

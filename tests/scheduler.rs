@@ -46,6 +46,7 @@ fn request(id: u64, prompt: Vec<u32>, max_new: usize) -> GenerationRequest {
         },
         top_n_tokens: 0,
         prompt_logprobs: false,
+        grammar: None,
         candidates: 1,
     }
 }

@@ -42,6 +42,7 @@ pub fn greedy_request(
         },
         top_n_tokens: 0,
         prompt_logprobs: false,
+        grammar: None,
         candidates: 1,
     }
 }

@@ -21,6 +21,10 @@ pub struct GenerationRequest {
     /// Independent candidates to generate from the one prompt (TGI `best_of`, OpenAI
     /// `n`); at least 1. They share the prompt's KV blocks.
     pub candidates: usize,
+    /// The grammar the output must follow (TGI `grammar`, OpenAI `response_format`,
+    /// `tools`), compiled off the engine thread; each candidate starts its own
+    /// constraint from it.
+    pub grammar: Option<std::sync::Arc<crate::grammar::CompiledGrammar>>,
 }
 
 impl GenerationRequest {

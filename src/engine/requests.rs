@@ -233,6 +233,7 @@ mod tests {
             },
             top_n_tokens: 0,
             prompt_logprobs: false,
+            grammar: None,
             candidates,
         }
     }

@@ -294,6 +294,7 @@ pub fn tgi(
             },
             top_n_tokens: top_n_tokens as usize,
             prompt_logprobs: p.decoder_input_details,
+            grammar: None,
             candidates: best_of,
         },
         sampling,

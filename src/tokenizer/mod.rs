@@ -272,6 +272,47 @@ impl Tokenizer {
         self.decode(&[id], false).ok()
     }
 
+    /// The raw bytes each id stands for in generated text, by id, for byte-level
+    /// constraints (`crate::grammar`): byte-level BPE pieces through GPT-2's byte map,
+    /// `<0xHH>` byte-fallback pieces as their byte, SentencePiece's `▁` as a space,
+    /// added tokens as their text. None for special tokens and ids without a piece.
+    pub fn token_bytes(&self) -> Vec<Option<Vec<u8>>> {
+        let byte_level = self
+            .inner
+            .get_decoder()
+            .and_then(|d| serde_json::to_string(d).ok())
+            .is_some_and(|d| d.contains("ByteLevel"));
+        let unmap: Option<HashMap<char, u8>> = byte_level.then(|| {
+            let chars = synthetic::byte_chars();
+            (0..=255u8).map(|b| (chars[b as usize], b)).collect()
+        });
+        let added = self.inner.get_added_tokens_decoder();
+        let verbatim = self.gguf.as_ref().map(|g| &g.verbatim_text);
+        (0..self.vocab_size as u32)
+            .map(|id| {
+                if self.special_ids.contains(&id) {
+                    return None;
+                }
+                if let Some(text) = verbatim.and_then(|v| v.get(&id)) {
+                    return Some(text.as_bytes().to_vec());
+                }
+                if let Some(a) = added.get(&id) {
+                    return (!a.special).then(|| a.content.as_bytes().to_vec());
+                }
+                let piece = self.inner.id_to_token(id)?;
+                if piece.len() == 6 && piece.starts_with("<0x") && piece.ends_with('>') {
+                    if let Ok(b) = u8::from_str_radix(&piece[3..5], 16) {
+                        return Some(vec![b]);
+                    }
+                }
+                match &unmap {
+                    Some(m) => piece.chars().map(|c| m.get(&c).copied()).collect(),
+                    None => Some(piece.replace('\u{2581}', " ").into_bytes()),
+                }
+            })
+            .collect()
+    }
+
     /// Whether `id` is a special token (control or unknown in GGUF terms): skipped by
     /// `decode(.., skip_special = true)`.
     pub fn is_special(&self, id: u32) -> bool {

@@ -33,7 +33,7 @@ pub const CHAT_TEMPLATE: &str = "{% for message in messages %}{{ message['role']
 
 /// GPT-2's byte-to-unicode map: printable Latin-1 bytes stand for themselves, the others
 /// for the code points from U+0100 upwards, in byte order.
-fn byte_chars() -> [char; 256] {
+pub(crate) fn byte_chars() -> [char; 256] {
     let printable = |b: u32| (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || b >= 0xae;
     let mut out = ['\0'; 256];
     let mut next = 256u32;

@@ -148,6 +148,7 @@ fn plan_chat(st: &AppState, req: &ChatRequest, id: u64) -> Result<ChatPlan, ApiE
             },
             top_n_tokens: if req.logprobs { top as usize } else { 0 },
             prompt_logprobs: false,
+            grammar: None,
             candidates: n,
         },
         logprobs: req.logprobs,

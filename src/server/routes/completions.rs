@@ -141,6 +141,7 @@ fn plan_completion(
             },
             top_n_tokens: logprobs.unwrap_or(0),
             prompt_logprobs: req.echo && logprobs.is_some(),
+            grammar: None,
             candidates: best_of,
         });
     }
