@@ -24,6 +24,7 @@ pub mod routes;
 mod state;
 mod stream;
 pub mod types;
+mod structured;
 mod validation;
 
 use std::sync::Arc;

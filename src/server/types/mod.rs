@@ -2,3 +2,4 @@
 
 pub mod openai;
 pub mod tgi;
+pub mod structured;
