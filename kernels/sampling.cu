@@ -313,3 +313,19 @@ extern "C" __global__ void wick_adjust_f32(float* logits, const uint32_t* packed
         logits[at] = __fsub_rn(x, __uint_as_float(packed[3 * n + i]));
     }
 }
+
+// Grammar masks (src/grammar, src/engine/masks.rs): `packed` holds n row numbers of the
+// [rows, vocab] logits, then each row's mask, ceil(vocab / 32) words apiece (bit j % 32 of
+// word j / 32 allows token j). Every token a row's mask does not allow becomes -inf, in
+// place, before the choice.
+// grid: (x, n); block: 256.
+extern "C" __global__ void wick_mask_f32(float* logits, uint32_t vocab, const uint32_t* packed,
+                                         uint32_t n) {
+    const uint32_t words = (vocab + 31) / 32;
+    const uint32_t r = blockIdx.y;
+    float* row = logits + (size_t)packed[r] * vocab;
+    const uint32_t* mask = packed + n + (size_t)r * words;
+    for (uint32_t j = blockIdx.x * blockDim.x + threadIdx.x; j < vocab; j += blockDim.x * gridDim.x) {
+        if (((mask[j / 32] >> (j % 32)) & 1u) == 0u) row[j] = -INFINITY;
+    }
+}

@@ -1131,3 +1131,44 @@ fn adjust_matches_the_host_sampler() {
         assert!(g == w, "logit {i} (row {}): {g} vs host {w}", i / vocab);
     }
 }
+
+/// `wick_mask_f32` leaves exactly the tokens each row's grammar mask allows (as
+/// `TokenMask::apply` does on the host), on some rows of a batch, for a vocabulary that
+/// is not a multiple of 32 and masks longer than it (an end token past the logits).
+#[test]
+fn grammar_masks_match_the_host() {
+    use wick::grammar::TokenMask;
+    use wick::ops::launch::{pack_masks, MaskLaunch};
+    emu::available().unwrap();
+    let mut rng = Rng(31);
+    let (rows, vocab) = (4usize, 1000usize);
+    let mut x: Vec<f32> = (0..rows * vocab).map(|_| rng.normal()).collect();
+    let mut want = x.clone();
+    let masks: Vec<(usize, TokenMask)> = [3usize, 1]
+        .iter()
+        .map(|&r| {
+            let words = (0..vocab.div_ceil(32) + 1)
+                .map(|_| (rng.below(1 << 16) as u32) << 16 | rng.below(1 << 16) as u32)
+                .collect();
+            (r, TokenMask { words })
+        })
+        .collect();
+    for (r, m) in &masks {
+        m.apply(&mut want[r * vocab..(r + 1) * vocab]);
+    }
+    let mut packed = Vec::new();
+    pack_masks(
+        vocab,
+        masks.iter().map(|(r, m)| (*r, m.words.as_slice())),
+        &mut packed,
+    );
+    let l = MaskLaunch::new(vocab, masks.len());
+    let mut args = Args::new().schedule(7);
+    l.args(&mut args, x.as_mut_slice(), packed.as_slice());
+    launch(MaskLaunch::KERNEL, l.dims, args);
+    let masked = want.iter().filter(|v| v.is_infinite()).count();
+    assert!(masked > 500, "{masked} tokens masked");
+    for (i, (g, w)) in x.iter().zip(&want).enumerate() {
+        assert!(g == w, "logit {i} (row {}): {g} vs host {w}", i / vocab);
+    }
+}

@@ -20,6 +20,7 @@ use tokio::sync::mpsc::unbounded_channel;
 
 use super::batch::FlatBatch;
 use super::handle::{Command, EngineConfig, EventReceiver, Submission};
+use super::masks::StepMasks;
 use super::output::token_info;
 use super::placement::{RowChoice, RowMode, StepLogits};
 use super::request::{EngineError, Event, FinishReason, GenerationRequest};
@@ -28,6 +29,7 @@ use super::runner::ModelRunner;
 use super::scheduler::{Scheduler, SeqId, StepPlan};
 use super::sequence::Sequence;
 use super::stats::{EngineStats, StatsSnapshot, StepFigures};
+use crate::grammar::TokenMask;
 use crate::kv::BlockPool;
 use crate::sampling::{Sampled, Sampler};
 use crate::tokenizer::Tokenizer;
@@ -59,6 +61,8 @@ struct StepScratch {
     /// Requests with an item in the step.
     gids: Vec<GroupId>,
     logits: StepLogits,
+    /// Grammar masks of the constrained items.
+    masks: StepMasks,
     /// A row's logits, copied for a sampler that processes them in place.
     row: Vec<f32>,
 }
@@ -285,13 +289,37 @@ impl EngineCore {
     }
 
     /// Runs the model on the step's plan and brings its logits (or chosen tokens) to the
-    /// host, into `s.logits`.
+    /// host, into `s.logits`; the constrained items' grammar masks are computed on a
+    /// second thread meanwhile (`masks`), into `s.masks`.
     fn forward(&mut self, s: &mut StepScratch) -> Result<()> {
+        let mut masks = std::mem::take(&mut s.masks);
+        masks.lend(&s.plan, &mut self.requests);
+        let logits = if masks.is_empty() {
+            self.forward_logits(s)
+        } else {
+            let (logits, joined, waited) = std::thread::scope(|scope| {
+                let side = scope.spawn(|| masks.compute());
+                let logits = self.forward_logits(s);
+                let waiting = Instant::now();
+                let joined = side.join();
+                (logits, joined, waiting.elapsed())
+            });
+            self.stats.record_masks(&masks.times, waited);
+            joined
+                .map_err(|_| anyhow!("grammar mask computation panicked"))
+                .and(logits)
+        };
+        masks.give_back(&mut self.requests);
+        s.masks = masks;
+        s.logits.gather(&self.runner, logits?, &s.modes, &s.masks)
+    }
+
+    /// The model's choice logits for the step (on its device).
+    fn forward_logits(&mut self, s: &mut StepScratch) -> Result<candle_core::Tensor> {
         self.prepare(s)?;
         let hidden = self.runner.forward_hidden(&s.batch)?;
         let last = s.logits.prompt_logprobs(&self.runner, &hidden, &s.batch)?;
-        let logits = self.runner.logits(&last)?;
-        s.logits.gather(&self.runner, logits, &s.modes)
+        self.runner.logits(&last)
     }
 
     /// Drops cancelled requests, then runs one step if there is work.
@@ -344,6 +372,7 @@ impl EngineCore {
             plan,
             batch,
             logits,
+            masks,
             row: row_buf,
             ..
         } = s;
@@ -364,9 +393,15 @@ impl EngineCore {
             if !item.completes {
                 continue;
             }
-            let result = match logits.choice(k) {
-                Some(row) => self.on_logits(item.id, row, row_buf),
-                None => Err(anyhow!("no logits for item {k}")),
+            let mask = match masks.of(k) {
+                None => Ok(None),
+                Some(Ok(m)) => Ok(Some(m)),
+                Some(Err(e)) => Err(anyhow!("grammar: {e}")),
+            };
+            let result = match (logits.choice(k), mask) {
+                (Some(row), Ok(mask)) => self.on_logits(item.id, row, mask, row_buf),
+                (_, Err(e)) => Err(e),
+                (None, _) => Err(anyhow!("no logits for item {k}")),
             };
             if let Err(e) = result {
                 if let Some(gid) = self.requests.group_of(item.id) {
@@ -380,6 +415,7 @@ impl EngineCore {
         figures.blocks_used = after.blocks_used;
         figures.blocks_cached = after.blocks_cached;
         figures.batch_tokens = after.batch_tokens;
+        figures.elapsed_us = now.elapsed().as_micros() as u64;
         self.stats.record_step(figures);
         if self.config.check_invariants {
             if let Err(e) = self.scheduler.check_invariants() {
@@ -438,9 +474,16 @@ impl EngineCore {
     }
 
     /// Samples the next token of `sid` (and, at the end of a multi-candidate prompt, of
-    /// its forks) from its logits row.
+    /// its forks, which share its grammar state) from its logits row, within its grammar
+    /// `mask` (already applied on the device to a device's choice).
     /// `buf` holds a copy of the row for each candidate's sampler.
-    fn on_logits(&mut self, sid: SeqId, row: RowChoice<'_>, buf: &mut Vec<f32>) -> Result<()> {
+    fn on_logits(
+        &mut self,
+        sid: SeqId,
+        row: RowChoice<'_>,
+        mask: Option<&TokenMask>,
+        buf: &mut Vec<f32>,
+    ) -> Result<()> {
         let gid = self
             .requests
             .group_of(sid)
@@ -452,6 +495,9 @@ impl EngineCore {
                 for target in targets {
                     buf.clear();
                     buf.extend_from_slice(row);
+                    if let Some(mask) = mask {
+                        mask.apply(buf);
+                    }
                     self.sample_one(target, Choice::Sample(buf))?;
                 }
             }
@@ -498,12 +544,20 @@ impl EngineCore {
         let (prompt, generated) = seq.tokens.split_at(seq.prompt_len);
         let sampled = choose(&mut cand.sampler, choice, prompt, generated, &g.request)?;
         let n_generated = generated.len() + 1;
+        let grammar_complete = match &mut cand.constraint {
+            Some(c) => {
+                c.accept(sampled.id)?;
+                c.is_complete()
+            }
+            None => false,
+        };
         let accepted = cand.output.accept(
             &self.tokenizer,
             &sampled,
             n_generated,
             &g.request.stopping,
             &self.eos_ids,
+            grammar_complete,
         )?;
         let now = Instant::now();
         g.first_token.get_or_insert(now);
@@ -690,14 +744,17 @@ mod tests {
         let a3 = allocations();
         let logits = core.runner.logits(&last).unwrap();
         let a4 = allocations();
-        s.logits.gather(&core.runner, logits, &s.modes).unwrap();
+        s.logits
+            .gather(&core.runner, logits, &s.modes, &s.masks)
+            .unwrap();
         let a5 = allocations();
         assert_eq!(s.plan.decode_tokens, s.plan.items.len());
         // Put the step back so the engine stays consistent.
         core.scheduler.complete(&s.plan).unwrap();
         for k in 0..s.plan.items.len() {
             let row = s.logits.choice(k).unwrap();
-            core.on_logits(s.plan.items[k].id, row, &mut s.row).unwrap();
+            core.on_logits(s.plan.items[k].id, row, None, &mut s.row)
+                .unwrap();
         }
         core.scratch = s;
         (a1 - a0, (a3 - a2) + (a5 - a4))

@@ -7,6 +7,7 @@ pub mod batch;
 mod core;
 pub mod generate;
 pub mod handle;
+mod masks;
 pub mod memory;
 mod output;
 mod placement;

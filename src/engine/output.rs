@@ -50,12 +50,14 @@ impl TokenOutput {
         n_generated: usize,
         stopping: &StoppingParams,
         eos_ids: &[u32],
+        grammar_complete: bool,
     ) -> Result<Accepted> {
         let id = sampled.id;
         let raw = self.detok.step(tok, id)?;
         let stop = self.stop.push(&raw);
         let mut piece = stop.emit;
-        let eos = !stopping.ignore_eos && eos_ids.contains(&id);
+        // A complete grammar ends the candidate as its end-of-sequence token would.
+        let eos = (!stopping.ignore_eos && eos_ids.contains(&id)) || grammar_complete;
         let mut finish = if stop.stopped {
             Some(FinishReason::StopSequence)
         } else if eos {
@@ -156,7 +158,9 @@ mod tests {
         let mut out = TokenOutput::new(&[], stop);
         let mut pieces = Vec::new();
         for (i, &id) in ids.iter().enumerate() {
-            let a = out.accept(tok, &sampled(id), i + 1, stop, eos).unwrap();
+            let a = out
+                .accept(tok, &sampled(id), i + 1, stop, eos, false)
+                .unwrap();
             pieces.push(a.token.text_piece);
             if a.finish.is_some() {
                 return (pieces, a.finish, out);

@@ -8,12 +8,15 @@
 //! the rows the host samples are downloaded: requests with prompt logprobs (every row
 //! of their prompt chunks), several candidates, top-n alternatives or a sampler the
 //! device does not implement. Prompt logprobs are computed [`PROMPT_LOGPROB_CHUNK`]
-//! rows at a time, so a long prompt's logits never exist whole.
+//! rows at a time, so a long prompt's logits never exist whole. Grammar masks (see
+//! `masks`) are applied where the token is chosen: on the device to its rows before any
+//! choice or download, on the host to the row before the sampler sees it.
 
 use anyhow::{anyhow, Result};
 use candle_core::Tensor;
 
 use super::batch::FlatBatch;
+use super::masks::StepMasks;
 use super::requests::Requests;
 use super::runner::ModelRunner;
 use super::scheduler::{Scheduler, StepPlan};
@@ -151,6 +154,9 @@ pub(crate) struct StepLogits {
     wanted: Vec<u32>,
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     sample_params: Vec<crate::sampling::gumbel::RowSample>,
+    /// The constrained items' grammar masks, packed for the device.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    mask_packed: Vec<u32>,
 }
 
 /// How a row's token is chosen when the logits are on a GPU.
@@ -255,6 +261,7 @@ impl StepLogits {
         runner: &ModelRunner,
         logits: Tensor,
         modes: &[RowMode],
+        masks: &StepMasks,
     ) -> Result<()> {
         let rows = logits.dim(0)?;
         self.vocab = runner.model().config().vocab_size;
@@ -265,6 +272,11 @@ impl StepLogits {
             if !self.adjust.is_empty() {
                 kernels.adjust(&logits, self.adjust.packed())?;
             }
+            // Grammar masks after the adjustments, before any choice.
+            let masked = masks.computed().map(|(k, m)| (k, m.words.as_slice()));
+            crate::ops::launch::pack_masks(self.vocab, masked, &mut self.mask_packed);
+            let n = masks.computed().count();
+            kernels.mask(&logits, n, &self.mask_packed)?;
             self.wanted.clear();
             self.sample_params.clear();
             for (k, mode) in modes.iter().enumerate() {
@@ -293,7 +305,7 @@ impl StepLogits {
             }
             return Ok(());
         }
-        let _ = modes;
+        let _ = (modes, masks);
         copy_to_host(&logits, &mut self.data)?;
         self.at.extend((0..rows).map(Some));
         Ok(())
@@ -465,7 +477,12 @@ mod tests {
         let last = logits.prompt_logprobs(&runner, &hidden, &batch).unwrap();
         let chosen = runner.logits(&last).unwrap();
         logits
-            .gather(&runner, chosen, &[RowMode::AllRows, RowMode::Host])
+            .gather(
+                &runner,
+                chosen,
+                &[RowMode::AllRows, RowMode::Host],
+                &Default::default(),
+            )
             .unwrap();
         // Rows 0..4 are a's (targets 6, 7, 8, none), row 4 is b's last.
         for (r, target) in [(0, 6u32), (1, 7), (2, 8)] {

@@ -18,6 +18,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::output::TokenOutput;
 use super::request::{Completion, Event, GenerationRequest, Timings, TokenInfo};
 use super::scheduler::SeqId;
+use crate::grammar::Constraint;
 use crate::sampling::Sampler;
 
 pub(crate) type GroupId = u64;
@@ -78,6 +79,9 @@ pub(crate) struct Candidate {
     pub index: usize,
     pub sampler: Sampler,
     pub output: TokenOutput,
+    /// Where the candidate is in its request's grammar (lent to a step while its mask
+    /// is computed, see `masks`).
+    pub constraint: Option<Constraint>,
 }
 
 /// Every request in the engine, by group id, and every live candidate, by sequence id.
@@ -137,6 +141,7 @@ impl Requests {
             index,
             sampler: Sampler::new(&r.sampling, seed),
             output: TokenOutput::new(&r.prompt, &r.stopping),
+            constraint: r.grammar.as_ref().map(|g| g.start()),
         }
     }
 

@@ -24,6 +24,34 @@ pub struct EngineStats {
     requests_finished: AtomicU64,
     requests_cancelled: AtomicU64,
     requests_failed: AtomicU64,
+    step_us: AtomicU64,
+    grammar: MaskTimes,
+}
+
+/// Upper bounds (microseconds) of the grammar mask time histogram's buckets.
+pub const MASK_BUCKETS_US: [u64; 10] = [10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000];
+
+/// How long grammar masks took: a histogram of the time per mask, and how long steps
+/// waited for masks once their forward pass was done (the part of mask time that is
+/// not hidden behind the model).
+#[derive(Debug, Default)]
+struct MaskTimes {
+    buckets: [AtomicU64; MASK_BUCKETS_US.len() + 1],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+    wait_us: AtomicU64,
+}
+
+/// A copy of the grammar mask figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MaskSnapshot {
+    /// Masks per bucket of [`MASK_BUCKETS_US`] (not cumulative), the last past it.
+    pub buckets: [u64; MASK_BUCKETS_US.len() + 1],
+    pub count: u64,
+    /// Total microseconds computing masks.
+    pub sum_us: u64,
+    /// Total microseconds steps waited for masks after their forward pass.
+    pub wait_us: u64,
 }
 
 /// A copy of the engine's figures at one moment.
@@ -53,6 +81,9 @@ pub struct StatsSnapshot {
     pub requests_finished: u64,
     pub requests_cancelled: u64,
     pub requests_failed: u64,
+    /// Total microseconds spent in steps.
+    pub step_us: u64,
+    pub grammar: MaskSnapshot,
 }
 
 /// The figures one step changes.
@@ -67,6 +98,8 @@ pub(crate) struct StepFigures {
     pub decode_tokens: u64,
     pub preemptions: u64,
     pub prefix_hit_tokens: u64,
+    /// The step's wall time.
+    pub elapsed_us: u64,
 }
 
 impl EngineStats {
@@ -89,7 +122,27 @@ impl EngineStats {
             requests_finished: self.requests_finished.load(Relaxed),
             requests_cancelled: self.requests_cancelled.load(Relaxed),
             requests_failed: self.requests_failed.load(Relaxed),
+            step_us: self.step_us.load(Relaxed),
+            grammar: MaskSnapshot {
+                buckets: std::array::from_fn(|i| self.grammar.buckets[i].load(Relaxed)),
+                count: self.grammar.count.load(Relaxed),
+                sum_us: self.grammar.sum_us.load(Relaxed),
+                wait_us: self.grammar.wait_us.load(Relaxed),
+            },
         }
+    }
+
+    /// Records one step's mask times and how long it waited for them.
+    pub(crate) fn record_masks(&self, times: &[std::time::Duration], waited: std::time::Duration) {
+        let g = &self.grammar;
+        for t in times {
+            let us = t.as_micros() as u64;
+            let b = MASK_BUCKETS_US.partition_point(|&ub| ub < us);
+            g.buckets[b].fetch_add(1, Relaxed);
+            g.sum_us.fetch_add(us, Relaxed);
+        }
+        g.count.fetch_add(times.len() as u64, Relaxed);
+        g.wait_us.fetch_add(waited.as_micros() as u64, Relaxed);
     }
 
     pub(crate) fn set_blocks_total(&self, n: u64) {
@@ -119,6 +172,7 @@ impl EngineStats {
         self.preemptions.fetch_add(f.preemptions, Relaxed);
         self.prefix_hit_tokens
             .fetch_add(f.prefix_hit_tokens, Relaxed);
+        self.step_us.fetch_add(f.elapsed_us, Relaxed);
     }
 
     /// Updates the gauges only (after admissions or removals without a step).

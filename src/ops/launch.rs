@@ -483,6 +483,57 @@ impl AdjustLaunch {
     }
 }
 
+/// `wick_mask_f32`: grammar masks on f32 logits `[rows, vocab]` in place: `packed` is
+/// `n` row numbers, then `n` masks of `ceil(vocab / 32)` words (see [`pack_masks`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MaskLaunch {
+    pub dims: Dims,
+    vocab: u32,
+    n: u32,
+}
+
+impl MaskLaunch {
+    pub const KERNEL: &'static str = "wick_mask_f32";
+
+    pub fn new(vocab: usize, n: usize) -> Self {
+        Self {
+            dims: Dims {
+                grid: (vocab.div_ceil(256).clamp(1, 64) as u32, n as u32, 1),
+                block: (256, 1, 1),
+            },
+            vocab: vocab as u32,
+            n: n as u32,
+        }
+    }
+
+    pub fn args<'s, S, X, P>(&'s self, s: &mut S, logits: X, packed: P)
+    where
+        S: ArgSink<X> + ArgSink<P> + ArgSink<&'s u32>,
+    {
+        s.arg(logits);
+        s.arg(&self.vocab);
+        s.arg(packed);
+        s.arg(&self.n);
+    }
+}
+
+/// `wick_mask_f32`'s `packed` words, into `out`: the rows, then each row's mask cut or
+/// padded (with disallowed tokens) to `ceil(vocab / 32)` words.
+pub fn pack_masks<'m>(
+    vocab: usize,
+    masks: impl Iterator<Item = (usize, &'m [u32])> + Clone,
+    out: &mut Vec<u32>,
+) {
+    let words = vocab.div_ceil(32);
+    out.clear();
+    out.extend(masks.clone().map(|(row, _)| row as u32));
+    for (_, m) in masks {
+        let take = m.len().min(words);
+        out.extend_from_slice(&m[..take]);
+        out.extend(std::iter::repeat_n(0, words - take));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

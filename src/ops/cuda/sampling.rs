@@ -8,7 +8,7 @@ use candle_core::{DType, Error, Result, Tensor};
 
 use super::buffers::alloc_like;
 use super::{config, with_f32, Args, Kernels};
-use crate::ops::launch::{AdjustLaunch, ChooseRowsLaunch};
+use crate::ops::launch::{AdjustLaunch, ChooseRowsLaunch, MaskLaunch};
 
 /// Tokens chosen on the device for one step: every row's argmax and logprob, and the
 /// sampled rows' draws, brought back in one copy into page-locked host memory (both
@@ -156,6 +156,41 @@ impl Kernels {
             launch.args(&mut Args(&mut b), &x, &packed);
             // SAFETY: matches wick_adjust_f32; every index was checked against the logits'
             // size, and entries name distinct logits (LogitAdjust), so threads do not race.
+            unsafe { b.launch(config(launch.dims)) }.w()?;
+            Ok(())
+        })
+    }
+
+    /// Applies grammar masks (`launch::pack_masks`: `n` rows, then their masks) to f32
+    /// logits `[rows, vocab]` in place: disallowed tokens become -inf.
+    pub fn mask(&self, logits: &Tensor, n: usize, packed: &[u32]) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let (rows, vocab) = logits.dims2()?;
+        if logits.dtype() != DType::F32 || !logits.is_contiguous() {
+            return Err(Error::Msg("mask: logits must be contiguous f32".into()));
+        }
+        if packed.len() != n + n * vocab.div_ceil(32) {
+            return Err(Error::Msg(
+                "mask: packed masks do not match the vocabulary".into(),
+            ));
+        }
+        if let Some(&bad) = packed[..n].iter().find(|&&r| r as usize >= rows) {
+            return Err(Error::Msg(format!(
+                "mask: row {bad} is outside the {rows} rows"
+            )));
+        }
+        let not_gpu = "mask: logits are not on the GPU";
+        with_f32(logits, rows * vocab, not_gpu, |x| {
+            let packed = self.upload(packed)?;
+            let f = self.func_in("sampling", MaskLaunch::KERNEL)?;
+            let launch = MaskLaunch::new(vocab, n);
+            let stream = self.stream();
+            let mut b = stream.launch_builder(&f);
+            launch.args(&mut Args(&mut b), &x, &packed);
+            // SAFETY: matches wick_mask_f32; every row was checked against the logits and
+            // the masks' length against the vocabulary; threads write distinct logits.
             unsafe { b.launch(config(launch.dims)) }.w()?;
             Ok(())
         })
