@@ -367,7 +367,43 @@ mod tests {
         ChatMessage {
             role: role.into(),
             content: content.into(),
+            ..Default::default()
         }
+    }
+
+    #[test]
+    fn tools_and_tool_calls_reach_templates() {
+        // A Qwen-style template: tools listed, calls and results rendered.
+        let src = "{% if tools %}<tools>{% for t in tools %}{{ t.function.name }};{% endfor %}</tools>{% endif %}\
+                   {% for m in messages %}<{{ m.role }}>{{ m.content }}\
+                   {% if m.tool_calls %}{% for c in m.tool_calls %}[{{ c.function.name }} {{ c.function.arguments | tojson }}]{% endfor %}{% endif %}\
+                   {% if m.tool_call_id %}({{ m.tool_call_id }}){% endif %}{% endfor %}";
+        let t = ChatTemplate::new(src, None, None).unwrap();
+        assert!(t.takes_tools() && t.takes_tool_calls());
+        let call = ChatMessage {
+            role: "assistant".into(),
+            tool_calls: Some(vec![serde_json::json!({"id": "c1", "type": "function",
+                "function": {"name": "add", "arguments": {"a": 1}}})]),
+            ..Default::default()
+        };
+        let result = ChatMessage {
+            role: "tool".into(),
+            content: "3".into(),
+            tool_call_id: Some("c1".into()),
+            ..Default::default()
+        };
+        let tools = [serde_json::json!({"type": "function", "function": {"name": "add"}})];
+        let out = t
+            .render_with_tools(&[msg("user", "u"), call, result], false, Some(&tools))
+            .unwrap();
+        assert_eq!(
+            out,
+            r#"<tools>add;</tools><user>u<assistant>[add {"a": 1}]<tool>3(c1)"#
+        );
+        assert!(t.render(&[msg("user", "u")], false).unwrap().starts_with("<user>"));
+        let plain = ChatTemplate::new("{% for m in messages %}{{ m.content }}{% endfor %}", None, None)
+            .unwrap();
+        assert!(!plain.takes_tools() && !plain.takes_tool_calls());
     }
 
     fn render(src: &str, messages: &[ChatMessage], gen: bool) -> Result<String> {
