@@ -353,7 +353,7 @@ fn bad_tgi_param(g: &mut Gen) -> (&'static str, Value) {
         ("grammar", json!({"type": "regex", "value": "(a"})),
         (
             "grammar",
-            json!({"type": "json", "value": {"oneOf": [{"type": "string"}]}}),
+            json!({"type": "json", "value": {"type": "string", "format": "no-such-format"}}),
         ),
         ("grammar", json!({"type": "lark", "value": "start: x"})),
         ("grammar", json!("x")),

@@ -411,5 +411,5 @@ def test_bad_tools_are_422(client, model):
     with pytest.raises(openai.UnprocessableEntityError):
         client.chat.completions.create(
             model=model, messages=WEATHER_CHAT, max_tokens=4,
-            response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"oneOf": [{"type": "string"}]}}},
+            response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "string", "format": "no-such-format"}}},
         )
