@@ -55,11 +55,14 @@ fn person_schema() -> Value {
 }
 
 fn assert_valid(schema: &Value, text: &str) -> Value {
-    let v: Value = serde_json::from_str(text)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"));
+    let v: Value =
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"));
     let validator = jsonschema::validator_for(schema).expect("a valid schema");
     let errors: Vec<String> = validator.iter_errors(&v).map(|e| e.to_string()).collect();
-    assert!(errors.is_empty(), "{text} does not follow the schema: {errors:?}");
+    assert!(
+        errors.is_empty(),
+        "{text} does not follow the schema: {errors:?}"
+    );
     v
 }
 
@@ -194,8 +197,10 @@ async fn openai_json_schema_and_json_object() {
         assert_valid(&schema, c["message"]["content"].as_str().unwrap());
     }
     // Streamed, with two sampled choices: each choice's deltas join into valid JSON.
-    let body = chat_body(json!({"stream": true, "n": 2, "temperature": 0.8, "seed": 3,
-        "response_format": {"type": "json_schema", "json_schema": {"name": "Person", "schema": schema}}}));
+    let body = chat_body(
+        json!({"stream": true, "n": 2, "temperature": 0.8, "seed": 3,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "Person", "schema": schema}}}),
+    );
     let a = post(&url("/v1/chat/completions"), &body).await;
     assert_eq!(a.status, 200, "{}", a.text);
     assert_eq!(a.events().last().map(String::as_str), Some("[DONE]"));
@@ -250,9 +255,11 @@ async fn completions_response_format() {
                 .iter()
                 .filter_map(|e| e["choices"][0]["text"].as_str())
                 .collect();
-            let reason = events
-                .iter()
-                .find_map(|e| e["choices"][0]["finish_reason"].as_str().map(str::to_string));
+            let reason = events.iter().find_map(|e| {
+                e["choices"][0]["finish_reason"]
+                    .as_str()
+                    .map(str::to_string)
+            });
             (text, reason)
         } else {
             let v = a.json();
@@ -307,13 +314,21 @@ fn tool_body(extra: Value) -> Value {
 /// Checks an answer's tool calls (OpenAI's shape); returns them.
 fn assert_calls(message: &Value) -> Vec<Value> {
     assert!(message["content"].is_null(), "{message}");
-    let calls = message["tool_calls"].as_array().expect("tool_calls").clone();
+    let calls = message["tool_calls"]
+        .as_array()
+        .expect("tool_calls")
+        .clone();
     assert!(!calls.is_empty(), "{message}");
     for c in &calls {
-        assert!(c["id"].as_str().is_some_and(|id| id.starts_with("call_")), "{c}");
+        assert!(
+            c["id"].as_str().is_some_and(|id| id.starts_with("call_")),
+            "{c}"
+        );
         assert_eq!(c["type"], "function", "{c}");
         let name = c["function"]["name"].as_str().expect("a name");
-        let args = c["function"]["arguments"].as_str().expect("arguments as a string");
+        let args = c["function"]["arguments"]
+            .as_str()
+            .expect("arguments as a string");
         assert_valid(&tool_schema(name), args);
     }
     calls
@@ -346,7 +361,10 @@ async fn tool_choice_required_and_named() {
         let c = &a.json()["choices"][0];
         assert_eq!(c["finish_reason"], "tool_calls", "{c}");
         let calls = assert_calls(&c["message"]);
-        assert!(calls.iter().all(|c| c["function"]["name"] == "add"), "{calls:?}");
+        assert!(
+            calls.iter().all(|c| c["function"]["name"] == "add"),
+            "{calls:?}"
+        );
     }
     // Parallel calls allowed: one or more, each valid (an unbounded list may run out of
     // tokens, then the finished calls are still whole).
@@ -367,8 +385,10 @@ async fn tool_choice_required_and_named() {
 
 #[tokio::test]
 async fn tool_calls_stream_as_openai_does() {
-    let body = tool_body(json!({"tool_choice": "required", "parallel_tool_calls": false,
-        "stream": true, "stream_options": {"include_usage": true}}));
+    let body = tool_body(
+        json!({"tool_choice": "required", "parallel_tool_calls": false,
+        "stream": true, "stream_options": {"include_usage": true}}),
+    );
     let a = post(&url("/v1/chat/completions"), &body).await;
     assert_eq!(a.status, 200, "{}", a.text);
     assert_eq!(a.events().last().map(String::as_str), Some("[DONE]"));
@@ -385,18 +405,32 @@ async fn tool_calls_stream_as_openai_does() {
     }
     let parts: Vec<Value> = deltas
         .iter()
-        .flat_map(|d| d["delta"]["tool_calls"].as_array().cloned().unwrap_or_default())
+        .flat_map(|d| {
+            d["delta"]["tool_calls"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
         .collect();
     assert!(!parts.is_empty(), "{deltas:?}");
     let first = &parts[0];
     assert_eq!(first["index"], 0);
-    assert!(first["id"].as_str().is_some_and(|s| s.starts_with("call_")), "{first}");
+    assert!(
+        first["id"].as_str().is_some_and(|s| s.starts_with("call_")),
+        "{first}"
+    );
     assert_eq!(first["type"], "function");
     assert_eq!(first["function"]["arguments"], "");
-    let name = first["function"]["name"].as_str().expect("a name").to_string();
+    let name = first["function"]["name"]
+        .as_str()
+        .expect("a name")
+        .to_string();
     for p in &parts[1..] {
         assert_eq!(p["index"], 0, "{p}");
-        assert!(p.get("id").is_none() && p["function"].get("name").is_none(), "{p}");
+        assert!(
+            p.get("id").is_none() && p["function"].get("name").is_none(),
+            "{p}"
+        );
     }
     let args: String = parts
         .iter()
@@ -435,7 +469,10 @@ async fn tool_choice_auto_and_none() {
                 assert_calls(&c["message"]);
             } else {
                 let content = c["message"]["content"].as_str().expect("text content");
-                assert!(!content.starts_with('{') && !content.starts_with('['), "{c}");
+                assert!(
+                    !content.starts_with('{') && !content.starts_with('['),
+                    "{c}"
+                );
                 assert!(c["message"].get("tool_calls").is_none(), "{c}");
             }
         }
@@ -465,13 +502,20 @@ async fn tool_results_round_trip() {
     ]);
     let a = post(
         &url("/v1/chat/completions"),
-        &tool_body(json!({"messages": messages, "tool_choice": "none", "max_tokens": 12,
-            "tool_prompt": "Use these tools when they help."})),
+        &tool_body(
+            json!({"messages": messages, "tool_choice": "none", "max_tokens": 12,
+            "tool_prompt": "Use these tools when they help."}),
+        ),
     )
     .await;
     assert_eq!(a.status, 200, "{}", a.text);
     let c = &a.json()["choices"][0];
-    assert!(c["message"]["content"].as_str().is_some_and(|s| !s.is_empty()), "{c}");
+    assert!(
+        c["message"]["content"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty()),
+        "{c}"
+    );
     // And again with tools still on offer: whatever it answers is well formed.
     let a = post(
         &url("/v1/chat/completions"),
@@ -549,7 +593,10 @@ async fn disabled_grammar_support_refuses_grammars() {
         "grammar": {"type": "regex", "value": "a+"}}});
     let a = post(&s.url("/generate"), &body).await;
     a.assert_tgi_error(422, "validation");
-    assert!(a.json()["error"].as_str().unwrap().contains("grammar is not supported"));
+    assert!(a.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("grammar is not supported"));
     for extra in [
         json!({"response_format": {"type": "json_object"}}),
         json!({"tools": tools(), "tool_choice": "required"}),

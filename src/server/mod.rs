@@ -23,8 +23,8 @@ mod openapi;
 pub mod routes;
 mod state;
 mod stream;
-pub mod types;
 mod structured;
+pub mod types;
 mod validation;
 
 use std::sync::Arc;

@@ -52,9 +52,9 @@ pub fn response_format(f: &ResponseFormat) -> Result<Option<GrammarSpec>, ApiErr
     Ok(match f {
         ResponseFormat::Text => None,
         ResponseFormat::JsonObject { value: None } => Some(GrammarSpec::JsonSchema(any_object())),
-        ResponseFormat::JsonObject { value: Some(v) } => Some(GrammarSpec::JsonSchema(
-            schema_value(v, "response_format")?,
-        )),
+        ResponseFormat::JsonObject { value: Some(v) } => {
+            Some(GrammarSpec::JsonSchema(schema_value(v, "response_format")?))
+        }
         ResponseFormat::JsonSchema { json_schema } => {
             if json_schema.name.trim().is_empty() {
                 return Err(ApiError::param(
@@ -119,7 +119,10 @@ pub fn plan_tools(
         if t.kind != "function" {
             return Err(ApiError::param(
                 "tools",
-                format!("tools of type {:?} are not supported: expected \"function\"", t.kind),
+                format!(
+                    "tools of type {:?} are not supported: expected \"function\"",
+                    t.kind
+                ),
             ));
         }
         let name = &t.function.name;
@@ -822,16 +825,23 @@ mod tests {
         assert!(accepts(&compiler, &auto.grammar, "The weather is fine."));
         assert!(!accepts(&compiler, &auto.grammar, " leading space"));
         assert!(!accepts(&compiler, &auto.grammar, bad_args));
-        assert!(!accepts(&compiler, &auto.grammar, call), "parallel: an array");
+        assert!(
+            !accepts(&compiler, &auto.grammar, call),
+            "parallel: an array"
+        );
         let single = plan_tools(Some(&tools), Some(&ToolChoice::Required), Some(false))
             .unwrap()
             .unwrap();
         assert!(accepts(&compiler, &single.grammar, call));
         assert!(!accepts(&compiler, &single.grammar, &calls));
         assert!(!accepts(&compiler, &single.grammar, "text"));
-        let named = plan_tools(Some(&tools), Some(&ToolChoice::Function("add".into())), None)
-            .unwrap()
-            .unwrap();
+        let named = plan_tools(
+            Some(&tools),
+            Some(&ToolChoice::Function("add".into())),
+            None,
+        )
+        .unwrap()
+        .unwrap();
         assert!(!accepts(&compiler, &named.grammar, &format!("[{call}]")));
         assert!(accepts(
             &compiler,
@@ -857,6 +867,9 @@ mod tests {
             {"id": "c1", "type": "function", "function": {"name": "add", "arguments": "{\"a\":1}"}}
         ]))
         .unwrap();
-        assert_eq!(call_text(&calls), r#"{"name": "add", "arguments": {"a": 1}}"#);
+        assert_eq!(
+            call_text(&calls),
+            r#"{"name": "add", "arguments": {"a": 1}}"#
+        );
     }
 }

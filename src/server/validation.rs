@@ -264,7 +264,11 @@ pub fn tgi(
             ));
         }
     }
-    let grammar = p.grammar.as_ref().map(structured::tgi_grammar).transpose()?;
+    let grammar = p
+        .grammar
+        .as_ref()
+        .map(structured::tgi_grammar)
+        .transpose()?;
     let ids = tokenize(tokenizer, inputs, true)?;
     let prompt = prompt(
         limits,

@@ -400,9 +400,16 @@ mod tests {
             out,
             r#"<tools>add;</tools><user>u<assistant>[add {"a": 1}]<tool>3(c1)"#
         );
-        assert!(t.render(&[msg("user", "u")], false).unwrap().starts_with("<user>"));
-        let plain = ChatTemplate::new("{% for m in messages %}{{ m.content }}{% endfor %}", None, None)
-            .unwrap();
+        assert!(t
+            .render(&[msg("user", "u")], false)
+            .unwrap()
+            .starts_with("<user>"));
+        let plain = ChatTemplate::new(
+            "{% for m in messages %}{{ m.content }}{% endfor %}",
+            None,
+            None,
+        )
+        .unwrap();
         assert!(!plain.takes_tools() && !plain.takes_tool_calls());
     }
 

@@ -14,13 +14,13 @@ use futures::Stream;
 use super::openai::{self, model_name, usage, Plan, SseItem};
 use super::respond::{sse, sse_json, timing_headers};
 use crate::engine::{GeneratedToken, GenerationRequest, StoppingParams, TokenInfo};
+use crate::grammar::GrammarSpec;
 use crate::server::error::ApiError;
 use crate::server::generation::CandidateResult;
 use crate::server::json::Body;
-use crate::grammar::GrammarSpec;
 use crate::server::state::{unix_now, AppState};
-use crate::server::structured;
 use crate::server::stream::{GenerationStream, Item};
+use crate::server::structured;
 use crate::server::types::openai::*;
 use crate::server::validation::{self, DefaultMaxNew};
 

@@ -199,7 +199,9 @@ mod tests {
         let g: GrammarParam =
             serde_json::from_value(json!({"type": "regex", "value": "a+"})).unwrap();
         assert_eq!(g, GrammarParam::Regex("a+".into()));
-        assert!(serde_json::from_value::<GrammarParam>(json!({"type": "lark", "value": ""})).is_err());
+        assert!(
+            serde_json::from_value::<GrammarParam>(json!({"type": "lark", "value": ""})).is_err()
+        );
         assert!(serde_json::from_value::<GrammarParam>(json!("x")).is_err());
 
         let f: ResponseFormat = serde_json::from_value(json!({"type": "text"})).unwrap();
@@ -233,7 +235,10 @@ mod tests {
             json!({"type": "function"}),
             json!({"type": "x", "function": {"name": "g"}}),
         ] {
-            assert!(serde_json::from_value::<ToolChoice>(bad.clone()).is_err(), "{bad}");
+            assert!(
+                serde_json::from_value::<ToolChoice>(bad.clone()).is_err(),
+                "{bad}"
+            );
         }
         assert!(serde_json::from_value::<Tool>(json!({"type": "function"})).is_err());
         assert!(serde_json::from_value::<Tool>(json!({"function": {"description": "x"}})).is_err());
