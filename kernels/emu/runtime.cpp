@@ -74,6 +74,9 @@ struct Warp {
     uint64_t in[32];
     uint64_t out[32];
     int arg[32];
+    // WARP_COLLECTIVE: what the last lane to arrive runs for all (each lane's `in` is a
+    // pointer to its operands).
+    void (*collective)(void* const* lanes, unsigned mask) = nullptr;
 };
 
 struct Guard {
@@ -348,6 +351,12 @@ struct Runner {
     }
 
     void complete(Warp& W, unsigned w, Fiber* last) {
+        if (W.op == WARP_COLLECTIVE) {
+            void* lanes[32] = {};
+            for (unsigned l = 0; l < 32; l++)
+                if (W.mask >> l & 1u) lanes[l] = reinterpret_cast<void*>(W.in[l]);
+            W.collective(lanes, W.mask);
+        }
         unsigned ballot = 0;
         for (unsigned l = 0; l < 32; l++)
             if ((W.mask >> l & 1u) && W.in[l] != 0) ballot |= 1u << l;
@@ -366,6 +375,7 @@ struct Runner {
                     break;
                 }
                 case VOTE_BALLOT: W.out[l] = ballot; continue;
+                case WARP_COLLECTIVE: W.out[l] = 0; continue;
                 default: W.out[l] = 0; continue;
             }
             if (!(W.mask >> src & 1u)) {
@@ -561,6 +571,17 @@ void syncthreads(const char* file, int line) { tls_runner->syncthreads(file, lin
 uint64_t warp_exchange(int op, unsigned mask, uint64_t value, int size, int arg, int width,
                        const char* file, int line) {
     return tls_runner->warp_exchange(op, mask, value, size, arg, width, file, line);
+}
+
+void warp_collective(unsigned mask, void* operands, void (*fn)(void* const* lanes, unsigned mask),
+                     const char* file, int line) {
+    Runner* r = tls_runner;
+    Warp& W = r->warps[r->current->tid >> 5];
+    // The lanes of one call site pass the same function: the first sets it, the others
+    // are checked against the site (warp_exchange) and so run the same one.
+    if (W.arrived == 0) W.collective = fn;
+    r->warp_exchange(WARP_COLLECTIVE, mask, reinterpret_cast<uint64_t>(operands), 8, 0, 32,
+                     file, line);
 }
 
 void misaligned(const void* p, int align) {
