@@ -1,6 +1,7 @@
-//! Paged attention on the device (`wick_paged_attention_*` and, for split rows,
-//! `wick_reduce_partitions_*` in `kernels/attention.cu`), as a candle custom op: the
-//! step's batch ([`AttnMeta`]) and the split rows' partials ([`AttnScratch`]).
+//! Paged attention on the device (`kernels/attention.cu`: `wick_paged_attention_*` for
+//! decode rows and, for split ones, `wick_reduce_partitions_*`; `wick_prefill_attention_*`
+//! on tensor cores for prompt rows), as a candle custom op: the step's batch
+//! ([`AttnMeta`]) and the split rows' partials ([`AttnScratch`]).
 
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView};
 use candle_core::cuda_backend::{CudaDevice, WrapErr};
@@ -179,6 +180,22 @@ impl CustomOp1 for AttentionOp<'_> {
             // SAFETY: matches wick_paged_attention_*; block tables hold blocks of this
             // cache for every position below each row's context length.
             unsafe { b.launch(config(launch.attention)) }.w()?;
+        }
+        if let Some(dims) = launch.prefill {
+            let f = self.k.func(&launch.prefill_kernel(sfx))?;
+            let stream = self.k.stream();
+            let mut b = stream.launch_builder(&f);
+            launch.prefill_args(
+                &mut Args(&mut b),
+                &mut out,
+                &q,
+                self.k_cache,
+                self.v_cache,
+                step,
+            );
+            // SAFETY: matches wick_prefill_attention_*; the same buffers as the attention
+            // launch, whose prompt rows it writes (paged_attention skips them).
+            unsafe { b.launch(config(dims)) }.w()?;
         }
         if let Some(dims) = launch.reduce {
             let f = self.k.func(&AttentionLaunch::reduce_kernel(sfx))?;
