@@ -43,9 +43,17 @@ pub fn attention_f64(
     scale: f32,
     mut check: impl FnMut(usize, usize, usize, f64),
 ) {
-    attention_f64_abs(q, k, v, seqs, heads, kv_heads, d, scale, |r, h, e, want, _| {
-        check(r, h, e, want)
-    })
+    attention_f64_abs(
+        q,
+        k,
+        v,
+        seqs,
+        heads,
+        kv_heads,
+        d,
+        scale,
+        |r, h, e, want, _| check(r, h, e, want),
+    )
 }
 
 /// [`attention_f64`], also passing `sum_j w_j |v_j| / sum_j w_j` (the softmax average of
