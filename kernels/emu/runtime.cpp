@@ -240,7 +240,14 @@ struct Runner {
         resume(fibers[pop()].get());
     }
 
+    // The next thread to run: the longest waiting, or with a shuffled schedule any ready
+    // one, so a warp can run far ahead of the others between two barriers (as warps do on
+    // the GPU) and a missing barrier shows.
     unsigned pop() {
+        if (rng != 0 && qlen > 1) {
+            const unsigned j = (qhead + random_below(qlen)) & qmask;
+            std::swap(queue[qhead], queue[j]);
+        }
         const unsigned i = queue[qhead];
         qhead = (qhead + 1) & qmask;
         qlen--;
