@@ -7,8 +7,11 @@
 //! inputs, to within the output dtype's rounding, and against wick's CPU kernel, over head
 //! sizes 64/128/256, GQA ratios 1 to 16, block sizes 16 and 32, scattered block tables,
 //! bf16 and f16, and batches of decode rows (contexts up to ~4k, which take the
-//! split-context path), whole prompts and prompt chunks over a cached context, with unit
-//! and with sharp (scores spread over hundreds) softmaxes. Rope is
+//! split-context path), whole prompts and prompt chunks over a cached context (the
+//! tensor-core prefill kernel, to a 16k prefix), with unit and with sharp (scores spread
+//! over hundreds) softmaxes, and bit for bit under shuffled thread schedules. The
+//! tensor-core wrappers (mma, ldmatrix) are checked against a plain matrix product and the
+//! PTX ISA's fragment layouts. Rope is
 //! checked against the CPU rope in both pair layouts, write_kv and copy_range element for
 //! element, greedy against the CPU argmax and an f64 logprob, and sampling row for row
 //! against `sampling::gumbel`, its Rust statement. The emulator's own checks (deadlocks,
