@@ -268,8 +268,9 @@ __device__ void paged_attention(
 // ceil(q_len * group / PF_BM) (blocks past them return); block: PF_WARPS * WARP. Blocks take
 // the prompt sequences' tiles in order, each sequence's last (longest) tile first. A block
 // copies its PF_BM x D query tile into shared memory, then walks the keys in tiles of BN,
-// each gathered through the block table into shared memory (zeros past the tile's last
-// key); warp w owns tile rows 16 w .. 16 w + 15: S = Q K^T with mma.m16n8k16 (f32
+// each gathered through the block table into shared memory with cp.async (zeros past the
+// tile's last key), the next tile's copies in flight while this one is used (for head
+// sizes up to 128); warp w owns tile rows 16 w .. 16 w + 15: S = Q K^T with mma.m16n8k16 (f32
 // accumulators; fragments through ldmatrix), masking, an online softmax per row (max and
 // sum in f32; a row's four lanes merged with shuffles), then O += P V with P rounded to T
 // (as FlashAttention does) and V through ldmatrix .trans. Shared-memory rows are
@@ -277,10 +278,12 @@ __device__ void paged_attention(
 #define PF_WARPS 4
 #define PF_BM (16 * PF_WARPS)
 
-// Keys per K/V tile: with the query tile, 48 KiB of static shared memory at most.
+// Keys per K/V tile and K/V buffers (2: the next tile's copies overlap this tile's
+// products): with the query tile, 48 KiB of static shared memory at most.
 template <int D>
 struct PrefillTile {
-    static constexpr int BN = D >= 256 ? 16 : 64;
+    static constexpr int BN = D >= 256 ? 16 : D >= 128 ? 32 : 64;
+    static constexpr int STAGES = D >= 256 ? 1 : 2;
 };
 
 // Index (in 16-byte chunks) of chunk c of row r of a [rows][D] tile in shared memory.
@@ -298,11 +301,12 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q,
                                   const uint32_t* __restrict__ block_tables, int num_seqs,
                                   int max_blocks, int num_heads, int kv_heads, int block_size,
                                   float scale) {
-    constexpr int BM = PF_BM, BN = PrefillTile<D>::BN, C = D / 8;
+    constexpr int BM = PF_BM, BN = PrefillTile<D>::BN, STAGES = PrefillTile<D>::STAGES;
+    constexpr int C = D / 8;
     static_assert(D % 64 == 0, "the swizzle needs 8 chunks a row at least");
     __shared__ uint4 sq[BM * C];
-    __shared__ uint4 sk[BN * C];
-    __shared__ uint4 sv[BN * C];
+    __shared__ uint4 sk[STAGES][BN * C];
+    __shared__ uint4 sv[STAGES][BN * C];
 
     const int group = num_heads / kv_heads;
     const int kvh = blockIdx.y;
@@ -327,17 +331,40 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q,
     const uint32_t* table = block_tables + (size_t)s * max_blocks;
     const size_t q_row0 = q_start[s];
 
-    // The query tile (rows past the sequence's: zeros).
+    uint4 zero;
+    zero.x = zero.y = zero.z = zero.w = 0u;
+    // The query tile (rows past the sequence's: zeros), in the first copy group.
     for (int i = threadIdx.x; i < BM * C; i += blockDim.x) {
         const int r = i / C, c = i % C, ri = row0 + r;
-        uint4 v;
-        v.x = v.y = v.z = v.w = 0u;
         if (ri < rows) {
             const int h = kvh * group + ri % group;
-            v = *reinterpret_cast<const uint4*>(
-                q + ((q_row0 + ri / group) * num_heads + h) * D + c * 8);
+            tc::cp_async16(&sq[swz<D>(r, c)],
+                           q + ((q_row0 + ri / group) * num_heads + h) * D + c * 8);
+        } else {
+            sq[swz<D>(r, c)] = zero;
         }
-        sq[swz<D>(r, c)] = v;
+    }
+    // Copies key tile `tile` (keys past the tile's last: zeros) into buffer `buf`.
+    auto load_kv = [&](int tile, int buf) {
+        const int k0 = tile * BN;
+        for (int i = threadIdx.x; i < BN * C; i += blockDim.x) {
+            const int r = i / C, c = i % C, j = k0 + r;
+            if (j < n_keys) {
+                const size_t base = (((size_t)table[j / block_size] * kv_heads + kvh) * block_size +
+                                     j % block_size) * D + c * 8;
+                tc::cp_async16(&sk[buf][swz<D>(r, c)], k_cache + base);
+                tc::cp_async16(&sv[buf][swz<D>(r, c)], v_cache + base);
+            } else {
+                sk[buf][swz<D>(r, c)] = zero;
+                sv[buf][swz<D>(r, c)] = zero;
+            }
+        }
+    };
+    const int n_tiles = (n_keys + BN - 1) / BN;
+#pragma unroll
+    for (int st = 0; st < STAGES - 1; st++) {
+        if (st < n_tiles) load_kv(st, st);
+        tc::cp_async_commit();
     }
 
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
@@ -356,23 +383,15 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q,
     for (int dt = 0; dt < D / 8; dt++) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.f;
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 
-    for (int k0 = 0; k0 < n_keys; k0 += BN) {
-        __syncthreads();  // the last tile's readers are done (the first time: sq is written)
-        for (int i = threadIdx.x; i < BN * C; i += blockDim.x) {
-            const int r = i / C, c = i % C, j = k0 + r;
-            uint4 kv, vv;
-            kv.x = kv.y = kv.z = kv.w = 0u;
-            vv = kv;
-            if (j < n_keys) {
-                const size_t base = (((size_t)table[j / block_size] * kv_heads + kvh) * block_size +
-                                     j % block_size) * D + c * 8;
-                kv = *reinterpret_cast<const uint4*>(k_cache + base);
-                vv = *reinterpret_cast<const uint4*>(v_cache + base);
-            }
-            sk[swz<D>(r, c)] = kv;
-            sv[swz<D>(r, c)] = vv;
-        }
+    for (int it = 0; it < n_tiles; it++) {
+        const int k0 = it * BN, buf = it % STAGES;
+        // Every warp is done with the buffer the prefetch below fills (the last tile's when
+        // STAGES is 1, the one before it when 2).
         __syncthreads();
+        if (it + STAGES - 1 < n_tiles) load_kv(it + STAGES - 1, (it + STAGES - 1) % STAGES);
+        tc::cp_async_commit();
+        tc::cp_async_wait<STAGES - 1>();  // this thread's copies of tile it (and of Q) landed
+        __syncthreads();                  // and every thread's
 
         // S = Q K^T for this warp's 16 rows and the tile's BN keys.
         float sc[BN / 8][4];
@@ -385,7 +404,7 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q,
 #pragma unroll
             for (int np = 0; np < BN / 16; np++) {
                 uint32_t bf[4];
-                tc::ldmatrix_x4<false>(bf, &sk[swz<D>(16 * np + 8 * (mi / 2) + r8, 2 * kk + mi % 2)]);
+                tc::ldmatrix_x4<false>(bf, &sk[buf][swz<D>(16 * np + 8 * (mi / 2) + r8, 2 * kk + mi % 2)]);
                 tc::mma_16816<T>(sc[2 * np], af, bf);
                 tc::mma_16816<T>(sc[2 * np + 1], af, bf + 2);
             }
@@ -438,7 +457,7 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q,
 #pragma unroll
             for (int dp = 0; dp < D / 16; dp++) {
                 uint32_t vf[4];
-                tc::ldmatrix_x4<true>(vf, &sv[swz<D>(16 * kk + 8 * (mi % 2) + r8, 2 * dp + mi / 2)]);
+                tc::ldmatrix_x4<true>(vf, &sv[buf][swz<D>(16 * kk + 8 * (mi % 2) + r8, 2 * dp + mi / 2)]);
                 tc::mma_16816<T>(o[2 * dp], pa, vf);
                 tc::mma_16816<T>(o[2 * dp + 1], pa, vf + 2);
             }

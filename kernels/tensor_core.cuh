@@ -34,6 +34,9 @@
 #include <stdint.h>
 
 #include <type_traits>
+#ifdef WICK_EMU
+#include <vector>
+#endif
 
 namespace tc {
 
@@ -143,6 +146,72 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void* row) {
                      : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                      : "r"(addr));
     }
+#endif
+}
+
+// Asynchronous copies, global to shared memory (cp.async.cg.shared.global, 16 bytes; both
+// addresses 16-byte aligned), in groups: cp_async_commit closes this thread's group of the
+// copies issued since the last one, cp_async_wait<N> waits until at most N of this
+// thread's groups are still in flight. Another thread sees the data only after a barrier
+// that follows the wait. On the emulator a copy reads its source when issued and writes
+// its destination only when a wait retires its group, so a read before the wait (or a
+// missing wait) sees the old contents.
+#ifdef WICK_EMU
+struct CpAsyncCopy {
+    void* dst;
+    uint4 data;
+};
+struct CpAsyncThread {
+    uint64_t block = 0;
+    int open = 0;  // copies of the group being built (at the end of `copies`)
+    std::vector<CpAsyncCopy> copies;
+    std::vector<int> groups;  // committed groups' sizes, oldest first
+};
+inline CpAsyncThread& cp_async_thread() {
+    static __thread std::vector<CpAsyncThread>* threads = nullptr;
+    if (!threads) threads = new std::vector<CpAsyncThread>;
+    const size_t t = threadIdx.x + (size_t)blockDim.x * (threadIdx.y + (size_t)blockDim.y * threadIdx.z);
+    if (threads->size() <= t) threads->resize(t + 1);
+    CpAsyncThread& s = (*threads)[t];
+    if (s.block != wick_emu::block_serial()) s = CpAsyncThread{wick_emu::block_serial()};
+    return s;
+}
+#endif
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+#ifdef WICK_EMU
+    if (reinterpret_cast<uintptr_t>(smem) % 16) wick_emu::misaligned(smem, 16);
+    CpAsyncThread& s = cp_async_thread();
+    s.copies.push_back(CpAsyncCopy{smem, *static_cast<const uint4*>(gmem)});
+    s.open++;
+#else
+    const uint32_t dst = (uint32_t)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem));
+#endif
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+#ifdef WICK_EMU
+    CpAsyncThread& s = cp_async_thread();
+    s.groups.push_back(s.open);
+    s.open = 0;
+#else
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#ifdef WICK_EMU
+    CpAsyncThread& s = cp_async_thread();
+    while (s.groups.size() > (size_t)N) {
+        const int n = s.groups.front();
+        s.groups.erase(s.groups.begin());
+        for (int i = 0; i < n; i++) memcpy(s.copies[i].dst, &s.copies[i].data, 16);
+        s.copies.erase(s.copies.begin(), s.copies.begin() + n);
+    }
+#else
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 #endif
 }
 

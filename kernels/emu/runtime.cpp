@@ -135,6 +135,7 @@ struct Runner {
     std::string error;
     uint64_t rng = 0;  // 0: threads released in order; else the shuffle's state
     std::vector<unsigned> released;
+    uint64_t block_serial = 0;  // blocks run so far (wick_emu::block_serial)
     std::vector<Guard>* guards = nullptr;
 
     std::atomic<bool> in_kernel{false};
@@ -399,6 +400,7 @@ struct Runner {
 
     // Runs one block; false with `error` set when it fails.
     bool run_block() {
+        block_serial++;
         for (auto& W : warps) W.arrived = 0;
         bar_arrived = 0;
         done = 0;
@@ -590,6 +592,8 @@ void warp_collective(unsigned mask, void* operands, void (*fn)(void* const* lane
     r->warp_exchange(WARP_COLLECTIVE, mask, reinterpret_cast<uint64_t>(operands), 8, 0, 32,
                      file, line);
 }
+
+uint64_t block_serial() { return tls_runner->block_serial; }
 
 void misaligned(const void* p, int align) {
     Runner* r = tls_runner;

@@ -111,6 +111,9 @@ uint64_t warp_exchange(int op, unsigned mask, uint64_t value, int size, int arg,
 // lane's inputs and writes every lane's outputs through them.
 void warp_collective(unsigned mask, void* operands, void (*fn)(void* const* lanes, unsigned mask),
                      const char* file, int line);
+// A number that identifies the block the calling thread runs (it grows with every block
+// the launching OS thread runs): per-thread emulator state of one block is told apart by it.
+uint64_t block_serial();
 
 template <typename T>
 inline T shfl(int op, unsigned mask, T var, int arg, int width, const char* file, int line) {
