@@ -572,6 +572,28 @@ fn ldmatrix_feeds_mma_as_the_attention_kernel_does() {
     }
 }
 
+/// The emulator's cp.async writes shared memory only when a wait retires the copy's group.
+#[test]
+fn cp_async_lands_at_the_wait() {
+    emu::available().unwrap();
+    let src: Vec<u32> = (0..32 * 4).map(|i| 1000 + i).collect();
+    let src2: Vec<u32> = (0..32 * 4).map(|i| 1 << 20 | i).collect();
+    let mut out = vec![u32::MAX; 32 * 3];
+    let mut args = Args::new().schedule(9);
+    args.arg(out.as_mut_slice());
+    args.arg(src.as_slice());
+    args.arg(src2.as_slice());
+    let dims = Dims {
+        grid: (1, 1, 1),
+        block: (32, 1, 1),
+    };
+    launch("emu_cp_async", dims, args);
+    for t in 0..32 {
+        let (a, b) = (src[4 * t], src2[4 * t]);
+        assert_eq!(&out[t * 3..t * 3 + 3], &[0, a, a + b], "thread {t}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Paged attention.
 

@@ -81,3 +81,24 @@ extern "C" __global__ void emu_ldmatrix_mma_bf16(float* d, const uint16_t* a,
         for (int i = 0; i < 4; i++) d[(g + 8 * (i / 2)) * 16 + nt * 8 + 2 * t + (i % 2)] = acc[i];
     }
 }
+
+// out[thread][3]: the first 32-bit word of this thread's shared slot after cp.async of
+// src[thread] into it, (0) before any wait, (1) after cp_async_wait<1> with a second group
+// in flight (the first group landed, the second not), (2) after cp_async_wait<0>. The slots
+// start as zeros; the second group copies src2.
+extern "C" __global__ void emu_cp_async(uint32_t* out, const uint32_t* src,
+                                        const uint32_t* src2) {
+    __shared__ uint4 a[32], b[32];
+    const int t = threadIdx.x;
+    a[t].x = a[t].y = a[t].z = a[t].w = 0u;
+    b[t] = a[t];
+    tc::cp_async16(&a[t], src + 4 * t);
+    tc::cp_async_commit();
+    tc::cp_async16(&b[t], src2 + 4 * t);
+    tc::cp_async_commit();
+    out[t * 3] = a[t].x;
+    tc::cp_async_wait<1>();
+    out[t * 3 + 1] = a[t].x + b[t].x;
+    tc::cp_async_wait<0>();
+    out[t * 3 + 2] = a[t].x + b[t].x;
+}
