@@ -31,7 +31,7 @@ use wick::model::ForwardBatch;
 use wick::ops::emu::{self, Args};
 use wick::ops::launch::{
     plan_splits, scratch_lens, AdjustLaunch, ArgSink, AttentionLaunch, AttentionShape,
-    ChooseRowsLaunch, CopyRangeLaunch, Dims, RopeLaunch, StepBufs, WriteKvLaunch,
+    AttentionStage, ChooseRowsLaunch, CopyRangeLaunch, Dims, RopeLaunch, StepBufs, WriteKvLaunch,
 };
 use wick::ops::{AttnSeq, Rope, RopeScaling, RopeStyle};
 use wick::sampling::gumbel::{sample_row, RowSample};
@@ -743,40 +743,21 @@ fn check_attention(case: &Case, seed: u64) -> Vec<u16> {
         part_start: &packed[p.part_start()],
         split_rows: &packed[p.split_rows()],
     };
-    let mut args = Args::new().schedule(schedule);
-    a.args(
-        &mut args,
-        out.as_mut_slice(),
-        part_acc.as_mut_slice(),
-        part_ml.as_mut_slice(),
-        qb.as_slice(),
-        k_cache.as_slice(),
-        v_cache.as_slice(),
-        step,
-    );
-    launch(&a.kernel(ty.suffix()), a.attention, args);
-    if let Some(dims) = a.prefill {
+    // The launches ops::cuda makes, in its order.
+    for (stage, name, dims) in a.stages(ty.suffix()) {
         let mut args = Args::new().schedule(schedule);
-        a.prefill_args(
-            &mut args,
-            out.as_mut_slice(),
-            qb.as_slice(),
-            k_cache.as_slice(),
-            v_cache.as_slice(),
-            step,
-        );
-        launch(&a.prefill_kernel(ty.suffix()), dims, args);
-    }
-    if let Some(dims) = a.reduce {
-        let mut args = Args::new().schedule(schedule);
-        a.reduce_args(
-            &mut args,
-            out.as_mut_slice(),
-            part_acc.as_slice(),
-            part_ml.as_slice(),
-            step,
-        );
-        launch(&AttentionLaunch::reduce_kernel(ty.suffix()), dims, args);
+        let (o, kc, vc) = (out.as_mut_slice(), k_cache.as_slice(), v_cache.as_slice());
+        match stage {
+            AttentionStage::Decode => {
+                let (acc, ml) = (part_acc.as_mut_slice(), part_ml.as_mut_slice());
+                a.args(&mut args, o, acc, ml, qb.as_slice(), kc, vc, step);
+            }
+            AttentionStage::Prefill => a.prefill_args(&mut args, o, qb.as_slice(), kc, vc, step),
+            AttentionStage::Reduce => {
+                a.reduce_args(&mut args, o, part_acc.as_slice(), part_ml.as_slice(), step)
+            }
+        }
+        launch(&name, dims, args);
     }
     let got: Vec<f32> = out.iter().map(|&b| ty.value(b)).collect();
     // Rows of sequences with more than one new token: the prefill kernel's.

@@ -244,6 +244,17 @@ pub struct StepBufs<B> {
     pub split_rows: B,
 }
 
+/// One launch of an attention step (see [`AttentionLaunch::stages`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionStage {
+    /// `wick_paged_attention_*`: decode rows ([`AttentionLaunch::args`]).
+    Decode,
+    /// `wick_prefill_attention_*`: prompt rows ([`AttentionLaunch::prefill_args`]).
+    Prefill,
+    /// `wick_reduce_partitions_*`: merges split rows ([`AttentionLaunch::reduce_args`]).
+    Reduce,
+}
+
 /// `wick_paged_attention_*` (decode rows, split or not); when a row is split,
 /// `wick_reduce_partitions_*`; when the step has prompt rows, `wick_prefill_attention_*`
 /// (tensor cores) for them. The three write disjoint rows of one output, in any order.
@@ -333,6 +344,21 @@ impl AttentionLaunch {
 
     pub fn kernel(&self, suffix: &str) -> String {
         format!("wick_paged_attention_{suffix}_d{}", self.head_dim)
+    }
+
+    /// The step's launches, in the order to make them, for element type `suffix`: the
+    /// decode kernel (always: it returns at once for prompt rows), the prefill kernel when
+    /// the step has prompt rows, and the reduction, after the decode kernel whose partials
+    /// it reads, when a row is split. `ops::cuda` and the emulator tests launch these.
+    pub fn stages(&self, suffix: &str) -> Vec<(AttentionStage, String, Dims)> {
+        let mut v = vec![(AttentionStage::Decode, self.kernel(suffix), self.attention)];
+        if let Some(d) = self.prefill {
+            v.push((AttentionStage::Prefill, self.prefill_kernel(suffix), d));
+        }
+        if let Some(d) = self.reduce {
+            v.push((AttentionStage::Reduce, Self::reduce_kernel(suffix), d));
+        }
+        v
     }
 
     pub fn reduce_kernel(suffix: &str) -> String {
@@ -648,6 +674,25 @@ mod tests {
         let (split, _, _) = plan(&[(100, 100), (1, 7), (30, 900)], 64);
         let mixed = AttentionLaunch::new(&shape(split)).unwrap();
         assert_eq!(mixed.prefill.unwrap().grid, (33 + 2, 2, 1));
+        let stages: Vec<_> = mixed
+            .stages("bf16")
+            .into_iter()
+            .map(|s| (s.0, s.1))
+            .collect();
+        assert_eq!(
+            stages,
+            vec![
+                (
+                    AttentionStage::Decode,
+                    "wick_paged_attention_bf16_d128".into()
+                ),
+                (
+                    AttentionStage::Prefill,
+                    "wick_prefill_attention_bf16_d128".into()
+                ),
+            ]
+        );
+        assert_eq!(l.stages("f16").last().unwrap().0, AttentionStage::Reduce);
         for bad in [
             AttentionShape {
                 head_dim: 96,
