@@ -1,6 +1,7 @@
 // wick's CUDA kernels for the paged KV cache: rotary embeddings, cache writes, paged
-// attention over a flattened batch (decode, prefill and chunked prefill in one launch),
-// the split-context reduction, and block copies.
+// attention over a flattened batch (decode, prefill and chunked prefill in one step: decode
+// rows on the split-context kernel and its reduction, prompt rows on the tensor-core
+// prefill kernel), and block copies.
 //
 // Device cache layout, K and V alike: [num_blocks][num_kv_heads][block_size][head_dim],
 // so one key (or value) of one head is head_dim contiguous elements and a warp reads it
@@ -8,7 +9,7 @@
 // for its SIMD lanes; see src/kv/cache.rs.)
 //
 // Element types: __nv_bfloat16 (suffix bf16) and __half (suffix f16). All arithmetic is
-// in f32.
+// in f32 (the prefill kernel's products on tensor cores: 16-bit inputs, f32 accumulators).
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -119,7 +120,8 @@ __device__ void write_kv(const T* __restrict__ k, const T* __restrict__ v,
 }
 
 // ---------------------------------------------------------------------------------------
-// Paged attention for every query row of a flattened batch.
+// Paged attention for the decode rows of a flattened batch (a row whose part_start is
+// PREFILL_ROW, a prompt row, is prefill_attention's: its block returns at once).
 //
 // Row r belongs to sequence s = row_seq[r]; it is query number r - q_start[s] of the
 // sequence's q_len[s] new tokens, whose K/V are already in the cache; it attends to keys
