@@ -199,7 +199,15 @@ def cmd_sdpa(out):
     (untimed): SDPA's own GQA support is not in every torch version's flash backend."""
     import torch
     import torch.nn.functional as F
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        def flash_only():
+            return sdpa_kernel(SDPBackend.FLASH_ATTENTION)
+    except ImportError:  # torch before 2.3
+        def flash_only():
+            return torch.backends.cuda.sdp_kernel(
+                enable_flash=True, enable_math=False, enable_mem_efficient=False)
 
     heads, kv_heads, d = PREFILL_SHAPE
     lines = []
@@ -208,7 +216,7 @@ def cmd_sdpa(out):
         q = torch.randn(1, n, heads, d, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
         k, v = (torch.randn(1, n, kv_heads, d, device="cuda", dtype=torch.bfloat16)
                 .repeat_interleave(heads // kv_heads, dim=2).transpose(1, 2) for _ in range(2))
-        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        with flash_only():
             F.scaled_dot_product_attention(q, k, v, is_causal=True)
             torch.cuda.synchronize()
             iters = 5 if n >= 32768 else 20
