@@ -268,6 +268,8 @@ pub struct AttentionLaunch {
     /// The prefill kernel's launch, over the prompt rows' tiles.
     pub prefill: Option<Dims>,
     seqs: i32,
+    /// Rows the decode kernel attends for (the others are the prefill kernel's).
+    decode_rows: usize,
     head_dim: usize,
     max_blocks: i32,
     num_heads: i32,
@@ -331,6 +333,7 @@ impl AttentionLaunch {
                 block: (PREFILL_WARPS * 32, 1, 1),
             }),
             seqs: s.split.seqs as i32,
+            decode_rows: s.tokens.saturating_sub(s.split.prompt_rows),
             head_dim: s.head_dim,
             max_blocks: s.max_blocks as i32,
             num_heads: s.num_heads as i32,
@@ -347,11 +350,15 @@ impl AttentionLaunch {
     }
 
     /// The step's launches, in the order to make them, for element type `suffix`: the
-    /// decode kernel (always: it returns at once for prompt rows), the prefill kernel when
-    /// the step has prompt rows, and the reduction, after the decode kernel whose partials
-    /// it reads, when a row is split. `ops::cuda` and the emulator tests launch these.
+    /// decode kernel when the step has decode rows (its blocks for prompt rows return at
+    /// once), the prefill kernel when it has prompt rows, and the reduction, after the
+    /// decode kernel whose partials it reads, when a row is split. `ops::cuda` and the
+    /// emulator tests launch these.
     pub fn stages(&self, suffix: &str) -> Vec<(AttentionStage, String, Dims)> {
-        let mut v = vec![(AttentionStage::Decode, self.kernel(suffix), self.attention)];
+        let mut v = Vec::new();
+        if self.decode_rows > 0 {
+            v.push((AttentionStage::Decode, self.kernel(suffix), self.attention));
+        }
         if let Some(d) = self.prefill {
             v.push((AttentionStage::Prefill, self.prefill_kernel(suffix), d));
         }
@@ -672,7 +679,11 @@ mod tests {
         // Prompts of 100 and 30 rows beside a decode row, group 16: 2,080 rows, 33 tiles,
         // at most 2 more for the partial last tile of each sequence.
         let (split, _, _) = plan(&[(100, 100), (1, 7), (30, 900)], 64);
-        let mixed = AttentionLaunch::new(&shape(split)).unwrap();
+        let mixed = AttentionLaunch::new(&AttentionShape {
+            tokens: 131,
+            ..shape(split)
+        })
+        .unwrap();
         assert_eq!(mixed.prefill.unwrap().grid, (33 + 2, 2, 1));
         let stages: Vec<_> = mixed
             .stages("bf16")
@@ -693,6 +704,13 @@ mod tests {
             ]
         );
         assert_eq!(l.stages("f16").last().unwrap().0, AttentionStage::Reduce);
+        // Only prompt rows (the 3 of `shape`): no decode launch.
+        let (split, _, _) = plan(&[(3, 1300)], 64);
+        let only = AttentionLaunch::new(&shape(split)).unwrap();
+        assert_eq!(
+            only.stages("f16").iter().map(|s| s.0).collect::<Vec<_>>(),
+            vec![AttentionStage::Prefill]
+        );
         for bad in [
             AttentionShape {
                 head_dim: 96,
