@@ -12,7 +12,10 @@
 //! llama-3-8b shape (32 query heads, 8 KV heads, head dim 128, bf16, 16-token blocks):
 //! - `attention_cuda/decode_batch_64/ctx_{512,4096}`: 64 sequences, one new token each.
 //! - `attention_cuda/decode/ctx_32768`: one long context (split across partitions).
-//! - `attention_cuda/prefill/512`: one 512-token prompt.
+//! - `attention_cuda/prefill/{512,2048,8192,32768}`: one prompt of that many tokens in
+//!   one step (the tensor-core prefill kernel; blocks interleaved as for the others).
+//!   PyTorch's scaled_dot_product_attention on the same shapes: scripts/gpu_check.py
+//!   `sdpa`, in scripts/gpu-check.sh's `prefill` step.
 //! - `attention_cuda/greedy_64x128256`: device argmax + logprob over 64 rows of logits.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -108,7 +111,9 @@ fn attention(c: &mut Criterion) {
         run(&format!("decode/ctx_{ctx}"), 1, ctx, 1);
     }
     run("decode_batch_16/ctx_512", 16, 512, 1);
-    run("prefill/512", 1, 512, 512);
+    for n in [512, 2048, 8192, 32768] {
+        run(&format!("prefill/{n}"), 1, n, n);
+    }
     group.finish();
 }
 
@@ -190,7 +195,9 @@ fn attention_cuda(c: &mut Criterion) {
     run("decode_batch_64/ctx_512", 64, 512, 1);
     run("decode_batch_64/ctx_4096", 64, 4096, 1);
     run("decode/ctx_32768", 1, 32768, 1);
-    run("prefill/512", 1, 512, 512);
+    for n in [512, 2048, 8192, 32768] {
+        run(&format!("prefill/{n}"), 1, n, n);
+    }
     let logits = Tensor::randn(0f32, 3.0, (64, 128_256), &device).expect("logits");
     group.throughput(Throughput::Elements(64));
     // Buffers kept between iterations, as the engine keeps them between steps.

@@ -1,6 +1,7 @@
 // wick's CUDA kernels for the paged KV cache: rotary embeddings, cache writes, paged
-// attention over a flattened batch (decode, prefill and chunked prefill in one launch),
-// the split-context reduction, and block copies.
+// attention over a flattened batch (decode, prefill and chunked prefill in one step: decode
+// rows on the split-context kernel and its reduction, prompt rows on the tensor-core
+// prefill kernel), and block copies.
 //
 // Device cache layout, K and V alike: [num_blocks][num_kv_heads][block_size][head_dim],
 // so one key (or value) of one head is head_dim contiguous elements and a warp reads it
@@ -8,11 +9,13 @@
 // for its SIMD lanes; see src/kv/cache.rs.)
 //
 // Element types: __nv_bfloat16 (suffix bf16) and __half (suffix f16). All arithmetic is
-// in f32.
+// in f32 (the prefill kernel's products on tensor cores: 16-bit inputs, f32 accumulators).
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
+
+#include "tensor_core.cuh"
 
 #define WARP 32
 // Warps per attention thread block; each warp walks every NWARPS-th key of its range.
@@ -22,6 +25,7 @@
 #define GMAX 8
 #define NO_SLOT 0xffffffffu
 #define NOT_SPLIT 0xffffffffu  // part_start of a row that is not split (ops::launch)
+#define PREFILL_ROW 0xfffffffeu  // part_start of a prompt row: prefill_attention's (ops::launch)
 
 __device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
 __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
@@ -116,7 +120,8 @@ __device__ void write_kv(const T* __restrict__ k, const T* __restrict__ v,
 }
 
 // ---------------------------------------------------------------------------------------
-// Paged attention for every query row of a flattened batch.
+// Paged attention for the decode rows of a flattened batch (a row whose part_start is
+// PREFILL_ROW, a prompt row, is prefill_attention's: its block returns at once).
 //
 // Row r belongs to sequence s = row_seq[r]; it is query number r - q_start[s] of the
 // sequence's q_len[s] new tokens, whose K/V are already in the cache; it attends to keys
@@ -160,6 +165,7 @@ __device__ void paged_attention(
     const uint32_t s = row_seq[r];
     const int n_keys = (int)context_len[s] - (int)q_len[s] + (r - (int)q_start[s]) + 1;
     const uint32_t first = part_start[r];
+    if (first == PREFILL_ROW) return;  // prefill_attention's row
     const bool split = first != NOT_SPLIT;
     const int parts = split ? (n_keys + part_size - 1) / part_size : 1;
     if (p >= parts) return;  // the whole block, before any barrier
@@ -249,6 +255,234 @@ __device__ void paged_attention(
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Prefill attention on tensor cores (FlashAttention-2 over the paged cache) for the rows
+// of prompt sequences: those with q_len > 1, whose part_start is PREFILL_ROW
+// (src/ops/launch.rs plan_splits); paged_attention skips them.
+//
+// The query rows of one KV head of one sequence are (token, head) pairs, token-major: row i
+// is new token i / group of the sequence, query head kvh * group + i % group, so a tile
+// holds every query head of the group and each K/V tile is loaded once for all of them.
+// Token i (0-based among the sequence's q_len new tokens) sees keys
+// 0 .. context_len - q_len + i (the cached prefix, then causal within the chunk).
+//
+// grid: (tiles, kv_heads), tiles at least the sum over prompt sequences of
+// ceil(q_len * group / PF_BM) (blocks past them return); block: PF_WARPS * WARP. Blocks take
+// the prompt sequences' tiles in order, each sequence's last (longest) tile first. A block
+// copies its PF_BM x D query tile into shared memory, then walks the keys in tiles of BN,
+// each gathered through the block table into shared memory with cp.async (zeros past the
+// tile's last key), the next tile's copies in flight while this one is used (for head
+// sizes up to 128); warp w owns tile rows 16 w .. 16 w + 15: S = Q K^T with mma.m16n8k16 (f32
+// accumulators; fragments through ldmatrix), masking, an online softmax per row (max and
+// sum in f32; a row's four lanes merged with shuffles), then O += P V with P rounded to T
+// (as FlashAttention does) and V through ldmatrix .trans. Shared-memory rows are
+// XOR-swizzled in 16-byte chunks, so the eight rows one ldmatrix reads hit distinct banks.
+#define PF_WARPS 4
+#define PF_BM (16 * PF_WARPS)
+
+// Keys per K/V tile and K/V buffers (2: the next tile's copies overlap this tile's
+// products): with the query tile, 48 KiB of static shared memory at most.
+template <int D>
+struct PrefillTile {
+    static constexpr int BN = D >= 256 ? 16 : D >= 128 ? 32 : 64;
+    static constexpr int STAGES = D >= 256 ? 1 : 2;
+};
+
+// Index (in 16-byte chunks) of chunk c of row r of a [rows][D] tile in shared memory.
+template <int D>
+__device__ __forceinline__ int swz(int r, int c) {
+    return r * (D / 8) + (c ^ (r & 7));
+}
+
+template <typename T, int D>
+__device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q,
+                                  const T* __restrict__ k_cache, const T* __restrict__ v_cache,
+                                  const uint32_t* __restrict__ q_start,
+                                  const uint32_t* __restrict__ q_len,
+                                  const uint32_t* __restrict__ context_len,
+                                  const uint32_t* __restrict__ block_tables, int num_seqs,
+                                  int max_blocks, int num_heads, int kv_heads, int block_size,
+                                  float scale) {
+    constexpr int BM = PF_BM, BN = PrefillTile<D>::BN, STAGES = PrefillTile<D>::STAGES;
+    constexpr int C = D / 8;
+    static_assert(D % 64 == 0, "the swizzle needs 8 chunks a row at least");
+    __shared__ uint4 sq[BM * C];
+    __shared__ uint4 sk[STAGES][BN * C];
+    __shared__ uint4 sv[STAGES][BN * C];
+
+    const int group = num_heads / kv_heads;
+    const int kvh = blockIdx.y;
+    int b = blockIdx.x, s = -1, tile = 0;
+    for (int i = 0; i < num_seqs; i++) {
+        const int n = (int)q_len[i];
+        if (n <= 1) continue;  // a decode row: paged_attention's
+        const int tiles = (n * group + BM - 1) / BM;
+        if (b < tiles) {
+            s = i;
+            tile = tiles - 1 - b;
+            break;
+        }
+        b -= tiles;
+    }
+    if (s < 0) return;  // the whole block, before any barrier
+    const int n_q = (int)q_len[s];
+    const int rows = n_q * group;
+    const int row0 = tile * BM;
+    const int prefix = (int)context_len[s] - n_q;
+    const int n_keys = prefix + (min(row0 + BM, rows) - 1) / group + 1;  // the tile's keys
+    const uint32_t* table = block_tables + (size_t)s * max_blocks;
+    const size_t q_row0 = q_start[s];
+
+    uint4 zero;
+    zero.x = zero.y = zero.z = zero.w = 0u;
+    // The query tile (rows past the sequence's: zeros), in the first copy group.
+    for (int i = threadIdx.x; i < BM * C; i += blockDim.x) {
+        const int r = i / C, c = i % C, ri = row0 + r;
+        if (ri < rows) {
+            const int h = kvh * group + ri % group;
+            tc::cp_async16(&sq[swz<D>(r, c)],
+                           q + ((q_row0 + ri / group) * num_heads + h) * D + c * 8);
+        } else {
+            sq[swz<D>(r, c)] = zero;
+        }
+    }
+    // Copies key tile `tile` (keys past the tile's last: zeros) into buffer `buf`.
+    auto load_kv = [&](int tile, int buf) {
+        const int k0 = tile * BN;
+        for (int i = threadIdx.x; i < BN * C; i += blockDim.x) {
+            const int r = i / C, c = i % C, j = k0 + r;
+            if (j < n_keys) {
+                const size_t base = (((size_t)table[j / block_size] * kv_heads + kvh) * block_size +
+                                     j % block_size) * D + c * 8;
+                tc::cp_async16(&sk[buf][swz<D>(r, c)], k_cache + base);
+                tc::cp_async16(&sv[buf][swz<D>(r, c)], v_cache + base);
+            } else {
+                sk[buf][swz<D>(r, c)] = zero;
+                sv[buf][swz<D>(r, c)] = zero;
+            }
+        }
+    };
+    const int n_tiles = (n_keys + BN - 1) / BN;
+#pragma unroll
+    for (int st = 0; st < STAGES - 1; st++) {
+        if (st < n_tiles) load_kv(st, st);
+        tc::cp_async_commit();
+    }
+
+    const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
+    const int g = lane / 4, t = lane % 4;
+    const int mi = lane / 8, r8 = lane % 8;  // the ldmatrix row this lane addresses
+    // This lane's two rows (g and g + 8 of its warp's 16): keys below lim are visible. Rows
+    // past the sequence's see every key of the tile (finite, never written).
+    int lim[2];
+#pragma unroll
+    for (int h2 = 0; h2 < 2; h2++) {
+        const int ri = row0 + 16 * warp + g + 8 * h2;
+        lim[h2] = ri < rows ? prefix + ri / group + 1 : n_keys;
+    }
+    float o[D / 8][4];
+#pragma unroll
+    for (int dt = 0; dt < D / 8; dt++) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+
+    for (int it = 0; it < n_tiles; it++) {
+        const int k0 = it * BN, buf = it % STAGES;
+        // Every warp is done with the buffer the prefetch below fills (the last tile's when
+        // STAGES is 1, the one before it when 2).
+        __syncthreads();
+        if (it + STAGES - 1 < n_tiles) load_kv(it + STAGES - 1, (it + STAGES - 1) % STAGES);
+        tc::cp_async_commit();
+        tc::cp_async_wait<STAGES - 1>();  // this thread's copies of tile it (and of Q) landed
+        __syncthreads();                  // and every thread's
+
+        // S = Q K^T for this warp's 16 rows and the tile's BN keys.
+        float sc[BN / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; nt++) sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) {
+            uint32_t af[4];
+            tc::ldmatrix_x4<false>(af, &sq[swz<D>(16 * warp + 8 * (mi % 2) + r8, 2 * kk + mi / 2)]);
+#pragma unroll
+            for (int np = 0; np < BN / 16; np++) {
+                uint32_t bf[4];
+                tc::ldmatrix_x4<false>(bf, &sk[buf][swz<D>(16 * np + 8 * (mi / 2) + r8, 2 * kk + mi % 2)]);
+                tc::mma_16816<T>(sc[2 * np], af, bf);
+                tc::mma_16816<T>(sc[2 * np + 1], af, bf + 2);
+            }
+        }
+
+        // Mask, scale, and the online softmax (each row's max over its four lanes).
+        float mx[2] = {m[0], m[1]};
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; nt++) {
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int j = k0 + nt * 8 + 2 * t + (i & 1);
+                const float x = j < lim[i / 2] ? sc[nt][i] * scale : -INFINITY;
+                sc[nt][i] = x;
+                mx[i / 2] = fmaxf(mx[i / 2], x);
+            }
+        }
+        float corr[2];
+#pragma unroll
+        for (int h2 = 0; h2 < 2; h2++) {
+            mx[h2] = fmaxf(mx[h2], __shfl_xor_sync(0xffffffffu, mx[h2], 1));
+            mx[h2] = fmaxf(mx[h2], __shfl_xor_sync(0xffffffffu, mx[h2], 2));
+            corr[h2] = __expf(m[h2] - mx[h2]);  // 0 for the first tile (m = -inf)
+            m[h2] = mx[h2];
+            l[h2] *= corr[h2];
+        }
+#pragma unroll
+        for (int dt = 0; dt < D / 8; dt++) {
+#pragma unroll
+            for (int i = 0; i < 4; i++) o[dt][i] *= corr[i / 2];
+        }
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; nt++) {
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const float p = __expf(sc[nt][i] - mx[i / 2]);
+                sc[nt][i] = p;
+                l[i / 2] += p;
+            }
+        }
+
+        // O += P V: the score accumulators are P's A fragments, 16 keys at a time.
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; kk++) {
+            uint32_t pa[4];
+            pa[0] = tc::pack2<T>(sc[2 * kk][0], sc[2 * kk][1]);
+            pa[1] = tc::pack2<T>(sc[2 * kk][2], sc[2 * kk][3]);
+            pa[2] = tc::pack2<T>(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+            pa[3] = tc::pack2<T>(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+#pragma unroll
+            for (int dp = 0; dp < D / 16; dp++) {
+                uint32_t vf[4];
+                tc::ldmatrix_x4<true>(vf, &sv[buf][swz<D>(16 * kk + 8 * (mi % 2) + r8, 2 * dp + mi / 2)]);
+                tc::mma_16816<T>(o[2 * dp], pa, vf);
+                tc::mma_16816<T>(o[2 * dp + 1], pa, vf + 2);
+            }
+        }
+    }
+
+#pragma unroll
+    for (int h2 = 0; h2 < 2; h2++) {
+        l[h2] += __shfl_xor_sync(0xffffffffu, l[h2], 1);
+        l[h2] += __shfl_xor_sync(0xffffffffu, l[h2], 2);
+        const int ri = row0 + 16 * warp + g + 8 * h2;
+        if (ri < rows) {
+            const int h = kvh * group + ri % group;
+            T* dst = out + ((q_row0 + ri / group) * num_heads + h) * D + 2 * t;
+#pragma unroll
+            for (int dt = 0; dt < D / 8; dt++) {
+                dst[dt * 8] = from_f<T>(o[dt][2 * h2] / l[h2]);
+                dst[dt * 8 + 1] = from_f<T>(o[dt][2 * h2 + 1] / l[h2]);
+            }
+        }
+    }
+}
+
 // Merges the partitions of paged_attention's split rows. grid: (split rows, num_heads);
 // block: head_dim. A split row is a decode row (its sequence's only query row), so its
 // keys are its sequence's whole context.
@@ -326,6 +560,18 @@ __device__ void copy_range(uint16_t* __restrict__ buf, size_t src, size_t dst, s
                               scale);                                                      \
     }
 
+#define PREFILL_ATTENTION(SUFFIX, T, D)                                                    \
+    extern "C" __global__ void __launch_bounds__(PF_WARPS * WARP)                          \
+        wick_prefill_attention_##SUFFIX##_d##D(                                            \
+            T* out, const T* q, const T* k_cache, const T* v_cache,                        \
+            const uint32_t* q_start, const uint32_t* q_len, const uint32_t* context_len,   \
+            const uint32_t* block_tables, int num_seqs, int max_blocks, int num_heads,     \
+            int kv_heads, int block_size, float scale) {                                   \
+        prefill_attention<T, D>(out, q, k_cache, v_cache, q_start, q_len, context_len,    \
+                                block_tables, num_seqs, max_blocks, num_heads, kv_heads,  \
+                                block_size, scale);                                        \
+    }
+
 #define REDUCE(SUFFIX, T)                                                                  \
     extern "C" __global__ void wick_reduce_partitions_##SUFFIX(                            \
         T* out, const float* part_acc, const float* part_ml, const uint32_t* split_rows,   \
@@ -345,6 +591,12 @@ PAGED_ATTENTION(bf16, __nv_bfloat16, 256)
 PAGED_ATTENTION(f16, __half, 64)
 PAGED_ATTENTION(f16, __half, 128)
 PAGED_ATTENTION(f16, __half, 256)
+PREFILL_ATTENTION(bf16, __nv_bfloat16, 64)
+PREFILL_ATTENTION(bf16, __nv_bfloat16, 128)
+PREFILL_ATTENTION(bf16, __nv_bfloat16, 256)
+PREFILL_ATTENTION(f16, __half, 64)
+PREFILL_ATTENTION(f16, __half, 128)
+PREFILL_ATTENTION(f16, __half, 256)
 REDUCE(bf16, __nv_bfloat16)
 REDUCE(f16, __half)
 

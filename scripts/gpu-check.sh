@@ -25,6 +25,10 @@
 #   start      the binaries start (shared libraries found, `wick --version`)          ~2 s
 #   bandwidth  device-to-device copy bandwidth through torch (the roofline)         ~15 s
 #   kernels    cuda_kernels: wick's kernels vs f64 and CPU references              ~60-120 s
+#   prefill    prefill attention (the tensor-core kernel) for one 2k, 8k and 32k-token
+#              prompt at the llama-3-8b shape (cuda_kernels prefill_attention_timing),
+#              beside PyTorch's scaled_dot_product_attention (FlashAttention backend)
+#              on the same shapes                                                    ~20-30 s
 #   forward    cuda_kernels: the whole GPU forward vs the CPU forward on the same
 #              random weights (f32 weights + f16 cache; bf16 weights + cache),
 #              relative L2 logit error within the test's tolerances                ~30-60 s
@@ -42,9 +46,9 @@
 #              and a 256-token generate (~10-20 s at ~50 ms per step)               ~45-60 s
 #   nsys       `nsys profile` of a short `wick bench` (2 x 64 decode steps) and the
 #              per-step split into kernel time and gaps (launch overhead)          ~40-60 s
-# About 6.5 minutes in all (the middle estimates; each random:llama-3-8b load, ~10-15 s
+# About 7 minutes in all (the middle estimates; each random:llama-3-8b load, ~10-15 s
 # with CUDA start-up, is counted in its step). Each step has its own timeout, cut to what
-# the global budget BUDGET_S (default 480 s) leaves; a step that does not start for lack
+# the global budget BUDGET_S (default 510 s) leaves; a step that does not start for lack
 # of time fails. Give the call that runs it 600 s.
 #
 # Settings: SHAPE (random shape for the benchmarks, default llama-3-8b), BUDGET_S,
@@ -144,9 +148,32 @@ test_summary() {  # output detail
 
 step_kernels() {
     WICK_REQUIRE_GPU=1 "$B/cuda_kernels" --test-threads=1 --nocapture \
-        --skip gpu_forward_matches_the_cpu_forward 2>&1 | tee "$W/kernels.out"
+        --skip gpu_forward_matches_the_cpu_forward --skip prefill_attention_timing 2>&1 \
+        | tee "$W/kernels.out"
     local rc=${PIPESTATUS[0]}
     test_summary "$W/kernels.out" "$W/kernels.detail" || rc=1
+    return "$rc"
+}
+
+step_prefill() {
+    WICK_REQUIRE_GPU=1 WICK_PREFILL_TIMES="$W/prefill-wick.jsonl" "$B/cuda_kernels" \
+        --exact prefill_attention_timing --nocapture 2>&1 | tee "$W/prefill.out"
+    local rc=${PIPESTATUS[0]}
+    test_summary "$W/prefill.out" "$W/prefill.detail" || rc=1
+    "$PEER_PYTHON" scripts/gpu_check.py sdpa "$W/prefill-sdpa.jsonl" || rc=1
+    # The detail line: wick's time over SDPA's per prompt length.
+    "$PY" - "$W" >>"$W/prefill.detail" <<'PY' || rc=1
+import json, os, sys
+rows = {}
+for name in ("wick", "sdpa"):
+    with open(os.path.join(sys.argv[1], f"prefill-{name}.jsonl")) as f:
+        for line in f:
+            if line.strip():
+                r = json.loads(line)
+                rows.setdefault(r["tokens"], {})[name] = r["ms"]
+print("; ".join(f"{n}: wick {v['wick']:.2f} ms, SDPA {v['sdpa']:.2f} ms"
+                for n, v in sorted(rows.items()) if len(v) == 2))
+PY
     return "$rc"
 }
 
@@ -304,10 +331,10 @@ fi
 
 dir="$(abspath "${1:?usage: scripts/gpu-check.sh DIR [STEP ...]   or   scripts/gpu-check.sh --pack DIR}")"
 shift
-ALL_STEPS=(gpu start bandwidth kernels forward greedy decode1 serving peer nsys)
+ALL_STEPS=(gpu start bandwidth kernels prefill forward greedy decode1 serving peer nsys)
 STEPS=("$@")
 (( ${#STEPS[@]} )) || STEPS=("${ALL_STEPS[@]}")
-declare -A TIMEOUT=([gpu]=30 [start]=30 [bandwidth]=60 [kernels]=180 [forward]=150 [greedy]=120
+declare -A TIMEOUT=([gpu]=30 [start]=30 [bandwidth]=60 [kernels]=180 [prefill]=90 [forward]=150 [greedy]=120
     [decode1]=120 [serving]=240 [peer]=180 [nsys]=150)
 for s in "${STEPS[@]}"; do
     [[ -n "${TIMEOUT[$s]:-}" ]] || { echo "unknown step '$s': ${ALL_STEPS[*]}" >&2; exit 2; }
@@ -318,7 +345,7 @@ export PEER_PYTHON="${PEER_PYTHON:-/opt/torch/.venv/bin/python}"
 PY="${PYTHON:-$(command -v python3 || echo "$PEER_PYTHON")}"
 export PY
 export GC_PORT="${GC_PORT:-3917}"
-BUDGET_S="${BUDGET_S:-480}"
+BUDGET_S="${BUDGET_S:-510}"
 W="$(abspath "${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/wick-gpu-check.XXXXXX")}")"
 export W
 REPORT_DIR="$(abspath "${REPORT_DIR:-${OUT:-$dir}}")"

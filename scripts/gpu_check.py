@@ -3,9 +3,12 @@
     gpu_check.py prompts DIR                 the prompt files the benchmarks share
     gpu_check.py greedy CPU_URL GPU_URL OUT  greedy tokens of two servers compared
     gpu_check.py nsys-split CSV STEPS        decode step time split from an nsys GPU trace
+    gpu_check.py sdpa OUT                    PyTorch's scaled_dot_product_attention (flash
+                                             backend) on the prefill shapes, as JSON lines
     gpu_check.py report WORK OUTDIR          gpu-report.md and gpu-report.json
 
-`report` reads what the steps of gpu-check.sh left in WORK (see there) and never fails
+`sdpa` imports torch (gpu-check.sh runs it with PEER_PYTHON); the others need only the
+standard library. `report` reads what the steps of gpu-check.sh left in WORK (see there) and never fails
 because a step's output is missing: a missing number is reported as missing.
 """
 
@@ -33,6 +36,13 @@ SHAPES = {
     "llama-3.2-1b": (16, 2048, 8192, 32, 8, 64, 128256, True),
     "qwen2-0.5b": (24, 896, 4864, 14, 2, 64, 151936, True),
 }
+
+# Prefill attention: one causal prompt of each length at the llama-3-8b attention shape
+# (32 query heads, 8 KV heads, head dim 128, bf16), wick's kernel (cuda_kernels
+# prefill_attention_timing) beside PyTorch's SDPA with the FlashAttention backend.
+PREFILL_TOKENS = [2048, 8192, 32768]
+PREFILL_SHAPE = (32, 8, 128)
+TARGET_PREFILL_VS_SDPA = 0.7
 
 TARGET_ROOFLINE = 0.85
 TARGET_VS_TRANSFORMERS = 8.0
@@ -182,6 +192,58 @@ def cmd_nsys_split(csv_path, steps):
     return 0
 
 
+def cmd_sdpa(out):
+    """Times F.scaled_dot_product_attention(is_causal=True) with the FlashAttention backend
+    on the prefill shapes, as wick's timing does: host clock around each call plus a
+    synchronize, after one warm-up call. K/V are expanded to the query heads beforehand
+    (untimed): SDPA's own GQA support is not in every torch version's flash backend."""
+    import torch
+    import torch.nn.functional as F
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        def flash_only():
+            return sdpa_kernel(SDPBackend.FLASH_ATTENTION)
+    except ImportError:  # torch before 2.3
+        def flash_only():
+            return torch.backends.cuda.sdp_kernel(
+                enable_flash=True, enable_math=False, enable_mem_efficient=False)
+
+    heads, kv_heads, d = PREFILL_SHAPE
+    lines = []
+    for n in PREFILL_TOKENS:
+        # [batch, tokens, heads, dim] as a model holds them, viewed as [batch, heads, ...].
+        q = torch.randn(1, n, heads, d, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+        k, v = (torch.randn(1, n, kv_heads, d, device="cuda", dtype=torch.bfloat16)
+                .repeat_interleave(heads // kv_heads, dim=2).transpose(1, 2) for _ in range(2))
+        with flash_only():
+            F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            torch.cuda.synchronize()
+            iters = 5 if n >= 32768 else 20
+            t0 = time.perf_counter()
+            for _ in range(iters):
+                F.scaled_dot_product_attention(q, k, v, is_causal=True)
+                torch.cuda.synchronize()
+            secs = (time.perf_counter() - t0) / iters
+        flops = 4.0 * (n * (n + 1) // 2) * heads * d
+        lines.append(json.dumps({"impl": "torch-sdpa-flash", "tokens": n, "heads": heads,
+                                 "kv_heads": kv_heads, "head_dim": d, "ms": secs * 1e3,
+                                 "tflops": flops / secs / 1e12, "torch": torch.__version__}))
+        print(lines[-1])
+        del q, k, v
+    with open(out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return 0
+
+
+def load_lines(path):
+    try:
+        with open(path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except (OSError, ValueError):
+        return []
+
+
 def load(path):
     try:
         with open(path) as f:
@@ -301,6 +363,21 @@ def cmd_report(work, out_dir):
                             "failed": lv["failed"]}
     if ttft:
         metrics["ttft_long_prompts"] = ttft
+    prefill = {}
+    for name, path in (("wick", "prefill-wick.jsonl"), ("sdpa", "prefill-sdpa.jsonl")):
+        for row in load_lines(os.path.join(work, path)):
+            prefill.setdefault(str(row["tokens"]), {})[name] = {
+                "ms": row["ms"], "tflops": row["tflops"]}
+    for v in prefill.values():
+        if "wick" in v and "sdpa" in v:
+            v["ratio"] = v["sdpa"]["ms"] / v["wick"]["ms"]
+    if prefill:
+        metrics["prefill_attention"] = prefill
+        ratios = [v["ratio"] for v in prefill.values() if "ratio" in v]
+        if ratios:
+            targets["prefill_attention_vs_sdpa"] = {
+                "target": TARGET_PREFILL_VS_SDPA, "value": min(ratios),
+                "met": min(ratios) >= TARGET_PREFILL_VS_SDPA}
     greedy = load(os.path.join(work, "greedy.json"))
 
     ok = bool(checks) and all(c["status"] in ("pass", "skip") for c in checks)
@@ -392,6 +469,22 @@ def cmd_report(work, out_dir):
            "max_position_embeddings 8192, so the server is started with "
            "`--max-total-tokens 33024`; rope has no position table, so a 32k prompt costs "
            "what it costs on Llama 3.1 8B, which has the same shape with a 128k context."]
+    md += ["", "### Prefill attention, one causal prompt, llama-3-8b attention shape"
+           f"{verdict(targets, 'prefill_attention_vs_sdpa')}", "",
+           "| prompt tokens | wick ms | wick TFLOP/s | SDPA flash ms | SDPA TFLOP/s | wick / SDPA |",
+           "|---|---|---|---|---|---|"]
+    for n in PREFILL_TOKENS:
+        v = prefill.get(str(n), {})
+        w, t = v.get("wick", {}), v.get("sdpa", {})
+        md.append(f"| {n} | {fmt(w.get('ms'), '.2f')} | {fmt(w.get('tflops'), '.0f')} | "
+                  f"{fmt(t.get('ms'), '.2f')} | {fmt(t.get('tflops'), '.0f')} | "
+                  f"{fmt(v.get('ratio'), '.2f')} |")
+    md += ["", "32 query heads, 8 KV heads, head dim 128, bf16. wick: the attention op over "
+           "the paged cache (16-token blocks) as the engine calls it for a whole prompt "
+           "(cuda_kernels `prefill_attention_timing`); PyTorch: "
+           "`scaled_dot_product_attention(is_causal=True)` with the FlashAttention backend on "
+           "contiguous K/V. Both timed on the host clock around each call and a synchronize. "
+           f"Target: wick >= {TARGET_PREFILL_VS_SDPA} x SDPA's throughput."]
     if greedy:
         md += ["", "### Greedy generations, GPU vs CPU", "",
                greedy.get("what", ""), ""]
@@ -420,6 +513,8 @@ def main():
         return cmd_greedy(*args)
     if cmd == "nsys-split" and len(args) == 2:
         return cmd_nsys_split(*args)
+    if cmd == "sdpa" and len(args) == 1:
+        return cmd_sdpa(*args)
     if cmd == "report" and len(args) == 2:
         return cmd_report(*args)
     print(__doc__, file=sys.stderr)

@@ -635,3 +635,85 @@ fn a_decode_step_uploads_once_and_copies_back_once() {
     assert_eq!((after.htod - mid.htod, after.dtoh - mid.dtoh), (1, 1));
     assert_eq!((chosen.greedy_ids.len(), chosen.sample_ids.len()), (3, 1));
 }
+
+/// Prefill attention time at the llama-3-8b shape (32 query heads, 8 KV heads, head dim
+/// 128, bf16, 16-token blocks in order: contiguous K/V) for one whole 2k, 8k and 32k-token
+/// prompt in one step: the attention op as the engine calls it (the prompt rows go to the
+/// tensor-core prefill kernel). One JSON line per size on stderr, and into the file
+/// `WICK_PREFILL_TIMES` names when set (scripts/gpu-check.sh's `prefill` step sets it, and
+/// puts PyTorch's scaled_dot_product_attention on the same shapes beside it).
+#[test]
+fn prefill_attention_timing() {
+    let Some(dev) = gpu() else { return };
+    let device = Device::Cuda(dev.clone());
+    let kernels = Kernels::new(&dev).expect("kernels");
+    let (heads, kv_heads, d, bs) = (32usize, 8usize, 128usize, 16usize);
+    let mut lines = Vec::new();
+    for n in [2048usize, 8192, 32768] {
+        let per = n.div_ceil(bs);
+        let cache_len = per * kv_heads * bs * d;
+        let k_cache: CudaSlice<u16> = dev.alloc_zeros(cache_len).unwrap();
+        let v_cache: CudaSlice<u16> = dev.alloc_zeros(cache_len).unwrap();
+        let table: Vec<u32> = (0..per as u32).collect();
+        let up = |v: &[u32]| dev.clone_htod(v).expect("upload");
+        let (rs, qs, ql, cl, bt) = (
+            up(&vec![0u32; n]),
+            up(&[0u32]),
+            up(&[n as u32]),
+            up(&[n as u32]),
+            up(&table),
+        );
+        let mut split = Vec::new();
+        let plan = plan_splits(std::iter::once((n, n)), 1 << 16, &mut split);
+        assert_eq!((plan.prompt_rows, plan.split_rows), (n, 0));
+        split.push(0);
+        let sp = up(&split);
+        let mut scratch = AttnScratch::new(&dev, 1, heads, d).expect("scratch");
+        let meta = AttnMeta {
+            row_seq: rs.slice(..),
+            q_start: qs.slice(..),
+            q_len: ql.slice(..),
+            context_len: cl.slice(..),
+            block_tables: bt.slice(..),
+            max_blocks: per,
+            part_start: sp.slice(..n),
+            split_rows: sp.slice(n..n),
+            split: plan,
+            num_heads: heads,
+            kv_heads,
+            head_dim: d,
+            block_size: bs,
+            scale: 1.0 / (d as f32).sqrt(),
+        };
+        let q = Tensor::randn(0f32, 1.0, (n, heads * d), &device)
+            .and_then(|t| t.to_dtype(DType::BF16))
+            .expect("q");
+        let mut run = || {
+            let out = kernels
+                .paged_attention(&q, &k_cache, &v_cache, &meta, &mut scratch)
+                .expect("attention");
+            device.synchronize().expect("sync");
+            out
+        };
+        run();
+        let iters = if n >= 32768 { 5 } else { 20 };
+        let t = std::time::Instant::now();
+        for _ in 0..iters {
+            std::hint::black_box(run());
+        }
+        let secs = t.elapsed().as_secs_f64() / iters as f64;
+        // Causal: n (n + 1) / 2 scores per head, 2 flops each for QK^T and for PV.
+        let flops = 4.0 * (n * (n + 1) / 2) as f64 * (heads * d) as f64;
+        let line = format!(
+            "{{\"impl\": \"wick\", \"tokens\": {n}, \"heads\": {heads}, \"kv_heads\": {kv_heads}, \
+             \"head_dim\": {d}, \"ms\": {:.4}, \"tflops\": {:.2}}}",
+            secs * 1e3,
+            flops / secs / 1e12
+        );
+        eprintln!("{line}");
+        lines.push(line);
+    }
+    if let Some(path) = std::env::var_os("WICK_PREFILL_TIMES") {
+        std::fs::write(path, lines.join("\n") + "\n").expect("write WICK_PREFILL_TIMES");
+    }
+}

@@ -7,8 +7,11 @@
 //! inputs, to within the output dtype's rounding, and against wick's CPU kernel, over head
 //! sizes 64/128/256, GQA ratios 1 to 16, block sizes 16 and 32, scattered block tables,
 //! bf16 and f16, and batches of decode rows (contexts up to ~4k, which take the
-//! split-context path), whole prompts and prompt chunks over a cached context, with unit
-//! and with sharp (scores spread over hundreds) softmaxes. Rope is
+//! split-context path), whole prompts and prompt chunks over a cached context (the
+//! tensor-core prefill kernel, to a 16k prefix), with unit and with sharp (scores spread
+//! over hundreds) softmaxes, and bit for bit under shuffled thread schedules. The
+//! tensor-core wrappers (mma, ldmatrix) are checked against a plain matrix product and the
+//! PTX ISA's fragment layouts. Rope is
 //! checked against the CPU rope in both pair layouts, write_kv and copy_range element for
 //! element, greedy against the CPU argmax and an f64 logprob, and sampling row for row
 //! against `sampling::gumbel`, its Rust statement. The emulator's own checks (deadlocks,
@@ -28,7 +31,7 @@ use wick::model::ForwardBatch;
 use wick::ops::emu::{self, Args};
 use wick::ops::launch::{
     plan_splits, scratch_lens, AdjustLaunch, ArgSink, AttentionLaunch, AttentionShape,
-    ChooseRowsLaunch, CopyRangeLaunch, Dims, RopeLaunch, StepBufs, WriteKvLaunch,
+    AttentionStage, ChooseRowsLaunch, CopyRangeLaunch, Dims, RopeLaunch, StepBufs, WriteKvLaunch,
 };
 use wick::ops::{AttnSeq, Rope, RopeScaling, RopeStyle};
 use wick::sampling::gumbel::{sample_row, RowSample};
@@ -441,6 +444,157 @@ fn copy_range_copies_a_block() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Tensor-core wrappers (kernels/tensor_core.cuh): the emulator's mma and ldmatrix against
+// a plain matrix product and the PTX ISA's fragment layouts.
+
+/// Random 16-bit values (bits) of `ty`, and their values.
+fn random16(rng: &mut Rng, n: usize, ty: Ty) -> (Vec<u16>, Vec<f32>) {
+    let bits: Vec<u16> = (0..n).map(|_| ty.bits(rng.normal())).collect();
+    let vals = bits.iter().map(|&b| ty.value(b)).collect();
+    (bits, vals)
+}
+
+#[test]
+fn mma_m16n8k16_is_a_matrix_product() {
+    emu::available().unwrap();
+    for (ty, seed) in [(Ty::Bf16, 3u64), (Ty::F16, 4), (Ty::Bf16, 5)] {
+        let mut rng = Rng(seed);
+        let (ab, a) = random16(&mut rng, 16 * 16, ty);
+        // b as [n][k]: B(k, n) = bt[n * 16 + k].
+        let (bb, bt) = random16(&mut rng, 8 * 16, ty);
+        let c: Vec<f32> = (0..16 * 8).map(|_| rng.normal()).collect();
+        let mut d = vec![f32::NAN; 16 * 8];
+        let mut args = Args::new().schedule(seed);
+        args.arg(d.as_mut_slice());
+        args.arg(ab.as_slice());
+        args.arg(bb.as_slice());
+        args.arg(c.as_slice());
+        let dims = Dims {
+            grid: (1, 1, 1),
+            block: (32, 1, 1),
+        };
+        launch(&format!("emu_mma_{}", ty.suffix()), dims, args);
+        for i in 0..16 {
+            for j in 0..8 {
+                let want: f64 = c[i * 8 + j] as f64
+                    + (0..16)
+                        .map(|k| a[i * 16 + k] as f64 * bt[j * 16 + k] as f64)
+                        .sum::<f64>();
+                let mag: f64 = (0..16)
+                    .map(|k| (a[i * 16 + k] as f64 * bt[j * 16 + k] as f64).abs())
+                    .sum::<f64>()
+                    + (c[i * 8 + j] as f64).abs();
+                let got = d[i * 8 + j] as f64;
+                // Exact products, 17 f32 additions.
+                assert!(
+                    (got - want).abs() <= 17.0 * mag * f32::EPSILON as f64,
+                    "{ty:?} d[{i}][{j}] = {got}, want {want}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn ldmatrix_follows_the_ptx_fragment_layout() {
+    emu::available().unwrap();
+    let mut rng = Rng(11);
+    let m: Vec<u16> = (0..32 * 8).map(|_| rng.next() as u16).collect();
+    // Lanes address the shared rows in a scrambled order.
+    let mut rows: Vec<i32> = (0..32).collect();
+    for i in (1..32).rev() {
+        rows.swap(i, rng.below(i + 1));
+    }
+    for trans in [0i32, 1] {
+        let mut out = vec![0u32; 32 * 4];
+        let mut args = Args::new().schedule(trans as u64 + 1);
+        args.arg(out.as_mut_slice());
+        args.arg(m.as_slice());
+        args.arg(rows.as_slice());
+        args.arg(&trans);
+        let dims = Dims {
+            grid: (1, 1, 1),
+            block: (32, 1, 1),
+        };
+        launch("emu_ldmatrix", dims, args);
+        // Matrix i's row r is the shared row lane 8 i + r addressed.
+        let at = |i: usize, r: usize, c: usize| m[rows[8 * i + r] as usize * 8 + c] as u32;
+        for l in 0..32 {
+            for i in 0..4 {
+                let (r, c) = (l / 4, 2 * (l % 4));
+                let want = if trans == 0 {
+                    at(i, r, c) | at(i, r, c + 1) << 16
+                } else {
+                    at(i, c, r) | at(i, c + 1, r) << 16
+                };
+                assert_eq!(out[l * 4 + i], want, "trans={trans} lane {l} register {i}");
+            }
+        }
+    }
+}
+
+#[test]
+fn ldmatrix_feeds_mma_as_the_attention_kernel_does() {
+    emu::available().unwrap();
+    let ty = Ty::Bf16;
+    let mut rng = Rng(21);
+    let (ab, a) = random16(&mut rng, 16 * 16, ty);
+    let (bb, b) = random16(&mut rng, 16 * 16, ty); // [k][n]
+    let bt: Vec<u16> = (0..256).map(|i| bb[(i % 16) * 16 + i / 16]).collect(); // [n][k]
+    for trans in [0i32, 1] {
+        let mut d = vec![f32::NAN; 16 * 16];
+        let mut args = Args::new().schedule(7 + trans as u64);
+        args.arg(d.as_mut_slice());
+        args.arg(ab.as_slice());
+        args.arg(bb.as_slice());
+        args.arg(bt.as_slice());
+        args.arg(&trans);
+        let dims = Dims {
+            grid: (1, 1, 1),
+            block: (32, 1, 1),
+        };
+        launch("emu_ldmatrix_mma_bf16", dims, args);
+        for i in 0..16 {
+            for j in 0..16 {
+                let want: f64 = (0..16)
+                    .map(|k| a[i * 16 + k] as f64 * b[k * 16 + j] as f64)
+                    .sum();
+                let mag: f64 = (0..16)
+                    .map(|k| (a[i * 16 + k] as f64 * b[k * 16 + j] as f64).abs())
+                    .sum();
+                let got = d[i * 16 + j] as f64;
+                assert!(
+                    (got - want).abs() <= 16.0 * mag * f32::EPSILON as f64,
+                    "trans={trans} d[{i}][{j}] = {got}, want {want}"
+                );
+            }
+        }
+    }
+}
+
+/// The emulator's cp.async writes shared memory only when a wait retires the copy's group.
+#[test]
+fn cp_async_lands_at_the_wait() {
+    emu::available().unwrap();
+    let src: Vec<u32> = (0..32 * 4).map(|i| 1000 + i).collect();
+    let src2: Vec<u32> = (0..32 * 4).map(|i| 1 << 20 | i).collect();
+    let mut out = vec![u32::MAX; 32 * 3];
+    let mut args = Args::new().schedule(9);
+    args.arg(out.as_mut_slice());
+    args.arg(src.as_slice());
+    args.arg(src2.as_slice());
+    let dims = Dims {
+        grid: (1, 1, 1),
+        block: (32, 1, 1),
+    };
+    launch("emu_cp_async", dims, args);
+    for t in 0..32 {
+        let (a, b) = (src[4 * t], src2[4 * t]);
+        assert_eq!(&out[t * 3..t * 3 + 3], &[0, a, a + b], "thread {t}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Paged attention.
 
 struct Case {
@@ -460,8 +614,9 @@ struct Case {
 }
 
 /// Runs one step of `case` through write_kv and paged attention (and the reduction when
-/// the longest context spans several partitions) and checks every output element.
-fn check_attention(case: &Case, seed: u64) {
+/// the longest context spans several partitions, and the prefill kernel when the step has
+/// prompt rows) and checks every output element; returns the output's bits.
+fn check_attention(case: &Case, seed: u64) -> Vec<u16> {
     let Case {
         head_dim: d,
         num_heads: nh,
@@ -588,35 +743,39 @@ fn check_attention(case: &Case, seed: u64) {
         part_start: &packed[p.part_start()],
         split_rows: &packed[p.split_rows()],
     };
-    let mut args = Args::new().schedule(schedule);
-    a.args(
-        &mut args,
-        out.as_mut_slice(),
-        part_acc.as_mut_slice(),
-        part_ml.as_mut_slice(),
-        qb.as_slice(),
-        k_cache.as_slice(),
-        v_cache.as_slice(),
-        step,
-    );
-    launch(&a.kernel(ty.suffix()), a.attention, args);
-    if let Some(dims) = a.reduce {
+    // The launches ops::cuda makes, in its order.
+    for (stage, name, dims) in a.stages(ty.suffix()) {
         let mut args = Args::new().schedule(schedule);
-        a.reduce_args(
-            &mut args,
-            out.as_mut_slice(),
-            part_acc.as_slice(),
-            part_ml.as_slice(),
-            step,
-        );
-        launch(&AttentionLaunch::reduce_kernel(ty.suffix()), dims, args);
+        let (o, kc, vc) = (out.as_mut_slice(), k_cache.as_slice(), v_cache.as_slice());
+        match stage {
+            AttentionStage::Decode => {
+                let (acc, ml) = (part_acc.as_mut_slice(), part_ml.as_mut_slice());
+                a.args(&mut args, o, acc, ml, qb.as_slice(), kc, vc, step);
+            }
+            AttentionStage::Prefill => a.prefill_args(&mut args, o, qb.as_slice(), kc, vc, step),
+            AttentionStage::Reduce => {
+                a.reduce_args(&mut args, o, part_acc.as_slice(), part_ml.as_slice(), step)
+            }
+        }
+        launch(&name, dims, args);
     }
     let got: Vec<f32> = out.iter().map(|&b| ty.value(b)).collect();
+    // Rows of sequences with more than one new token: the prefill kernel's.
+    let prompt_row: Vec<bool> = case
+        .seqs
+        .iter()
+        .flat_map(|&(_, n)| std::iter::repeat_n(n > 1, n))
+        .collect();
+    assert_eq!(a.prefill.is_some(), prompt_row.contains(&true));
 
-    // Reference 1: plain f64 attention over the same inputs. The kernel works in f32 and
-    // rounds its output once to the type: within one unit in the last place.
+    // Reference 1: plain f64 attention over the same inputs. The kernels work in f32 and
+    // round their output once to the type: within one unit in the last place. The prefill
+    // kernel also rounds the softmax weights to the type for its tensor-core product (half
+    // a unit each, relative), which moves the output by at most half a unit of the
+    // weighted mean of |v|.
     let mut worst = 0f64;
-    kernel_support::attention_f64(
+    let mut weight_err = vec![0f64; got.len()];
+    kernel_support::attention_f64_abs(
         &q,
         &all_k,
         &all_v,
@@ -625,12 +784,18 @@ fn check_attention(case: &Case, seed: u64) {
         nkv,
         d,
         scale,
-        |r, h, e, want| {
+        |r, h, e, want, abs| {
             let g = got[(r * nh + h) * d + e] as f64;
             let err = (g - want).abs();
             worst = worst.max(err);
+            let weights = if prompt_row[r] {
+                ty.ulp() / 2.0 * abs
+            } else {
+                0.0
+            };
+            weight_err[(r * nh + h) * d + e] = weights;
             assert!(
-                err <= ty.ulp() * want.abs() + 1e-5,
+                err <= ty.ulp() * want.abs() + weights + 1e-5,
                 "d={d} heads={nh}/{nkv} bs={bs} {ty:?} seqs={:?}: row {r} head {h} dim {e}: \
              emulated {g} vs f64 {want}",
                 case.seqs
@@ -646,11 +811,11 @@ fn check_attention(case: &Case, seed: u64) {
     let mut cpu = vec![0f32; tokens * nh * d];
     wick::ops::paged_attention(&layout, &kc, &vc, &q, nh, &seqs, scale, &mut cpu);
     let mut cpu_worst = 0f64;
-    for (g, c) in got.iter().zip(&cpu) {
+    for ((g, c), w) in got.iter().zip(&cpu).zip(&weight_err) {
         let err = (*g as f64 - *c as f64).abs();
         cpu_worst = cpu_worst.max(err);
         assert!(
-            err <= ty.ulp() * (*c as f64).abs() + 2e-3,
+            err <= ty.ulp() * (*c as f64).abs() + w + 2e-3,
             "d={d} heads={nh}/{nkv} bs={bs} {ty:?}: emulated {g} vs the CPU kernel's {c}"
         );
     }
@@ -658,6 +823,7 @@ fn check_attention(case: &Case, seed: u64) {
         "ok d={d} heads={nh}/{nkv} bs={bs} {ty:?} parts={} seqs={:?}: max err vs f64 {worst:.2e}, vs CPU {cpu_worst:.2e}",
         a.parts, case.seqs
     );
+    out
 }
 
 /// Decode rows of assorted context lengths (1 to 1301: one, two and three partitions).
@@ -746,6 +912,120 @@ fn long_contexts_split_across_partitions() {
             split_capacity,
         };
         check_attention(&case, 99 + bs as u64);
+    }
+}
+
+/// Prompt batches for the prefill kernel: a whole prompt (two tiles and a part), a chunk
+/// over a cached prefix that is not a whole number of blocks, a two-row chunk, a decode row
+/// beside them (the split-context kernel's, in the same step), and a short prompt.
+fn prompt_batch() -> Vec<(usize, usize)> {
+    vec![(0, 150), (77, 33), (300, 2), (40, 1), (0, 9)]
+}
+
+fn prefill_case(
+    d: usize,
+    nh: usize,
+    nkv: usize,
+    bs: usize,
+    ty: Ty,
+    seqs: Vec<(usize, usize)>,
+) -> Case {
+    Case {
+        head_dim: d,
+        num_heads: nh,
+        kv_heads: nkv,
+        block_size: bs,
+        seqs,
+        ty,
+        schedule: 0,
+        q_scale: 1.0,
+        split_capacity: 1 << 16,
+    }
+}
+
+/// The prefill kernel over head sizes 64/128/256, block sizes 16 and 32, bf16 and f16.
+#[test]
+fn prefill_head_and_block_sizes() {
+    emu::available().unwrap();
+    let mut i = 0;
+    for d in [64, 128, 256] {
+        for bs in [16, 32] {
+            let ty = if (d / 64 + bs / 16) % 2 == 0 {
+                Ty::Bf16
+            } else {
+                Ty::F16
+            };
+            let mut case = prefill_case(d, 8, 2, bs, ty, prompt_batch());
+            case.schedule = if i % 2 == 1 { 40 + i } else { 0 };
+            check_attention(&case, 200 + i);
+            i += 1;
+        }
+    }
+}
+
+/// GQA ratios 1 to 16: a tile of 64 (token, head) rows holds whole tokens only when the
+/// ratio divides 64; the others (3, 5, 6, 7, 12) split tokens across tiles.
+#[test]
+fn prefill_gqa_ratios() {
+    emu::available().unwrap();
+    for (i, (nh, nkv)) in [
+        (4, 4),
+        (4, 2),
+        (6, 2),
+        (4, 1),
+        (5, 1),
+        (12, 2),
+        (14, 2),
+        (8, 1),
+        (12, 1),
+        (16, 1),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let ty = if i % 2 == 0 { Ty::F16 } else { Ty::Bf16 };
+        let d = if i % 3 == 0 { 128 } else { 64 };
+        let mut case = prefill_case(
+            d,
+            nh,
+            nkv,
+            16 << (i % 2),
+            ty,
+            vec![(0, 45), (130, 20), (9, 1)],
+        );
+        case.schedule = i as u64;
+        check_attention(&case, 300 + i as u64);
+    }
+}
+
+/// A chunk of 40 prompt rows over a cached prefix of ~16k tokens (one KV head of two query
+/// heads, so it stays fast), and sharp softmaxes on prompt rows.
+#[test]
+fn prefill_long_context_and_sharp_softmax() {
+    emu::available().unwrap();
+    let mut case = prefill_case(128, 2, 1, 32, Ty::Bf16, vec![(16384 - 40, 40), (3, 1)]);
+    case.schedule = 3;
+    check_attention(&case, 400);
+    for (ty, schedule) in [(Ty::Bf16, 0), (Ty::F16, 5)] {
+        let mut case = prefill_case(64, 8, 2, 16, ty, vec![(0, 70), (500, 30)]);
+        case.schedule = schedule;
+        case.q_scale = 12.0;
+        check_attention(&case, 401);
+    }
+}
+
+/// The thread order does not change a single bit of the prefill kernel's output.
+#[test]
+fn prefill_does_not_depend_on_thread_order() {
+    emu::available().unwrap();
+    let mut case = prefill_case(64, 12, 2, 16, Ty::F16, vec![(0, 40), (90, 17), (3, 1)]);
+    let first = check_attention(&case, 500);
+    for schedule in [1, 2, 3] {
+        case.schedule = schedule;
+        assert!(
+            check_attention(&case, 500) == first,
+            "schedule {schedule} changes the output"
+        );
     }
 }
 

@@ -1,7 +1,9 @@
 //! kernels/*.cu through NVIDIA's compiler, on any machine with a CUDA toolkit (no GPU):
 //! each file compiles to PTX for compute capabilities 80 and 90 with build.rs's flags,
 //! defines every kernel `ops::launch` names, and ptxas turns each into machine code for
-//! sm_80 and sm_90 without register spills.
+//! sm_80 and sm_90 without register spills. Prints each kernel's registers and shared
+//! memory, and for the attention kernels (128 threads a block) how many blocks fit on one
+//! SM by registers, shared memory and threads.
 //!
 //! nvcc comes from `WICK_NVCC`, `CUDA_ROOT/bin`, or `PATH`; `scripts/cuda-toolkit.sh
 //! --compiler DIR` installs one (about 100 MB, which CI does). Without one the test says
@@ -60,6 +62,7 @@ fn expected() -> Vec<(&'static str, String)> {
             };
             let launch = AttentionLaunch::new(&shape).expect("a valid shape");
             names.push(("attention", launch.kernel(suffix)));
+            names.push(("attention", launch.prefill_kernel(suffix)));
         }
     }
     names.push(("attention", CopyRangeLaunch::KERNEL.to_string()));
@@ -139,11 +142,37 @@ fn kernels_compile_for_sm80_and_sm90_without_spills() {
                     }
                 }
                 if line.contains("Used") && line.contains("registers") {
-                    eprintln!("sm_{cap} {current}: {}", line.trim());
+                    let occupancy = if current.contains("_attention_") {
+                        blocks_per_sm(line, cap, 128)
+                    } else {
+                        String::new()
+                    };
+                    eprintln!("sm_{cap} {current}: {}{occupancy}", line.trim());
                 }
             }
         }
     }
     let _ = std::fs::remove_dir_all(&out);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Thread blocks of `threads` that fit on one SM of compute capability `cap`, from a ptxas
+/// "Used R registers, ... S bytes smem" line: registers are allocated per warp in units of
+/// 256, 64 Ki a SM; shared memory per SM is 164 KiB (sm_80) or 228 KiB (sm_90), with 1 KiB
+/// reserved per block; at most 2,048 threads and 32 blocks.
+fn blocks_per_sm(line: &str, cap: u32, threads: u32) -> String {
+    let number_before = |unit: &str| -> Option<u32> {
+        let i = line.find(unit)?;
+        line[..i].trim_end().rsplit(' ').next()?.parse().ok()
+    };
+    let (Some(regs), smem) = (number_before(" registers"), number_before(" bytes smem")) else {
+        return String::new();
+    };
+    let warps = threads.div_ceil(32);
+    let per_warp = (regs * 32).div_ceil(256) * 256;
+    let by_regs = 65536 / (per_warp * warps);
+    let sm_smem = if cap >= 90 { 228 * 1024 } else { 164 * 1024 };
+    let by_smem = sm_smem / (smem.unwrap_or(0) + 1024);
+    let blocks = by_regs.min(by_smem).min(2048 / threads).min(32);
+    format!(" -> {blocks} blocks of {threads} threads per SM (registers {by_regs}, shared memory {by_smem})")
 }

@@ -71,6 +71,9 @@ async fn health_info_metrics_openapi() {
         "wick_kv_blocks_cached",
         "wick_prefix_cache_hit_tokens_total",
         "wick_preemptions_total",
+        "wick_grammar_masks_total",
+        "wick_grammar_mask_microseconds_total",
+        "wick_step_microseconds_total",
     ] {
         assert!(m.text.contains(name), "{name} missing from\n{}", m.text);
     }

@@ -74,6 +74,9 @@ struct Warp {
     uint64_t in[32];
     uint64_t out[32];
     int arg[32];
+    // WARP_COLLECTIVE: what the last lane to arrive runs for all (each lane's `in` is a
+    // pointer to its operands).
+    void (*collective)(void* const* lanes, unsigned mask) = nullptr;
 };
 
 struct Guard {
@@ -132,6 +135,7 @@ struct Runner {
     std::string error;
     uint64_t rng = 0;  // 0: threads released in order; else the shuffle's state
     std::vector<unsigned> released;
+    uint64_t block_serial = 0;  // blocks run so far (wick_emu::block_serial)
     std::vector<Guard>* guards = nullptr;
 
     std::atomic<bool> in_kernel{false};
@@ -237,7 +241,14 @@ struct Runner {
         resume(fibers[pop()].get());
     }
 
+    // The next thread to run: the longest waiting, or with a shuffled schedule any ready
+    // one, so a warp can run far ahead of the others between two barriers (as warps do on
+    // the GPU) and a missing barrier shows.
     unsigned pop() {
+        if (rng != 0 && qlen > 1) {
+            const unsigned j = (qhead + random_below(qlen)) & qmask;
+            std::swap(queue[qhead], queue[j]);
+        }
         const unsigned i = queue[qhead];
         qhead = (qhead + 1) & qmask;
         qlen--;
@@ -348,6 +359,12 @@ struct Runner {
     }
 
     void complete(Warp& W, unsigned w, Fiber* last) {
+        if (W.op == WARP_COLLECTIVE) {
+            void* lanes[32] = {};
+            for (unsigned l = 0; l < 32; l++)
+                if (W.mask >> l & 1u) lanes[l] = reinterpret_cast<void*>(W.in[l]);
+            W.collective(lanes, W.mask);
+        }
         unsigned ballot = 0;
         for (unsigned l = 0; l < 32; l++)
             if ((W.mask >> l & 1u) && W.in[l] != 0) ballot |= 1u << l;
@@ -366,6 +383,7 @@ struct Runner {
                     break;
                 }
                 case VOTE_BALLOT: W.out[l] = ballot; continue;
+                case WARP_COLLECTIVE: W.out[l] = 0; continue;
                 default: W.out[l] = 0; continue;
             }
             if (!(W.mask >> src & 1u)) {
@@ -382,6 +400,7 @@ struct Runner {
 
     // Runs one block; false with `error` set when it fails.
     bool run_block() {
+        block_serial++;
         for (auto& W : warps) W.arrived = 0;
         bar_arrived = 0;
         done = 0;
@@ -562,6 +581,19 @@ uint64_t warp_exchange(int op, unsigned mask, uint64_t value, int size, int arg,
                        const char* file, int line) {
     return tls_runner->warp_exchange(op, mask, value, size, arg, width, file, line);
 }
+
+void warp_collective(unsigned mask, void* operands, void (*fn)(void* const* lanes, unsigned mask),
+                     const char* file, int line) {
+    Runner* r = tls_runner;
+    Warp& W = r->warps[r->current->tid >> 5];
+    // The lanes of one call site pass the same function: the first sets it, the others
+    // are checked against the site (warp_exchange) and so run the same one.
+    if (W.arrived == 0) W.collective = fn;
+    r->warp_exchange(WARP_COLLECTIVE, mask, reinterpret_cast<uint64_t>(operands), 8, 0, 32,
+                     file, line);
+}
+
+uint64_t block_serial() { return tls_runner->block_serial; }
 
 void misaligned(const void* p, int align) {
     Runner* r = tls_runner;

@@ -15,6 +15,8 @@
 
 #ifndef WICK_EMU_H
 #define WICK_EMU_H
+// Device code that must differ on the emulator (inline PTX) tests this.
+#define WICK_EMU 1
 
 #include <math.h>
 #include <stddef.h>
@@ -97,11 +99,21 @@ static constexpr int warpSize = 32;
 
 namespace wick_emu {
 void syncthreads(const char* file, int line);
-enum { SHFL_IDX, SHFL_UP, SHFL_DOWN, SHFL_XOR, VOTE_BALLOT, SYNC_WARP };
+enum { SHFL_IDX, SHFL_UP, SHFL_DOWN, SHFL_XOR, VOTE_BALLOT, SYNC_WARP, WARP_COLLECTIVE };
 // Warp exchange: waits for every lane of `mask` at this call, then returns this lane's
 // result (the source lane's value bits for shuffles, the ballot for votes).
 uint64_t warp_exchange(int op, unsigned mask, uint64_t value, int size, int arg, int width,
                        const char* file, int line);
+
+// A warp-wide instruction (tensor-core mma, ldmatrix: kernels/tensor_core.cuh): waits for
+// every lane of `mask` at this call, then runs fn once with each lane's `operands`
+// (lanes[l], null for lanes outside the mask), before any of them goes on; fn reads every
+// lane's inputs and writes every lane's outputs through them.
+void warp_collective(unsigned mask, void* operands, void (*fn)(void* const* lanes, unsigned mask),
+                     const char* file, int line);
+// A number that identifies the block the calling thread runs (it grows with every block
+// the launching OS thread runs): per-thread emulator state of one block is told apart by it.
+uint64_t block_serial();
 
 template <typename T>
 inline T shfl(int op, unsigned mask, T var, int arg, int width, const char* file, int line) {

@@ -29,4 +29,4 @@ pub use request::{
 pub use runner::{CacheConfig, ModelRunner};
 pub use scheduler::{Scheduler, SchedulerConfig, SeqId, StepPlan};
 pub use sequence::Sequence;
-pub use stats::{EngineStats, StatsSnapshot};
+pub use stats::{EngineStats, MaskSnapshot, StatsSnapshot, MASK_BUCKETS_US};

@@ -29,7 +29,9 @@ pub struct EngineStats {
 }
 
 /// Upper bounds (microseconds) of the grammar mask time histogram's buckets.
-pub const MASK_BUCKETS_US: [u64; 10] = [10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000];
+pub const MASK_BUCKETS_US: [u64; 16] = [
+    5, 10, 15, 20, 30, 40, 50, 75, 100, 150, 250, 500, 1_000, 2_500, 5_000, 10_000,
+];
 
 /// How long grammar masks took: a histogram of the time per mask, and how long steps
 /// waited for masks once their forward pass was done (the part of mask time that is
@@ -52,6 +54,35 @@ pub struct MaskSnapshot {
     pub sum_us: u64,
     /// Total microseconds steps waited for masks after their forward pass.
     pub wait_us: u64,
+}
+
+impl MaskSnapshot {
+    /// The upper bound (microseconds) of the bucket holding quantile `q` of the mask
+    /// times; None with no masks, `u64::MAX` past the last bucket.
+    pub fn quantile_us(&self, q: f64) -> Option<u64> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = ((q * self.count as f64).ceil() as u64).clamp(1, self.count);
+        let mut seen = 0;
+        for (i, &n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(MASK_BUCKETS_US.get(i).copied().unwrap_or(u64::MAX));
+            }
+        }
+        Some(u64::MAX)
+    }
+
+    /// The figures gathered since `earlier`.
+    pub fn since(&self, earlier: &MaskSnapshot) -> MaskSnapshot {
+        MaskSnapshot {
+            buckets: std::array::from_fn(|i| self.buckets[i] - earlier.buckets[i]),
+            count: self.count - earlier.count,
+            sum_us: self.sum_us - earlier.sum_us,
+            wait_us: self.wait_us - earlier.wait_us,
+        }
+    }
 }
 
 /// A copy of the engine's figures at one moment.

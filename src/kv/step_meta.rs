@@ -163,7 +163,7 @@ pub fn pack_step(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::launch::NOT_SPLIT;
+    use crate::ops::launch::{NOT_SPLIT, PREFILL_ROW};
     use crate::ops::AttnSeq;
 
     fn layout() -> CacheLayout {
@@ -212,7 +212,10 @@ mod tests {
                     part_size: 512,
                     max_parts: 1,
                     total_parts: 0,
-                    split_rows: 0
+                    split_rows: 0,
+                    seqs: 2,
+                    prompt_seqs: 1,
+                    prompt_rows: 3,
                 },
                 logits_rows: 2,
             }
@@ -224,7 +227,10 @@ mod tests {
         assert_eq!(&out[p.q_len()], &[3, 1]);
         assert_eq!(&out[p.context_len()], &[5, 9]);
         assert_eq!(&out[p.block_tables()], &[5, 2, 0, 1, 7, 3]);
-        assert_eq!(&out[p.part_start()], &[NOT_SPLIT; 4]);
+        assert_eq!(
+            &out[p.part_start()],
+            &[PREFILL_ROW, PREFILL_ROW, PREFILL_ROW, NOT_SPLIT]
+        );
         assert!(out[p.split_rows()].is_empty());
         assert_eq!(&out[p.token_ids()], &[10, 11, 12, 13]);
         assert_eq!(&out[p.logits_rows()], &[2, 3]);
@@ -311,7 +317,7 @@ mod tests {
         let mut out = Vec::new();
         let p = pack_step(&layout, &batch, 64, &mut out).unwrap();
         assert_eq!((p.split.max_parts, p.split.total_parts), (3, 3));
-        assert_eq!(&out[p.part_start()], &[NOT_SPLIT, NOT_SPLIT, 0]);
+        assert_eq!(&out[p.part_start()], &[PREFILL_ROW, PREFILL_ROW, 0]);
         assert_eq!(&out[p.split_rows()], &[2]);
         assert_eq!(out.len(), p.len());
     }

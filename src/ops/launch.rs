@@ -16,6 +16,11 @@ pub const PARTITION_SIZE: usize = 512;
 /// `part_start` of a row that is not split.
 pub const NOT_SPLIT: u32 = u32::MAX;
 
+/// `part_start` of a prompt row (its sequence has more than one query row): the prefill
+/// kernel (`wick_prefill_attention_*`, tensor cores) attends for it and the split-context
+/// kernel skips it.
+pub const PREFILL_ROW: u32 = u32::MAX - 1;
+
 /// How one step's query rows are split across thread blocks.
 ///
 /// Only decode rows (the single query row of their sequence) are split, each into
@@ -34,11 +39,17 @@ pub struct SplitPlan {
     pub total_parts: usize,
     /// Rows that are split (the reduction's grid).
     pub split_rows: usize,
+    /// Sequences of the step (the prefill kernel walks them).
+    pub seqs: usize,
+    /// Sequences with more than one query row, and their rows: the prefill kernel's.
+    pub prompt_seqs: usize,
+    pub prompt_rows: usize,
 }
 
 /// Plans the splits of a step (see [`SplitPlan`]) whose sequences have these
 /// `(q_len, context_len)`, rows in order; appends to `out` each row's first scratch
-/// partition (or [`NOT_SPLIT`]), then the split rows.
+/// partition (or [`NOT_SPLIT`], or [`PREFILL_ROW`] for the rows of a sequence with more
+/// than one query row), then the split rows.
 pub fn plan_splits(
     seqs: impl Iterator<Item = (usize, usize)> + Clone,
     capacity: usize,
@@ -63,12 +74,17 @@ pub fn plan_splits(
         ..Default::default()
     };
     for (q_len, ctx) in seqs.clone() {
+        plan.seqs += 1;
         if split(q_len, ctx) {
             let parts = ctx.div_ceil(part_size);
             out.push(plan.total_parts as u32);
             plan.total_parts += parts;
             plan.max_parts = plan.max_parts.max(parts);
             plan.split_rows += 1;
+        } else if q_len > 1 {
+            plan.prompt_seqs += 1;
+            plan.prompt_rows += q_len;
+            out.extend(std::iter::repeat_n(PREFILL_ROW, q_len));
         } else {
             out.extend(std::iter::repeat_n(NOT_SPLIT, q_len));
         }
@@ -97,6 +113,10 @@ pub const HEAD_DIMS: [usize; 3] = [64, 128, 256];
 const GMAX: usize = 8;
 /// Warps per attention thread block (`NWARPS` in the kernel).
 const NWARPS: u32 = 4;
+/// Query rows (token, head) per prefill thread block (`PF_BM` in the kernel), 16 per warp.
+pub const PREFILL_TILE_ROWS: usize = 64;
+/// Warps per prefill thread block (`PF_WARPS` in the kernel).
+const PREFILL_WARPS: u32 = 4;
 /// Threads per block of the per-row choice kernels (`THREADS` in kernels/sampling.cu).
 const CHOOSE_THREADS: u32 = 1024;
 
@@ -224,7 +244,20 @@ pub struct StepBufs<B> {
     pub split_rows: B,
 }
 
-/// `wick_paged_attention_*` and, when a row is split, `wick_reduce_partitions_*`.
+/// One launch of an attention step (see [`AttentionLaunch::stages`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionStage {
+    /// `wick_paged_attention_*`: decode rows ([`AttentionLaunch::args`]).
+    Decode,
+    /// `wick_prefill_attention_*`: prompt rows ([`AttentionLaunch::prefill_args`]).
+    Prefill,
+    /// `wick_reduce_partitions_*`: merges split rows ([`AttentionLaunch::reduce_args`]).
+    Reduce,
+}
+
+/// `wick_paged_attention_*` (decode rows, split or not); when a row is split,
+/// `wick_reduce_partitions_*`; when the step has prompt rows, `wick_prefill_attention_*`
+/// (tensor cores) for them. The three write disjoint rows of one output, in any order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttentionLaunch {
     /// Most partitions of any row (1: no reduction launch).
@@ -232,6 +265,11 @@ pub struct AttentionLaunch {
     pub attention: Dims,
     /// The reduction's launch, over the split rows.
     pub reduce: Option<Dims>,
+    /// The prefill kernel's launch, over the prompt rows' tiles.
+    pub prefill: Option<Dims>,
+    seqs: i32,
+    /// Rows the decode kernel attends for (the others are the prefill kernel's).
+    decode_rows: usize,
     head_dim: usize,
     max_blocks: i32,
     num_heads: i32,
@@ -265,7 +303,17 @@ impl AttentionLaunch {
                 parts, s.split.part_size
             ));
         }
-        let subgroups = (s.num_heads / s.kv_heads).div_ceil(GMAX);
+        let group = s.num_heads / s.kv_heads;
+        let subgroups = group.div_ceil(GMAX);
+        // Tiles of PREFILL_TILE_ROWS (token, head) rows per KV head: at most one partial
+        // tile per prompt sequence (the kernel returns for blocks past the last).
+        let tiles = (s.split.prompt_rows * group).div_ceil(PREFILL_TILE_ROWS) + s.split.prompt_seqs;
+        if tiles > i32::MAX as usize || s.split.seqs > i32::MAX as usize {
+            return Err(format!(
+                "{} prompt rows are beyond the prefill kernel's grid",
+                s.split.prompt_rows
+            ));
+        }
         Ok(Self {
             parts,
             attention: Dims {
@@ -280,6 +328,12 @@ impl AttentionLaunch {
                 grid: (s.split.split_rows as u32, s.num_heads as u32, 1),
                 block: (s.head_dim as u32, 1, 1),
             }),
+            prefill: (s.split.prompt_seqs > 0).then_some(Dims {
+                grid: (tiles as u32, s.kv_heads as u32, 1),
+                block: (PREFILL_WARPS * 32, 1, 1),
+            }),
+            seqs: s.split.seqs as i32,
+            decode_rows: s.tokens.saturating_sub(s.split.prompt_rows),
             head_dim: s.head_dim,
             max_blocks: s.max_blocks as i32,
             num_heads: s.num_heads as i32,
@@ -295,8 +349,60 @@ impl AttentionLaunch {
         format!("wick_paged_attention_{suffix}_d{}", self.head_dim)
     }
 
+    /// The step's launches, in the order to make them, for element type `suffix`: the
+    /// decode kernel when the step has decode rows (its blocks for prompt rows return at
+    /// once), the prefill kernel when it has prompt rows, and the reduction, after the
+    /// decode kernel whose partials it reads, when a row is split. `ops::cuda` and the
+    /// emulator tests launch these.
+    pub fn stages(&self, suffix: &str) -> Vec<(AttentionStage, String, Dims)> {
+        let mut v = Vec::new();
+        if self.decode_rows > 0 {
+            v.push((AttentionStage::Decode, self.kernel(suffix), self.attention));
+        }
+        if let Some(d) = self.prefill {
+            v.push((AttentionStage::Prefill, self.prefill_kernel(suffix), d));
+        }
+        if let Some(d) = self.reduce {
+            v.push((AttentionStage::Reduce, Self::reduce_kernel(suffix), d));
+        }
+        v
+    }
+
     pub fn reduce_kernel(suffix: &str) -> String {
         format!("wick_reduce_partitions_{suffix}")
+    }
+
+    pub fn prefill_kernel(&self, suffix: &str) -> String {
+        format!("wick_prefill_attention_{suffix}_d{}", self.head_dim)
+    }
+
+    /// The prefill kernel's arguments (it reads the step's sequences, not its rows).
+    #[allow(clippy::too_many_arguments)]
+    pub fn prefill_args<'s, S, O, Q, C, B>(
+        &'s self,
+        s: &mut S,
+        out: O,
+        q: Q,
+        k_cache: C,
+        v_cache: C,
+        step: StepBufs<B>,
+    ) where
+        S: ArgSink<O> + ArgSink<Q> + ArgSink<C> + ArgSink<B> + ArgSink<&'s i32> + ArgSink<&'s f32>,
+    {
+        s.arg(out);
+        s.arg(q);
+        s.arg(k_cache);
+        s.arg(v_cache);
+        s.arg(step.q_start);
+        s.arg(step.q_len);
+        s.arg(step.context_len);
+        s.arg(step.block_tables);
+        s.arg(&self.seqs);
+        s.arg(&self.max_blocks);
+        s.arg(&self.num_heads);
+        s.arg(&self.kv_heads);
+        s.arg(&self.block_size);
+        s.arg(&self.scale);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -556,11 +662,14 @@ mod tests {
                 part_size: 512,
                 max_parts: 4,
                 total_parts: 3 + 4,
-                split_rows: 2
+                split_rows: 2,
+                seqs: 4,
+                prompt_seqs: 1,
+                prompt_rows: 4,
             }
         );
-        let n = NOT_SPLIT;
-        assert_eq!(starts, vec![n, n, n, n, 0, n, 3]);
+        let (n, p) = (NOT_SPLIT, PREFILL_ROW);
+        assert_eq!(starts, vec![p, p, p, p, 0, n, 3]);
         assert_eq!(rows, vec![4, 6]);
     }
 
@@ -570,7 +679,8 @@ mod tests {
         // in all, not 16 for each of the 4,097 rows.
         let (p, starts, _) = plan(&[(4096, 4096), (1, 8192)], 1 << 20);
         assert_eq!((p.total_parts, p.max_parts, p.split_rows), (16, 16, 1));
-        assert_eq!(starts.iter().filter(|&&s| s != NOT_SPLIT).count(), 1);
+        assert_eq!(starts.iter().filter(|&&s| s == PREFILL_ROW).count(), 4096);
+        assert_eq!(starts[4096], 0);
     }
 
     #[test]
@@ -610,9 +720,48 @@ mod tests {
         assert_eq!(l.attention.block, (128, 1, 1));
         assert_eq!(l.reduce.unwrap().grid, (2, 32, 1));
         assert_eq!(scratch_lens(5, 32, 128), (5 * 32 * 128, 5 * 32 * 2));
+        assert_eq!(l.prefill, None);
         let (split, _, _) = plan(&[(3, 1300)], 64);
         let short = AttentionLaunch::new(&shape(split)).unwrap();
         assert_eq!((short.parts, short.reduce), (1, None));
+        // 3 prompt rows of 16 heads per KV head: 48 rows, one tile (and one spare block).
+        let pf = short.prefill.unwrap();
+        assert_eq!((pf.grid, pf.block), ((2, 2, 1), (128, 1, 1)));
+        // Prompts of 100 and 30 rows beside a decode row, group 16: 2,080 rows, 33 tiles,
+        // at most 2 more for the partial last tile of each sequence.
+        let (split, _, _) = plan(&[(100, 100), (1, 7), (30, 900)], 64);
+        let mixed = AttentionLaunch::new(&AttentionShape {
+            tokens: 131,
+            ..shape(split)
+        })
+        .unwrap();
+        assert_eq!(mixed.prefill.unwrap().grid, (33 + 2, 2, 1));
+        let stages: Vec<_> = mixed
+            .stages("bf16")
+            .into_iter()
+            .map(|s| (s.0, s.1))
+            .collect();
+        assert_eq!(
+            stages,
+            vec![
+                (
+                    AttentionStage::Decode,
+                    "wick_paged_attention_bf16_d128".into()
+                ),
+                (
+                    AttentionStage::Prefill,
+                    "wick_prefill_attention_bf16_d128".into()
+                ),
+            ]
+        );
+        assert_eq!(l.stages("f16").last().unwrap().0, AttentionStage::Reduce);
+        // Only prompt rows (the 3 of `shape`): no decode launch.
+        let (split, _, _) = plan(&[(3, 1300)], 64);
+        let only = AttentionLaunch::new(&shape(split)).unwrap();
+        assert_eq!(
+            only.stages("f16").iter().map(|s| s.0).collect::<Vec<_>>(),
+            vec![AttentionStage::Prefill]
+        );
         for bad in [
             AttentionShape {
                 head_dim: 96,
@@ -689,6 +838,12 @@ mod tests {
         assert_eq!(
             n.0.join(" "),
             "out acc ml split_rows part_start row_seq context_len 8 64 512"
+        );
+        let mut n = Names::default();
+        l.prefill_args(&mut n, "out", "q", "k", "v", step);
+        assert_eq!(
+            n.0.join(" "),
+            "out q k v q_start q_len context_len block_tables 0 5 8 2 16 0.5"
         );
     }
 }

@@ -219,6 +219,12 @@ impl Metrics {
             counter!("wick_requests_finished_total").absolute(s.requests_finished);
             counter!("wick_requests_cancelled_total").absolute(s.requests_cancelled);
             counter!("wick_requests_failed_total").absolute(s.requests_failed);
+            // Grammar masks (structured output): how many, their compute time, and the
+            // part of it steps waited for after their forward pass; beside the steps' time.
+            counter!("wick_grammar_masks_total").absolute(s.grammar.count);
+            counter!("wick_grammar_mask_microseconds_total").absolute(s.grammar.sum_us);
+            counter!("wick_grammar_mask_wait_microseconds_total").absolute(s.grammar.wait_us);
+            counter!("wick_step_microseconds_total").absolute(s.step_us);
             // The endpoint picker's inputs, with vLLM's meaning: waiting (queued or
             // preempted) and running as in tgi_queue_size and tgi_batch_current_size, and
             // KV usage as the fraction (0..1, not 0..100) of blocks held by sequences,

@@ -43,6 +43,35 @@ pub fn attention_f64(
     scale: f32,
     mut check: impl FnMut(usize, usize, usize, f64),
 ) {
+    attention_f64_abs(
+        q,
+        k,
+        v,
+        seqs,
+        heads,
+        kv_heads,
+        d,
+        scale,
+        |r, h, e, want, _| check(r, h, e, want),
+    )
+}
+
+/// [`attention_f64`], also passing `sum_j w_j |v_j| / sum_j w_j` (the softmax average of
+/// the values' magnitudes) to `check`: what rounding the softmax weights (as the prefill
+/// kernel rounds P to 16 bits for its tensor-core product) can change the output by, per
+/// unit of relative weight error.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_f64_abs(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    seqs: &[(usize, usize)],
+    heads: usize,
+    kv_heads: usize,
+    d: usize,
+    scale: f32,
+    mut check: impl FnMut(usize, usize, usize, f64, f64),
+) {
     let group = heads / kv_heads;
     let mut base = 0; // first position of sequence s in k and v
     let mut row = 0;
@@ -66,11 +95,13 @@ pub fn attention_f64(
                 let w: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
                 let z: f64 = w.iter().sum();
                 for e in 0..d {
-                    let want: f64 = (0..visible)
-                        .map(|j| w[j] * v[((base + j) * kv_heads + kvh) * d + e] as f64)
-                        .sum::<f64>()
-                        / z;
-                    check(row + i, h, e, want);
+                    let (mut want, mut abs) = (0f64, 0f64);
+                    for (j, wj) in w.iter().enumerate() {
+                        let x = v[((base + j) * kv_heads + kvh) * d + e] as f64;
+                        want += wj * x;
+                        abs += wj * x.abs();
+                    }
+                    check(row + i, h, e, want / z, abs / z);
                 }
             }
         }

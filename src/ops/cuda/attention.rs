@@ -1,6 +1,7 @@
-//! Paged attention on the device (`wick_paged_attention_*` and, for split rows,
-//! `wick_reduce_partitions_*` in `kernels/attention.cu`), as a candle custom op: the
-//! step's batch ([`AttnMeta`]) and the split rows' partials ([`AttnScratch`]).
+//! Paged attention on the device (`kernels/attention.cu`: `wick_paged_attention_*` for
+//! decode rows and, for split ones, `wick_reduce_partitions_*`; `wick_prefill_attention_*`
+//! on tensor cores for prompt rows), as a candle custom op: the step's batch
+//! ([`AttnMeta`]) and the split rows' partials ([`AttnScratch`]).
 
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView};
 use candle_core::cuda_backend::{CudaDevice, WrapErr};
@@ -11,7 +12,9 @@ use candle_core::{
 
 use super::buffers::{alloc_like, raw_view, suffix, Out16};
 use super::{config, Args, Kernels};
-use crate::ops::launch::{scratch_lens, AttentionLaunch, AttentionShape, SplitPlan, StepBufs};
+use crate::ops::launch::{
+    scratch_lens, AttentionLaunch, AttentionShape, AttentionStage, SplitPlan, StepBufs,
+};
 
 impl Kernels {
     /// Paged attention of every query row (`q`: `[tokens, heads * head_dim]`) over one
@@ -162,30 +165,28 @@ impl CustomOp1 for AttentionOp<'_> {
             part_start: &m.part_start,
             split_rows: &m.split_rows,
         };
-        let f = self.k.func(&launch.kernel(sfx))?;
-        {
+        for (stage, name, dims) in launch.stages(sfx) {
+            let f = self.k.func(&name)?;
             let stream = self.k.stream();
             let mut b = stream.launch_builder(&f);
-            launch.args(
-                &mut Args(&mut b),
-                &mut out,
-                &mut *part_acc,
-                &mut *part_ml,
-                &q,
-                self.k_cache,
-                self.v_cache,
-                step,
-            );
-            // SAFETY: matches wick_paged_attention_*; block tables hold blocks of this
-            // cache for every position below each row's context length.
-            unsafe { b.launch(config(launch.attention)) }.w()?;
-        }
-        if let Some(dims) = launch.reduce {
-            let f = self.k.func(&AttentionLaunch::reduce_kernel(sfx))?;
-            let stream = self.k.stream();
-            let mut b = stream.launch_builder(&f);
-            launch.reduce_args(&mut Args(&mut b), &mut out, &*part_acc, &*part_ml, step);
-            // SAFETY: matches wick_reduce_partitions_*; buffers sized above.
+            let (q, kc, vc) = (&q, self.k_cache, self.v_cache);
+            match stage {
+                AttentionStage::Decode => {
+                    let (acc, ml) = (&mut *part_acc, &mut *part_ml);
+                    launch.args(&mut Args(&mut b), &mut out, acc, ml, q, kc, vc, step);
+                }
+                AttentionStage::Prefill => {
+                    launch.prefill_args(&mut Args(&mut b), &mut out, q, kc, vc, step);
+                }
+                AttentionStage::Reduce => {
+                    let (acc, ml) = (&*part_acc, &*part_ml);
+                    launch.reduce_args(&mut Args(&mut b), &mut out, acc, ml, step);
+                }
+            }
+            // SAFETY: `stages` pairs each kernel with its own argument list, pushed in
+            // parameter order above; block tables hold blocks of this cache for every
+            // position below each row's context length, and the scratch holds the plan's
+            // partitions (checked above).
             unsafe { b.launch(config(dims)) }.w()?;
         }
         Ok((out.into_storage(&dev), l.shape().clone()))
