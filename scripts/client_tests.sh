@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Runs real, pinned client packages (tests/clients/) against a started `wick serve`:
 # raw requests, TGI's text-generation client, huggingface_hub's InferenceClient, the
-# openai SDK and infernet-ml's TGI and HF workflows. Each family gets its own virtual
+# openai SDK, LangChain's ChatOpenAI and infernet-ml's TGI and HF workflows. Each family gets its own virtual
 # environment, since they pin conflicting huggingface_hub versions.
 #
 # Usage: scripts/client_tests.sh [family ...]     (default: all of them)
-#   families: requests tgi hf openai infernet
+#   families: requests tgi hf openai langchain infernet
 # Environment:
 #   WICK_BIN           the wick binary (default: target/release/wick, built if missing)
 #   WICK_SERVE_ARGS    extra `wick serve` arguments (default: the default model)
@@ -30,14 +30,15 @@ declare -A SUITE_FILE=(
     [tgi]=test_text_generation.py
     [hf]=test_huggingface_hub.py
     [openai]=test_openai.py
+    [langchain]=test_langchain.py
     [infernet]=test_infernet.py
 )
 FAMILIES=("$@")
 if [ ${#FAMILIES[@]} -eq 0 ]; then
-    FAMILIES=(requests tgi hf openai infernet)
+    FAMILIES=(requests tgi hf openai langchain infernet)
 fi
 for f in "${FAMILIES[@]}"; do
-    [ -n "${SUITE_FILE[$f]:-}" ] || { echo "unknown family '$f' (requests tgi hf openai infernet)" >&2; exit 2; }
+    [ -n "${SUITE_FILE[$f]:-}" ] || { echo "unknown family '$f' (requests tgi hf openai langchain infernet)" >&2; exit 2; }
 done
 
 WORK=$(mktemp -d)

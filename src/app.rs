@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 
 use crate::config::{LauncherArgs, ModelsConfig};
 use crate::engine::EngineHandle;
+use crate::grammar::{GrammarCompiler, GrammarLimits};
 use crate::hub::{self, HubOptions};
 use crate::model::{self, LoadOptions};
 use crate::server::{self, AppState, ServerOptions};
@@ -27,7 +28,19 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     let timeout = options.shutdown_timeout;
-    let state = AppState::new(engine.clone(), options)?;
+    let grammar = if options.disable_grammar_support {
+        None
+    } else {
+        // Once, over the model's vocabulary: the token trie every grammar's masks use.
+        let compiler = GrammarCompiler::new(
+            engine.tokenizer().clone(),
+            engine.model_config().vocab_size,
+            GrammarLimits::default(),
+        )
+        .context("building the grammar compiler over the model's vocabulary")?;
+        Some(std::sync::Arc::new(compiler))
+    };
+    let state = AppState::new(engine.clone(), options, grammar)?;
     let app = server::router(state.clone())?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {

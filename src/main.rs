@@ -198,11 +198,13 @@ fn generate(args: GenerateArgs) -> Result<()> {
             messages.push(ChatMessage {
                 role: "system".into(),
                 content: system,
+                ..Default::default()
             });
         }
         messages.push(ChatMessage {
             role: "user".into(),
             content: args.prompt,
+            ..Default::default()
         });
         template.render(&messages, true)?
     } else {

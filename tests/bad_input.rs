@@ -348,8 +348,14 @@ fn bad_tgi_param(g: &mut Gen) -> (&'static str, Value) {
         ("return_full_text", json!(1)),
         ("return_full_text", json!("false")),
         ("watermark", json!("x")),
-        ("grammar", json!({"type": "json", "value": {}})),
-        ("grammar", json!({"type": "regex", "value": "a+"})),
+        ("grammar", json!({"type": "json", "value": "{not json"})),
+        ("grammar", json!({"type": "json", "value": 5})),
+        ("grammar", json!({"type": "regex", "value": "(a"})),
+        (
+            "grammar",
+            json!({"type": "json", "value": {"type": "string", "format": "no-such-format"}}),
+        ),
+        ("grammar", json!({"type": "lark", "value": "start: x"})),
         ("grammar", json!("x")),
         ("adapter_id", json!(5)),
         ("adapter_id", json!([])),
@@ -468,16 +474,27 @@ fn bad_chat_field(g: &mut Gen) -> (&'static str, Value) {
         ("max_completion_tokens", json!(0)),
         ("max_completion_tokens", json!(-1)),
         ("max_completion_tokens", json!(1000)),
-        ("response_format", json!({"type": "json_object"})),
+        ("response_format", json!({"type": "xml"})),
         (
             "response_format",
             json!({"type": "json_schema", "json_schema": {}}),
         ),
         (
+            "response_format",
+            json!({"type": "json_object", "value": "{not json"}),
+        ),
+        ("response_format", json!({"type": "regex", "value": "(("})),
+        (
             "tools",
-            json!([{"type": "function", "function": {"name": "f"}}]),
+            json!([{"type": "function", "function": {"name": "bad name"}}]),
+        ),
+        (
+            "tools",
+            json!([{"type": "function", "function": {"description": "no name"}}]),
         ),
         ("tools", json!("x")),
+        ("tool_choice", json!({"type": "function", "function": {}})),
+        ("tool_choice", json!("required")),
     ];
     let (k, v) = g.pick(&table);
     (k, v)

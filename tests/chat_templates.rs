@@ -46,6 +46,7 @@ fn messages(case: &Value) -> Vec<ChatMessage> {
         .map(|m| ChatMessage {
             role: m["role"].as_str().expect("role").to_string(),
             content: flatten(&m["content"]),
+            ..Default::default()
         })
         .collect()
 }
@@ -166,6 +167,7 @@ fn mistral_rejects_non_alternating_roles() {
     let msg = |role: &str, content: &str| ChatMessage {
         role: role.into(),
         content: content.into(),
+        ..Default::default()
     };
     let e = t
         .render(&[msg("user", "a"), msg("user", "b")], true)

@@ -246,8 +246,9 @@ async fn chat_errors_have_openai_shape() {
         json!({"messages": user("hi"), "stop": ["a", "b", "c", "d", "e"]}),
         json!({"messages": user("hi"), "logit_bias": {"notanid": 1}}),
         json!({"messages": user("hi"), "max_tokens": 500}),
-        json!({"messages": user("hi"), "response_format": {"type": "json_object"}}),
-        json!({"messages": user("hi"), "tools": [{"type": "function", "function": {"name": "f"}}]}),
+        json!({"messages": user("hi"), "response_format": {"type": "xml"}}),
+        json!({"messages": user("hi"), "tools": [{"type": "function", "function": {}}]}),
+        json!({"messages": user("hi"), "tool_choice": "required"}),
         json!({"model": "x"}),
     ];
     for body in cases {
@@ -262,9 +263,10 @@ async fn chat_errors_have_openai_shape() {
     post_raw(&url("/v1/chat/completions"), "text/plain", "{}")
         .await
         .assert_openai_error(415);
-    // Unknown fields are ignored; tool_choice none lets tools through.
+    // Unknown fields are ignored; with tool_choice none the tools are not used.
     let ok = chat(json!({"messages": user("hi"), "max_tokens": 1, "user": "u", "parallel_tool_calls": false,
-                         "tools": [{"type": "function"}], "tool_choice": "none", "response_format": {"type": "text"}})).await;
+                         "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "none",
+                         "response_format": {"type": "text"}})).await;
     assert_eq!(ok.status, 200, "{}", ok.text);
 }
 

@@ -496,7 +496,7 @@ async fn validation_errors() {
         (json!({"top_k": -3}), "top_k"),
         (json!({"max_new_tokens": 0}), "max_new_tokens"),
         (
-            json!({"grammar": {"type": "json", "value": {"properties": {}}}}),
+            json!({"grammar": {"type": "regex", "value": "(unclosed"}}),
             "grammar",
         ),
     ] {

@@ -106,6 +106,7 @@ fn special_ids_match_llama_cpp() {
             &[ChatMessage {
                 role: "user".into(),
                 content: "Hi".into(),
+                ..Default::default()
             }],
             true,
         )

@@ -120,9 +120,11 @@ pub struct LauncherArgs {
     #[arg(long, env = "DISABLE_PREFIX_CACHING")]
     pub disable_prefix_caching: bool,
 
-    // TGI launcher flags accepted and ignored.
-    #[arg(long, env = "DISABLE_GRAMMAR_SUPPORT", hide = true)]
+    /// Refuse grammars, JSON response formats and tools (422), as TGI.
+    #[arg(long, env = "DISABLE_GRAMMAR_SUPPORT")]
     pub disable_grammar_support: bool,
+
+    // TGI launcher flags accepted and ignored.
     #[arg(long, env = "VALIDATION_WORKERS", hide = true)]
     pub validation_workers: Option<usize>,
     #[arg(long, env = "SHARDED", hide = true)]
@@ -242,7 +244,6 @@ impl LauncherArgs {
             }
         };
         note(self.quantize.is_some(), "--quantize");
-        note(self.disable_grammar_support, "--disable-grammar-support");
         note(self.validation_workers.is_some(), "--validation-workers");
         note(self.sharded.is_some(), "--sharded");
         note(self.num_shard.is_some(), "--num-shard");

@@ -23,6 +23,7 @@ mod openapi;
 pub mod routes;
 mod state;
 mod stream;
+mod structured;
 pub mod types;
 mod validation;
 

@@ -10,6 +10,7 @@ use super::error::ApiError;
 use super::metrics::{Metrics, RequestFigures};
 use crate::config::LauncherArgs;
 use crate::engine::{EngineHandle, EventReceiver, GenerationRequest, Timings};
+use crate::grammar::{CompiledGrammar, GrammarCompiler, GrammarError, GrammarSpec};
 use crate::tokenizer::ChatTemplate;
 
 /// Server settings (TGI's router options).
@@ -48,6 +49,9 @@ pub struct ServerOptions {
     pub waiting_served_ratio: f32,
     pub max_waiting_tokens: usize,
     pub max_batch_size: Option<usize>,
+    /// Refuse `grammar`, `response_format` JSON modes and `tools` (422), as TGI's
+    /// `--disable-grammar-support`.
+    pub disable_grammar_support: bool,
 }
 
 impl Default for ServerOptions {
@@ -79,6 +83,7 @@ impl ServerOptions {
             waiting_served_ratio: a.waiting_served_ratio,
             max_waiting_tokens: a.max_waiting_tokens,
             max_batch_size: a.max_batch_size,
+            disable_grammar_support: a.disable_grammar_support,
         }
     }
 }
@@ -106,6 +111,9 @@ pub struct AppState {
     /// Unix time the server started (OpenAI `created` of the model).
     pub started: u64,
     pub openapi: String,
+    /// Compiles request grammars over the model's vocabulary; `None` with
+    /// `--disable-grammar-support`.
+    pub grammar: Option<Arc<GrammarCompiler>>,
     next_id: AtomicU64,
     shutting_down: AtomicBool,
 }
@@ -118,7 +126,13 @@ pub fn unix_now() -> u64 {
 }
 
 impl AppState {
-    pub fn new(engine: EngineHandle, mut options: ServerOptions) -> Result<Arc<Self>> {
+    /// The state of a server for `engine`; `grammar` compiles the requests' grammars
+    /// (`None`: grammars and tools are refused).
+    pub fn new(
+        engine: EngineHandle,
+        mut options: ServerOptions,
+        grammar: Option<Arc<GrammarCompiler>>,
+    ) -> Result<Arc<Self>> {
         if options.model_id.is_empty() {
             options.model_id = engine.model_name().to_string();
         }
@@ -172,6 +186,7 @@ impl AppState {
             ),
             started: unix_now(),
             openapi: super::openapi::document(),
+            grammar,
             next_id: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
         }))
@@ -187,6 +202,30 @@ impl AppState {
 
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Compiles a request's grammar (off the engine thread, within the compiler's time
+    /// and size limits; cached by text). A bad grammar, or any grammar when grammar
+    /// support is disabled, is a 422 naming `param`.
+    pub async fn compile_grammar(
+        &self,
+        spec: GrammarSpec,
+        param: &'static str,
+    ) -> Result<Arc<CompiledGrammar>, ApiError> {
+        let Some(compiler) = &self.grammar else {
+            return Err(ApiError::param(
+                param,
+                "grammar is not supported (the server runs with --disable-grammar-support)",
+            ));
+        };
+        compiler.compile(spec).await.map_err(|e| match e {
+            GrammarError::Internal(m) => ApiError::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "grammar",
+                format!("grammar compilation failed: {m}"),
+            ),
+            e => ApiError::param(param, format!("Grammar is not valid: {e}")),
+        })
     }
 
     /// Hands a validated request to the engine.

@@ -3,9 +3,11 @@
 
 use super::error::ApiError;
 use super::state::Limits;
+use super::structured;
 use super::types::openai::OpenAiSampling;
 use super::types::tgi::GenerateParameters;
 use crate::engine::{GenerationRequest, StoppingParams};
+use crate::grammar::GrammarSpec;
 use crate::sampling::SamplingParams;
 use crate::tokenizer::Tokenizer;
 
@@ -125,6 +127,8 @@ pub struct TgiRequest {
     pub decoder_input_details: bool,
     pub return_full_text: bool,
     pub best_of: usize,
+    /// What `grammar` constrains the output to (compiled by the route).
+    pub grammar: Option<GrammarSpec>,
 }
 
 /// Validates TGI parameters in TGI's order; `inputs` is tokenized with special tokens.
@@ -260,9 +264,11 @@ pub fn tgi(
             ));
         }
     }
-    if p.grammar.as_ref().is_some_and(|g| !g.is_null()) {
-        return Err(ApiError::param("grammar", "grammar is not supported"));
-    }
+    let grammar = p
+        .grammar
+        .as_ref()
+        .map(structured::tgi_grammar)
+        .transpose()?;
     let ids = tokenize(tokenizer, inputs, true)?;
     let prompt = prompt(
         limits,
@@ -302,6 +308,7 @@ pub fn tgi(
         decoder_input_details: p.decoder_input_details,
         return_full_text: p.return_full_text.unwrap_or(default_return_full_text),
         best_of,
+        grammar,
     })
 }
 

@@ -12,14 +12,24 @@ use minijinja::value::{Enumerator, Kwargs, Object, ObjectRepr, ValueKind};
 use minijinja::{context, Environment, Error, ErrorKind, Value};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    /// An assistant turn's tool calls, as transformers gives them to templates:
+    /// `{"id", "type": "function", "function": {"name", "arguments": {...}}}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<serde_json::Value>>,
+    /// A `tool` turn's call id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// The author's name (a `tool` turn's function).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// A message as templates see it: a dict whose keys keep Python's insertion order
-/// (`role`, then `content`) for `tojson` and `.items()`.
+/// (`role`, `content`, then the tool fields it has) for `tojson` and `.items()`.
 #[derive(Debug)]
 struct MessageObject(ChatMessage);
 
@@ -29,15 +39,30 @@ impl Object for MessageObject {
     }
 
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        let m = &self.0;
         match key.as_str()? {
-            "role" => Some(Value::from(self.0.role.as_str())),
-            "content" => Some(Value::from(self.0.content.as_str())),
+            "role" => Some(Value::from(m.role.as_str())),
+            "content" => Some(Value::from(m.content.as_str())),
+            "tool_calls" => m.tool_calls.as_ref().map(Value::from_serialize),
+            "tool_call_id" => m.tool_call_id.as_deref().map(Value::from),
+            "name" => m.name.as_deref().map(Value::from),
             _ => None,
         }
     }
 
     fn enumerate(self: &Arc<Self>) -> Enumerator {
-        Enumerator::Str(&["role", "content"])
+        let m = &self.0;
+        let mut keys = vec![Value::from("role"), Value::from("content")];
+        if m.tool_calls.is_some() {
+            keys.push(Value::from("tool_calls"));
+        }
+        if m.tool_call_id.is_some() {
+            keys.push(Value::from("tool_call_id"));
+        }
+        if m.name.is_some() {
+            keys.push(Value::from("name"));
+        }
+        Enumerator::Values(keys)
     }
 }
 
@@ -45,6 +70,8 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
     eos_token: String,
+    takes_tools: bool,
+    takes_tool_calls: bool,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -268,14 +295,43 @@ impl ChatTemplate {
         });
         env.add_template_owned("chat", replace_generation_tags(source))
             .map_err(|e| anyhow!("the chat template does not compile: {e}"))?;
+        let takes_tools = env
+            .get_template("chat")
+            .map(|t| t.undeclared_variables(false).contains("tools"))
+            .unwrap_or(false);
         Ok(Self {
             env,
             bos_token: bos_token.unwrap_or_default().to_string(),
             eos_token: eos_token.unwrap_or_default().to_string(),
+            takes_tools,
+            takes_tool_calls: source.contains("tool_calls"),
         })
     }
 
+    /// Whether the template renders a `tools` list (else the caller describes the tools
+    /// in a message).
+    pub fn takes_tools(&self) -> bool {
+        self.takes_tools
+    }
+
+    /// Whether the template renders assistant turns' `tool_calls` (else the caller
+    /// writes them into the turn's content).
+    pub fn takes_tool_calls(&self) -> bool {
+        self.takes_tool_calls
+    }
+
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        self.render_with_tools(messages, add_generation_prompt, None)
+    }
+
+    /// Renders with `tools` (transformers' form: a list of `{"type": "function",
+    /// "function": {...}}`), or none.
+    pub fn render_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        tools: Option<&[serde_json::Value]>,
+    ) -> Result<String> {
         let tmpl = self
             .env
             .get_template("chat")
@@ -290,7 +346,7 @@ impl ChatTemplate {
             bos_token => self.bos_token,
             eos_token => self.eos_token,
             // transformers passes these as None when the caller has none.
-            tools => (),
+            tools => tools.map(Value::from_serialize),
             documents => (),
         })
         .map_err(|e| match e.kind() {
@@ -311,7 +367,50 @@ mod tests {
         ChatMessage {
             role: role.into(),
             content: content.into(),
+            ..Default::default()
         }
+    }
+
+    #[test]
+    fn tools_and_tool_calls_reach_templates() {
+        // A Qwen-style template: tools listed, calls and results rendered.
+        let src = "{% if tools %}<tools>{% for t in tools %}{{ t.function.name }};{% endfor %}</tools>{% endif %}\
+                   {% for m in messages %}<{{ m.role }}>{{ m.content }}\
+                   {% if m.tool_calls %}{% for c in m.tool_calls %}[{{ c.function.name }} {{ c.function.arguments | tojson }}]{% endfor %}{% endif %}\
+                   {% if m.tool_call_id %}({{ m.tool_call_id }}){% endif %}{% endfor %}";
+        let t = ChatTemplate::new(src, None, None).unwrap();
+        assert!(t.takes_tools() && t.takes_tool_calls());
+        let call = ChatMessage {
+            role: "assistant".into(),
+            tool_calls: Some(vec![serde_json::json!({"id": "c1", "type": "function",
+                "function": {"name": "add", "arguments": {"a": 1}}})]),
+            ..Default::default()
+        };
+        let result = ChatMessage {
+            role: "tool".into(),
+            content: "3".into(),
+            tool_call_id: Some("c1".into()),
+            ..Default::default()
+        };
+        let tools = [serde_json::json!({"type": "function", "function": {"name": "add"}})];
+        let out = t
+            .render_with_tools(&[msg("user", "u"), call, result], false, Some(&tools))
+            .unwrap();
+        assert_eq!(
+            out,
+            r#"<tools>add;</tools><user>u<assistant>[add {"a": 1}]<tool>3(c1)"#
+        );
+        assert!(t
+            .render(&[msg("user", "u")], false)
+            .unwrap()
+            .starts_with("<user>"));
+        let plain = ChatTemplate::new(
+            "{% for m in messages %}{{ m.content }}{% endfor %}",
+            None,
+            None,
+        )
+        .unwrap();
+        assert!(!plain.takes_tools() && !plain.takes_tool_calls());
     }
 
     fn render(src: &str, messages: &[ChatMessage], gen: bool) -> Result<String> {

@@ -416,6 +416,7 @@ mod tests {
         let m = [ChatMessage {
             role: "user".into(),
             content: "hi".into(),
+            ..Default::default()
         }];
         assert_eq!(chat.render(&m, true).unwrap(), "<s>hi");
         let chat = t.chat(Some("[{{ eos_token }}]")).unwrap().unwrap();

@@ -152,6 +152,7 @@ mod tests {
         let m = [ChatMessage {
             role: "user".into(),
             content: "hi".into(),
+            ..Default::default()
         }];
         assert_eq!(chat.render(&m, true).unwrap(), "user: hi\nassistant:");
         assert!(byte_level(100).is_err());

@@ -112,3 +112,81 @@ def parse_sse(raw_bytes: bytes):
         if data:
             events.append("\n".join(data))
     return events
+
+
+# Structured output and tools (bounded, so every constrained answer ends within
+# STRUCTURED_TOKENS; the model is tiny, so the tests check shape and schema, not content).
+STRUCTURED_TOKENS = 80
+PERSON_PROMPT = "Describe a user of a web site as JSON."
+PERSON_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 12},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "role": {"enum": ["admin", "user", "guest"]},
+    },
+    "required": ["name", "age", "role"],
+    "additionalProperties": False,
+}
+
+
+def check_person(value):
+    """PERSON_SCHEMA, checked by hand (the client environments have no validator)."""
+    assert isinstance(value, dict) and set(value) == {"name", "age", "role"}, value
+    assert isinstance(value["name"], str) and len(value["name"]) <= 12, value
+    assert isinstance(value["age"], int) and not isinstance(value["age"], bool), value
+    assert 0 <= value["age"] <= 120, value
+    assert value["role"] in ("admin", "user", "guest"), value
+
+
+WEATHER_PARAMETERS = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 12},
+        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+    },
+    "required": ["city", "unit"],
+    "additionalProperties": False,
+}
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The current weather in a city",
+            "parameters": WEATHER_PARAMETERS,
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "add",
+            "description": "Adds two integers",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "a": {"type": "integer", "minimum": 0, "maximum": 1000},
+                    "b": {"type": "integer", "minimum": 0, "maximum": 1000},
+                },
+                "required": ["a", "b"],
+                "additionalProperties": False,
+            },
+        },
+    },
+]
+WEATHER_CHAT = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def check_tool_arguments(name, arguments):
+    """A call's arguments (a dict, or the JSON string OpenAI sends) against its tool."""
+    if isinstance(arguments, str):
+        arguments = json.loads(arguments)
+    if name == "get_weather":
+        assert set(arguments) == {"city", "unit"}, arguments
+        assert isinstance(arguments["city"], str) and len(arguments["city"]) <= 12, arguments
+        assert arguments["unit"] in ("celsius", "fahrenheit"), arguments
+    else:
+        assert name == "add", name
+        assert set(arguments) == {"a", "b"}, arguments
+        assert all(isinstance(arguments[k], int) and 0 <= arguments[k] <= 1000 for k in "ab"), arguments
+    return arguments

@@ -1,10 +1,23 @@
 """huggingface_hub's InferenceClient pointed at the server's URL: text_generation (which
 posts to `/`) and chat_completion (`/v1/chat/completions`), streaming and not."""
 
+import json
+
 import pytest
 from huggingface_hub import InferenceClient
 
-from conftest import CHAT, MAX_NEW_TOKENS, PROMPT
+from conftest import (
+    CHAT,
+    MAX_NEW_TOKENS,
+    PERSON_PROMPT,
+    PERSON_SCHEMA,
+    PROMPT,
+    STRUCTURED_TOKENS,
+    TOOLS,
+    WEATHER_CHAT,
+    check_person,
+    check_tool_arguments,
+)
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +167,38 @@ def test_wrong_token_raises_http_401(url):
     chain = [e.value, e.value.__cause__]
     http = [x for x in chain if isinstance(x, HfHubHTTPError)]
     assert http and http[0].response.status_code == 401, chain
+
+
+def test_text_generation_with_a_grammar(client):
+    r = client.text_generation(
+        PERSON_PROMPT,
+        max_new_tokens=STRUCTURED_TOKENS,
+        grammar={"type": "json", "value": PERSON_SCHEMA},
+        return_full_text=False,
+        details=True,
+    )
+    assert r.details.finish_reason == "eos_token", r.details
+    check_person(json.loads(r.generated_text))
+
+
+def test_chat_completion_with_tools(client):
+    r = client.chat_completion(
+        WEATHER_CHAT, tools=TOOLS, tool_choice="required", max_tokens=60, temperature=0,
+        extra_body={"parallel_tool_calls": False},
+    )
+    c = r.choices[0]
+    assert c.finish_reason == "tool_calls", c
+    assert c.message.content is None
+    calls = c.message.tool_calls
+    assert calls and len(calls) == 1, c.message
+    assert calls[0].id and calls[0].type == "function"
+    check_tool_arguments(calls[0].function.name, calls[0].function.arguments)
+    # A named function in TGI's form.
+    r = client.chat_completion(
+        [{"role": "user", "content": "What is 2 plus 3?"}], tools=TOOLS,
+        tool_choice={"function": {"name": "add"}}, max_tokens=60, temperature=0,
+    )
+    calls = r.choices[0].message.tool_calls
+    assert calls and all(t.function.name == "add" for t in calls), r.choices[0].message
+    for t in calls:
+        check_tool_arguments(t.function.name, t.function.arguments)

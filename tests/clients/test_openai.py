@@ -1,13 +1,28 @@
 """The openai SDK with base_url=<server>/v1: chat completions and completions, streaming
-and not, usage, logprobs, n, stop, models.list, and errors."""
+and not, usage, logprobs, n, stop, models.list, errors, structured output
+(`chat.completions.parse` with a Pydantic model) and tool calls (required, named,
+streamed, a tool result sent back)."""
 
+import json
 import math
+from typing import Literal
 
 import openai
 import pytest
 from openai import OpenAI
+from pydantic import BaseModel, ConfigDict, Field
 
-from conftest import CHAT, MAX_NEW_TOKENS, PROMPT
+from conftest import (
+    CHAT,
+    MAX_NEW_TOKENS,
+    PERSON_PROMPT,
+    PROMPT,
+    STRUCTURED_TOKENS,
+    TOOLS,
+    WEATHER_CHAT,
+    check_person,
+    check_tool_arguments,
+)
 
 
 @pytest.fixture(scope="module")
@@ -272,3 +287,129 @@ def test_wrong_key_is_authentication_error(url):
         bad.models.list()
     with pytest.raises(openai.AuthenticationError):
         bad.chat.completions.create(model="tgi", messages=CHAT, max_tokens=2)
+
+
+# Structured output and tools.
+
+
+class Person(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(max_length=12)
+    age: int = Field(ge=0, le=120)
+    role: Literal["admin", "user", "guest"]
+
+
+def test_parse_with_a_pydantic_model(client, model):
+    r = client.chat.completions.parse(
+        model=model,
+        messages=[{"role": "user", "content": PERSON_PROMPT}],
+        response_format=Person,
+        max_tokens=STRUCTURED_TOKENS,
+        temperature=0,
+    )
+    c = r.choices[0]
+    assert c.finish_reason == "stop", c
+    assert isinstance(c.message.parsed, Person), c.message
+    check_person(json.loads(c.message.content))
+
+
+def test_json_schema_stream(client, model):
+    stream = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": PERSON_PROMPT}],
+        response_format={"type": "json_schema", "json_schema": {"name": "Person", "schema": Person.model_json_schema()}},
+        max_tokens=STRUCTURED_TOKENS,
+        temperature=0,
+        stream=True,
+    )
+    text, reason = "", None
+    for chunk in stream:
+        for c in chunk.choices:
+            text += c.delta.content or ""
+            reason = c.finish_reason or reason
+    assert reason == "stop"
+    check_person(json.loads(text))
+
+
+def single_call(message):
+    assert message.content is None, message
+    assert message.tool_calls and len(message.tool_calls) == 1, message
+    call = message.tool_calls[0]
+    assert call.type == "function" and call.id
+    check_tool_arguments(call.function.name, call.function.arguments)
+    return call
+
+
+def test_tool_choice_required(client, model):
+    r = client.chat.completions.create(
+        model=model, messages=WEATHER_CHAT, tools=TOOLS, tool_choice="required",
+        parallel_tool_calls=False, max_tokens=60, temperature=0,
+    )
+    assert r.choices[0].finish_reason == "tool_calls"
+    single_call(r.choices[0].message)
+
+
+def test_tool_choice_named(client, model):
+    r = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "What is 2 plus 3?"}], tools=TOOLS,
+        tool_choice={"type": "function", "function": {"name": "add"}},
+        parallel_tool_calls=False, max_tokens=60, temperature=0,
+    )
+    assert r.choices[0].finish_reason == "tool_calls"
+    assert single_call(r.choices[0].message).function.name == "add"
+
+
+def test_streamed_tool_calls(client, model):
+    stream = client.chat.completions.create(
+        model=model, messages=WEATHER_CHAT, tools=TOOLS, tool_choice="required",
+        parallel_tool_calls=False, max_tokens=60, temperature=0, stream=True,
+    )
+    calls, content, reason = {}, "", None
+    for chunk in stream:
+        for c in chunk.choices:
+            content += c.delta.content or ""
+            reason = c.finish_reason or reason
+            for t in c.delta.tool_calls or []:
+                if t.index not in calls:
+                    # The first fragment of a call names it.
+                    assert t.id and t.type == "function" and t.function.name, t
+                    calls[t.index] = {"id": t.id, "name": t.function.name, "arguments": ""}
+                else:
+                    assert t.id is None and t.function.name is None, t
+                calls[t.index]["arguments"] += t.function.arguments or ""
+    assert content == ""
+    assert reason == "tool_calls"
+    assert list(calls) == [0]
+    check_tool_arguments(calls[0]["name"], calls[0]["arguments"])
+
+
+def test_tool_result_round_trip(client, model):
+    first = client.chat.completions.create(
+        model=model, messages=WEATHER_CHAT, tools=TOOLS,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        parallel_tool_calls=False, max_tokens=60, temperature=0,
+    )
+    call = single_call(first.choices[0].message)
+    messages = WEATHER_CHAT + [
+        first.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temperature": 21})},
+    ]
+    r = client.chat.completions.create(
+        model=model, messages=messages, tools=TOOLS, tool_choice="none", max_tokens=12, temperature=0,
+    )
+    c = r.choices[0]
+    assert c.message.content and not c.message.tool_calls, c.message
+    assert c.finish_reason in ("stop", "length")
+
+
+def test_bad_tools_are_422(client, model):
+    with pytest.raises(openai.UnprocessableEntityError):
+        client.chat.completions.create(
+            model=model, messages=WEATHER_CHAT, tools=TOOLS,
+            tool_choice={"type": "function", "function": {"name": "unknown"}}, max_tokens=4,
+        )
+    with pytest.raises(openai.UnprocessableEntityError):
+        client.chat.completions.create(
+            model=model, messages=WEATHER_CHAT, max_tokens=4,
+            response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "string", "format": "no-such-format"}}},
+        )

@@ -1,14 +1,16 @@
-"""TGI's own Python client (`text-generation`): Client.generate / generate_stream, which
+"""TGI's own Python client (`text-generation`): Client.generate / generate_stream (with a
+JSON or regex `Grammar` too), which
 post to `/` with every parameter (nulls included) and details=True."""
 
+import json
 import math
 
 import pytest
 from text_generation import Client
 from text_generation.errors import UnknownError, ValidationError
-from text_generation.types import FinishReason, Message
+from text_generation.types import FinishReason, Grammar, GrammarType, Message
 
-from conftest import MAX_NEW_TOKENS, PROMPT
+from conftest import MAX_NEW_TOKENS, PERSON_PROMPT, PERSON_SCHEMA, PROMPT, STRUCTURED_TOKENS, check_person
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +144,30 @@ def test_client_chat(client, raw):
     assert r.choices[0].message.content == want["choices"][0]["message"]["content"]
     assert r.choices[0].finish_reason in ("length", "stop")
     assert r.usage["total_tokens"] == r.usage["prompt_tokens"] + r.usage["completion_tokens"]
+
+
+def test_json_grammar(client):
+    r = client.generate(
+        PERSON_PROMPT,
+        max_new_tokens=STRUCTURED_TOKENS,
+        grammar=Grammar(type=GrammarType.Json, value=PERSON_SCHEMA),
+    )
+    assert r.details.finish_reason == FinishReason.EndOfSequenceToken, r.details
+    check_person(json.loads(r.generated_text))
+
+
+def test_regex_grammar_stream(client):
+    tokens = list(
+        client.generate_stream(
+            "Pick a number:", max_new_tokens=12, grammar=Grammar(type=GrammarType.Regex, value="[0-9]{3}")
+        )
+    )
+    last = tokens[-1]
+    assert last.details.finish_reason == FinishReason.EndOfSequenceToken
+    text = last.generated_text
+    assert len(text) == 3 and text.isdigit(), text
+
+
+def test_bad_grammar_is_a_validation_error(client):
+    with pytest.raises(ValidationError):
+        client.generate("x", max_new_tokens=2, grammar=Grammar(type=GrammarType.Regex, value="(unclosed"))

@@ -14,11 +14,13 @@ use futures::Stream;
 use super::openai::{self, model_name, usage, Plan, SseItem};
 use super::respond::{sse, sse_json, timing_headers};
 use crate::engine::{GeneratedToken, GenerationRequest, StoppingParams, TokenInfo};
+use crate::grammar::GrammarSpec;
 use crate::server::error::ApiError;
 use crate::server::generation::CandidateResult;
 use crate::server::json::Body;
 use crate::server::state::{unix_now, AppState};
 use crate::server::stream::{GenerationStream, Item};
+use crate::server::structured;
 use crate::server::types::openai::*;
 use crate::server::validation::{self, DefaultMaxNew};
 
@@ -37,11 +39,16 @@ struct CompletionPlan {
     include_usage: bool,
     model: String,
     compute_characters: usize,
+    grammar: Option<GrammarSpec>,
 }
 
 impl Plan for CompletionPlan {
     fn requests(&self) -> Vec<GenerationRequest> {
         self.requests.clone()
+    }
+
+    fn grammar(&self) -> Option<(GrammarSpec, &'static str)> {
+        self.grammar.clone().map(|g| (g, "response_format"))
     }
 }
 
@@ -120,6 +127,10 @@ fn plan_completion(
         ));
     }
     let sampling = validation::openai_sampling(&st.limits, &req.sampling)?;
+    let grammar = match &req.response_format {
+        Some(f) => structured::response_format(f)?,
+        None => None,
+    };
     let mut requests = Vec::with_capacity(ids.len());
     for ids in ids {
         let p = validation::prompt(
@@ -155,6 +166,7 @@ fn plan_completion(
         echo: req.echo,
         include_usage: req.stream_options.as_ref().is_some_and(|o| o.include_usage),
         model: model_name(st, req.model.as_deref()),
+        grammar,
     })
 }
 
@@ -215,7 +227,8 @@ pub async fn completions(
         body,
         |r: &CompletionRequest| r.stream,
         |r, id| plan_completion(&st, r, id),
-    );
+    )
+    .await;
     let (plan, stream, s) = match started {
         Ok(x) => x,
         Err(e) => return e.into_response(),

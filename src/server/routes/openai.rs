@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 
 use super::respond::sse_json;
 use crate::engine::{GenerationRequest, TokenInfo};
+use crate::grammar::GrammarSpec;
 use crate::server::error::{ApiError, Flavor};
 use crate::server::json::{self, Body};
 use crate::server::state::{AppState, RequestLog};
@@ -27,12 +28,17 @@ pub(super) type SseItem = Result<SseEvent, Infallible>;
 /// A planned OpenAI request: the engine requests it submits (one per prompt).
 pub(super) trait Plan {
     fn requests(&self) -> Vec<GenerationRequest>;
+    /// What the output is constrained to (`response_format`, `tools`) and the request
+    /// field that asked for it.
+    fn grammar(&self) -> Option<(GrammarSpec, &'static str)> {
+        None
+    }
 }
 
-/// Parses the body, plans the request (`plan` gets the request id) and starts it; a
-/// refusal at any step is logged (as the request's end) and returned, in OpenAI's error
-/// shape, to answer with.
-pub(super) fn start<R: DeserializeOwned, P: Plan>(
+/// Parses the body, plans the request (`plan` gets the request id), compiles its
+/// grammar and starts it; a refusal at any step is logged (as the request's end) and
+/// returned, in OpenAI's error shape, to answer with.
+pub(super) async fn start<R: DeserializeOwned, P: Plan>(
     st: &Arc<AppState>,
     route: &'static str,
     headers: &HeaderMap,
@@ -49,6 +55,17 @@ pub(super) fn start<R: DeserializeOwned, P: Plan>(
         Ok(p) => p,
         Err(e) => return Err(log.refuse(e.openai())),
     };
+    let mut requests = plan.requests();
+    if let Some((spec, param)) = plan.grammar() {
+        match st.compile_grammar(spec, param).await {
+            Ok(g) => {
+                for r in &mut requests {
+                    r.grammar = Some(g.clone());
+                }
+            }
+            Err(e) => return Err(log.refuse(e.openai())),
+        }
+    }
     let stream = streamed(&req);
     // A stream's log reports what its client saw last; a whole answer, its first choice.
     let summary = if stream {
@@ -56,7 +73,7 @@ pub(super) fn start<R: DeserializeOwned, P: Plan>(
     } else {
         Summary::ByIndex
     };
-    let s = GenerationStream::start(st, log, plan.requests(), Flavor::OpenAi, summary)?;
+    let s = GenerationStream::start(st, log, requests, Flavor::OpenAi, summary)?;
     Ok((plan, stream, s))
 }
 

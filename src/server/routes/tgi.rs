@@ -97,7 +97,7 @@ pub async fn generate_stream(
 ) -> Response {
     let log = RequestLog::new(&st, "/generate_stream", Instant::now());
     match parse_generate(&headers, body) {
-        Ok(r) => run_stream(st, log, r.inputs, r.parameters, false),
+        Ok(r) => run_stream(st, log, r.inputs, r.parameters, false).await,
         Err(e) => log.reject(e),
     }
 }
@@ -130,15 +130,15 @@ pub async fn compat_generate(
     };
     let full = st.options.compat_return_full_text;
     if r.stream {
-        run_stream(st, log, r.inputs, r.parameters, full)
+        run_stream(st, log, r.inputs, r.parameters, full).await
     } else {
         run_generate(st, log, r.inputs, r.parameters, full, true).await
     }
 }
 
-/// Validates a request and hands it to the engine; a refusal is logged (as the
-/// request's end) and returned to answer with.
-fn start(
+/// Validates a request, compiles its grammar and hands it to the engine; a refusal is
+/// logged (as the request's end) and returned to answer with.
+async fn start(
     st: &Arc<AppState>,
     log: RequestLog,
     inputs: &str,
@@ -154,10 +154,16 @@ fn start(
         default_full_text,
         stream,
     );
-    let v = match v {
+    let mut v = match v {
         Ok(v) => v,
         Err(e) => return Err(log.refuse(e)),
     };
+    if let Some(spec) = v.grammar.clone() {
+        match st.compile_grammar(spec, "grammar").await {
+            Ok(g) => v.request.grammar = Some(g),
+            Err(e) => return Err(log.refuse(e)),
+        }
+    }
     let request = v.request.clone();
     let s = GenerationStream::start(st, log, vec![request], Flavor::Tgi, Summary::Best)?;
     Ok((v, s))
@@ -171,7 +177,7 @@ async fn run_generate(
     default_full_text: bool,
     as_list: bool,
 ) -> Response {
-    let (v, s) = match start(&st, log, &inputs, params, default_full_text, false) {
+    let (v, s) = match start(&st, log, &inputs, params, default_full_text, false).await {
         Ok(x) => x,
         Err(e) => return e.into_response(),
     };
@@ -250,14 +256,14 @@ fn generate_response(
     })
 }
 
-fn run_stream(
+async fn run_stream(
     st: Arc<AppState>,
     log: RequestLog,
     inputs: String,
     params: Option<GenerateParameters>,
     default_full_text: bool,
 ) -> Response {
-    let (v, s) = match start(&st, log, &inputs, params, default_full_text, true) {
+    let (v, s) = match start(&st, log, &inputs, params, default_full_text, true).await {
         Ok(x) => x,
         Err(e) => return e.into_response(),
     };

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::server::json::{null_default, seed, string_or_list};
+pub use crate::server::types::structured::*;
 
 /// A message's content: a string, or a list of parts of which only text is supported.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -33,10 +34,11 @@ pub struct ChatMessageIn {
     pub content: Option<MessageContent>,
     #[serde(default)]
     pub name: Option<String>,
-    /// An assistant turn's tool calls (rendered as JSON content).
+    /// An assistant turn's tool calls (given to templates that take them, else written
+    /// as the JSON the model answers calls with).
     #[serde(default)]
-    #[schema(nullable, value_type = Option<Vec<Object>>)]
-    pub tool_calls: Option<Vec<serde_json::Value>>,
+    #[schema(nullable)]
+    pub tool_calls: Option<Vec<ToolCallIn>>,
     #[serde(default)]
     pub tool_call_id: Option<String>,
 }
@@ -104,17 +106,28 @@ pub struct ChatRequest {
     #[serde(default)]
     #[schema(nullable)]
     pub stream_options: Option<StreamOptions>,
-    /// `text` only (JSON modes are not supported).
+    /// `text`, `json_object`, `json_schema` (OpenAI), or TGI's `{"type": "json" |
+    /// "regex", "value"}`: the output is constrained to it.
+    #[serde(default)]
+    #[schema(nullable)]
+    pub response_format: Option<ResponseFormat>,
+    /// Functions the model may call.
+    #[serde(default)]
+    #[schema(nullable)]
+    pub tools: Option<Vec<Tool>>,
+    /// `none`, `auto` (the default with tools), `required` or a named function.
     #[serde(default)]
     #[schema(nullable, value_type = Option<Object>)]
-    pub response_format: Option<serde_json::Value>,
-    /// Not supported unless `tool_choice` is `none`.
+    pub tool_choice: Option<ToolChoice>,
+    /// Several calls in one answer (default true) or exactly one.
     #[serde(default)]
-    #[schema(nullable, value_type = Option<Vec<Object>>)]
-    pub tools: Option<Vec<serde_json::Value>>,
+    #[schema(nullable)]
+    pub parallel_tool_calls: Option<bool>,
+    /// TGI: the text before the tools' description, for chat templates that do not
+    /// take `tools`.
     #[serde(default)]
-    #[schema(nullable, value_type = Option<Object>)]
-    pub tool_choice: Option<serde_json::Value>,
+    #[schema(nullable)]
+    pub tool_prompt: Option<String>,
 }
 
 /// A completion prompt: a string, strings, token ids, or lists of token ids.
@@ -156,6 +169,10 @@ pub struct CompletionRequest {
     #[serde(default)]
     #[schema(nullable)]
     pub suffix: Option<String>,
+    /// `text`, `json_object` or `json_schema` (or TGI's `json` / `regex` form).
+    #[serde(default)]
+    #[schema(nullable)]
+    pub response_format: Option<ResponseFormat>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, ToSchema, PartialEq, Eq)]
@@ -188,7 +205,11 @@ pub struct ChatLogprobs {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct OutputMessage {
     pub role: &'static str,
-    pub content: String,
+    /// null when the answer is tool calls.
+    #[schema(nullable)]
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallOut>>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -197,7 +218,7 @@ pub struct ChatChoice {
     pub message: OutputMessage,
     #[schema(nullable)]
     pub logprobs: Option<ChatLogprobs>,
-    /// `stop` or `length`.
+    /// `stop`, `length` or `tool_calls`.
     pub finish_reason: &'static str,
 }
 
@@ -219,6 +240,8 @@ pub struct Delta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -328,7 +351,8 @@ mod tests {
             "messages": [
                 {"role": "system", "content": "be brief"},
                 {"role": "user", "content": [{"type": "text", "text": "hi"}]},
-                {"role": "assistant", "content": null, "tool_calls": [{"id": "0"}]},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "0", "type": "function",
+                    "function": {"name": "f", "arguments": "{}"}}]},
             ],
             "max_completion_tokens": 5, "temperature": 0, "stop": "x", "seed": 3, "n": null,
             "logprobs": null, "stream": null, "stream_options": {"include_usage": true},

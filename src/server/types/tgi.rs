@@ -63,9 +63,10 @@ pub struct GenerateParameters {
     /// Most likely alternatives to report per token.
     #[schema(nullable, example = 5)]
     pub top_n_tokens: Option<u32>,
-    /// Grammar constraints (not supported: 422).
-    #[schema(nullable, value_type = Option<Object>)]
-    pub grammar: Option<serde_json::Value>,
+    /// Constrain the output: `{"type": "json" | "json_object", "value": <JSON Schema, or
+    /// a string holding one>}` or `{"type": "regex", "value": "<regex>"}`.
+    #[schema(nullable)]
+    pub grammar: Option<crate::server::types::structured::GrammarParam>,
     /// LoRA adapter id (accepted and ignored).
     #[schema(nullable)]
     pub adapter_id: Option<String>,
