@@ -47,12 +47,14 @@ impl Linear {
             // Shapes that do not pack (a K-quant's width not a multiple of 256 cannot
             // occur in a valid file; rows not a multiple of 8 can) take the paths below.
             if let Some(p) = PackedWeight::from_bytes(kind, &bytes, n, k) {
+                note_kernel(weight.dtype(), qpacked::Isa::best().name());
                 return Ok(Self {
                     weight: Weight::Packed(Arc::new(p)),
                     bias,
                 });
             }
         }
+        let dtype = weight.dtype();
         let weight = match (weight.dtype(), weight.device(), weight.shape().dims()) {
             (GgmlDType::Q4_1 | GgmlDType::Q8_0, Device::Cpu, &[n, k])
                 if k.is_multiple_of(qmatmul::QK) && n >= 4 =>
@@ -65,6 +67,13 @@ impl Linear {
             }
             _ => Weight::Candle(QMatMul::from_arc(weight)?),
         };
+        note_kernel(
+            dtype,
+            match &weight {
+                Weight::Own { .. } => "wick-rows",
+                _ => "candle",
+            },
+        );
         Ok(Self { weight, bias })
     }
 
@@ -197,6 +206,25 @@ impl Linear {
             Weight::Candle(_) => "candle",
         }
     }
+}
+
+/// Quantized layers loaded in this process, by GGUF type and the kernel that runs them.
+static KERNELS: std::sync::Mutex<std::collections::BTreeMap<(String, &'static str), usize>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+fn note_kernel(dtype: GgmlDType, kernel: &'static str) {
+    let mut k = KERNELS.lock().unwrap_or_else(|e| e.into_inner());
+    *k.entry((format!("{dtype:?}"), kernel)).or_default() += 1;
+}
+
+/// Which kernels the quantized layers loaded so far run on, e.g.
+/// `Q4K: avx512vnni x60, Q6K: avx512vnni x31, F32: candle x1`.
+pub fn kernel_report() -> String {
+    let k = KERNELS.lock().unwrap_or_else(|e| e.into_inner());
+    k.iter()
+        .map(|((dtype, kernel), n)| format!("{dtype}: {kernel} x{n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The packed form of a GGUF type, if it has one.
