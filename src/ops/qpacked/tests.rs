@@ -111,12 +111,12 @@ fn deq_q5_k(b: &BlockQ5K) -> Vec<f64> {
         let (sc1, m1) = scale_min_k4(2 * c, &b.scales);
         let (sc2, m2) = scale_min_k4(2 * c + 1, &b.scales);
         let ql = &b.qs[32 * c..32 * c + 32];
-        for l in 0..32 {
-            let q = (ql[l] & 0x0F) + if b.qh[l] & u1 != 0 { 16 } else { 0 };
+        for (&v, &h) in ql.iter().zip(&b.qh) {
+            let q = (v & 0x0F) + if h & u1 != 0 { 16 } else { 0 };
             y.push(d * sc1 as f64 * q as f64 - dmin * m1 as f64);
         }
-        for l in 0..32 {
-            let q = (ql[l] >> 4) + if b.qh[l] & u2 != 0 { 16 } else { 0 };
+        for (&v, &h) in ql.iter().zip(&b.qh) {
+            let q = (v >> 4) + if h & u2 != 0 { 16 } else { 0 };
             y.push(d * sc2 as f64 * q as f64 - dmin * m2 as f64);
         }
         u1 <<= 2;

@@ -96,6 +96,17 @@ unsafe fn fifth_bits(qh: &[u8; 32], lo: &mut [__m256i; 4], hi: &mut [__m256i; 4]
     }
 }
 
+/// The parts of a Q4_K or Q5_K group block (Q4_K: `qh` unused).
+#[derive(Clone, Copy)]
+struct KBlock<'a> {
+    d: &'a [f16; GROUP],
+    dmin: &'a [f16; GROUP],
+    sc: &'a [u8; 64],
+    m: &'a [u8; 64],
+    qs: &'a [u8; 1024],
+    qh: &'a [u8; 256],
+}
+
 macro_rules! kernels {
     ($features:literal) => {
         use super::*;
@@ -200,16 +211,19 @@ macro_rules! kernels {
         /// Q4_K and Q5_K: per sub-block `j`, `d sc_j xd Σ q xq - dmin m_j xs`.
         #[inline(always)]
         unsafe fn k_quant<const R: usize, const FIVE: bool>(
-            d: &[f16; GROUP],
-            dmin: &[f16; GROUP],
-            sc: &[u8; 64],
-            m: &[u8; 64],
-            qs: &[u8; 1024],
-            qh: &[u8; 256],
+            w: KBlock,
             x: [&[ActQ8]; R],
             b: usize,
             acc: &mut [__m256; R],
         ) {
+            let KBlock {
+                d,
+                dmin,
+                sc,
+                m,
+                qs,
+                qh,
+            } = w;
             let mask = _mm256_set1_epi8(0x0F);
             let bit4 = _mm256_set1_epi8(0x10);
             let p = qs.as_ptr() as *const __m256i;
@@ -271,9 +285,15 @@ macro_rules! kernels {
             let mut acc = [_mm256_setzero_ps(); R];
             let no_qh = [0u8; 256];
             for (b, wb) in w.iter().enumerate() {
-                k_quant::<R, false>(
-                    &wb.d, &wb.dmin, &wb.sc, &wb.m, &wb.qs, &no_qh, x, b, &mut acc,
-                );
+                let w = KBlock {
+                    d: &wb.d,
+                    dmin: &wb.dmin,
+                    sc: &wb.sc,
+                    m: &wb.m,
+                    qs: &wb.qs,
+                    qh: &no_qh,
+                };
+                k_quant::<R, false>(w, x, b, &mut acc);
             }
             store(acc)
         }
@@ -282,9 +302,15 @@ macro_rules! kernels {
         pub unsafe fn q5_k<const R: usize>(w: &[Q5Kx8], x: [&[ActQ8]; R]) -> [[f32; GROUP]; R] {
             let mut acc = [_mm256_setzero_ps(); R];
             for (b, wb) in w.iter().enumerate() {
-                k_quant::<R, true>(
-                    &wb.d, &wb.dmin, &wb.sc, &wb.m, &wb.qs, &wb.qh, x, b, &mut acc,
-                );
+                let w = KBlock {
+                    d: &wb.d,
+                    dmin: &wb.dmin,
+                    sc: &wb.sc,
+                    m: &wb.m,
+                    qs: &wb.qs,
+                    qh: &wb.qh,
+                };
+                k_quant::<R, true>(w, x, b, &mut acc);
             }
             store(acc)
         }
