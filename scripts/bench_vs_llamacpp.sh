@@ -66,18 +66,22 @@ CPU="$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^
 FLAGS="$(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | tr ' ' '\n' \
     | grep -xE 'avx2|fma|f16c|avx512f|avx512bw|avx512vl|avx512_vnni|avx_vnni|amx_int8' | tr '\n' ' ' || true)"
 CMD="scripts/bench_vs_llamacpp.sh $THREADS  (FORMATS=\"$FORMATS\" PROMPT_TOKENS=$PROMPT_TOKENS DECODE_TOKENS=$DECODE_TOKENS REPEATS=$REPEATS)"
-printf '%s\n' "${ROWS[@]}" | CPU="$CPU" FLAGS="$FLAGS" THREADS="$THREADS" CMD="$CMD" \
-    FLAVOUR="$FLAVOUR" SOURCE="$(basename "$MODEL")" "$PYTHON" -c '
-import datetime, json, os, sys
+RAW="$(mktemp)"
+printf '%s\n' "${ROWS[@]}" > "$RAW"
+echo ">> raw results: $RAW" >&2
+RAW="$RAW" CPU="$CPU" FLAGS="$FLAGS" THREADS="$THREADS" CMD="$CMD" FLAVOUR="$FLAVOUR" \
+    SOURCE="$(basename "$MODEL")" "$PYTHON" - <<'EOF'
+import datetime, json, os
 e = os.environ
-print(f"date: {datetime.datetime.now().astimezone().isoformat(timespec=\"seconds\")}")
-print(f"cpu: {e[\"CPU\"]} (flags: {e[\"FLAGS\"].strip()}), {os.cpu_count()} cores, {e[\"THREADS\"]} threads")
-print(f"llama.cpp: llama-bench, {e[\"FLAVOUR\"]} build; source model {e[\"SOURCE\"]}")
-print(f"command: {e[\"CMD\"]}")
+now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+print(f"date: {now}")
+print(f"cpu: {e['CPU']} (flags: {e['FLAGS'].strip()}), {os.cpu_count()} cores, {e['THREADS']} threads")
+print(f"llama.cpp: llama-bench, {e['FLAVOUR']} build; source model {e['SOURCE']}")
+print(f"command: {e['CMD']}")
 print()
 print("| format | prefill wick | prefill llama.cpp | ratio | decode wick | decode llama.cpp | ratio | wick kernels |")
 print("|---|---:|---:|---:|---:|---:|---:|---|")
-for line in sys.stdin:
+for line in open(e["RAW"]):
     if not line.strip():
         continue
     fmt, w, l = line.rstrip("\n").split("\t")
@@ -85,5 +89,6 @@ for line in sys.stdin:
     pp = next(r["avg_ts"] for r in l if r["n_prompt"] > 0 and r["n_gen"] == 0)
     tg = next(r["avg_ts"] for r in l if r["n_gen"] > 0 and r["n_prompt"] == 0)
     a, b = w["prefill_tok_s"], w["decode_tok_s"]
-    print(f"| {fmt} | {a:.1f} | {pp:.1f} | {a / pp:.2f} | {b:.1f} | {tg:.1f} | {b / tg:.2f} | {w.get(\"kernels\", \"\")} |")
-'
+    kernels = w.get("kernels", "")
+    print(f"| {fmt} | {a:.1f} | {pp:.1f} | {a / pp:.2f} | {b:.1f} | {tg:.1f} | {b / tg:.2f} | {kernels} |")
+EOF
