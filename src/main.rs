@@ -289,6 +289,7 @@ fn bench(args: BenchArgs) -> Result<()> {
     let prefill = args.prompt_tokens as f64 / best_prefill;
     let decode = args.decode_tokens as f64 / best_decode;
     let threads = candle_core::utils::get_num_threads();
+    let kernels = wick::model::linear::kernel_report();
     if args.json {
         println!(
             "{}",
@@ -297,12 +298,14 @@ fn bench(args: BenchArgs) -> Result<()> {
                 "prefill_tok_s": prefill,
                 "decode_tok_s": decode,
                 "threads": threads,
+                "kernels": kernels,
                 "prompt_tokens": args.prompt_tokens,
                 "decode_tokens": args.decode_tokens,
             })
         );
     } else {
         println!("prefill: {prefill:.1} tok/s ({} tokens), decode: {decode:.1} tok/s ({} tokens), {threads} threads", args.prompt_tokens, args.decode_tokens);
+        println!("kernels: {kernels}");
     }
     Ok(())
 }

@@ -6,15 +6,15 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Storage, Tensor};
 
 use crate::ops::qmatmul;
-use crate::ops::qpacked::{self, Packed, PackedMatrix, Q4_1x8, Q8_0x8};
+use crate::ops::qpacked::{self, Kind, PackedWeight};
 
 #[derive(Debug, Clone)]
 enum Weight {
     /// Candle's matmul (dense, or quantized types it runs well).
     Candle(QMatMul),
-    /// Q4_1 / Q8_0 on an AVX2 CPU, repacked in groups of 8 rows for wick's batched kernels.
-    PackedQ4_1(Arc<PackedMatrix<Q4_1x8>>),
-    PackedQ8_0(Arc<PackedMatrix<Q8_0x8>>),
+    /// A format with a packed form (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) on an
+    /// AVX2 CPU, repacked in groups of 8 rows for wick's batched kernels.
+    Packed(Arc<PackedWeight>),
     /// Q4_1 / Q8_0 on the CPU through wick's own kernels.
     Own {
         tensor: Arc<QTensor>,
@@ -32,29 +32,30 @@ pub struct Linear {
 
 impl Linear {
     pub fn quantized(weight: Arc<QTensor>, bias: Option<Tensor>) -> Result<Self> {
-        let weight = match (weight.dtype(), weight.device(), weight.shape().dims()) {
-            (GgmlDType::Q4_1 | GgmlDType::Q8_0, Device::Cpu, &[n, k])
-                if k.is_multiple_of(qmatmul::QK)
-                    && n.is_multiple_of(qpacked::GROUP)
-                    && crate::ops::simd::has_avx2() =>
-            {
-                let bytes = weight.data()?;
-                let misaligned =
-                    || candle_core::Error::Msg("misaligned quantized weight data".into());
-                let bad_shape = || {
-                    candle_core::Error::Msg(format!(
-                        "quantized weight of {} bytes does not hold [{n}, {k}]",
-                        bytes.len()
-                    ))
-                };
-                if weight.dtype() == GgmlDType::Q4_1 {
-                    let w = qmatmul::blocks::<qmatmul::BlockQ4_1>(&bytes).ok_or_else(misaligned)?;
-                    Weight::PackedQ4_1(Arc::new(PackedMatrix::new(w, n, k).ok_or_else(bad_shape)?))
-                } else {
-                    let w = qmatmul::blocks::<qmatmul::BlockQ8_0>(&bytes).ok_or_else(misaligned)?;
-                    Weight::PackedQ8_0(Arc::new(PackedMatrix::new(w, n, k).ok_or_else(bad_shape)?))
-                }
+        let packable = match (
+            packed_kind(weight.dtype()),
+            weight.device(),
+            weight.shape().dims(),
+        ) {
+            (Some(kind), Device::Cpu, &[n, k]) if crate::ops::simd::has_avx2() => {
+                Some((kind, n, k))
             }
+            _ => None,
+        };
+        if let Some((kind, n, k)) = packable {
+            let bytes = weight.data()?;
+            // Shapes that do not pack (a K-quant's width not a multiple of 256 cannot
+            // occur in a valid file; rows not a multiple of 8 can) take the paths below.
+            if let Some(p) = PackedWeight::from_bytes(kind, &bytes, n, k) {
+                note_kernel(weight.dtype(), qpacked::Isa::best().name());
+                return Ok(Self {
+                    weight: Weight::Packed(Arc::new(p)),
+                    bias,
+                });
+            }
+        }
+        let dtype = weight.dtype();
+        let weight = match (weight.dtype(), weight.device(), weight.shape().dims()) {
             (GgmlDType::Q4_1 | GgmlDType::Q8_0, Device::Cpu, &[n, k])
                 if k.is_multiple_of(qmatmul::QK) && n >= 4 =>
             {
@@ -66,6 +67,13 @@ impl Linear {
             }
             _ => Weight::Candle(QMatMul::from_arc(weight)?),
         };
+        note_kernel(
+            dtype,
+            match &weight {
+                Weight::Own { .. } => "wick-rows",
+                _ => "candle",
+            },
+        );
         Ok(Self { weight, bias })
     }
 
@@ -155,40 +163,25 @@ impl Linear {
                     None => Ok(y),
                 }
             }
-            Weight::Own { .. } | Weight::PackedQ4_1(_) | Weight::PackedQ8_0(_) => {
-                Linear::forward_many(&[self], x)?
-                    .pop()
-                    .ok_or_else(|| candle_core::Error::Msg("matmul produced no output".into()))
-            }
+            Weight::Own { .. } | Weight::Packed(_) => Linear::forward_many(&[self], x)?
+                .pop()
+                .ok_or_else(|| candle_core::Error::Msg("matmul produced no output".into())),
         }
     }
 
-    /// `forward_many` when every layer is packed with one weight type and one input
-    /// width; `None` otherwise.
+    /// `forward_many` when every layer is packed (of any formats) with one input width;
+    /// `None` otherwise.
     fn forward_packed(layers: &[&Linear], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
-        let q4 = all_packed(layers, |w| match w {
-            Weight::PackedQ4_1(w) => Some(&**w),
-            _ => None,
-        });
-        if let Some(w) = q4 {
-            return Self::forward_packed_as(layers, x, &w);
-        }
-        let q8 = all_packed(layers, |w| match w {
-            Weight::PackedQ8_0(w) => Some(&**w),
-            _ => None,
-        });
-        match q8 {
-            Some(w) => Self::forward_packed_as(layers, x, &w),
-            None => Ok(None),
-        }
-    }
-
-    /// `forward_packed` for layers packed as `P` (`w`: their weights, in order).
-    fn forward_packed_as<P: Packed>(
-        layers: &[&Linear],
-        x: &Tensor,
-        w: &[&PackedMatrix<P>],
-    ) -> Result<Option<Vec<Tensor>>> {
+        let w: Option<Vec<&PackedWeight>> = layers
+            .iter()
+            .map(|l| match &l.weight {
+                Weight::Packed(w) => Some(&**w),
+                _ => None,
+            })
+            .collect();
+        let Some(w) = w else {
+            return Ok(None);
+        };
         let Some(k) = w.first().map(|w| w.cols()) else {
             return Ok(Some(Vec::new()));
         };
@@ -198,19 +191,55 @@ impl Linear {
         }
         let ns: Vec<usize> = w.iter().map(|w| w.rows()).collect();
         Self::run_on_cpu(layers, x, k, &ns, |xs, m, outs| {
-            qpacked::matmul_many(xs, m, w, outs);
+            qpacked::matmul_many(xs, m, &w, outs);
             Ok(())
         })
         .map(Some)
     }
+
+    /// The CPU kernel set this layer runs on: `avx512vnni`, `avx2` or `scalar` for wick's
+    /// own kernels, `candle` otherwise.
+    pub fn kernel(&self) -> &'static str {
+        match &self.weight {
+            Weight::Packed(_) => qpacked::Isa::best().name(),
+            Weight::Own { .. } => "wick-rows",
+            Weight::Candle(_) => "candle",
+        }
+    }
 }
 
-/// Every layer's weight as `packed` sees it, or `None` when one is not of its kind.
-fn all_packed<'a, P: Packed>(
-    layers: &[&'a Linear],
-    packed: impl Fn(&'a Weight) -> Option<&'a PackedMatrix<P>>,
-) -> Option<Vec<&'a PackedMatrix<P>>> {
-    layers.iter().map(|l| packed(&l.weight)).collect()
+/// Quantized layers loaded in this process, by GGUF type and the kernel that runs them.
+static KERNELS: std::sync::Mutex<std::collections::BTreeMap<(String, &'static str), usize>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+fn note_kernel(dtype: GgmlDType, kernel: &'static str) {
+    let mut k = KERNELS.lock().unwrap_or_else(|e| e.into_inner());
+    *k.entry((format!("{dtype:?}"), kernel)).or_default() += 1;
+}
+
+/// Which kernels the quantized layers loaded so far run on, e.g.
+/// `Q4K: avx512vnni x60, Q6K: avx512vnni x31, F32: candle x1`.
+pub fn kernel_report() -> String {
+    let k = KERNELS.lock().unwrap_or_else(|e| e.into_inner());
+    k.iter()
+        .map(|((dtype, kernel), n)| format!("{dtype}: {kernel} x{n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The packed form of a GGUF type, if it has one.
+fn packed_kind(dtype: GgmlDType) -> Option<Kind> {
+    Some(match dtype {
+        GgmlDType::Q4_0 => Kind::Q4_0,
+        GgmlDType::Q4_1 => Kind::Q4_1,
+        GgmlDType::Q5_0 => Kind::Q5_0,
+        GgmlDType::Q5_1 => Kind::Q5_1,
+        GgmlDType::Q8_0 => Kind::Q8_0,
+        GgmlDType::Q4K => Kind::Q4K,
+        GgmlDType::Q5K => Kind::Q5K,
+        GgmlDType::Q6K => Kind::Q6K,
+        _ => return None,
+    })
 }
 
 /// Runs wick's kernel for weight blocks of type `T` over raw GGUF bytes.

@@ -1,50 +1,34 @@
-//! Quantized weights repacked for batched CPU matmuls (AVX2): groups of 8 weight rows are
+//! Quantized weights repacked for batched CPU matmuls: groups of 8 weight rows are
 //! interleaved block by block, so one 256-bit register holds 4 consecutive weights of each
-//! of the 8 rows. An activation's 4 matching values are broadcast to all lanes, and
-//! `maddubs` then computes 4-element partial dot products for all 8 rows at once, so the
-//! results of a block land one row per lane: the block scales of the 8 rows are one vector
-//! (no per-pair scalar scale arithmetic, no horizontal sums) and each unpacked weight
-//! register serves up to four activation rows.
+//! of the 8 rows. An activation's 4 matching values are broadcast to all lanes, and one
+//! byte dot product (`maddubs` + `madd` on AVX2, `vpdpbusd` with AVX-512 VNNI) then
+//! computes 4-element partial dot products for all 8 rows at once, so the results of a
+//! block land one row per lane: the block scales of the 8 rows are one vector (no per-pair
+//! scalar scale arithmetic, no horizontal sums) and each unpacked weight register serves
+//! up to four activation rows.
 //!
-//! Per 32-weight block and activation row this costs about 20 vector instructions for 8
-//! weight rows, where the row-by-row dot product (ggml's arithmetic, `qmatmul`) costs about
-//! 60 plus scalar f16 conversions. The arithmetic is exact in integers within a block;
-//! only the order of the float sums across blocks differs from ggml's (and activation
-//! scales stay f32 instead of being rounded to f16).
+//! Every GGUF format users commonly download has a packed form (`formats`): Q4_0, Q4_1,
+//! Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K. Activations are quantized once per matmul to
+//! 8 bits per 32 values (`ActQ8`), whatever the weights' format, so one input serves
+//! matrices of different formats in one dispatch (a Q4_K_M layer mixes Q4_K, Q6_K and
+//! their fallbacks). The arithmetic is exact in integers within a 32-value sub-block;
+//! only the order of float sums differs from ggml's (and activation scales stay f32).
 //!
-//! Repacking keeps the size of the weights: a Q4_1 group block is the 8 rows' 20-byte
-//! blocks, rearranged.
+//! The kernel set is chosen at run time (`Isa`): AVX-512 VNNI where the CPU has it, AVX2
+//! elsewhere, scalar code without either; `WICK_CPU_KERNEL=avx2|scalar` picks a lower one.
 
-use half::f16;
+use std::sync::OnceLock;
 
-use super::qmatmul::{BlockQ4_1, BlockQ8_0, QK};
-use super::simd::has_avx2;
+mod formats;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+pub use formats::*;
+
+use super::qmatmul::QK;
 
 /// Weight rows per group.
 pub const GROUP: usize = 8;
-
-/// Eight rows' Q4_1 blocks for the same 32 columns. `qs[32 t + 4 r + e]` is byte `4 t + e`
-/// of row `r`'s ggml block: its low nibble is weight `4 t + e`, its high nibble weight
-/// `4 t + e + 16`.
-#[derive(Debug, Clone, Copy)]
-#[repr(C)]
-pub struct Q4_1x8 {
-    pub d: [f16; GROUP],
-    pub m: [f16; GROUP],
-    pub qs: [u8; 128],
-}
-
-/// Eight rows' Q8_0 blocks for the same 32 columns: `qs[32 j + 4 r + e]` is weight
-/// `4 j + e` of row `r`.
-#[derive(Debug, Clone, Copy)]
-#[repr(C)]
-pub struct Q8_0x8 {
-    pub d: [f16; GROUP],
-    pub qs: [i8; 256],
-}
-
-const _: () = assert!(std::mem::size_of::<Q4_1x8>() == 8 * 20);
-const _: () = assert!(std::mem::size_of::<Q8_0x8>() == 8 * 34);
 
 /// 32 activations quantized as `d * q` (`q` in -127..=127), with `s = d * Σ q`.
 #[derive(Debug, Clone, Copy)]
@@ -79,222 +63,163 @@ pub fn quantize_row(x: &[f32], out: &mut [ActQ8]) {
     }
 }
 
-/// A weight type that can be repacked into groups of 8 rows.
-pub trait Packed: Copy + Send + Sync + 'static {
-    /// The ggml block it is made from.
-    type Block: Copy;
-    /// `rows`: the group's 8 rows, each `kb` blocks; returns `kb` group blocks.
-    fn pack(rows: [&[Self::Block]; GROUP], out: &mut Vec<Self>);
-    /// `out[c][r] = w_r · x_c` over the group's blocks `w` (8 rows) for `R` activation rows.
-    fn dot_8xr<const R: usize>(w: &[Self], x: [&[ActQ8]; R]) -> [[f32; GROUP]; R];
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Level {
+    Scalar,
+    Avx2,
+    Avx512Vnni,
 }
 
-impl Packed for Q4_1x8 {
-    type Block = BlockQ4_1;
+/// A kernel set this CPU can run. Only obtainable through detection, so holding an `Isa`
+/// is the proof that its instructions exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Isa(Level);
 
-    fn pack(rows: [&[BlockQ4_1]; GROUP], out: &mut Vec<Self>) {
-        for b in 0..rows[0].len() {
-            let mut g = Q4_1x8 {
-                d: [f16::ZERO; GROUP],
-                m: [f16::ZERO; GROUP],
-                qs: [0; 128],
-            };
-            for (r, row) in rows.iter().enumerate() {
-                let wb = &row[b];
-                g.d[r] = wb.d;
-                g.m[r] = wb.m;
-                for t in 0..4 {
-                    g.qs[32 * t + 4 * r..][..4].copy_from_slice(&wb.qs[4 * t..4 * t + 4]);
-                }
-            }
-            out.push(g);
-        }
-    }
+impl Isa {
+    pub const SCALAR: Isa = Isa(Level::Scalar);
 
-    fn dot_8xr<const R: usize>(w: &[Self], x: [&[ActQ8]; R]) -> [[f32; GROUP]; R] {
+    /// Every kernel set this CPU runs, lowest first (tests run each).
+    pub fn available() -> Vec<Isa> {
+        let mut out = vec![Isa::SCALAR];
         #[cfg(target_arch = "x86_64")]
-        if has_avx2() {
-            // SAFETY: the CPU has avx2, fma and f16c.
-            return unsafe { avx2::q4_1x8(w, x) };
-        }
-        q4_1x8_scalar(w, x)
-    }
-}
-
-/// The Q4_1 group kernel without SIMD (CPUs without AVX2, and the tests' check of it).
-fn q4_1x8_scalar<const R: usize>(w: &[Q4_1x8], x: [&[ActQ8]; R]) -> [[f32; GROUP]; R] {
-    let mut out = [[0f32; GROUP]; R];
-    for (o, xr) in out.iter_mut().zip(x.iter()) {
-        for (wb, xb) in w.iter().zip(xr.iter()) {
-            for (r, acc) in o.iter_mut().enumerate() {
-                let mut sumi = 0i32;
-                for t in 0..4 {
-                    for e in 0..4 {
-                        let q = wb.qs[32 * t + 4 * r + e];
-                        sumi += (q & 0x0F) as i32 * xb.qs[4 * t + e] as i32
-                            + (q >> 4) as i32 * xb.qs[4 * t + e + 16] as i32;
-                    }
-                }
-                *acc += wb.d[r].to_f32() * xb.d * sumi as f32 + wb.m[r].to_f32() * xb.s;
-            }
-        }
-    }
-    out
-}
-
-impl Packed for Q8_0x8 {
-    type Block = BlockQ8_0;
-
-    fn pack(rows: [&[BlockQ8_0]; GROUP], out: &mut Vec<Self>) {
-        for b in 0..rows[0].len() {
-            let mut g = Q8_0x8 {
-                d: [f16::ZERO; GROUP],
-                qs: [0; 256],
-            };
-            for (r, row) in rows.iter().enumerate() {
-                let wb = &row[b];
-                g.d[r] = wb.d;
-                for j in 0..8 {
-                    g.qs[32 * j + 4 * r..][..4].copy_from_slice(&wb.qs[4 * j..4 * j + 4]);
+        {
+            if super::simd::has_avx2() {
+                out.push(Isa(Level::Avx2));
+                if is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512vnni")
+                {
+                    out.push(Isa(Level::Avx512Vnni));
                 }
             }
-            out.push(g);
-        }
-    }
-
-    fn dot_8xr<const R: usize>(w: &[Self], x: [&[ActQ8]; R]) -> [[f32; GROUP]; R] {
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2() {
-            // SAFETY: the CPU has avx2, fma and f16c.
-            return unsafe { avx2::q8_0x8(w, x) };
-        }
-        q8_0x8_scalar(w, x)
-    }
-}
-
-/// The Q8_0 group kernel without SIMD.
-fn q8_0x8_scalar<const R: usize>(w: &[Q8_0x8], x: [&[ActQ8]; R]) -> [[f32; GROUP]; R] {
-    let mut out = [[0f32; GROUP]; R];
-    for (o, xr) in out.iter_mut().zip(x.iter()) {
-        for (wb, xb) in w.iter().zip(xr.iter()) {
-            for (r, acc) in o.iter_mut().enumerate() {
-                let mut sumi = 0i32;
-                for j in 0..8 {
-                    for e in 0..4 {
-                        sumi += wb.qs[32 * j + 4 * r + e] as i32 * xb.qs[4 * j + e] as i32;
-                    }
-                }
-                *acc += wb.d[r].to_f32() * xb.d * sumi as f32;
-            }
-        }
-    }
-    out
-}
-
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use super::{ActQ8, Q4_1x8, Q8_0x8, GROUP};
-    use std::arch::x86_64::*;
-
-    /// The 4 activations `4 j .. 4 j + 4` of a block, broadcast to every 32-bit lane.
-    #[inline(always)]
-    unsafe fn bcast4(x: &ActQ8, j: usize) -> __m256i {
-        _mm256_set1_epi32((x.qs.as_ptr() as *const i32).add(j).read_unaligned())
-    }
-
-    #[inline(always)]
-    unsafe fn store<const R: usize>(acc: [__m256; R]) -> [[f32; GROUP]; R] {
-        let mut out = [[0f32; GROUP]; R];
-        for c in 0..R {
-            _mm256_storeu_ps(out[c].as_mut_ptr(), acc[c]);
         }
         out
     }
 
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn q4_1x8<const R: usize>(w: &[Q4_1x8], x: [&[ActQ8]; R]) -> [[f32; GROUP]; R] {
-        let mask = _mm256_set1_epi8(0x0F);
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); R];
-        for (b, wb) in w.iter().enumerate() {
-            let p = wb.qs.as_ptr() as *const __m256i;
-            // Per lane pair 2r, 2r+1: row r's partial sums. At most 8 maddubs results of
-            // |15 * 127 * 2| each are added, which fits in i16.
-            let mut s16 = [_mm256_setzero_si256(); R];
-            for t in 0..4 {
-                let pt = _mm256_loadu_si256(p.add(t));
-                let lo = _mm256_and_si256(pt, mask);
-                let hi = _mm256_and_si256(_mm256_srli_epi16(pt, 4), mask);
-                for c in 0..R {
-                    let xb = x[c].get_unchecked(b);
-                    s16[c] = _mm256_add_epi16(s16[c], _mm256_maddubs_epi16(lo, bcast4(xb, t)));
-                    s16[c] = _mm256_add_epi16(s16[c], _mm256_maddubs_epi16(hi, bcast4(xb, t + 4)));
-                }
-            }
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(wb.d.as_ptr() as *const __m128i));
-            let mw = _mm256_cvtph_ps(_mm_loadu_si128(wb.m.as_ptr() as *const __m128i));
-            for c in 0..R {
-                let xb = x[c].get_unchecked(b);
-                let sumi = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16[c], ones));
-                let scale = _mm256_mul_ps(dw, _mm256_set1_ps(xb.d));
-                acc[c] = _mm256_fmadd_ps(scale, sumi, acc[c]);
-                acc[c] = _mm256_fmadd_ps(mw, _mm256_set1_ps(xb.s), acc[c]);
-            }
-        }
-        store(acc)
+    /// The best available, or the one `WICK_CPU_KERNEL` names when this CPU has it.
+    pub fn best() -> Isa {
+        static BEST: OnceLock<Isa> = OnceLock::new();
+        *BEST.get_or_init(|| {
+            let all = Isa::available();
+            let wanted = std::env::var("WICK_CPU_KERNEL").ok();
+            wanted
+                .and_then(|w| all.iter().copied().find(|i| i.name() == w))
+                .or(all.last().copied())
+                .unwrap_or(Isa::SCALAR)
+        })
     }
 
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn q8_0x8<const R: usize>(w: &[Q8_0x8], x: [&[ActQ8]; R]) -> [[f32; GROUP]; R] {
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); R];
-        for (b, wb) in w.iter().enumerate() {
-            let p = wb.qs.as_ptr() as *const __m256i;
-            // i32 sums: a maddubs lane can reach 2 * 127 * 127, so each is widened at once.
-            let mut s32 = [_mm256_setzero_si256(); R];
-            for j in 0..8 {
-                let q = _mm256_loadu_si256(p.add(j));
-                let aq = _mm256_sign_epi8(q, q);
-                for c in 0..R {
-                    let sx = _mm256_sign_epi8(bcast4(x[c].get_unchecked(b), j), q);
-                    let prod = _mm256_madd_epi16(_mm256_maddubs_epi16(aq, sx), ones);
-                    s32[c] = _mm256_add_epi32(s32[c], prod);
-                }
-            }
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(wb.d.as_ptr() as *const __m128i));
-            for c in 0..R {
-                let scale = _mm256_mul_ps(dw, _mm256_set1_ps(x[c].get_unchecked(b).d));
-                acc[c] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(s32[c]), acc[c]);
-            }
+    /// `scalar`, `avx2` or `avx512vnni`.
+    pub fn name(self) -> &'static str {
+        match self.0 {
+            Level::Scalar => "scalar",
+            Level::Avx2 => "avx2",
+            Level::Avx512Vnni => "avx512vnni",
         }
-        store(acc)
     }
 }
+
+/// A packed format with its kernels.
+pub trait Packed: Format {
+    /// `out[c][r] = w_r · x_c` over the group's blocks `w` (8 rows) for `R` activation rows
+    /// (`x[c]`: the row's 32-value activation blocks over the same columns).
+    fn dot_8xr<const R: usize>(isa: Isa, w: &[Self], x: [&[ActQ8]; R]) -> [[f32; GROUP]; R];
+}
+
+/// The kernel of a packed format in plain code: `sub_block`'s formula (CPUs without
+/// AVX2, and the reference the SIMD kernels are tested against).
+fn dot_scalar<T: Format, const R: usize>(w: &[T], x: [&[ActQ8]; R]) -> [[f32; GROUP]; R] {
+    let subs = T::COLS / QK;
+    let mut out = [[0f32; GROUP]; R];
+    for (o, xr) in out.iter_mut().zip(x.iter()) {
+        for (b, wb) in w.iter().enumerate() {
+            for j in 0..subs {
+                let xb = &xr[b * subs + j];
+                for (r, acc) in o.iter_mut().enumerate() {
+                    let (q, a, m) = wb.sub_block(r, j);
+                    let sumi: i32 = q.iter().zip(&xb.qs).map(|(&q, &x)| q * x as i32).sum();
+                    *acc += a * xb.d * sumi as f32 + m * xb.s;
+                }
+            }
+        }
+    }
+    out
+}
+
+macro_rules! packed {
+    ($($t:ty => $kernel:ident),* $(,)?) => {$(
+        impl Packed for $t {
+            fn dot_8xr<const R: usize>(
+                isa: Isa,
+                w: &[Self],
+                x: [&[ActQ8]; R],
+            ) -> [[f32; GROUP]; R] {
+                match isa.0 {
+                    // SAFETY: an `Isa` exists only for instruction sets the CPU has.
+                    #[cfg(target_arch = "x86_64")]
+                    Level::Avx512Vnni => unsafe { x86::vnni::$kernel(w, x) },
+                    #[cfg(target_arch = "x86_64")]
+                    Level::Avx2 => unsafe { x86::avx2::$kernel(w, x) },
+                    _ => dot_scalar(w, x),
+                }
+            }
+        }
+    )*};
+}
+
+packed!(
+    Q4_0x8 => q4_0,
+    Q4_1x8 => q4_1,
+    Q5_0x8 => q5_0,
+    Q5_1x8 => q5_1,
+    Q8_0x8 => q8_0,
+    Q4Kx8 => q4_k,
+    Q5Kx8 => q5_k,
+    Q6Kx8 => q6_k,
+);
 
 /// A weight matrix `[n, k]` repacked into groups of 8 rows (`n` a multiple of 8).
 #[derive(Debug, Clone)]
 pub struct PackedMatrix<T: Packed> {
     n: usize,
     k: usize,
-    /// Group after group, each `k / 32` blocks.
+    /// Group after group, each `k / T::COLS` blocks.
     blocks: Vec<T>,
 }
 
 impl<T: Packed> PackedMatrix<T> {
-    /// `None` when `n` is not a multiple of 8, `k` not a multiple of 32, or `w` is not
-    /// `n * k / 32` blocks.
+    /// `None` when `n` is not a multiple of 8, `k` not a multiple of the block width, or
+    /// `w` is not `n * k / T::COLS` blocks.
     pub fn new(w: &[T::Block], n: usize, k: usize) -> Option<Self> {
-        if !n.is_multiple_of(GROUP) || !k.is_multiple_of(QK) || w.len() != n * (k / QK) {
+        if !n.is_multiple_of(GROUP) || !k.is_multiple_of(T::COLS) || w.len() != n * (k / T::COLS) {
             return None;
         }
-        let kb = k / QK;
+        let kb = k / T::COLS;
         let mut blocks = Vec::with_capacity(n / GROUP * kb);
         for g in 0..n / GROUP {
-            let rows: [&[T::Block]; GROUP] =
-                std::array::from_fn(|r| &w[(g * GROUP + r) * kb..(g * GROUP + r + 1) * kb]);
-            T::pack(rows, &mut blocks);
+            for b in 0..kb {
+                blocks.push(T::pack(std::array::from_fn(|r| {
+                    &w[(g * GROUP + r) * kb + b]
+                })));
+            }
         }
         Some(Self { n, k, blocks })
+    }
+
+    /// From a GGUF tensor's bytes (any alignment); `None` as `new`, or when the byte count
+    /// is not whole blocks.
+    pub fn from_bytes(bytes: &[u8], n: usize, k: usize) -> Option<Self> {
+        let size = std::mem::size_of::<T::Block>();
+        if !bytes.len().is_multiple_of(size) {
+            return None;
+        }
+        let w: Vec<T::Block> = bytes
+            .chunks_exact(size)
+            // SAFETY: `size` bytes per chunk; the block types are plain old data for which
+            // any bit pattern is valid.
+            .map(|c| unsafe { std::ptr::read_unaligned(c.as_ptr() as *const T::Block) })
+            .collect();
+        Self::new(&w, n, k)
     }
 
     pub fn rows(&self) -> usize {
@@ -306,8 +231,114 @@ impl<T: Packed> PackedMatrix<T> {
     }
 
     fn group(&self, g: usize) -> &[T] {
-        let kb = self.k / QK;
+        let kb = self.k / T::COLS;
         &self.blocks[g * kb..(g + 1) * kb]
+    }
+
+    /// Row tile `rows` against group `g`, 4 activation rows at a time; `write(i, g, v)`
+    /// takes row `i`'s 8 results.
+    fn run_group<'x>(
+        &self,
+        isa: Isa,
+        g: usize,
+        rows: std::ops::Range<usize>,
+        xrow: &impl Fn(usize) -> &'x [ActQ8],
+        write: &impl Fn(usize, &[f32; GROUP]),
+    ) {
+        let wg = self.group(g);
+        let mut i = rows.start;
+        while i + 4 <= rows.end {
+            let d = T::dot_8xr(isa, wg, [xrow(i), xrow(i + 1), xrow(i + 2), xrow(i + 3)]);
+            for (c, v) in d.iter().enumerate() {
+                write(i + c, v);
+            }
+            i += 4;
+        }
+        match rows.end - i {
+            3 => {
+                let d = T::dot_8xr(isa, wg, [xrow(i), xrow(i + 1), xrow(i + 2)]);
+                for (c, v) in d.iter().enumerate() {
+                    write(i + c, v);
+                }
+            }
+            2 => {
+                let d = T::dot_8xr(isa, wg, [xrow(i), xrow(i + 1)]);
+                for (c, v) in d.iter().enumerate() {
+                    write(i + c, v);
+                }
+            }
+            1 => {
+                let [d] = T::dot_8xr(isa, wg, [xrow(i)]);
+                write(i, &d);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The GGUF formats with a packed form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+    Q4K,
+    Q5K,
+    Q6K,
+}
+
+/// A packed matrix of any format.
+#[derive(Debug, Clone)]
+pub enum PackedWeight {
+    Q4_0(PackedMatrix<Q4_0x8>),
+    Q4_1(PackedMatrix<Q4_1x8>),
+    Q5_0(PackedMatrix<Q5_0x8>),
+    Q5_1(PackedMatrix<Q5_1x8>),
+    Q8_0(PackedMatrix<Q8_0x8>),
+    Q4K(PackedMatrix<Q4Kx8>),
+    Q5K(PackedMatrix<Q5Kx8>),
+    Q6K(PackedMatrix<Q6Kx8>),
+}
+
+macro_rules! each {
+    ($w:expr, $m:ident => $e:expr) => {
+        match $w {
+            PackedWeight::Q4_0($m) => $e,
+            PackedWeight::Q4_1($m) => $e,
+            PackedWeight::Q5_0($m) => $e,
+            PackedWeight::Q5_1($m) => $e,
+            PackedWeight::Q8_0($m) => $e,
+            PackedWeight::Q4K($m) => $e,
+            PackedWeight::Q5K($m) => $e,
+            PackedWeight::Q6K($m) => $e,
+        }
+    };
+}
+
+impl PackedWeight {
+    /// Repacks a `[n, k]` GGUF tensor; `None` when its shape does not pack (`n` not a
+    /// multiple of 8, `k` not of the block width) or the bytes do not hold it.
+    pub fn from_bytes(kind: Kind, bytes: &[u8], n: usize, k: usize) -> Option<Self> {
+        Some(match kind {
+            Kind::Q4_0 => Self::Q4_0(PackedMatrix::from_bytes(bytes, n, k)?),
+            Kind::Q4_1 => Self::Q4_1(PackedMatrix::from_bytes(bytes, n, k)?),
+            Kind::Q5_0 => Self::Q5_0(PackedMatrix::from_bytes(bytes, n, k)?),
+            Kind::Q5_1 => Self::Q5_1(PackedMatrix::from_bytes(bytes, n, k)?),
+            Kind::Q8_0 => Self::Q8_0(PackedMatrix::from_bytes(bytes, n, k)?),
+            Kind::Q4K => Self::Q4K(PackedMatrix::from_bytes(bytes, n, k)?),
+            Kind::Q5K => Self::Q5K(PackedMatrix::from_bytes(bytes, n, k)?),
+            Kind::Q6K => Self::Q6K(PackedMatrix::from_bytes(bytes, n, k)?),
+        })
+    }
+
+    pub fn rows(&self) -> usize {
+        each!(self, m => m.rows())
+    }
+
+    pub fn cols(&self) -> usize {
+        each!(self, m => m.cols())
     }
 }
 
@@ -315,21 +346,27 @@ impl<T: Packed> PackedMatrix<T> {
 /// stream past it.
 const ROW_TILE: usize = 16;
 
-/// Several matmuls of the same input `x` (`[m, k]`, row-major) with packed weights:
-/// `outs[i] = x · ws[i]^T` (`[m, n_i]`). The input is quantized once and all products run
-/// in one dispatch to the thread pool.
-pub fn matmul_many<T: Packed>(
+/// Several matmuls of the same input `x` (`[m, k]`, row-major) with packed weights of any
+/// formats: `outs[i] = x · ws[i]^T` (`[m, n_i]`). The input is quantized once and all
+/// products run in one dispatch to the thread pool, with the best kernels of this CPU.
+pub fn matmul_many(x: &[f32], m: usize, ws: &[&PackedWeight], outs: &mut [&mut [f32]]) {
+    matmul_many_with(Isa::best(), x, m, ws, outs)
+}
+
+/// `matmul_many` with the kernel set `isa`.
+pub fn matmul_many_with(
+    isa: Isa,
     x: &[f32],
     m: usize,
-    ws: &[&PackedMatrix<T>],
+    ws: &[&PackedWeight],
     outs: &mut [&mut [f32]],
 ) {
-    let Some(k) = ws.first().map(|w| w.k) else {
+    let Some(k) = ws.first().map(|w| w.cols()) else {
         return;
     };
     assert!(x.len() == m * k && ws.len() == outs.len());
     for (w, out) in ws.iter().zip(outs.iter()) {
-        assert!(w.k == k && out.len() == m * w.n);
+        assert!(w.cols() == k && out.len() == m * w.rows());
     }
     let kb = k / QK;
     let mut xq = vec![ZERO_ACT; m * kb];
@@ -338,56 +375,30 @@ pub fn matmul_many<T: Packed>(
     }
     let xrow = |i: usize| &xq[i * kb..(i + 1) * kb];
     let out_ptrs: Vec<usize> = outs.iter_mut().map(|o| o.as_mut_ptr() as usize).collect();
-    // SAFETY (raw writes): each (matrix, row, group) of the outputs is written by exactly
-    // one item, and the 8 columns of a group are in bounds (`n` is a multiple of 8).
-    let write = |mat: usize, i: usize, g: usize, v: &[f32; GROUP]| unsafe {
-        let dst = (out_ptrs[mat] as *mut f32).add(i * ws[mat].n + g * GROUP);
-        std::ptr::copy_nonoverlapping(v.as_ptr(), dst, GROUP);
-    };
     let row_tiles = m.div_ceil(ROW_TILE);
     // Items are numbered matrix after matrix, row tile after row tile, group after group.
     let mut first = Vec::with_capacity(ws.len() + 1);
     first.push(0);
     for w in ws {
-        first.push(first[first.len() - 1] + row_tiles * (w.n / GROUP));
+        first.push(first[first.len() - 1] + row_tiles * (w.rows() / GROUP));
     }
     let n_items = first[ws.len()];
     let run = |items: std::ops::Range<usize>| {
         for item in items {
             let mat = first.partition_point(|&f| f <= item) - 1;
             let w = ws[mat];
-            let groups = w.n / GROUP;
+            let (n, groups) = (w.rows(), w.rows() / GROUP);
             let local = item - first[mat];
             let (tile, g) = (local / groups, local % groups);
-            let wg = w.group(g);
             let rows = tile * ROW_TILE..m.min((tile + 1) * ROW_TILE);
-            let mut i = rows.start;
-            while i + 4 <= rows.end {
-                let d = T::dot_8xr(wg, [xrow(i), xrow(i + 1), xrow(i + 2), xrow(i + 3)]);
-                for (c, v) in d.iter().enumerate() {
-                    write(mat, i + c, g, v);
-                }
-                i += 4;
-            }
-            match rows.end - i {
-                3 => {
-                    let d = T::dot_8xr(wg, [xrow(i), xrow(i + 1), xrow(i + 2)]);
-                    for (c, v) in d.iter().enumerate() {
-                        write(mat, i + c, g, v);
-                    }
-                }
-                2 => {
-                    let d = T::dot_8xr(wg, [xrow(i), xrow(i + 1)]);
-                    for (c, v) in d.iter().enumerate() {
-                        write(mat, i + c, g, v);
-                    }
-                }
-                1 => {
-                    let [d] = T::dot_8xr(wg, [xrow(i)]);
-                    write(mat, i, g, &d);
-                }
-                _ => {}
-            }
+            let dst = out_ptrs[mat] as *mut f32;
+            // SAFETY (raw writes): each (matrix, row, group) of the outputs is written by
+            // exactly one item, and the 8 columns of a group are in bounds (`n` is a
+            // multiple of 8, `i < m`).
+            let write = |i: usize, v: &[f32; GROUP]| unsafe {
+                std::ptr::copy_nonoverlapping(v.as_ptr(), dst.add(i * n + g * GROUP), GROUP);
+            };
+            each!(w, p => p.run_group(isa, g, rows, &xrow, &write));
         }
     };
     let pool = super::pool::global();
@@ -400,203 +411,4 @@ pub fn matmul_many<T: Packed>(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rand(state: &mut u64) -> f32 {
-        *state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((*state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-
-    fn q4_1_weights(n: usize, k: usize, seed: u64) -> Vec<BlockQ4_1> {
-        let mut s = seed;
-        (0..n * k / QK)
-            .map(|_| {
-                let mut qs = [0u8; 16];
-                for q in &mut qs {
-                    *q = ((rand(&mut s) + 1.0) * 127.9) as u8;
-                }
-                BlockQ4_1 {
-                    d: f16::from_f32(rand(&mut s) * 0.05),
-                    m: f16::from_f32(rand(&mut s) * 0.2),
-                    qs,
-                }
-            })
-            .collect()
-    }
-
-    fn q8_0_weights(n: usize, k: usize, seed: u64) -> Vec<BlockQ8_0> {
-        let mut s = seed;
-        (0..n * k / QK)
-            .map(|_| {
-                let mut qs = [0i8; 32];
-                for q in &mut qs {
-                    *q = (rand(&mut s) * 127.0) as i8;
-                }
-                BlockQ8_0 {
-                    d: f16::from_f32(rand(&mut s) * 0.05),
-                    qs,
-                }
-            })
-            .collect()
-    }
-
-    /// The dequantized weights times the quantized activations, in f64.
-    fn reference(
-        deq: &dyn Fn(usize, usize) -> f64,
-        xq: &[ActQ8],
-        m: usize,
-        n: usize,
-        k: usize,
-    ) -> Vec<(f64, f64)> {
-        let kb = k / QK;
-        let mut out = Vec::with_capacity(m * n);
-        for i in 0..m {
-            for j in 0..n {
-                let (mut sum, mut mag) = (0f64, 0f64);
-                for col in 0..k {
-                    let xb = &xq[i * kb + col / QK];
-                    let t = deq(j, col) * xb.qs[col % QK] as f64 * xb.d as f64;
-                    sum += t;
-                    mag += t.abs();
-                }
-                out.push((sum, mag));
-            }
-        }
-        out
-    }
-
-    fn check(got: &[f32], want: &[(f64, f64)]) {
-        for (i, (&g, &(w, mag))) in got.iter().zip(want).enumerate() {
-            let err = (g as f64 - w).abs();
-            assert!(
-                err <= 1e-5 * mag + 1e-6,
-                "element {i}: {g} vs {w} (magnitude {mag})"
-            );
-        }
-    }
-
-    fn inputs(m: usize, k: usize) -> (Vec<f32>, Vec<ActQ8>) {
-        let mut s = 7;
-        let x: Vec<f32> = (0..m * k).map(|_| rand(&mut s) * 3.0).collect();
-        let mut xq = vec![ZERO_ACT; m * k / QK];
-        for (row, q) in x.chunks_exact(k).zip(xq.chunks_exact_mut(k / QK)) {
-            quantize_row(row, q);
-        }
-        (x, xq)
-    }
-
-    #[test]
-    fn q4_1_packed_matches_the_dequantized_product() {
-        let (n, k) = (24, 96);
-        let w = q4_1_weights(n, k, 1);
-        let kb = k / QK;
-        let deq = |j: usize, col: usize| {
-            let b = &w[j * kb + col / QK];
-            let e = col % QK;
-            let q = if e < 16 {
-                b.qs[e] & 0x0F
-            } else {
-                b.qs[e - 16] >> 4
-            };
-            b.d.to_f64() * q as f64 + b.m.to_f64()
-        };
-        let p = PackedMatrix::<Q4_1x8>::new(&w, n, k).unwrap();
-        for m in [1, 2, 3, 4, 5, 17, 40] {
-            let (x, xq) = inputs(m, k);
-            let mut out = vec![0f32; m * n];
-            matmul_many(&x, m, &[&p], &mut [&mut out]);
-            check(&out, &reference(&deq, &xq, m, n, k));
-        }
-    }
-
-    #[test]
-    fn q8_0_packed_matches_the_dequantized_product() {
-        let (n, k) = (16, 128);
-        let w = q8_0_weights(n, k, 3);
-        let kb = k / QK;
-        let deq = |j: usize, col: usize| {
-            let b = &w[j * kb + col / QK];
-            b.d.to_f64() * b.qs[col % QK] as f64
-        };
-        let p = PackedMatrix::<Q8_0x8>::new(&w, n, k).unwrap();
-        for m in [1, 3, 4, 9, 33] {
-            let (x, xq) = inputs(m, k);
-            let mut out = vec![0f32; m * n];
-            matmul_many(&x, m, &[&p], &mut [&mut out]);
-            check(&out, &reference(&deq, &xq, m, n, k));
-        }
-    }
-
-    #[test]
-    fn extreme_weights_and_activations_do_not_overflow() {
-        // All nibbles 15 against activations of +-127 everywhere: the largest i16 partial
-        // sums the Q4_1 kernel can see.
-        let (n, k) = (8, 32);
-        let w = vec![
-            BlockQ4_1 {
-                d: f16::from_f32(1.0),
-                m: f16::from_f32(0.0),
-                qs: [0xFF; 16],
-            };
-            n * k / QK
-        ];
-        let p = PackedMatrix::<Q4_1x8>::new(&w, n, k).unwrap();
-        for sign in [1.0f32, -1.0] {
-            let x = vec![sign; k];
-            let mut out = vec![0f32; n];
-            matmul_many(&x, 1, &[&p], &mut [&mut out]);
-            for v in out {
-                assert!((v - sign * 15.0 * 32.0).abs() < 1e-3, "{v}");
-            }
-        }
-        let w8 = vec![
-            BlockQ8_0 {
-                d: f16::from_f32(1.0),
-                qs: [-127; 32],
-            };
-            n * k / QK
-        ];
-        let p8 = PackedMatrix::<Q8_0x8>::new(&w8, n, k).unwrap();
-        let x = vec![-1.0f32; k];
-        let mut out = vec![0f32; n];
-        matmul_many(&x, 1, &[&p8], &mut [&mut out]);
-        for v in out {
-            assert!((v - 127.0 * 32.0).abs() < 1e-2, "{v}");
-        }
-    }
-
-    #[test]
-    fn simd_and_scalar_kernels_agree() {
-        let (n, k) = (8, 160);
-        let (_, xq) = inputs(4, k);
-        let kb = k / QK;
-        let x: [&[ActQ8]; 4] = std::array::from_fn(|c| &xq[c * kb..(c + 1) * kb]);
-        let close = |a: [[f32; GROUP]; 4], b: [[f32; GROUP]; 4]| {
-            for (ra, rb) in a.iter().zip(&b) {
-                for (u, v) in ra.iter().zip(rb) {
-                    assert!((u - v).abs() <= 1e-4 * (1.0 + v.abs()), "{u} vs {v}");
-                }
-            }
-        };
-        let p4 = PackedMatrix::<Q4_1x8>::new(&q4_1_weights(n, k, 11), n, k).unwrap();
-        close(
-            Q4_1x8::dot_8xr(p4.group(0), x),
-            q4_1x8_scalar(p4.group(0), x),
-        );
-        let p8 = PackedMatrix::<Q8_0x8>::new(&q8_0_weights(n, k, 12), n, k).unwrap();
-        close(
-            Q8_0x8::dot_8xr(p8.group(0), x),
-            q8_0x8_scalar(p8.group(0), x),
-        );
-    }
-
-    #[test]
-    fn shapes_that_do_not_pack_are_refused() {
-        let w = q4_1_weights(12, 64, 5);
-        assert!(PackedMatrix::<Q4_1x8>::new(&w, 12, 64).is_none());
-        assert!(PackedMatrix::<Q4_1x8>::new(&w[..8], 8, 64).is_none());
-    }
-}
+mod tests;

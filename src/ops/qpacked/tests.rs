@@ -1,0 +1,549 @@
+use half::f16;
+
+use super::*;
+use crate::ops::qmatmul::{BlockQ4_1, BlockQ8_0};
+
+fn next(state: &mut u64) -> u64 {
+    *state = state
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    *state >> 33
+}
+
+fn rand(state: &mut u64) -> f32 {
+    (next(state) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+}
+
+/// `count` blocks of random bytes, then `fix` sets their float fields.
+fn random_blocks<B: Copy>(count: usize, seed: u64, fix: impl Fn(&mut B, &mut u64)) -> Vec<B> {
+    let mut s = seed;
+    (0..count)
+        .map(|_| {
+            let bytes: Vec<u8> = (0..std::mem::size_of::<B>())
+                .map(|_| next(&mut s) as u8)
+                .collect();
+            // SAFETY: the block types are plain old data.
+            let mut b = unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const B) };
+            fix(&mut b, &mut s);
+            b
+        })
+        .collect()
+}
+
+fn h(v: f32) -> f16 {
+    f16::from_f32(v)
+}
+
+fn nib(qs: &[u8; 16], i: usize) -> u8 {
+    if i < 16 {
+        qs[i] & 0x0F
+    } else {
+        qs[i - 16] >> 4
+    }
+}
+
+// ggml's dequantizers, in f64, from the ggml blocks (not the packed forms).
+
+fn deq_q4_0(b: &BlockQ4_0) -> Vec<f64> {
+    (0..32)
+        .map(|i| b.d.to_f64() * (nib(&b.qs, i) as f64 - 8.0))
+        .collect()
+}
+
+fn deq_q4_1(b: &BlockQ4_1) -> Vec<f64> {
+    (0..32)
+        .map(|i| b.d.to_f64() * nib(&b.qs, i) as f64 + b.m.to_f64())
+        .collect()
+}
+
+fn q5_values(qs: &[u8; 16], qh: [u8; 4]) -> Vec<f64> {
+    let qh = u32::from_le_bytes(qh);
+    let mut y = vec![0f64; 32];
+    for j in 0..16 {
+        let xh0 = ((qh >> j) << 4) & 0x10;
+        let xh1 = (qh >> (j + 12)) & 0x10;
+        y[j] = ((qs[j] & 0x0F) as u32 | xh0) as f64;
+        y[j + 16] = ((qs[j] >> 4) as u32 | xh1) as f64;
+    }
+    y
+}
+
+fn deq_q5_0(b: &BlockQ5_0) -> Vec<f64> {
+    q5_values(&b.qs, b.qh)
+        .iter()
+        .map(|q| b.d.to_f64() * (q - 16.0))
+        .collect()
+}
+
+fn deq_q5_1(b: &BlockQ5_1) -> Vec<f64> {
+    q5_values(&b.qs, b.qh)
+        .iter()
+        .map(|q| b.d.to_f64() * q + b.m.to_f64())
+        .collect()
+}
+
+fn deq_q8_0(b: &BlockQ8_0) -> Vec<f64> {
+    b.qs.iter().map(|&q| b.d.to_f64() * q as f64).collect()
+}
+
+fn deq_q4_k(b: &BlockQ4K) -> Vec<f64> {
+    let (d, dmin) = (b.d.to_f64(), b.dmin.to_f64());
+    let mut y = Vec::with_capacity(256);
+    for c in 0..4 {
+        let (sc1, m1) = scale_min_k4(2 * c, &b.scales);
+        let (sc2, m2) = scale_min_k4(2 * c + 1, &b.scales);
+        let q = &b.qs[32 * c..32 * c + 32];
+        for &v in q {
+            y.push(d * sc1 as f64 * (v & 0x0F) as f64 - dmin * m1 as f64);
+        }
+        for &v in q {
+            y.push(d * sc2 as f64 * (v >> 4) as f64 - dmin * m2 as f64);
+        }
+    }
+    y
+}
+
+fn deq_q5_k(b: &BlockQ5K) -> Vec<f64> {
+    let (d, dmin) = (b.d.to_f64(), b.dmin.to_f64());
+    let mut y = Vec::with_capacity(256);
+    let (mut u1, mut u2) = (1u8, 2u8);
+    for c in 0..4 {
+        let (sc1, m1) = scale_min_k4(2 * c, &b.scales);
+        let (sc2, m2) = scale_min_k4(2 * c + 1, &b.scales);
+        let ql = &b.qs[32 * c..32 * c + 32];
+        for (&v, &h) in ql.iter().zip(&b.qh) {
+            let q = (v & 0x0F) + if h & u1 != 0 { 16 } else { 0 };
+            y.push(d * sc1 as f64 * q as f64 - dmin * m1 as f64);
+        }
+        for (&v, &h) in ql.iter().zip(&b.qh) {
+            let q = (v >> 4) + if h & u2 != 0 { 16 } else { 0 };
+            y.push(d * sc2 as f64 * q as f64 - dmin * m2 as f64);
+        }
+        u1 <<= 2;
+        u2 <<= 2;
+    }
+    y
+}
+
+fn deq_q6_k(b: &BlockQ6K) -> Vec<f64> {
+    let d = b.d.to_f64();
+    let mut y = vec![0f64; 256];
+    for n in 0..2 {
+        let (ql, qh, sc) = (&b.ql[64 * n..], &b.qh[32 * n..], &b.scales[8 * n..]);
+        for l in 0..32 {
+            let is = l / 16;
+            let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i32 - 32;
+            let q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
+            let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
+            let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
+            let y = &mut y[128 * n..];
+            y[l] = d * sc[is] as f64 * q1 as f64;
+            y[l + 32] = d * sc[is + 2] as f64 * q2 as f64;
+            y[l + 64] = d * sc[is + 4] as f64 * q3 as f64;
+            y[l + 96] = d * sc[is + 6] as f64 * q4 as f64;
+        }
+    }
+    y
+}
+
+/// The dequantized weights (`[n, k]`, row-major) times the quantized activations, in f64:
+/// `(value, Σ |terms|)` per output.
+fn reference(w: &[f64], xq: &[ActQ8], m: usize, n: usize, k: usize) -> Vec<(f64, f64)> {
+    let kb = k / QK;
+    let mut out = Vec::with_capacity(m * n);
+    for i in 0..m {
+        for j in 0..n {
+            let (mut sum, mut mag) = (0f64, 0f64);
+            for col in 0..k {
+                let xb = &xq[i * kb + col / QK];
+                let t = w[j * k + col] * xb.qs[col % QK] as f64 * xb.d as f64;
+                sum += t;
+                mag += t.abs();
+            }
+            out.push((sum, mag));
+        }
+    }
+    out
+}
+
+fn check(what: &str, got: &[f32], want: &[(f64, f64)]) {
+    for (i, (&g, &(w, mag))) in got.iter().zip(want).enumerate() {
+        let err = (g as f64 - w).abs();
+        assert!(
+            err <= 2e-5 * mag + 1e-6,
+            "{what}, element {i}: {g} vs {w} (magnitude {mag})"
+        );
+    }
+}
+
+fn quantized(x: &[f32], m: usize, k: usize) -> Vec<ActQ8> {
+    let mut xq = vec![ZERO_ACT; m * k / QK];
+    for (row, q) in x.chunks_exact(k).zip(xq.chunks_exact_mut(k / QK)) {
+        quantize_row(row, q);
+    }
+    xq
+}
+
+fn inputs(m: usize, k: usize) -> (Vec<f32>, Vec<ActQ8>) {
+    let mut s = 7;
+    let x: Vec<f32> = (0..m * k).map(|_| rand(&mut s) * 3.0).collect();
+    let xq = quantized(&x, m, k);
+    (x, xq)
+}
+
+/// `kind`'s blocks packed and multiplied with every kernel set of this CPU, for several
+/// row counts, against the f64 product of the ggml dequantization.
+fn matches_reference<B: Copy>(
+    kind: Kind,
+    blocks: &[B],
+    deq: impl Fn(&B) -> Vec<f64>,
+    n: usize,
+    k: usize,
+    rows: &[usize],
+) {
+    let bytes: &[u8] = unsafe {
+        std::slice::from_raw_parts(blocks.as_ptr() as *const u8, std::mem::size_of_val(blocks))
+    };
+    let w: Vec<f64> = blocks.iter().flat_map(&deq).collect();
+    assert_eq!(w.len(), n * k);
+    let p = PackedWeight::from_bytes(kind, bytes, n, k).expect("packs");
+    for isa in Isa::available() {
+        for &m in rows {
+            let (x, xq) = inputs(m, k);
+            let mut out = vec![0f32; m * n];
+            matmul_many_with(isa, &x, m, &[&p], &mut [&mut out]);
+            check(
+                &format!("{kind:?} {} m={m}", isa.name()),
+                &out,
+                &reference(&w, &xq, m, n, k),
+            );
+        }
+    }
+}
+
+const ROWS: [usize; 7] = [1, 2, 3, 4, 5, 17, 33];
+
+fn small_scale(d: &mut f16, s: &mut u64) {
+    *d = h(rand(s) * 0.05);
+}
+
+fn q4_0_blocks(count: usize, seed: u64) -> Vec<BlockQ4_0> {
+    random_blocks(count, seed, |b: &mut BlockQ4_0, s| small_scale(&mut b.d, s))
+}
+
+fn q4_1_blocks(count: usize, seed: u64) -> Vec<BlockQ4_1> {
+    random_blocks(count, seed, |b: &mut BlockQ4_1, s| {
+        small_scale(&mut b.d, s);
+        b.m = h(rand(s) * 0.2);
+    })
+}
+
+fn q5_0_blocks(count: usize, seed: u64) -> Vec<BlockQ5_0> {
+    random_blocks(count, seed, |b: &mut BlockQ5_0, s| small_scale(&mut b.d, s))
+}
+
+fn q5_1_blocks(count: usize, seed: u64) -> Vec<BlockQ5_1> {
+    random_blocks(count, seed, |b: &mut BlockQ5_1, s| {
+        small_scale(&mut b.d, s);
+        b.m = h(rand(s) * 0.2);
+    })
+}
+
+fn q8_0_blocks(count: usize, seed: u64) -> Vec<BlockQ8_0> {
+    random_blocks(count, seed, |b: &mut BlockQ8_0, s| small_scale(&mut b.d, s))
+}
+
+fn q4_k_blocks(count: usize, seed: u64) -> Vec<BlockQ4K> {
+    random_blocks(count, seed, |b: &mut BlockQ4K, s| {
+        b.d = h(rand(s) * 0.002);
+        b.dmin = h(rand(s) * 0.005);
+    })
+}
+
+fn q5_k_blocks(count: usize, seed: u64) -> Vec<BlockQ5K> {
+    random_blocks(count, seed, |b: &mut BlockQ5K, s| {
+        b.d = h(rand(s) * 0.002);
+        b.dmin = h(rand(s) * 0.005);
+    })
+}
+
+fn q6_k_blocks(count: usize, seed: u64) -> Vec<BlockQ6K> {
+    random_blocks(count, seed, |b: &mut BlockQ6K, s| {
+        b.d = h(rand(s) * 0.001);
+    })
+}
+
+#[test]
+fn q4_0_packed_matches_the_dequantized_product() {
+    let (n, k) = (24, 96);
+    matches_reference(
+        Kind::Q4_0,
+        &q4_0_blocks(n * k / 32, 1),
+        deq_q4_0,
+        n,
+        k,
+        &ROWS,
+    );
+}
+
+#[test]
+fn q4_1_packed_matches_the_dequantized_product() {
+    let (n, k) = (24, 96);
+    matches_reference(
+        Kind::Q4_1,
+        &q4_1_blocks(n * k / 32, 2),
+        deq_q4_1,
+        n,
+        k,
+        &ROWS,
+    );
+}
+
+#[test]
+fn q5_0_packed_matches_the_dequantized_product() {
+    let (n, k) = (16, 128);
+    matches_reference(
+        Kind::Q5_0,
+        &q5_0_blocks(n * k / 32, 3),
+        deq_q5_0,
+        n,
+        k,
+        &ROWS,
+    );
+}
+
+#[test]
+fn q5_1_packed_matches_the_dequantized_product() {
+    let (n, k) = (16, 128);
+    matches_reference(
+        Kind::Q5_1,
+        &q5_1_blocks(n * k / 32, 4),
+        deq_q5_1,
+        n,
+        k,
+        &ROWS,
+    );
+}
+
+#[test]
+fn q8_0_packed_matches_the_dequantized_product() {
+    let (n, k) = (16, 128);
+    matches_reference(
+        Kind::Q8_0,
+        &q8_0_blocks(n * k / 32, 5),
+        deq_q8_0,
+        n,
+        k,
+        &ROWS,
+    );
+}
+
+#[test]
+fn q4_k_packed_matches_the_dequantized_product() {
+    let (n, k) = (16, 512);
+    matches_reference(
+        Kind::Q4K,
+        &q4_k_blocks(n * k / 256, 6),
+        deq_q4_k,
+        n,
+        k,
+        &ROWS,
+    );
+}
+
+#[test]
+fn q5_k_packed_matches_the_dequantized_product() {
+    let (n, k) = (16, 512);
+    matches_reference(
+        Kind::Q5K,
+        &q5_k_blocks(n * k / 256, 7),
+        deq_q5_k,
+        n,
+        k,
+        &ROWS,
+    );
+}
+
+#[test]
+fn q6_k_packed_matches_the_dequantized_product() {
+    let (n, k) = (16, 512);
+    matches_reference(
+        Kind::Q6K,
+        &q6_k_blocks(n * k / 256, 8),
+        deq_q6_k,
+        n,
+        k,
+        &ROWS,
+    );
+}
+
+/// Blocks of one byte repeated (0x00: smallest values, 0xFF: largest), with unit scales,
+/// against activations of +-127 everywhere: the largest integer sums the kernels see.
+fn extreme<B: Copy>(byte: u8, fix: impl Fn(&mut B)) -> B {
+    let bytes = vec![byte; std::mem::size_of::<B>()];
+    // SAFETY: the block types are plain old data.
+    let mut b = unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const B) };
+    fix(&mut b);
+    b
+}
+
+#[test]
+fn extreme_weights_and_activations_do_not_overflow() {
+    let one = h(1.0);
+    let (n, k) = (8, 256);
+    let check_all = |kind: Kind, bytes: Vec<u8>, w: Vec<f64>| {
+        let p = PackedWeight::from_bytes(kind, &bytes, n, k).expect("packs");
+        for isa in Isa::available() {
+            for sign in [1.0f32, -1.0] {
+                let x = vec![sign; k];
+                let xq = quantized(&x, 1, k);
+                let mut out = vec![0f32; n];
+                matmul_many_with(isa, &x, 1, &[&p], &mut [&mut out]);
+                check(
+                    &format!("{kind:?} {} extreme", isa.name()),
+                    &out,
+                    &reference(&w, &xq, 1, n, k),
+                );
+            }
+        }
+    };
+    fn raw<B: Copy>(b: B, count: usize) -> Vec<u8> {
+        let one: &[u8] = unsafe {
+            std::slice::from_raw_parts(&b as *const B as *const u8, std::mem::size_of::<B>())
+        };
+        one.repeat(count)
+    }
+    for byte in [0x00u8, 0xFF] {
+        let b = extreme(byte, |b: &mut BlockQ4_0| b.d = one);
+        check_all(
+            Kind::Q4_0,
+            raw(b, n * k / 32),
+            deq_q4_0(&b).repeat(n * k / 32),
+        );
+        let b = extreme(byte, |b: &mut BlockQ4_1| (b.d, b.m) = (one, one));
+        check_all(
+            Kind::Q4_1,
+            raw(b, n * k / 32),
+            deq_q4_1(&b).repeat(n * k / 32),
+        );
+        let b = extreme(byte, |b: &mut BlockQ5_0| b.d = one);
+        check_all(
+            Kind::Q5_0,
+            raw(b, n * k / 32),
+            deq_q5_0(&b).repeat(n * k / 32),
+        );
+        let b = extreme(byte, |b: &mut BlockQ5_1| (b.d, b.m) = (one, one));
+        check_all(
+            Kind::Q5_1,
+            raw(b, n * k / 32),
+            deq_q5_1(&b).repeat(n * k / 32),
+        );
+        let b = extreme(byte ^ 0x80, |b: &mut BlockQ8_0| b.d = one);
+        check_all(
+            Kind::Q8_0,
+            raw(b, n * k / 32),
+            deq_q8_0(&b).repeat(n * k / 32),
+        );
+        let b = extreme(byte, |b: &mut BlockQ4K| (b.d, b.dmin) = (one, one));
+        check_all(
+            Kind::Q4K,
+            raw(b, n * k / 256),
+            deq_q4_k(&b).repeat(n * k / 256),
+        );
+        let b = extreme(byte, |b: &mut BlockQ5K| (b.d, b.dmin) = (one, one));
+        check_all(
+            Kind::Q5K,
+            raw(b, n * k / 256),
+            deq_q5_k(&b).repeat(n * k / 256),
+        );
+        let b = extreme(byte, |b: &mut BlockQ6K| {
+            b.d = one;
+            b.scales = [127; 16];
+        });
+        check_all(
+            Kind::Q6K,
+            raw(b, n * k / 256),
+            deq_q6_k(&b).repeat(n * k / 256),
+        );
+    }
+}
+
+/// Every SIMD kernel set against the scalar kernel, group by group, for 1 to 4 rows.
+fn simd_agrees<T: Packed>(blocks: &[T::Block], n: usize, k: usize) {
+    let p = PackedMatrix::<T>::new(blocks, n, k).expect("packs");
+    let (_, xq) = inputs(4, k);
+    let kb = k / QK;
+    let x: [&[ActQ8]; 4] = std::array::from_fn(|c| &xq[c * kb..(c + 1) * kb]);
+    fn close<const R: usize>(a: [[f32; GROUP]; R], b: [[f32; GROUP]; R]) {
+        for (ra, rb) in a.iter().zip(&b) {
+            for (u, v) in ra.iter().zip(rb) {
+                assert!((u - v).abs() <= 1e-4 * (1.0 + v.abs()), "{u} vs {v}");
+            }
+        }
+    }
+    for isa in Isa::available() {
+        for g in 0..n / GROUP {
+            let w = p.group(g);
+            close(T::dot_8xr(isa, w, x), dot_scalar(w, x));
+            close(T::dot_8xr(isa, w, [x[0]]), dot_scalar(w, [x[0]]));
+            close(
+                T::dot_8xr(isa, w, [x[1], x[2]]),
+                dot_scalar(w, [x[1], x[2]]),
+            );
+        }
+    }
+}
+
+#[test]
+fn simd_and_scalar_kernels_agree() {
+    assert!(!Isa::available().is_empty());
+    let (n, k) = (16, 512);
+    simd_agrees::<Q4_0x8>(&q4_0_blocks(n * k / 32, 11), n, k);
+    simd_agrees::<Q4_1x8>(&q4_1_blocks(n * k / 32, 12), n, k);
+    simd_agrees::<Q5_0x8>(&q5_0_blocks(n * k / 32, 13), n, k);
+    simd_agrees::<Q5_1x8>(&q5_1_blocks(n * k / 32, 14), n, k);
+    simd_agrees::<Q8_0x8>(&q8_0_blocks(n * k / 32, 15), n, k);
+    simd_agrees::<Q4Kx8>(&q4_k_blocks(n * k / 256, 16), n, k);
+    simd_agrees::<Q5Kx8>(&q5_k_blocks(n * k / 256, 17), n, k);
+    simd_agrees::<Q6Kx8>(&q6_k_blocks(n * k / 256, 18), n, k);
+}
+
+#[test]
+fn mixed_formats_in_one_dispatch_equal_separate_products() {
+    // A Q4_K_M layer: Q4_K, Q6_K and the Q5_0 fallback side by side over one input.
+    let k = 256;
+    fn bytes<B: Copy>(b: &[B]) -> &[u8] {
+        unsafe { std::slice::from_raw_parts(b.as_ptr() as *const u8, std::mem::size_of_val(b)) }
+    }
+    let q4k = q4_k_blocks(16, 21);
+    let q6k = q6_k_blocks(8, 22);
+    let q50 = q5_0_blocks(24 * 8, 23);
+    let ws = [
+        PackedWeight::from_bytes(Kind::Q4K, bytes(&q4k), 16, k).expect("packs"),
+        PackedWeight::from_bytes(Kind::Q6K, bytes(&q6k), 8, k).expect("packs"),
+        PackedWeight::from_bytes(Kind::Q5_0, bytes(&q50), 24, k).expect("packs"),
+    ];
+    for m in [1, 6] {
+        let (x, _) = inputs(m, k);
+        let mut together: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; m * w.rows()]).collect();
+        let mut refs: Vec<&mut [f32]> = together.iter_mut().map(|v| v.as_mut_slice()).collect();
+        let wrefs: Vec<&PackedWeight> = ws.iter().collect();
+        matmul_many(&x, m, &wrefs, &mut refs);
+        for (w, t) in ws.iter().zip(&together) {
+            let mut alone = vec![0f32; m * w.rows()];
+            matmul_many(&x, m, &[w], &mut [&mut alone]);
+            assert_eq!(&alone, t);
+        }
+    }
+}
+
+#[test]
+fn shapes_that_do_not_pack_are_refused() {
+    let w = q4_1_blocks(12 * 2, 5);
+    assert!(PackedMatrix::<Q4_1x8>::new(&w, 12, 64).is_none());
+    assert!(PackedMatrix::<Q4_1x8>::new(&w[..8], 8, 64).is_none());
+    // K-quants need whole 256-column super-blocks.
+    let k = q4_k_blocks(8 * 3, 6);
+    assert!(PackedMatrix::<Q4Kx8>::new(&k, 8, 576).is_none());
+    assert!(PackedWeight::from_bytes(Kind::Q4K, &[0u8; 100], 8, 256).is_none());
+}

@@ -1,0 +1,415 @@
+//! The SIMD kernels, one source compiled twice: with AVX2 (`avx2`), where the byte dot
+//! products are `maddubs` (u8 x i8 pairs to i16) then `madd` by ones to i32, and with
+//! AVX-512 VNNI on 256-bit registers (`vnni`), where `vpdpbusd` does both in one
+//! instruction. In every kernel an activation's 4 values are broadcast to the 8 lanes of
+//! a register whose lane `r` holds 4 weights of row `r`, so lane `r` of every sum is row
+//! `r`'s result and the scales of the 8 rows are one vector.
+
+use std::arch::x86_64::*;
+
+use super::formats::*;
+use super::{ActQ8, GROUP};
+
+/// The 4 activations `4 j .. 4 j + 4` of a block, broadcast to every 32-bit lane.
+#[inline(always)]
+unsafe fn bcast4(x: &ActQ8, j: usize) -> __m256i {
+    _mm256_set1_epi32((x.qs.as_ptr() as *const i32).add(j).read_unaligned())
+}
+
+/// The 8 activation broadcasts of a 32-value block.
+#[inline(always)]
+unsafe fn bcast_block(x: &ActQ8) -> [__m256i; 8] {
+    let mut v = [_mm256_setzero_si256(); 8];
+    for (j, v) in v.iter_mut().enumerate() {
+        *v = bcast4(x, j);
+    }
+    v
+}
+
+#[inline(always)]
+unsafe fn store<const R: usize>(acc: [__m256; R]) -> [[f32; GROUP]; R] {
+    let mut out = [[0f32; GROUP]; R];
+    for c in 0..R {
+        _mm256_storeu_ps(out[c].as_mut_ptr(), acc[c]);
+    }
+    out
+}
+
+#[inline(always)]
+unsafe fn halves(h: &[f16; GROUP]) -> __m256 {
+    _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr() as *const __m128i))
+}
+
+/// 8 unsigned bytes as f32 lanes.
+#[inline(always)]
+unsafe fn u8x8(p: &[u8]) -> __m256 {
+    debug_assert!(p.len() >= 8);
+    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+        p.as_ptr() as *const __m128i
+    )))
+}
+
+/// 8 signed bytes as f32 lanes.
+#[inline(always)]
+unsafe fn i8x8(p: &[i8]) -> __m256 {
+    debug_assert!(p.len() >= 8);
+    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+        p.as_ptr() as *const __m128i
+    )))
+}
+
+/// Low and high nibbles of the 4 registers of a packed 32-column block.
+#[inline(always)]
+unsafe fn nibbles(qs: &[u8; 128]) -> ([__m256i; 4], [__m256i; 4]) {
+    let mask = _mm256_set1_epi8(0x0F);
+    let p = qs.as_ptr() as *const __m256i;
+    let (mut lo, mut hi) = ([_mm256_setzero_si256(); 4], [_mm256_setzero_si256(); 4]);
+    for t in 0..4 {
+        let v = _mm256_loadu_si256(p.add(t));
+        lo[t] = _mm256_and_si256(v, mask);
+        hi[t] = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+    }
+    (lo, hi)
+}
+
+/// Q5_0/Q5_1: the fifth bits (see `Q5_0x8`) ORed into the nibbles as bit 4.
+#[inline(always)]
+unsafe fn fifth_bits(qh: &[u8; 32], lo: &mut [__m256i; 4], hi: &mut [__m256i; 4]) {
+    let h = _mm256_loadu_si256(qh.as_ptr() as *const __m256i);
+    let bit4 = _mm256_set1_epi8(0x10);
+    // Shifts within 16-bit lanes move bits across bytes only into bits that the mask drops.
+    let lo_bits = [
+        _mm256_slli_epi16(h, 4),
+        _mm256_slli_epi16(h, 3),
+        _mm256_slli_epi16(h, 2),
+        _mm256_slli_epi16(h, 1),
+    ];
+    let hi_bits = [
+        h,
+        _mm256_srli_epi16(h, 1),
+        _mm256_srli_epi16(h, 2),
+        _mm256_srli_epi16(h, 3),
+    ];
+    for t in 0..4 {
+        lo[t] = _mm256_or_si256(lo[t], _mm256_and_si256(lo_bits[t], bit4));
+        hi[t] = _mm256_or_si256(hi[t], _mm256_and_si256(hi_bits[t], bit4));
+    }
+}
+
+/// The parts of a Q4_K or Q5_K group block (Q4_K: `qh` unused).
+#[derive(Clone, Copy)]
+struct KBlock<'a> {
+    d: &'a [f16; GROUP],
+    dmin: &'a [f16; GROUP],
+    sc: &'a [u8; 64],
+    m: &'a [u8; 64],
+    qs: &'a [u8; 1024],
+    qh: &'a [u8; 256],
+}
+
+macro_rules! kernels {
+    ($features:literal) => {
+        use super::*;
+
+        /// `lo` against activations `0..16` and `hi` against `16..32` (each register
+        /// product at most 2 * 31 * 127, four of them fit in i16).
+        #[inline(always)]
+        unsafe fn dot_halves(lo: &[__m256i; 4], hi: &[__m256i; 4], x: &[__m256i; 8]) -> __m256i {
+            let s = dot_acc(_mm256_setzero_si256(), lo, &[x[0], x[1], x[2], x[3]]);
+            dot_acc(s, hi, &[x[4], x[5], x[6], x[7]])
+        }
+
+        /// Shared by Q4_0, Q4_1, Q5_0 and Q5_1 (`d * xd * Σ q xq + m * xs` per row, `m`
+        /// the offset: Q4_0's `-8 d`, Q5_0's `-16 d`, or the block's own).
+        #[inline(always)]
+        unsafe fn small<const R: usize>(
+            n: usize,
+            x: [&[ActQ8]; R],
+            block: impl Fn(usize) -> ([__m256i; 4], [__m256i; 4], __m256, __m256),
+        ) -> [[f32; GROUP]; R] {
+            let mut acc = [_mm256_setzero_ps(); R];
+            for b in 0..n {
+                let (lo, hi, dw, mw) = block(b);
+                for c in 0..R {
+                    let xb = x[c].get_unchecked(b);
+                    let sumi = _mm256_cvtepi32_ps(dot_halves(&lo, &hi, &bcast_block(xb)));
+                    let scale = _mm256_mul_ps(dw, _mm256_set1_ps(xb.d));
+                    acc[c] = _mm256_fmadd_ps(scale, sumi, acc[c]);
+                    acc[c] = _mm256_fmadd_ps(mw, _mm256_set1_ps(xb.s), acc[c]);
+                }
+            }
+            store(acc)
+        }
+
+        #[target_feature(enable = $features)]
+        pub unsafe fn q4_0<const R: usize>(w: &[Q4_0x8], x: [&[ActQ8]; R]) -> [[f32; GROUP]; R] {
+            small(w.len(), x, |b| {
+                let wb = w.get_unchecked(b);
+                let (lo, hi) = nibbles(&wb.qs);
+                let dw = halves(&wb.d);
+                (lo, hi, dw, _mm256_mul_ps(dw, _mm256_set1_ps(-8.0)))
+            })
+        }
+
+        #[target_feature(enable = $features)]
+        pub unsafe fn q4_1<const R: usize>(w: &[Q4_1x8], x: [&[ActQ8]; R]) -> [[f32; GROUP]; R] {
+            small(w.len(), x, |b| {
+                let wb = w.get_unchecked(b);
+                let (lo, hi) = nibbles(&wb.qs);
+                (lo, hi, halves(&wb.d), halves(&wb.m))
+            })
+        }
+
+        #[target_feature(enable = $features)]
+        pub unsafe fn q5_0<const R: usize>(w: &[Q5_0x8], x: [&[ActQ8]; R]) -> [[f32; GROUP]; R] {
+            small(w.len(), x, |b| {
+                let wb = w.get_unchecked(b);
+                let (mut lo, mut hi) = nibbles(&wb.qs);
+                fifth_bits(&wb.qh, &mut lo, &mut hi);
+                let dw = halves(&wb.d);
+                (lo, hi, dw, _mm256_mul_ps(dw, _mm256_set1_ps(-16.0)))
+            })
+        }
+
+        #[target_feature(enable = $features)]
+        pub unsafe fn q5_1<const R: usize>(w: &[Q5_1x8], x: [&[ActQ8]; R]) -> [[f32; GROUP]; R] {
+            small(w.len(), x, |b| {
+                let wb = w.get_unchecked(b);
+                let (mut lo, mut hi) = nibbles(&wb.qs);
+                fifth_bits(&wb.qh, &mut lo, &mut hi);
+                (lo, hi, halves(&wb.d), halves(&wb.m))
+            })
+        }
+
+        #[target_feature(enable = $features)]
+        pub unsafe fn q8_0<const R: usize>(w: &[Q8_0x8], x: [&[ActQ8]; R]) -> [[f32; GROUP]; R] {
+            let mut acc = [_mm256_setzero_ps(); R];
+            for (b, wb) in w.iter().enumerate() {
+                let p = wb.qs.as_ptr() as *const __m256i;
+                let mut aq = [_mm256_setzero_si256(); 8];
+                let mut q = [_mm256_setzero_si256(); 8];
+                for j in 0..8 {
+                    q[j] = _mm256_loadu_si256(p.add(j));
+                    aq[j] = _mm256_sign_epi8(q[j], q[j]);
+                }
+                let dw = halves(&wb.d);
+                for c in 0..R {
+                    let xb = x[c].get_unchecked(b);
+                    let mut s32 = _mm256_setzero_si256();
+                    // One register at a time: a product pair can reach 2 * 127 * 127.
+                    for j in 0..8 {
+                        let sx = _mm256_sign_epi8(bcast4(xb, j), q[j]);
+                        s32 = dot_acc(s32, &[aq[j]], &[sx]);
+                    }
+                    let scale = _mm256_mul_ps(dw, _mm256_set1_ps(xb.d));
+                    acc[c] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(s32), acc[c]);
+                }
+            }
+            store(acc)
+        }
+
+        /// Q4_K and Q5_K: per sub-block `j`, `d sc_j xd Σ q xq - dmin m_j xs`.
+        #[inline(always)]
+        unsafe fn k_quant<const R: usize, const FIVE: bool>(
+            w: KBlock,
+            x: [&[ActQ8]; R],
+            b: usize,
+            acc: &mut [__m256; R],
+        ) {
+            let KBlock {
+                d,
+                dmin,
+                sc,
+                m,
+                qs,
+                qh,
+            } = w;
+            let mask = _mm256_set1_epi8(0x0F);
+            let bit4 = _mm256_set1_epi8(0x10);
+            let p = qs.as_ptr() as *const __m256i;
+            let ph = qh.as_ptr() as *const __m256i;
+            let mut sacc = [_mm256_setzero_ps(); R];
+            let mut macc = [_mm256_setzero_ps(); R];
+            for pair in 0..4 {
+                let mut q = [[_mm256_setzero_si256(); 8]; 2];
+                for u in 0..8 {
+                    let v = _mm256_loadu_si256(p.add(8 * pair + u));
+                    q[0][u] = _mm256_and_si256(v, mask);
+                    q[1][u] = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+                    if FIVE {
+                        // Bits 2 pair and 2 pair + 1 of qh moved to bit 4 (16-bit shifts
+                        // leak across bytes only into bits the mask drops).
+                        let h = _mm256_loadu_si256(ph.add(u));
+                        let (h0, h1) = match pair {
+                            0 => (_mm256_slli_epi16(h, 4), _mm256_slli_epi16(h, 3)),
+                            1 => (_mm256_slli_epi16(h, 2), _mm256_slli_epi16(h, 1)),
+                            2 => (h, _mm256_srli_epi16(h, 1)),
+                            _ => (_mm256_srli_epi16(h, 2), _mm256_srli_epi16(h, 3)),
+                        };
+                        q[0][u] = _mm256_or_si256(q[0][u], _mm256_and_si256(h0, bit4));
+                        q[1][u] = _mm256_or_si256(q[1][u], _mm256_and_si256(h1, bit4));
+                    }
+                }
+                for (s, q) in q.iter().enumerate() {
+                    let j = 2 * pair + s;
+                    let scf = u8x8(&sc[8 * j..]);
+                    let mf = u8x8(&m[8 * j..]);
+                    let (q0, q1) = ([q[0], q[1], q[2], q[3]], [q[4], q[5], q[6], q[7]]);
+                    for c in 0..R {
+                        let xb = x[c].get_unchecked(8 * b + j);
+                        let xs = bcast_block(xb);
+                        // Q4: 8 products of at most 2 * 15 * 127 fit in i16; Q5: 4.
+                        let sumi = if FIVE {
+                            let s =
+                                dot_acc(_mm256_setzero_si256(), &q0, &[xs[0], xs[1], xs[2], xs[3]]);
+                            dot_acc(s, &q1, &[xs[4], xs[5], xs[6], xs[7]])
+                        } else {
+                            dot_acc(_mm256_setzero_si256(), q, &xs)
+                        };
+                        let scale = _mm256_mul_ps(scf, _mm256_set1_ps(xb.d));
+                        sacc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi), scale, sacc[c]);
+                        macc[c] = _mm256_fmadd_ps(mf, _mm256_set1_ps(xb.s), macc[c]);
+                    }
+                }
+            }
+            let dw = halves(d);
+            let dm = halves(dmin);
+            for c in 0..R {
+                acc[c] = _mm256_fmadd_ps(dw, sacc[c], acc[c]);
+                acc[c] = _mm256_fnmadd_ps(dm, macc[c], acc[c]);
+            }
+        }
+
+        #[target_feature(enable = $features)]
+        pub unsafe fn q4_k<const R: usize>(w: &[Q4Kx8], x: [&[ActQ8]; R]) -> [[f32; GROUP]; R] {
+            let mut acc = [_mm256_setzero_ps(); R];
+            let no_qh = [0u8; 256];
+            for (b, wb) in w.iter().enumerate() {
+                let w = KBlock {
+                    d: &wb.d,
+                    dmin: &wb.dmin,
+                    sc: &wb.sc,
+                    m: &wb.m,
+                    qs: &wb.qs,
+                    qh: &no_qh,
+                };
+                k_quant::<R, false>(w, x, b, &mut acc);
+            }
+            store(acc)
+        }
+
+        #[target_feature(enable = $features)]
+        pub unsafe fn q5_k<const R: usize>(w: &[Q5Kx8], x: [&[ActQ8]; R]) -> [[f32; GROUP]; R] {
+            let mut acc = [_mm256_setzero_ps(); R];
+            for (b, wb) in w.iter().enumerate() {
+                let w = KBlock {
+                    d: &wb.d,
+                    dmin: &wb.dmin,
+                    sc: &wb.sc,
+                    m: &wb.m,
+                    qs: &wb.qs,
+                    qh: &wb.qh,
+                };
+                k_quant::<R, true>(w, x, b, &mut acc);
+            }
+            store(acc)
+        }
+
+        /// Q6_K: weights `q - 32` as signed bytes; `|q - 32| <= 32`, so four register
+        /// products (16 weights, one scale) fit in i16.
+        #[target_feature(enable = $features)]
+        pub unsafe fn q6_k<const R: usize>(w: &[Q6Kx8], x: [&[ActQ8]; R]) -> [[f32; GROUP]; R] {
+            let mask = _mm256_set1_epi8(0x0F);
+            let bits = _mm256_set1_epi8(0x30);
+            let m32 = _mm256_set1_epi8(32);
+            let mut acc = [_mm256_setzero_ps(); R];
+            for (b, wb) in w.iter().enumerate() {
+                let mut sacc = [_mm256_setzero_ps(); R];
+                for j in 0..8 {
+                    let pl = wb.ql.as_ptr().add(128 * j) as *const __m256i;
+                    let ph = wb.qh.as_ptr().add(64 * j) as *const __m256i;
+                    let hr = [_mm256_loadu_si256(ph), _mm256_loadu_si256(ph.add(1))];
+                    let mut q = [[_mm256_setzero_si256(); 4]; 2];
+                    let mut a = [[_mm256_setzero_si256(); 4]; 2];
+                    for t in 0..4 {
+                        let v = _mm256_loadu_si256(pl.add(t));
+                        let h = hr[t & 1];
+                        let (h0, h1) = if t < 2 {
+                            (_mm256_slli_epi16(h, 4), h)
+                        } else {
+                            (_mm256_slli_epi16(h, 2), _mm256_srli_epi16(h, 2))
+                        };
+                        let lo =
+                            _mm256_or_si256(_mm256_and_si256(v, mask), _mm256_and_si256(h0, bits));
+                        let hi = _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16(v, 4), mask),
+                            _mm256_and_si256(h1, bits),
+                        );
+                        q[0][t] = _mm256_sub_epi8(lo, m32);
+                        q[1][t] = _mm256_sub_epi8(hi, m32);
+                        a[0][t] = _mm256_sign_epi8(q[0][t], q[0][t]);
+                        a[1][t] = _mm256_sign_epi8(q[1][t], q[1][t]);
+                    }
+                    let sc0 = i8x8(&wb.sc[8 * (2 * j)..]);
+                    let sc1 = i8x8(&wb.sc[8 * (2 * j + 1)..]);
+                    for c in 0..R {
+                        let xb = x[c].get_unchecked(8 * b + j);
+                        let mut sx = [[_mm256_setzero_si256(); 4]; 2];
+                        for t in 0..4 {
+                            sx[0][t] = _mm256_sign_epi8(bcast4(xb, t), q[0][t]);
+                            sx[1][t] = _mm256_sign_epi8(bcast4(xb, t + 4), q[1][t]);
+                        }
+                        let i0 = dot_acc(_mm256_setzero_si256(), &a[0], &sx[0]);
+                        let i1 = dot_acc(_mm256_setzero_si256(), &a[1], &sx[1]);
+                        let s = _mm256_fmadd_ps(
+                            _mm256_cvtepi32_ps(i0),
+                            sc0,
+                            _mm256_mul_ps(_mm256_cvtepi32_ps(i1), sc1),
+                        );
+                        sacc[c] = _mm256_fmadd_ps(s, _mm256_set1_ps(xb.d), sacc[c]);
+                    }
+                }
+                let dw = halves(&wb.d);
+                for c in 0..R {
+                    acc[c] = _mm256_fmadd_ps(dw, sacc[c], acc[c]);
+                }
+            }
+            store(acc)
+        }
+    };
+}
+
+use half::f16;
+
+pub mod avx2 {
+    /// `acc + Σ_i w_i · x_i` per 32-bit lane (4 byte products each), `w` unsigned and `x`
+    /// signed; the caller keeps the `N` products' pair sums within i16.
+    #[inline(always)]
+    unsafe fn dot_acc<const N: usize>(acc: __m256i, w: &[__m256i; N], x: &[__m256i; N]) -> __m256i {
+        let mut s = _mm256_maddubs_epi16(w[0], x[0]);
+        for i in 1..N {
+            s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w[i], x[i]));
+        }
+        _mm256_add_epi32(acc, _mm256_madd_epi16(s, _mm256_set1_epi16(1)))
+    }
+
+    kernels!("avx2,fma,f16c");
+}
+
+pub mod vnni {
+    /// As `avx2::dot_acc`, with `vpdpbusd` (no i16 intermediate), two chains for latency.
+    #[inline(always)]
+    unsafe fn dot_acc<const N: usize>(acc: __m256i, w: &[__m256i; N], x: &[__m256i; N]) -> __m256i {
+        let mut a = [acc, _mm256_setzero_si256()];
+        for i in 0..N {
+            a[i & 1] = _mm256_dpbusd_epi32(a[i & 1], w[i], x[i]);
+        }
+        if N > 1 {
+            _mm256_add_epi32(a[0], a[1])
+        } else {
+            a[0]
+        }
+    }
+
+    kernels!("avx2,fma,f16c,avx512f,avx512vl,avx512vnni");
+}
