@@ -238,7 +238,7 @@ fn preemption_and_the_prefix_cache_keep_constrained_output() {
     let g = compiler
         .compile_now(&GrammarSpec::JsonSchema(schema.clone()))
         .unwrap();
-    let reference: Vec<_> = (0..6)
+    let reference: Vec<_> = (0..8)
         .map(|i| {
             collect(
                 big.submit(request(&big, PROMPTS[i % 4], &g, sampled(i as u64)))
@@ -247,7 +247,7 @@ fn preemption_and_the_prefix_cache_keep_constrained_output() {
         })
         .collect();
     // Again through the prefix cache (the prompts are cached now).
-    let again: Vec<_> = (0..6)
+    let again: Vec<_> = (0..8)
         .map(|i| {
             collect(
                 big.submit(request(&big, PROMPTS[i % 4], &g, sampled(i as u64)))
@@ -258,7 +258,7 @@ fn preemption_and_the_prefix_cache_keep_constrained_output() {
     assert_eq!(again, reference);
     assert!(big.stats().prefix_hit_tokens > 0);
     drop(big);
-    // A pool too small for all six at once.
+    // A pool too small for all eight at once.
     let (small, compiler) = engine(256, |c| c.scheduler.prefix_caching = false);
     let g = compiler
         .compile_now(&GrammarSpec::JsonSchema(schema.clone()))
