@@ -87,7 +87,7 @@ impl StepMasks {
 
     /// Plan item index and mask of every item with a mask.
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    pub fn computed(&self) -> impl Iterator<Item = (usize, &TokenMask)> {
+    pub fn computed(&self) -> impl Iterator<Item = (usize, &TokenMask)> + Clone {
         self.items
             .iter()
             .zip(&self.masks)
