@@ -131,6 +131,16 @@ enum Cache {
 }
 
 impl Cache {
+    /// Whether this cache's attention honours a sliding window (the GPU kernels do not
+    /// yet: there a sequence may not outgrow the window).
+    fn has_sliding_window(&self) -> bool {
+        match self {
+            Cache::Host(_) => true,
+            #[cfg(feature = "cuda")]
+            Cache::Device(_) => false,
+        }
+    }
+
     fn attention(&mut self) -> &mut dyn crate::model::AttentionBackend {
         match self {
             Cache::Host(c) => c,
@@ -153,7 +163,8 @@ impl ModelRunner {
     /// for any device).
     pub fn new(model: LlamaModel, cache: CacheConfig) -> Self {
         let layout = Self::layout(&model, cache);
-        let kv = KvCache::new(model.config().num_layers, layout);
+        let kv = KvCache::new(model.config().num_layers, layout)
+            .with_sliding_window(model.config().sliding_window);
         Self::log(cache, kv.size_in_bytes(), "host");
         Self::with_cache(model, cache, Cache::Host(kv))
     }
@@ -265,6 +276,16 @@ impl ModelRunner {
     pub fn forward_hidden(&mut self, batch: &FlatBatch) -> Result<Tensor> {
         let mut seqs = recycle(std::mem::take(&mut self.seq_buf));
         batch.fill_attn_seqs(&mut seqs);
+        if let Some(w) = self.model.config().sliding_window {
+            if let Some(s) = seqs.iter().find(|s| s.context_len > w) {
+                anyhow::ensure!(
+                    self.cache.has_sliding_window(),
+                    "a sequence of {} tokens outgrows the model's sliding window of {w}, \
+                     which attention on this device does not implement",
+                    s.context_len
+                );
+            }
+        }
         let out = self
             .model
             .forward_hidden(&batch.forward_batch(&seqs), self.cache.attention());

@@ -138,6 +138,7 @@ impl LlamaModel {
         device: &Device,
     ) -> Result<Self> {
         let mut config = ModelConfig::from_gguf(content)?;
+        anyhow::ensure!(!config.qk_norm, "q/k norm (qwen3) is not implemented yet");
         let mut w = GgufWeights {
             content,
             reader,
@@ -189,6 +190,7 @@ impl LlamaModel {
 
     /// Loads a Hugging Face safetensors checkpoint through a `VarBuilder`.
     pub fn from_safetensors(config: ModelConfig, vb: VarBuilder<'_>) -> Result<Self> {
+        anyhow::ensure!(!config.qk_norm, "q/k norm (qwen3) is not implemented yet");
         let device = vb.device().clone();
         let (h, nh, nkv, d, inter) = (
             config.hidden_size,

@@ -110,6 +110,8 @@ impl RandomShape {
             max_position_embeddings: 8192,
             tie_word_embeddings: false,
             qkv_bias: false,
+            qk_norm: false,
+            sliding_window: None,
         };
         match self {
             RandomShape::Tiny => ModelConfig {
@@ -128,6 +130,8 @@ impl RandomShape {
                 max_position_embeddings: 2048,
                 tie_word_embeddings: false,
                 qkv_bias: false,
+                qk_norm: false,
+                sliding_window: None,
             },
             RandomShape::Llama3_8b => llama(4096, 14_336, 32, 128),
             RandomShape::Llama32_1b => ModelConfig {
@@ -157,6 +161,8 @@ impl RandomShape {
                 max_position_embeddings: 131_072,
                 tie_word_embeddings: true,
                 qkv_bias: true,
+                qk_norm: false,
+                sliding_window: None,
             },
         }
     }
