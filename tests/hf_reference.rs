@@ -201,3 +201,8 @@ fn mistral_with_a_sliding_window() {
 fn qwen2_with_qkv_bias() {
     check("qwen2");
 }
+
+#[test]
+fn qwen3_with_per_head_qk_norm() {
+    check("qwen3");
+}

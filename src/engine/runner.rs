@@ -9,7 +9,7 @@ use candle_core::{Device, Tensor};
 use super::batch::{recycle, FlatBatch};
 use super::sequence::Sequence;
 use crate::kv::{CacheLayout, KvCache};
-use crate::model::{LlamaModel, ModelConfig};
+use crate::model::{Model, ModelConfig};
 
 /// How big the KV cache is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,7 +151,7 @@ impl Cache {
 }
 
 pub struct ModelRunner {
-    model: LlamaModel,
+    model: Model,
     cache: Cache,
     size: CacheConfig,
     /// Kept between steps so that building a step's attention view does not allocate.
@@ -161,7 +161,7 @@ pub struct ModelRunner {
 impl ModelRunner {
     /// A runner whose cache is in host memory (for CPU models; see [`ModelRunner::try_new`]
     /// for any device).
-    pub fn new(model: LlamaModel, cache: CacheConfig) -> Self {
+    pub fn new(model: Model, cache: CacheConfig) -> Self {
         let layout = Self::layout(&model, cache);
         let kv = KvCache::new(model.config().num_layers, layout)
             .with_sliding_window(model.config().sliding_window);
@@ -171,7 +171,7 @@ impl ModelRunner {
 
     /// A runner whose cache lives where the model does: host memory for a CPU model, GPU
     /// memory (in the model's 16-bit dtype) for a model on a GPU.
-    pub fn try_new(model: LlamaModel, cache: CacheConfig) -> Result<Self> {
+    pub fn try_new(model: Model, cache: CacheConfig) -> Result<Self> {
         match model.device().clone() {
             Device::Cpu => Ok(Self::new(model, cache)),
             #[cfg(feature = "cuda")]
@@ -193,7 +193,7 @@ impl ModelRunner {
         }
     }
 
-    fn layout(model: &LlamaModel, cache: CacheConfig) -> CacheLayout {
+    fn layout(model: &Model, cache: CacheConfig) -> CacheLayout {
         let cfg = model.config();
         CacheLayout {
             num_blocks: cache.num_blocks,
@@ -214,7 +214,7 @@ impl ModelRunner {
         );
     }
 
-    fn with_cache(model: LlamaModel, cache: CacheConfig, kv: Cache) -> Self {
+    fn with_cache(model: Model, cache: CacheConfig, kv: Cache) -> Self {
         Self {
             model,
             cache: kv,
@@ -223,7 +223,7 @@ impl ModelRunner {
         }
     }
 
-    pub fn model(&self) -> &LlamaModel {
+    pub fn model(&self) -> &Model {
         &self.model
     }
 

@@ -6,7 +6,7 @@
 //! [`INIT_STD`] (transformers' `initializer_range`; RMS norm weights are 1) so
 //! activations stay finite through every layer and the logits spread over the whole
 //! vocabulary. The tensors carry the names of a Hugging Face checkpoint and go through
-//! [`LlamaModel::from_safetensors`], so a random model runs exactly the code a real
+//! [`Model::from_safetensors`], so a random model runs exactly the code a real
 //! safetensors checkpoint of that shape runs, at the same size and speed; only its text
 //! is gibberish.
 //!
@@ -33,7 +33,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::{Arch, ModelConfig};
-use super::llama::LlamaModel;
+use super::Model;
 use crate::ops::{RopeScaling, RopeStyle};
 use crate::tokenizer::Tokenizer;
 
@@ -375,7 +375,7 @@ pub fn random_weights(
 
 /// A random model and its byte-level tokenizer. `dtype` is the weight dtype on a GPU; the
 /// CPU computes in f32, as for safetensors checkpoints.
-pub fn load(spec: RandomSpec, dtype: DType, device: &Device) -> Result<(LlamaModel, Tokenizer)> {
+pub fn load(spec: RandomSpec, dtype: DType, device: &Device) -> Result<(Model, Tokenizer)> {
     let config = spec.shape.config().validate()?;
     let dtype = if device.is_cpu() { DType::F32 } else { dtype };
     let params = parameter_count(&config);
@@ -391,7 +391,7 @@ pub fn load(spec: RandomSpec, dtype: DType, device: &Device) -> Result<(LlamaMod
     let tensors = random_weights(&config, spec.seed, dtype, device)?;
     let vb = VarBuilder::from_tensors(tensors, dtype, device);
     let vocab_size = config.vocab_size;
-    let model = LlamaModel::from_safetensors(config, vb)
+    let model = Model::from_safetensors(config, vb)
         .with_context(|| format!("building the random model random:{spec}"))?;
     tracing::info!(
         seconds = started.elapsed().as_secs_f64(),
