@@ -78,6 +78,7 @@ fn chat(i: u32) -> Result<Event, Infallible> {
             delta: Delta {
                 role: None,
                 content: Some(piece(i)),
+                tool_calls: None,
             },
             logprobs: None,
             finish_reason: None,
