@@ -58,14 +58,17 @@ pub enum RandomShape {
     Llama3_8b,
     /// Qwen2 0.5B: q/k/v biases, tied embeddings.
     Qwen2_0_5b,
+    /// Qwen3 8B: per-head q/k norms, untied, head_dim 128.
+    Qwen3_8b,
 }
 
 impl RandomShape {
-    pub const ALL: [RandomShape; 4] = [
+    pub const ALL: [RandomShape; 5] = [
         RandomShape::Tiny,
         RandomShape::Llama32_1b,
         RandomShape::Llama3_8b,
         RandomShape::Qwen2_0_5b,
+        RandomShape::Qwen3_8b,
     ];
 
     pub fn name(self) -> &'static str {
@@ -74,6 +77,7 @@ impl RandomShape {
             RandomShape::Llama32_1b => "llama-3.2-1b",
             RandomShape::Llama3_8b => "llama-3-8b",
             RandomShape::Qwen2_0_5b => "qwen2-0.5b",
+            RandomShape::Qwen3_8b => "qwen3-8b",
         }
     }
 
@@ -164,6 +168,25 @@ impl RandomShape {
                 qk_norm: false,
                 sliding_window: None,
             },
+            RandomShape::Qwen3_8b => ModelConfig {
+                arch: Arch::Qwen3,
+                hidden_size: 4096,
+                intermediate_size: 12_288,
+                num_layers: 36,
+                num_heads: 32,
+                num_kv_heads: 8,
+                head_dim: 128,
+                vocab_size: 151_936,
+                rms_norm_eps: 1e-6,
+                rope_theta: 1_000_000.0,
+                rope_scaling: RopeScaling::None,
+                rope_style: RopeStyle::Neox,
+                max_position_embeddings: 40_960,
+                tie_word_embeddings: false,
+                qkv_bias: false,
+                qk_norm: true,
+                sliding_window: None,
+            },
         }
     }
 }
@@ -246,6 +269,10 @@ fn tensor_list(cfg: &ModelConfig) -> Vec<(String, Vec<usize>, Init)> {
             add("self_attn.q_proj.bias", vec![q], Init::Normal);
             add("self_attn.k_proj.bias", vec![kv], Init::Normal);
             add("self_attn.v_proj.bias", vec![kv], Init::Normal);
+        }
+        if cfg.qk_norm {
+            add("self_attn.q_norm.weight", vec![cfg.head_dim], Init::Ones);
+            add("self_attn.k_norm.weight", vec![cfg.head_dim], Init::Ones);
         }
         add("self_attn.o_proj.weight", vec![h, q], Init::Normal);
         add("post_attention_layernorm.weight", vec![h], Init::Ones);
@@ -495,6 +522,24 @@ mod tests {
         assert_eq!((c.rope_theta, c.rms_norm_eps), (1_000_000.0, 1e-6));
         assert!(c.tie_word_embeddings && c.qkv_bias);
         assert_eq!(parameter_count(&c), 494_032_768);
+
+        let c = RandomShape::Qwen3_8b.config();
+        assert_eq!(c.arch, Arch::Qwen3);
+        assert_eq!(
+            (
+                c.hidden_size,
+                c.num_layers,
+                c.num_heads,
+                c.num_kv_heads,
+                c.head_dim
+            ),
+            (4096, 36, 32, 8, 128)
+        );
+        assert_eq!((c.intermediate_size, c.vocab_size), (12_288, 151_936));
+        assert_eq!((c.rope_theta, c.rms_norm_eps), (1_000_000.0, 1e-6));
+        assert!(c.qk_norm && !c.qkv_bias && !c.tie_word_embeddings);
+        // Qwen3-8B's safetensors index: total_size 16_381_470_720 bytes of bf16.
+        assert_eq!(parameter_count(&c), 16_381_470_720 / 2);
 
         for shape in RandomShape::ALL {
             let c = shape.config().validate().unwrap();
