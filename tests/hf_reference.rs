@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use wick::config::ModelsConfig;
 use wick::engine::{
@@ -28,7 +29,7 @@ use wick::engine::{
 };
 use wick::hub::{resolve, HubOptions, ResolvedModel};
 use wick::kv::BlockPool;
-use wick::model::{load, LoadOptions};
+use wick::model::{load, LoadOptions, Model};
 
 /// Bound on max |wick - transformers| / std(reference logits).
 const TOLERANCE: f32 = 1e-2;
@@ -126,20 +127,12 @@ fn std_dev(rows: &[Vec<f32>]) -> f32 {
     (all.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / all.len() as f64).sqrt() as f32
 }
 
-fn check(arch: &str) {
-    let (_dir, resolved) = snapshot(arch);
-    let cases = cases(arch);
-    assert!(!cases.is_empty(), "{arch}: no prompts in the reference");
-    let cache = CacheConfig {
-        block_size: BLOCK_SIZE,
-        num_blocks: 64,
-    };
-    let loaded = load(&resolved, &LoadOptions::default()).unwrap();
-    assert_eq!(loaded.model.config().arch.as_str(), arch);
-    let mut runner = ModelRunner::new(loaded.model, cache);
+/// max |got - reference| / std(reference) over every logit of every prompt, checked
+/// against `TOLERANCE`.
+fn compare_logits(arch: &str, runner: &mut ModelRunner, cases: &[Case]) -> f32 {
     let mut worst = 0f32;
     for (i, c) in cases.iter().enumerate() {
-        let got = prefill_logits(&mut runner, &c.prompt);
+        let got = prefill_logits(runner, &c.prompt);
         assert_eq!(got.len(), c.logits.len(), "{arch} prompt {i}: rows");
         let scale = std_dev(&c.logits);
         let diff = got
@@ -159,6 +152,21 @@ fn check(arch: &str) {
             "{arch} prompt {i}: logits differ by {diff} (> {TOLERANCE} x std {scale})"
         );
     }
+    worst
+}
+
+fn check(arch: &str) {
+    let (_dir, resolved) = snapshot(arch);
+    let cases = cases(arch);
+    assert!(!cases.is_empty(), "{arch}: no prompts in the reference");
+    let cache = CacheConfig {
+        block_size: BLOCK_SIZE,
+        num_blocks: 64,
+    };
+    let loaded = load(&resolved, &LoadOptions::default()).unwrap();
+    assert_eq!(loaded.model.config().arch.as_str(), arch);
+    let mut runner = ModelRunner::new(loaded.model, cache);
+    let worst = compare_logits(arch, &mut runner, &cases);
     // Greedy continuations through the engine, all prompts in one batch.
     let loaded = load(&resolved, &LoadOptions::default()).unwrap();
     let mut engine = EngineCore::new(
@@ -205,4 +213,119 @@ fn qwen2_with_qkv_bias() {
 #[test]
 fn qwen3_with_per_head_qk_norm() {
     check("qwen3");
+}
+
+/// A qwen2/qwen3 checkpoint as llama.cpp's converter writes it (f32 tensors under GGUF
+/// names, `<arch>.*` metadata; these families keep the Hugging Face q/k layout), read
+/// back through wick's GGUF loader.
+fn gguf_of(arch: &str) -> Model {
+    let src = reference_dir(arch);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    let weights =
+        candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    let rename = |name: &str| -> String {
+        let table = [
+            ("model.embed_tokens.", "token_embd."),
+            ("model.norm.", "output_norm."),
+            ("lm_head.", "output."),
+            ("model.layers.", "blk."),
+            ("input_layernorm.", "attn_norm."),
+            ("post_attention_layernorm.", "ffn_norm."),
+            ("self_attn.q_proj.", "attn_q."),
+            ("self_attn.k_proj.", "attn_k."),
+            ("self_attn.v_proj.", "attn_v."),
+            ("self_attn.o_proj.", "attn_output."),
+            ("self_attn.q_norm.", "attn_q_norm."),
+            ("self_attn.k_norm.", "attn_k_norm."),
+            ("mlp.gate_proj.", "ffn_gate."),
+            ("mlp.up_proj.", "ffn_up."),
+            ("mlp.down_proj.", "ffn_down."),
+        ];
+        table
+            .iter()
+            .fold(name.to_string(), |n, (from, to)| n.replace(from, to))
+    };
+    let tensors: Vec<(String, QTensor)> = weights
+        .iter()
+        .map(|(name, t)| (rename(name), QTensor::quantize(t, GgmlDType::F32).unwrap()))
+        .collect();
+    let u = |k: &str| gguf_file::Value::U32(config[k].as_u64().unwrap() as u32);
+    let f = |x: f64| gguf_file::Value::F32(x as f32);
+    let metadata: Vec<(String, gguf_file::Value)> = vec![
+        (
+            "general.architecture".into(),
+            gguf_file::Value::String(arch.into()),
+        ),
+        (format!("{arch}.embedding_length"), u("hidden_size")),
+        (
+            format!("{arch}.feed_forward_length"),
+            u("intermediate_size"),
+        ),
+        (format!("{arch}.block_count"), u("num_hidden_layers")),
+        (
+            format!("{arch}.attention.head_count"),
+            u("num_attention_heads"),
+        ),
+        (
+            format!("{arch}.attention.head_count_kv"),
+            u("num_key_value_heads"),
+        ),
+        (
+            format!("{arch}.attention.key_length"),
+            gguf_file::Value::U32(config["head_dim"].as_u64().unwrap_or(
+                config["hidden_size"].as_u64().unwrap()
+                    / config["num_attention_heads"].as_u64().unwrap(),
+            ) as u32),
+        ),
+        (format!("{arch}.vocab_size"), u("vocab_size")),
+        (
+            format!("{arch}.context_length"),
+            u("max_position_embeddings"),
+        ),
+        (
+            format!("{arch}.attention.layer_norm_rms_epsilon"),
+            f(config["rms_norm_eps"].as_f64().unwrap()),
+        ),
+        (
+            format!("{arch}.rope.freq_base"),
+            f(config["rope_parameters"]["rope_theta"].as_f64().unwrap()),
+        ),
+    ];
+    let mut file = tempfile::tempfile().unwrap();
+    gguf_file::write(
+        &mut file,
+        &metadata
+            .iter()
+            .map(|(k, v)| (k.as_str(), v))
+            .collect::<Vec<_>>(),
+        &tensors
+            .iter()
+            .map(|(k, t)| (k.as_str(), t))
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    use std::io::Seek;
+    file.rewind().unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    Model::from_gguf(&content, &mut file, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn qwen2_and_qwen3_through_gguf() {
+    for arch in ["qwen2", "qwen3"] {
+        let model = gguf_of(arch);
+        assert_eq!(model.config().arch.as_str(), arch);
+        assert_eq!(model.config().qk_norm, arch == "qwen3");
+        assert_eq!(model.config().qkv_bias, arch == "qwen2");
+        let mut runner = ModelRunner::new(
+            model,
+            CacheConfig {
+                block_size: BLOCK_SIZE,
+                num_blocks: 64,
+            },
+        );
+        let worst = compare_logits(&format!("{arch} (gguf)"), &mut runner, &cases(arch));
+        eprintln!("{arch} (gguf): worst max diff / std = {worst:.2e}");
+    }
 }
