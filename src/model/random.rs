@@ -624,6 +624,43 @@ mod tests {
         out
     }
 
+    /// Every family's tensor list is what its loader reads: a tiny config of each builds
+    /// and runs one step.
+    #[test]
+    fn tensor_lists_load_in_every_family() {
+        for (arch, qkv_bias, qk_norm) in [
+            (Arch::Llama, false, false),
+            (Arch::Qwen2, true, false),
+            (Arch::Qwen3, false, true),
+        ] {
+            let cfg = ModelConfig {
+                arch,
+                qkv_bias,
+                qk_norm,
+                head_dim: 24,
+                ..RandomShape::Tiny.config()
+            };
+            let weights = random_weights(&cfg, 1, DType::F32, &Device::Cpu).unwrap();
+            let n = weights.len();
+            let vb = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
+            let model = Model::from_safetensors(cfg.clone(), vb).unwrap();
+            assert_eq!(model.config().arch, arch);
+            let per_layer = 9 + 3 * qkv_bias as usize + 2 * qk_norm as usize;
+            assert_eq!(n, 3 + cfg.num_layers * per_layer, "{arch:?}");
+            let cache = CacheConfig {
+                block_size: 16,
+                num_blocks: 4,
+            };
+            let mut runner = ModelRunner::new(model, cache);
+            let mut pool = crate::kv::BlockPool::new(cache.num_blocks);
+            let mut seq = Sequence::new(vec![1, 2, 3]);
+            seq.reserve(3, 16, &mut pool).unwrap();
+            let logits = runner.step(&mut [(&mut seq, 3)]).unwrap();
+            let row = logits.get(0).unwrap().to_vec1::<f32>().unwrap();
+            assert!(row.iter().all(|x| x.is_finite()), "{arch:?}");
+        }
+    }
+
     #[test]
     fn tiny_model_generates() {
         let a = greedy(3);
