@@ -355,7 +355,7 @@ fn gpu_forward_matches_the_cpu_forward() {
     use candle_nn::VarBuilder;
     use std::collections::HashMap;
     use wick::engine::{CacheConfig, ModelRunner, Sequence};
-    use wick::model::{random::random_weights, LlamaModel, RandomShape};
+    use wick::model::{random::random_weights, Model, RandomShape};
 
     let Some(dev) = gpu() else { return };
     let gpu_dev = Device::Cuda(dev);
@@ -387,12 +387,12 @@ fn gpu_forward_matches_the_cpu_forward() {
                 (k.clone(), g)
             })
             .collect();
-        let cpu_model = LlamaModel::from_safetensors(
+        let cpu_model = Model::from_safetensors(
             cfg.clone(),
             VarBuilder::from_tensors(cpu_w, DType::F32, &Device::Cpu),
         )
         .unwrap();
-        let gpu_model = LlamaModel::from_safetensors(
+        let gpu_model = Model::from_safetensors(
             cfg.clone(),
             VarBuilder::from_tensors(gpu_w, dtype, &gpu_dev),
         )

@@ -13,7 +13,7 @@ use wick::engine::{
     SchedulerConfig, Sequence,
 };
 use wick::kv::BlockPool;
-use wick::model::LlamaModel;
+use wick::model::Model;
 use wick::sampling::argmax;
 
 /// Steps whose reference top-2 logit margin is below this are near-ties: two correct
@@ -23,11 +23,11 @@ use wick::sampling::argmax;
 /// the same spread as wick against llama.cpp.
 const NEAR_TIE: f64 = 0.5;
 
-fn load_default() -> LlamaModel {
+fn load_default() -> Model {
     let resolved = common::default_model();
     let mut f = std::fs::File::open(&resolved.path).expect("model file");
     let content = gguf_file::Content::read(&mut f).expect("gguf");
-    LlamaModel::from_gguf(&content, &mut f, &Device::Cpu).expect("model loads")
+    Model::from_gguf(&content, &mut f, &Device::Cpu).expect("model loads")
 }
 
 fn runner(block_size: usize) -> ModelRunner {
@@ -218,7 +218,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 /// decoded) through the paged cache at several block sizes vs contiguous attention.
 /// Returns, for each block size, the paged and the contiguous logits of every row of
 /// every step.
-fn paged_vs_contiguous(model: LlamaModel, prompts: [Vec<u32>; 2]) -> Vec<(Vec<f32>, Vec<f32>)> {
+fn paged_vs_contiguous(model: Model, prompts: [Vec<u32>; 2]) -> Vec<(Vec<f32>, Vec<f32>)> {
     let cfg = model.config().clone();
     let runner = ModelRunner::new(
         model,
@@ -310,7 +310,7 @@ fn paged_attention_equals_contiguous_on_a_dense_model() {
         )
         .unwrap()
     };
-    let model = LlamaModel::from_safetensors(config, vb).unwrap();
+    let model = Model::from_safetensors(config, vb).unwrap();
     let p1: Vec<u32> = (0..45).map(|i| (i * 7 + 3) % 96).collect();
     let p2: Vec<u32> = (0..70).map(|i| (i * 5 + 11) % 96).collect();
     for (paged, contiguous) in paged_vs_contiguous(model, [p1, p2]) {

@@ -9,7 +9,7 @@ use candle_core::{Device, Tensor};
 use super::batch::{recycle, FlatBatch};
 use super::sequence::Sequence;
 use crate::kv::{CacheLayout, KvCache};
-use crate::model::{LlamaModel, ModelConfig};
+use crate::model::{Model, ModelConfig};
 
 /// How big the KV cache is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +131,16 @@ enum Cache {
 }
 
 impl Cache {
+    /// Whether this cache's attention honours a sliding window (the GPU kernels do not
+    /// yet: there a sequence may not outgrow the window).
+    fn has_sliding_window(&self) -> bool {
+        match self {
+            Cache::Host(_) => true,
+            #[cfg(feature = "cuda")]
+            Cache::Device(_) => false,
+        }
+    }
+
     fn attention(&mut self) -> &mut dyn crate::model::AttentionBackend {
         match self {
             Cache::Host(c) => c,
@@ -141,7 +151,7 @@ impl Cache {
 }
 
 pub struct ModelRunner {
-    model: LlamaModel,
+    model: Model,
     cache: Cache,
     size: CacheConfig,
     /// Kept between steps so that building a step's attention view does not allocate.
@@ -151,16 +161,17 @@ pub struct ModelRunner {
 impl ModelRunner {
     /// A runner whose cache is in host memory (for CPU models; see [`ModelRunner::try_new`]
     /// for any device).
-    pub fn new(model: LlamaModel, cache: CacheConfig) -> Self {
+    pub fn new(model: Model, cache: CacheConfig) -> Self {
         let layout = Self::layout(&model, cache);
-        let kv = KvCache::new(model.config().num_layers, layout);
+        let kv = KvCache::new(model.config().num_layers, layout)
+            .with_sliding_window(model.config().sliding_window);
         Self::log(cache, kv.size_in_bytes(), "host");
         Self::with_cache(model, cache, Cache::Host(kv))
     }
 
     /// A runner whose cache lives where the model does: host memory for a CPU model, GPU
     /// memory (in the model's 16-bit dtype) for a model on a GPU.
-    pub fn try_new(model: LlamaModel, cache: CacheConfig) -> Result<Self> {
+    pub fn try_new(model: Model, cache: CacheConfig) -> Result<Self> {
         match model.device().clone() {
             Device::Cpu => Ok(Self::new(model, cache)),
             #[cfg(feature = "cuda")]
@@ -182,7 +193,7 @@ impl ModelRunner {
         }
     }
 
-    fn layout(model: &LlamaModel, cache: CacheConfig) -> CacheLayout {
+    fn layout(model: &Model, cache: CacheConfig) -> CacheLayout {
         let cfg = model.config();
         CacheLayout {
             num_blocks: cache.num_blocks,
@@ -203,7 +214,7 @@ impl ModelRunner {
         );
     }
 
-    fn with_cache(model: LlamaModel, cache: CacheConfig, kv: Cache) -> Self {
+    fn with_cache(model: Model, cache: CacheConfig, kv: Cache) -> Self {
         Self {
             model,
             cache: kv,
@@ -212,7 +223,7 @@ impl ModelRunner {
         }
     }
 
-    pub fn model(&self) -> &LlamaModel {
+    pub fn model(&self) -> &Model {
         &self.model
     }
 
@@ -265,6 +276,16 @@ impl ModelRunner {
     pub fn forward_hidden(&mut self, batch: &FlatBatch) -> Result<Tensor> {
         let mut seqs = recycle(std::mem::take(&mut self.seq_buf));
         batch.fill_attn_seqs(&mut seqs);
+        if let Some(w) = self.model.config().sliding_window {
+            if let Some(s) = seqs.iter().find(|s| s.context_len > w) {
+                anyhow::ensure!(
+                    self.cache.has_sliding_window(),
+                    "a sequence of {} tokens outgrows the model's sliding window of {w}, \
+                     which attention on this device does not implement",
+                    s.context_len
+                );
+            }
+        }
         let out = self
             .model
             .forward_hidden(&batch.forward_batch(&seqs), self.cache.attention());

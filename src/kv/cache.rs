@@ -75,6 +75,8 @@ pub struct KvCache {
     layers: Vec<LayerCache>,
     /// The model's rope and this step's tables (set by `begin_step`).
     rope: Option<(Rope, RopeTables)>,
+    /// Keys a query attends to at most (the model's sliding window), if limited.
+    sliding_window: Option<usize>,
 }
 
 impl KvCache {
@@ -89,7 +91,15 @@ impl KvCache {
             layout,
             layers,
             rope: None,
+            sliding_window: None,
         }
+    }
+
+    /// Limits attention to the last `window` keys of each query (the model's
+    /// `sliding_window`); `None`: the whole context.
+    pub fn with_sliding_window(mut self, window: Option<usize>) -> Self {
+        self.sliding_window = window;
+        self
     }
 
     pub fn layout(&self) -> &CacheLayout {
@@ -169,8 +179,16 @@ impl AttentionBackend for KvCache {
         ops::write_kv(&layout, &mut cache.k, &mut cache.v, &k, &v, batch.slots);
         let scale = 1.0 / (d as f32).sqrt();
         let mut out = vec![0f32; tokens * num_heads * d];
-        ops::paged_attention(
-            &layout, &cache.k, &cache.v, &q, num_heads, batch.seqs, scale, &mut out,
+        ops::paged_attention_windowed(
+            &layout,
+            &cache.k,
+            &cache.v,
+            &q,
+            num_heads,
+            batch.seqs,
+            scale,
+            self.sliding_window,
+            &mut out,
         );
         Ok(Tensor::from_vec(
             out,

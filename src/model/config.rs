@@ -5,12 +5,13 @@ use candle_core::quantized::gguf_file;
 
 use crate::ops::{RopeScaling, RopeStyle};
 
-/// Supported architecture families (all share the llama block structure).
+/// Supported architecture families.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
     Llama,
     Mistral,
     Qwen2,
+    Qwen3,
 }
 
 impl Arch {
@@ -19,8 +20,10 @@ impl Arch {
             "llama" | "LlamaForCausalLM" => Ok(Arch::Llama),
             "mistral" | "MistralForCausalLM" => Ok(Arch::Mistral),
             "qwen2" | "Qwen2ForCausalLM" => Ok(Arch::Qwen2),
+            "qwen3" | "Qwen3ForCausalLM" => Ok(Arch::Qwen3),
             other => bail!(
-                "unsupported model architecture '{other}': wick runs llama, mistral and qwen2 models"
+                "unsupported model architecture '{other}': wick runs llama, mistral, qwen2 and \
+                 qwen3 models"
             ),
         }
     }
@@ -30,6 +33,7 @@ impl Arch {
             Arch::Llama => "llama",
             Arch::Mistral => "mistral",
             Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
         }
     }
 }
@@ -52,6 +56,11 @@ pub struct ModelConfig {
     pub tie_word_embeddings: bool,
     /// q/k/v projections carry a bias (qwen2).
     pub qkv_bias: bool,
+    /// Queries and keys go through a per-head RMSNorm before rope (qwen3).
+    pub qk_norm: bool,
+    /// Each query attends to at most this many keys, its own included (mistral's
+    /// `sliding_window`); `None`: the whole context.
+    pub sliding_window: Option<usize>,
 }
 
 fn md<'a>(content: &'a gguf_file::Content, key: &str) -> Result<&'a gguf_file::Value> {
@@ -126,12 +135,17 @@ impl ModelConfig {
             // qwen2 keeps the Hugging Face layout (NEOX rope).
             rope_style: match arch {
                 Arch::Llama | Arch::Mistral => RopeStyle::Interleaved,
-                Arch::Qwen2 => RopeStyle::Neox,
+                Arch::Qwen2 | Arch::Qwen3 => RopeStyle::Neox,
             },
             max_position_embeddings: md_usize(content, &format!("{a}.context_length"))
                 .unwrap_or(4096),
             tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
             qkv_bias: content.tensor_infos.contains_key("blk.0.attn_q.bias"),
+            qk_norm: content
+                .tensor_infos
+                .contains_key("blk.0.attn_q_norm.weight"),
+            // llama.cpp's GGUF metadata carries no sliding window for these families.
+            sliding_window: None,
         };
         cfg.validate()
     }
@@ -155,13 +169,22 @@ impl ModelConfig {
         };
         let hidden_size = get("hidden_size")?;
         let num_heads = get("num_attention_heads")?;
-        let rope_scaling = match v.get("rope_scaling").filter(|s| !s.is_null()) {
+        // transformers 5 writes `rope_parameters` (with `rope_theta` inside it); earlier
+        // versions `rope_scaling` (null when absent) beside a top-level `rope_theta`.
+        let rope = ["rope_parameters", "rope_scaling"]
+            .iter()
+            .find_map(|k| v.get(*k).filter(|s| s.is_object()));
+        let rope_theta = v["rope_theta"]
+            .as_f64()
+            .or_else(|| rope.and_then(|r| r["rope_theta"].as_f64()))
+            .unwrap_or(10000.0) as f32;
+        let rope_scaling = match rope {
             None => RopeScaling::None,
             Some(s) => {
                 let kind = s["rope_type"]
                     .as_str()
                     .or_else(|| s["type"].as_str())
-                    .unwrap_or("");
+                    .unwrap_or("default");
                 let f = |k: &str, default: f64| s[k].as_f64().unwrap_or(default) as f32;
                 match kind {
                     "llama3" => RopeScaling::Llama3 {
@@ -177,28 +200,80 @@ impl ModelConfig {
                         factor: f("factor", 1.0),
                     },
                     "default" => RopeScaling::None,
-                    other => bail!("unsupported rope_scaling type '{other}' in config.json"),
+                    other => bail!("unsupported rope scaling type '{other}' in config.json"),
                 }
             }
         };
+        let flag = |k: &str| v[k].as_bool().unwrap_or(false);
+        if (arch != Arch::Qwen2 && flag("attention_bias")) || flag("mlp_bias") {
+            bail!("config.json asks for attention_bias or mlp_bias, which wick does not run for {arch_name}");
+        }
+        let num_layers = get("num_hidden_layers")?;
+        let sliding_window = Self::hf_sliding_window(&v, arch, num_layers)?;
         let cfg = Self {
             arch,
             hidden_size,
             intermediate_size: get("intermediate_size")?,
-            num_layers: get("num_hidden_layers")?,
+            num_layers,
             num_heads,
             num_kv_heads: get("num_key_value_heads").unwrap_or(num_heads),
+            // Absent or null: hidden / heads.
             head_dim: get("head_dim").unwrap_or(hidden_size / num_heads.max(1)),
             vocab_size: get("vocab_size")?,
             rms_norm_eps: v["rms_norm_eps"].as_f64().unwrap_or(1e-6),
-            rope_theta: v["rope_theta"].as_f64().unwrap_or(10000.0) as f32,
+            rope_theta,
             rope_scaling,
             rope_style: RopeStyle::Neox,
             max_position_embeddings: get("max_position_embeddings").unwrap_or(4096),
             tie_word_embeddings: v["tie_word_embeddings"].as_bool().unwrap_or(false),
             qkv_bias: arch == Arch::Qwen2,
+            qk_norm: arch == Arch::Qwen3,
+            sliding_window,
         };
         cfg.validate()
+    }
+
+    /// The sliding window of a config.json, if every layer has one. Mistral's applies to
+    /// every layer; qwen2/qwen3 use theirs only with `use_sliding_window`, and then only
+    /// from layer `max_window_layers` on; transformers 5 also lists `layer_types`. A window
+    /// on some layers but not others is refused rather than ignored.
+    fn hf_sliding_window(
+        v: &serde_json::Value,
+        arch: Arch,
+        num_layers: usize,
+    ) -> Result<Option<usize>> {
+        let Some(window) = v["sliding_window"].as_u64().map(|w| w as usize) else {
+            return Ok(None);
+        };
+        let sliding: Vec<bool> = match v["layer_types"].as_array() {
+            Some(types) => types
+                .iter()
+                .map(|t| t.as_str() == Some("sliding_attention"))
+                .collect(),
+            None => match arch {
+                Arch::Mistral => vec![true; num_layers],
+                Arch::Qwen2 | Arch::Qwen3 if v["use_sliding_window"].as_bool() == Some(true) => {
+                    let from = v["max_window_layers"].as_u64().unwrap_or(0) as usize;
+                    (0..num_layers).map(|i| i >= from).collect()
+                }
+                _ => vec![false; num_layers],
+            },
+        };
+        if window == 0 {
+            bail!("config.json has sliding_window 0");
+        }
+        if sliding.iter().all(|&s| s) {
+            Ok(Some(window))
+        } else if sliding.iter().any(|&s| s) {
+            bail!(
+                "config.json gives {} of {} layers a sliding window: wick runs a window on \
+                 every layer or on none",
+                sliding.iter().filter(|&&s| s).count(),
+                sliding.len()
+            )
+        } else {
+            Ok(None)
+        }
     }
 
     pub(crate) fn validate(self) -> Result<Self> {
@@ -235,6 +310,146 @@ mod tests {
         assert_eq!(c.head_dim, 64);
         assert!(matches!(c.rope_scaling, RopeScaling::Llama3 { factor, .. } if factor == 32.0));
         assert!(c.tie_word_embeddings);
+    }
+
+    /// The same Llama 3.2 config as transformers 4 writes it (`rope_scaling` beside a
+    /// top-level `rope_theta`, `torch_dtype`, no `head_dim`) and as transformers 5 does
+    /// (`rope_parameters` holding `rope_theta`, `dtype`, `head_dim`).
+    #[test]
+    fn reads_transformers_4_and_5_spellings_alike() {
+        let shape = r#""architectures":["LlamaForCausalLM"],"hidden_size":2048,
+            "intermediate_size":8192,"num_hidden_layers":16,"num_attention_heads":32,
+            "num_key_value_heads":8,"vocab_size":128256,"rms_norm_eps":1e-5,
+            "max_position_embeddings":131072,"tie_word_embeddings":true"#;
+        let scaling = r#""factor":32.0,"high_freq_factor":4.0,"low_freq_factor":1.0,
+            "original_max_position_embeddings":8192,"rope_type":"llama3""#;
+        let v4 = format!(
+            r#"{{{shape},"torch_dtype":"bfloat16","rope_theta":500000.0,
+            "rope_scaling":{{{scaling}}}}}"#
+        );
+        let v5 = format!(
+            r#"{{{shape},"dtype":"bfloat16","head_dim":64,
+            "rope_parameters":{{{scaling},"rope_theta":500000.0}}}}"#
+        );
+        let (a, b) = (
+            ModelConfig::from_hf_json(&v4).unwrap(),
+            ModelConfig::from_hf_json(&v5).unwrap(),
+        );
+        for c in [&a, &b] {
+            assert_eq!(c.rope_theta, 500_000.0);
+            assert_eq!(c.head_dim, 64);
+            assert_eq!(
+                c.rope_scaling,
+                RopeScaling::Llama3 {
+                    factor: 32.0,
+                    low_freq_factor: 1.0,
+                    high_freq_factor: 4.0,
+                    original_max_position_embeddings: 8192,
+                }
+            );
+        }
+        // Plain rope in either spelling; a null head_dim is hidden / heads.
+        let plain = |rope: &str| {
+            ModelConfig::from_hf_json(&format!(r#"{{{shape},"head_dim":null,{rope}}}"#)).unwrap()
+        };
+        for c in [
+            plain(r#""rope_theta":20000.0,"rope_scaling":null"#),
+            plain(r#""rope_parameters":{"rope_type":"default","rope_theta":20000.0}"#),
+        ] {
+            assert_eq!((c.rope_theta, c.head_dim), (20_000.0, 64));
+            assert_eq!(c.rope_scaling, RopeScaling::None);
+        }
+    }
+
+    #[test]
+    fn sliding_windows_per_family() {
+        let cfg = |arch: &str, extra: &str| {
+            ModelConfig::from_hf_json(&format!(
+                r#"{{"architectures":["{arch}"],"hidden_size":64,"intermediate_size":128,
+                "num_hidden_layers":4,"num_attention_heads":4,"vocab_size":100{extra}}}"#
+            ))
+        };
+        let window = |arch: &str, extra: &str| cfg(arch, extra).unwrap().sliding_window;
+        assert_eq!(
+            window("MistralForCausalLM", r#","sliding_window":4096"#),
+            Some(4096)
+        );
+        assert_eq!(
+            window("MistralForCausalLM", r#","sliding_window":null"#),
+            None
+        );
+        assert_eq!(window("LlamaForCausalLM", ""), None);
+        // Qwen's window is off unless use_sliding_window, and then only from layer
+        // max_window_layers on.
+        let qwen = r#","sliding_window":32768,"max_window_layers":"#;
+        assert_eq!(
+            window(
+                "Qwen2ForCausalLM",
+                &format!(r#"{qwen}28,"use_sliding_window":false"#)
+            ),
+            None
+        );
+        assert_eq!(
+            window(
+                "Qwen2ForCausalLM",
+                &format!(r#"{qwen}4,"use_sliding_window":true"#)
+            ),
+            None
+        );
+        assert_eq!(
+            window(
+                "Qwen3ForCausalLM",
+                &format!(r#"{qwen}0,"use_sliding_window":true"#)
+            ),
+            Some(32768)
+        );
+        let err = cfg(
+            "Qwen2ForCausalLM",
+            &format!(r#"{qwen}2,"use_sliding_window":true"#),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("2 of 4 layers a sliding window"), "{err}");
+        // transformers 5's layer_types decide where given.
+        let types = r#","sliding_window":8,"layer_types":["#;
+        assert_eq!(
+            window(
+                "MistralForCausalLM",
+                &format!(
+                    r#"{types}"full_attention","full_attention","full_attention","full_attention"]"#
+                )
+            ),
+            None
+        );
+        assert!(cfg(
+            "Qwen3ForCausalLM",
+            &format!(
+                r#"{types}"sliding_attention","full_attention","full_attention","full_attention"]"#
+            )
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn parses_hf_qwen3_config() {
+        // Qwen3-0.6B's numbers: head_dim 128 with 16 heads of a 1024-wide model.
+        let json = r#"{"architectures":["Qwen3ForCausalLM"],"attention_bias":false,
+            "head_dim":128,"hidden_size":1024,"intermediate_size":3072,"max_position_embeddings":40960,
+            "max_window_layers":28,"model_type":"qwen3","num_attention_heads":16,"num_hidden_layers":28,
+            "num_key_value_heads":8,"rms_norm_eps":1e-06,"rope_scaling":null,"rope_theta":1000000,
+            "sliding_window":null,"tie_word_embeddings":true,"torch_dtype":"bfloat16",
+            "use_sliding_window":false,"vocab_size":151936}"#;
+        let c = ModelConfig::from_hf_json(json).unwrap();
+        assert_eq!(c.arch, Arch::Qwen3);
+        assert_eq!((c.head_dim, c.num_heads, c.num_kv_heads), (128, 16, 8));
+        assert!(c.qk_norm && !c.qkv_bias && c.tie_word_embeddings);
+        assert_eq!((c.rope_theta, c.sliding_window), (1_000_000.0, None));
+        let err = ModelConfig::from_hf_json(
+            &json.replace(r#""attention_bias":false"#, r#""attention_bias":true"#),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("attention_bias"), "{err}");
     }
 
     #[test]

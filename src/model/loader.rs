@@ -9,7 +9,7 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
 use super::config::ModelConfig;
-use super::llama::LlamaModel;
+use super::Model;
 use crate::hub::{ModelFormat, ResolvedModel};
 use crate::tokenizer::Tokenizer;
 
@@ -31,7 +31,7 @@ impl Default for LoadOptions {
 
 pub struct LoadedModel {
     pub name: String,
-    pub model: LlamaModel,
+    pub model: Model,
     pub tokenizer: Tokenizer,
     /// Chat template override from models.toml (else the model's own).
     pub chat_template: Option<String>,
@@ -113,7 +113,7 @@ pub fn load_tokenizer(resolved: &ResolvedModel) -> Result<Tokenizer> {
     }
 }
 
-fn load_gguf(path: &Path, device: &Device) -> Result<(LlamaModel, Tokenizer)> {
+fn load_gguf(path: &Path, device: &Device) -> Result<(Model, Tokenizer)> {
     let mut file = std::fs::File::open(path)
         .with_context(|| format!("cannot open model file {}", path.display()))?;
     let content = gguf_file::Content::read(&mut file).map_err(|e| {
@@ -124,12 +124,12 @@ fn load_gguf(path: &Path, device: &Device) -> Result<(LlamaModel, Tokenizer)> {
         )
     })?;
     let tokenizer = Tokenizer::from_gguf(&content)?;
-    let model = LlamaModel::from_gguf(&content, &mut file, device)
+    let model = Model::from_gguf(&content, &mut file, device)
         .with_context(|| format!("loading weights from {}", path.display()))?;
     Ok((model, tokenizer))
 }
 
-fn load_safetensors(dir: &Path, dtype: DType, device: &Device) -> Result<(LlamaModel, Tokenizer)> {
+fn load_safetensors(dir: &Path, dtype: DType, device: &Device) -> Result<(Model, Tokenizer)> {
     let config_json = std::fs::read_to_string(dir.join("config.json"))
         .with_context(|| format!("cannot read config.json in {}", dir.display()))?;
     let config = ModelConfig::from_hf_json(&config_json)?;
@@ -146,7 +146,7 @@ fn load_safetensors(dir: &Path, dtype: DType, device: &Device) -> Result<(LlamaM
     let compute = if device.is_cpu() { DType::F32 } else { dtype };
     // SAFETY: the files are memory-mapped read-only; wick never writes them.
     let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, compute, device)? };
-    let model = LlamaModel::from_safetensors(config, vb)
+    let model = Model::from_safetensors(config, vb)
         .with_context(|| format!("loading weights from {}", dir.display()))?;
     let tokenizer = Tokenizer::from_dir(dir)?;
     Ok((model, tokenizer))

@@ -6,7 +6,7 @@
 //! [`INIT_STD`] (transformers' `initializer_range`; RMS norm weights are 1) so
 //! activations stay finite through every layer and the logits spread over the whole
 //! vocabulary. The tensors carry the names of a Hugging Face checkpoint and go through
-//! [`LlamaModel::from_safetensors`], so a random model runs exactly the code a real
+//! [`Model::from_safetensors`], so a random model runs exactly the code a real
 //! safetensors checkpoint of that shape runs, at the same size and speed; only its text
 //! is gibberish.
 //!
@@ -33,7 +33,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::{Arch, ModelConfig};
-use super::llama::LlamaModel;
+use super::Model;
 use crate::ops::{RopeScaling, RopeStyle};
 use crate::tokenizer::Tokenizer;
 
@@ -58,14 +58,17 @@ pub enum RandomShape {
     Llama3_8b,
     /// Qwen2 0.5B: q/k/v biases, tied embeddings.
     Qwen2_0_5b,
+    /// Qwen3 8B: per-head q/k norms, untied, head_dim 128.
+    Qwen3_8b,
 }
 
 impl RandomShape {
-    pub const ALL: [RandomShape; 4] = [
+    pub const ALL: [RandomShape; 5] = [
         RandomShape::Tiny,
         RandomShape::Llama32_1b,
         RandomShape::Llama3_8b,
         RandomShape::Qwen2_0_5b,
+        RandomShape::Qwen3_8b,
     ];
 
     pub fn name(self) -> &'static str {
@@ -74,6 +77,7 @@ impl RandomShape {
             RandomShape::Llama32_1b => "llama-3.2-1b",
             RandomShape::Llama3_8b => "llama-3-8b",
             RandomShape::Qwen2_0_5b => "qwen2-0.5b",
+            RandomShape::Qwen3_8b => "qwen3-8b",
         }
     }
 
@@ -110,6 +114,8 @@ impl RandomShape {
             max_position_embeddings: 8192,
             tie_word_embeddings: false,
             qkv_bias: false,
+            qk_norm: false,
+            sliding_window: None,
         };
         match self {
             RandomShape::Tiny => ModelConfig {
@@ -128,6 +134,8 @@ impl RandomShape {
                 max_position_embeddings: 2048,
                 tie_word_embeddings: false,
                 qkv_bias: false,
+                qk_norm: false,
+                sliding_window: None,
             },
             RandomShape::Llama3_8b => llama(4096, 14_336, 32, 128),
             RandomShape::Llama32_1b => ModelConfig {
@@ -157,6 +165,27 @@ impl RandomShape {
                 max_position_embeddings: 131_072,
                 tie_word_embeddings: true,
                 qkv_bias: true,
+                qk_norm: false,
+                sliding_window: None,
+            },
+            RandomShape::Qwen3_8b => ModelConfig {
+                arch: Arch::Qwen3,
+                hidden_size: 4096,
+                intermediate_size: 12_288,
+                num_layers: 36,
+                num_heads: 32,
+                num_kv_heads: 8,
+                head_dim: 128,
+                vocab_size: 151_936,
+                rms_norm_eps: 1e-6,
+                rope_theta: 1_000_000.0,
+                rope_scaling: RopeScaling::None,
+                rope_style: RopeStyle::Neox,
+                max_position_embeddings: 40_960,
+                tie_word_embeddings: false,
+                qkv_bias: false,
+                qk_norm: true,
+                sliding_window: None,
             },
         }
     }
@@ -240,6 +269,10 @@ fn tensor_list(cfg: &ModelConfig) -> Vec<(String, Vec<usize>, Init)> {
             add("self_attn.q_proj.bias", vec![q], Init::Normal);
             add("self_attn.k_proj.bias", vec![kv], Init::Normal);
             add("self_attn.v_proj.bias", vec![kv], Init::Normal);
+        }
+        if cfg.qk_norm {
+            add("self_attn.q_norm.weight", vec![cfg.head_dim], Init::Ones);
+            add("self_attn.k_norm.weight", vec![cfg.head_dim], Init::Ones);
         }
         add("self_attn.o_proj.weight", vec![h, q], Init::Normal);
         add("post_attention_layernorm.weight", vec![h], Init::Ones);
@@ -369,7 +402,7 @@ pub fn random_weights(
 
 /// A random model and its byte-level tokenizer. `dtype` is the weight dtype on a GPU; the
 /// CPU computes in f32, as for safetensors checkpoints.
-pub fn load(spec: RandomSpec, dtype: DType, device: &Device) -> Result<(LlamaModel, Tokenizer)> {
+pub fn load(spec: RandomSpec, dtype: DType, device: &Device) -> Result<(Model, Tokenizer)> {
     let config = spec.shape.config().validate()?;
     let dtype = if device.is_cpu() { DType::F32 } else { dtype };
     let params = parameter_count(&config);
@@ -385,7 +418,7 @@ pub fn load(spec: RandomSpec, dtype: DType, device: &Device) -> Result<(LlamaMod
     let tensors = random_weights(&config, spec.seed, dtype, device)?;
     let vb = VarBuilder::from_tensors(tensors, dtype, device);
     let vocab_size = config.vocab_size;
-    let model = LlamaModel::from_safetensors(config, vb)
+    let model = Model::from_safetensors(config, vb)
         .with_context(|| format!("building the random model random:{spec}"))?;
     tracing::info!(
         seconds = started.elapsed().as_secs_f64(),
@@ -490,6 +523,24 @@ mod tests {
         assert!(c.tie_word_embeddings && c.qkv_bias);
         assert_eq!(parameter_count(&c), 494_032_768);
 
+        let c = RandomShape::Qwen3_8b.config();
+        assert_eq!(c.arch, Arch::Qwen3);
+        assert_eq!(
+            (
+                c.hidden_size,
+                c.num_layers,
+                c.num_heads,
+                c.num_kv_heads,
+                c.head_dim
+            ),
+            (4096, 36, 32, 8, 128)
+        );
+        assert_eq!((c.intermediate_size, c.vocab_size), (12_288, 151_936));
+        assert_eq!((c.rope_theta, c.rms_norm_eps), (1_000_000.0, 1e-6));
+        assert!(c.qk_norm && !c.qkv_bias && !c.tie_word_embeddings);
+        // Qwen3-8B's safetensors index: total_size 16_381_470_720 bytes of bf16.
+        assert_eq!(parameter_count(&c), 16_381_470_720 / 2);
+
         for shape in RandomShape::ALL {
             let c = shape.config().validate().unwrap();
             assert!(
@@ -571,6 +622,43 @@ mod tests {
         }
         tok.decode(&out, true).unwrap();
         out
+    }
+
+    /// Every family's tensor list is what its loader reads: a tiny config of each builds
+    /// and runs one step.
+    #[test]
+    fn tensor_lists_load_in_every_family() {
+        for (arch, qkv_bias, qk_norm) in [
+            (Arch::Llama, false, false),
+            (Arch::Qwen2, true, false),
+            (Arch::Qwen3, false, true),
+        ] {
+            let cfg = ModelConfig {
+                arch,
+                qkv_bias,
+                qk_norm,
+                head_dim: 24,
+                ..RandomShape::Tiny.config()
+            };
+            let weights = random_weights(&cfg, 1, DType::F32, &Device::Cpu).unwrap();
+            let n = weights.len();
+            let vb = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
+            let model = Model::from_safetensors(cfg.clone(), vb).unwrap();
+            assert_eq!(model.config().arch, arch);
+            let per_layer = 9 + 3 * qkv_bias as usize + 2 * qk_norm as usize;
+            assert_eq!(n, 3 + cfg.num_layers * per_layer, "{arch:?}");
+            let cache = CacheConfig {
+                block_size: 16,
+                num_blocks: 4,
+            };
+            let mut runner = ModelRunner::new(model, cache);
+            let mut pool = crate::kv::BlockPool::new(cache.num_blocks);
+            let mut seq = Sequence::new(vec![1, 2, 3]);
+            seq.reserve(3, 16, &mut pool).unwrap();
+            let logits = runner.step(&mut [(&mut seq, 3)]).unwrap();
+            let row = logits.get(0).unwrap().to_vec1::<f32>().unwrap();
+            assert!(row.iter().all(|x| x.is_finite()), "{arch:?}");
+        }
     }
 
     #[test]

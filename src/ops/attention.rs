@@ -75,6 +75,35 @@ pub fn paged_attention(
     softmax_scale: f32,
     out: &mut [f32],
 ) {
+    paged_attention_windowed(
+        layout,
+        k_cache,
+        v_cache,
+        q,
+        num_heads,
+        seqs,
+        softmax_scale,
+        None,
+        out,
+    )
+}
+
+/// [`paged_attention`] with a sliding window: with `Some(w)`, the query at position `p`
+/// attends only to the keys at positions `p + 1 - w ..= p` (transformers' sliding-window
+/// mask, `key > query - w`). Keys before the window get weight exactly 0; they are still
+/// read, so a window costs what full attention does.
+#[allow(clippy::too_many_arguments)]
+pub fn paged_attention_windowed(
+    layout: &CacheLayout,
+    k_cache: &[f16],
+    v_cache: &[f16],
+    q: &[f32],
+    num_heads: usize,
+    seqs: &[AttnSeq<'_>],
+    softmax_scale: f32,
+    window: Option<usize>,
+    out: &mut [f32],
+) {
     let d = layout.head_dim;
     let nkv = layout.num_kv_heads;
     let group = num_heads / nkv;
@@ -97,8 +126,10 @@ pub fn paged_attention(
         for &(s, kvh, start, len) in &items[range] {
             let seq = &seqs[s];
             let first_pos = seq.context_len - seq.q_len;
-            // Keys visible to tile row i: positions 0..=first_pos + start + i.
+            // Keys visible to tile row i: positions 0..=first_pos + start + i, of which the
+            // first `hidden(i)` fall outside the window.
             let visible = |i: usize| first_pos + start + i + 1;
+            let hidden = |i: usize| window.map_or(0, |w| visible(i).saturating_sub(w));
             let vmax = visible(len - 1);
             let Scratch { scores, q16, row } = &mut scratch;
             q16.clear();
@@ -133,6 +164,8 @@ pub fn paged_attention(
             for i in 0..len {
                 for h in 0..group {
                     let r = &mut scores[(i * group + h) * vmax..][..visible(i)];
+                    let (outside, r) = r.split_at_mut(hidden(i));
+                    outside.fill(0.0);
                     let max = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                     let mut sum = 0.0;
                     for x in r.iter_mut() {
@@ -270,7 +303,9 @@ fn for_each_block(
 mod tests {
     use super::*;
 
-    /// Plain attention over contiguous K/V for one sequence (no paging).
+    /// Plain attention over contiguous K/V for one sequence (no paging), each query seeing
+    /// at most the `window` last keys.
+    #[allow(clippy::too_many_arguments)]
     fn naive(
         q: &[f32],
         k: &[f32],
@@ -279,6 +314,7 @@ mod tests {
         nkv: usize,
         d: usize,
         offset: usize,
+        window: Option<usize>,
     ) -> Vec<f32> {
         let t = q.len() / (nh * d);
         let mut out = vec![0.0; q.len()];
@@ -287,7 +323,8 @@ mod tests {
                 let kvh = h / (nh / nkv);
                 let qi = &q[(i * nh + h) * d..][..d];
                 let n = offset + i + 1;
-                let s: Vec<f32> = (0..n)
+                let lo = window.map_or(0, |w| n.saturating_sub(w));
+                let s: Vec<f32> = (lo..n)
                     .map(|j| {
                         qi.iter()
                             .zip(&k[(j * nkv + kvh) * d..][..d])
@@ -299,9 +336,9 @@ mod tests {
                 let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let e: Vec<f32> = s.iter().map(|x| (x - m).exp()).collect();
                 let z: f32 = e.iter().sum();
-                for j in 0..n {
+                for (e, j) in e.iter().zip(lo..n) {
                     for c in 0..d {
-                        out[(i * nh + h) * d + c] += e[j] / z * v[(j * nkv + kvh) * d + c];
+                        out[(i * nh + h) * d + c] += e / z * v[(j * nkv + kvh) * d + c];
                     }
                 }
             }
@@ -312,18 +349,20 @@ mod tests {
     #[test]
     fn matches_naive_attention_across_blocks_and_chunks() {
         for d in [8, 64, 128] {
-            check_against_naive(d);
+            for window in [None, Some(5), Some(16)] {
+                check_against_naive(d, window);
+            }
         }
     }
 
-    fn check_against_naive(d: usize) {
+    fn check_against_naive(d: usize, window: Option<usize>) {
         let (nh, nkv) = (6, 2);
         let total = 23;
         let r = |i: usize| ((i as f32 * 12.9898).sin() * 43758.547).fract();
         let k: Vec<f32> = (0..total * nkv * d).map(r).collect();
         let v: Vec<f32> = (0..total * nkv * d).map(|i| r(i + 7777)).collect();
         let q: Vec<f32> = (0..total * nh * d).map(|i| r(i + 31337)).collect();
-        let expect = naive(&q, &k, &v, nh, nkv, d, 0);
+        let expect = naive(&q, &k, &v, nh, nkv, d, 0, window);
         for (bs, chunks) in [
             (1, vec![(0, 9), (9, total)]),
             (4, vec![(0, total)]),
@@ -358,7 +397,7 @@ mod tests {
                     context_len: end,
                     block_table: &table,
                 }];
-                paged_attention(
+                paged_attention_windowed(
                     &layout,
                     &kc,
                     &vc,
@@ -366,6 +405,7 @@ mod tests {
                     nh,
                     &seqs,
                     1.0 / (d as f32).sqrt(),
+                    window,
                     &mut out[start * nh * d..end * nh * d],
                 );
             }
@@ -373,7 +413,7 @@ mod tests {
                 // f16 storage: agreement to f16 precision.
                 assert!(
                     (a - b).abs() < 2e-3,
-                    "head dim {d}, block size {bs}: {a} vs {b}"
+                    "head dim {d}, block size {bs}, window {window:?}: {a} vs {b}"
                 );
             }
         }

@@ -14,5 +14,5 @@ pub mod qpacked;
 pub mod rope;
 pub mod simd;
 
-pub use attention::{paged_attention, write_kv, AttnSeq};
+pub use attention::{paged_attention, paged_attention_windowed, write_kv, AttnSeq};
 pub use rope::{Rope, RopeScaling, RopeStyle, RopeTables};

@@ -215,7 +215,13 @@ pub fn write_random_llama(dir: &Path, seed: u64) -> Result<PathBuf> {
         );
     }
     candle_core::safetensors::save(&tensors, dir.join("model.safetensors"))?;
-    // A word-level tokenizer over "t0".."t95".
+    write_word_tokenizer(dir, vocab, Some(1))?;
+    Ok(dir.to_path_buf())
+}
+
+/// Writes a word-level tokenizer over "t0".."t{vocab-1}" (tokenizer.json and
+/// tokenizer_config.json, with "t{eos}" as the end-of-sequence token if given) into `dir`.
+pub fn write_word_tokenizer(dir: &Path, vocab: usize, eos: Option<usize>) -> Result<()> {
     let vocab_json: serde_json::Map<String, serde_json::Value> = (0..vocab)
         .map(|i| (format!("t{i}"), serde_json::json!(i)))
         .collect();
@@ -226,6 +232,10 @@ pub fn write_random_llama(dir: &Path, seed: u64) -> Result<PathBuf> {
         "model": {"type": "WordLevel", "vocab": vocab_json, "unk_token": "t0"}
     });
     std::fs::write(dir.join("tokenizer.json"), serde_json::to_string(&tok)?)?;
-    std::fs::write(dir.join("tokenizer_config.json"), r#"{"eos_token": "t1"}"#)?;
-    Ok(dir.to_path_buf())
+    let cfg = match eos {
+        Some(e) => serde_json::json!({ "eos_token": format!("t{e}") }),
+        None => serde_json::json!({}),
+    };
+    std::fs::write(dir.join("tokenizer_config.json"), cfg.to_string())?;
+    Ok(())
 }

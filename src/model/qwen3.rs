@@ -1,0 +1,153 @@
+//! Qwen3: the llama block with an RMSNorm on each head of the queries and keys, applied
+//! before rope, and no q/k/v biases.
+//!
+//! Like [`super::llama`], one layer loop over a flattened batch for every device; the
+//! per-head norms are tensor ops on `[tokens, heads, head_dim]` views.
+
+use std::io::{Read, Seek};
+
+use anyhow::Result;
+use candle_core::quantized::gguf_file;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use super::backend::{AttentionBackend, ForwardBatch};
+use super::common::{attend, rms_norm, Base, GgufWeights, Mlp, Projections};
+use super::config::{Arch, ModelConfig};
+use crate::ops::Rope;
+
+#[derive(Debug)]
+struct Block {
+    attn_norm: Tensor,
+    attn: Projections,
+    /// `[head_dim]`, shared by every query head.
+    q_norm: Tensor,
+    /// `[head_dim]`, shared by every key head.
+    k_norm: Tensor,
+    ffn_norm: Tensor,
+    mlp: Mlp,
+}
+
+#[derive(Debug)]
+pub struct Qwen3Model {
+    base: Base,
+    blocks: Vec<Block>,
+}
+
+/// RMS norm of each `head_dim` slice of `x` (`[tokens, heads * head_dim]`).
+fn per_head_norm(x: &Tensor, weight: &Tensor, head_dim: usize, eps: f32) -> Result<Tensor> {
+    let (tokens, width) = x.dims2()?;
+    let heads = x.reshape((tokens, width / head_dim, head_dim))?;
+    Ok(rms_norm(&heads, weight, eps)?.reshape((tokens, width))?)
+}
+
+impl Qwen3Model {
+    pub fn config(&self) -> &ModelConfig {
+        &self.base.config
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.base.device
+    }
+
+    /// The dtype a GPU KV cache for this model holds.
+    pub fn kv_dtype(&self) -> DType {
+        self.base.kv_dtype()
+    }
+
+    /// The rotary embedding the attention backend applies.
+    pub fn rope(&self) -> &Rope {
+        &self.base.rope
+    }
+
+    /// Logits (f32) of final hidden states `[rows, hidden]`.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.base.logits(hidden)
+    }
+
+    /// Runs the batch up to the final norm; returns the hidden states of its
+    /// `logits_rows` (see [`super::LlamaModel::forward_hidden`]).
+    pub fn forward_hidden(
+        &self,
+        batch: &ForwardBatch<'_>,
+        attn: &mut dyn AttentionBackend,
+    ) -> Result<Tensor> {
+        let (eps, d) = (
+            self.base.config.rms_norm_eps as f32,
+            self.base.config.head_dim,
+        );
+        let (mut x, inputs) = self.base.begin(batch, attn)?;
+        let act = x.dtype();
+        for (layer, b) in self.blocks.iter().enumerate() {
+            let h = rms_norm(&x, &b.attn_norm, eps)?;
+            let (q, k, v) = b.attn.qkv(&h)?;
+            let q = per_head_norm(&q, &b.q_norm, d, eps)?;
+            let k = per_head_norm(&k, &b.k_norm, d, eps)?;
+            let a = attend(attn, layer, batch, (q, k, v), act)?;
+            x = (x + b.attn.o.forward(&a)?)?;
+            let h = rms_norm(&x, &b.ffn_norm, eps)?;
+            x = (x + b.mlp.forward(&h)?)?;
+        }
+        self.base.finish(&x, &inputs)
+    }
+
+    /// Loads weights from a GGUF file (llama.cpp's `qwen3` architecture).
+    pub fn from_gguf<R: Read + Seek>(
+        content: &gguf_file::Content,
+        reader: &mut R,
+        device: &Device,
+    ) -> Result<Self> {
+        let config = ModelConfig::from_gguf(content)?;
+        anyhow::ensure!(
+            config.arch == Arch::Qwen3,
+            "a {} model is not qwen3",
+            config.arch.as_str()
+        );
+        let mut w = GgufWeights {
+            content,
+            reader,
+            device,
+        };
+        let blocks = (0..config.num_layers)
+            .map(|i| {
+                let p = format!("blk.{i}");
+                Ok(Block {
+                    attn_norm: w.dense(&format!("{p}.attn_norm.weight"))?,
+                    attn: Projections::from_gguf(&mut w, &p, &config)?,
+                    q_norm: w.dense(&format!("{p}.attn_q_norm.weight"))?,
+                    k_norm: w.dense(&format!("{p}.attn_k_norm.weight"))?,
+                    ffn_norm: w.dense(&format!("{p}.ffn_norm.weight"))?,
+                    mlp: Mlp::from_gguf(&mut w, &p)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let base = Base::from_gguf(config, &mut w)?;
+        Ok(Self { base, blocks })
+    }
+
+    /// Loads a Hugging Face `Qwen3ForCausalLM` checkpoint through a `VarBuilder`.
+    pub fn from_safetensors(config: ModelConfig, vb: VarBuilder<'_>) -> Result<Self> {
+        anyhow::ensure!(
+            config.arch == Arch::Qwen3,
+            "a {} model is not qwen3",
+            config.arch.as_str()
+        );
+        let (h, d) = (config.hidden_size, config.head_dim);
+        let blocks = (0..config.num_layers)
+            .map(|i| {
+                let l = vb.pp(format!("model.layers.{i}"));
+                let at = l.pp("self_attn");
+                Ok(Block {
+                    attn_norm: l.pp("input_layernorm").get(h, "weight")?,
+                    attn: Projections::from_safetensors(&at, &config)?,
+                    q_norm: at.pp("q_norm").get(d, "weight")?,
+                    k_norm: at.pp("k_norm").get(d, "weight")?,
+                    ffn_norm: l.pp("post_attention_layernorm").get(h, "weight")?,
+                    mlp: Mlp::from_safetensors(&l.pp("mlp"), &config)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let base = Base::from_safetensors(config, &vb)?;
+        Ok(Self { base, blocks })
+    }
+}

@@ -1,0 +1,331 @@
+//! wick's safetensors path against transformers: tiny random checkpoints of each supported
+//! family, made with transformers' own model classes by `scripts/make_hf_reference.py`
+//! (tests/reference/hf/<arch>/: config.json and model.safetensors as `save_pretrained`
+//! writes them, f32 weights, and reference.safetensors with transformers' f32 eager logits
+//! of every prompt position and its greedy continuations).
+//!
+//! Each checkpoint goes through wick's loader as a snapshot directory would (a word-level
+//! tokenizer is written beside it: the prompts are token ids, the tokenizer is not what is
+//! compared). Logits come from the paged CPU cache, the prompt prefilled in two chunks
+//! across 4-token blocks; greedy tokens from the engine.
+//!
+//! Tolerance: wick's CPU attention keeps K/V in f16 and rounds queries and softmax
+//! weights to f16 (as llama.cpp does), so logits are not bit-equal to an f32 reference.
+//! The test bounds max |wick - transformers| over every logit of every position by
+//! `TOLERANCE` times the standard deviation of the reference logits.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::{DType, Device, Tensor};
+use wick::config::ModelsConfig;
+use wick::engine::{
+    generate_greedy, CacheConfig, EngineConfig, EngineCore, EngineStats, FlatBatch, ModelRunner,
+    SchedulerConfig, Sequence,
+};
+use wick::hub::{resolve, HubOptions, ResolvedModel};
+use wick::kv::BlockPool;
+use wick::model::{load, LoadOptions, Model};
+
+/// Bound on max |wick - transformers| / std(reference logits).
+const TOLERANCE: f32 = 1e-2;
+
+const BLOCK_SIZE: usize = 4;
+
+fn reference_dir(arch: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/reference/hf")
+        .join(arch)
+}
+
+/// The checkpoint in a temporary snapshot directory with a word-level tokenizer.
+fn snapshot(arch: &str) -> (tempfile::TempDir, ResolvedModel) {
+    let src = reference_dir(arch);
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    let vocab = config["vocab_size"].as_u64().unwrap() as usize;
+    // No end-of-sequence token: greedy decoding runs to its length.
+    common::write_word_tokenizer(dir.path(), vocab, None).unwrap();
+    let resolved = resolve(
+        Some(dir.path().to_str().unwrap()),
+        &ModelsConfig::embedded(),
+        &HubOptions::from_env(),
+    )
+    .unwrap();
+    (dir, resolved)
+}
+
+struct Case {
+    prompt: Vec<u32>,
+    /// `[prompt len, vocab]`.
+    logits: Vec<Vec<f32>>,
+    greedy: Vec<u32>,
+    margins: Vec<f32>,
+}
+
+fn cases(arch: &str) -> Vec<Case> {
+    let t: HashMap<String, Tensor> = candle_core::safetensors::load(
+        reference_dir(arch).join("reference.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let ids = |name: &str| -> Vec<u32> {
+        t[name]
+            .to_vec1::<i64>()
+            .unwrap()
+            .into_iter()
+            .map(|x| x as u32)
+            .collect()
+    };
+    (0..)
+        .take_while(|i| t.contains_key(&format!("prompt_{i}")))
+        .map(|i| Case {
+            prompt: ids(&format!("prompt_{i}")),
+            logits: t[&format!("logits_{i}")].to_vec2::<f32>().unwrap(),
+            greedy: ids(&format!("greedy_{i}")),
+            margins: t[&format!("margin_{i}")].to_vec1::<f32>().unwrap(),
+        })
+        .collect()
+}
+
+/// Logits of every prompt position through the paged cache, the prompt prefilled in two
+/// chunks (so the second attends to cached context).
+fn prefill_logits(runner: &mut ModelRunner, prompt: &[u32]) -> Vec<Vec<f32>> {
+    let mut pool = BlockPool::new(runner.num_blocks());
+    // Hold a few blocks first so the sequence's blocks are not 0, 1, 2...
+    let _holes = pool.allocate(3).unwrap();
+    let mut seq = Sequence::new(prompt.to_vec());
+    let mut rows = Vec::new();
+    for n in [prompt.len() / 3, prompt.len() - prompt.len() / 3] {
+        seq.block_table.grow(n, BLOCK_SIZE, &mut pool).unwrap();
+        let mut batch = FlatBatch::build(&[(&seq, n)], BLOCK_SIZE).unwrap();
+        batch.logits_rows = (0..n as u32).collect();
+        let logits = runner.forward(&batch).unwrap();
+        rows.extend(
+            logits
+                .to_dtype(DType::F32)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap(),
+        );
+        seq.num_computed += n;
+    }
+    rows
+}
+
+fn std_dev(rows: &[Vec<f32>]) -> f32 {
+    let all: Vec<f64> = rows.iter().flatten().map(|&x| x as f64).collect();
+    let mean = all.iter().sum::<f64>() / all.len() as f64;
+    (all.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / all.len() as f64).sqrt() as f32
+}
+
+/// max |got - reference| / std(reference) over every logit of every prompt, checked
+/// against `TOLERANCE`.
+fn compare_logits(arch: &str, runner: &mut ModelRunner, cases: &[Case]) -> f32 {
+    let mut worst = 0f32;
+    for (i, c) in cases.iter().enumerate() {
+        let got = prefill_logits(runner, &c.prompt);
+        assert_eq!(got.len(), c.logits.len(), "{arch} prompt {i}: rows");
+        let scale = std_dev(&c.logits);
+        let diff = got
+            .iter()
+            .zip(&c.logits)
+            .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()))
+            .fold(0f32, f32::max);
+        eprintln!(
+            "{arch} prompt {i} ({} tokens): max |wick - transformers| = {diff:.2e}, \
+             logit std {scale:.2}, ratio {:.2e}",
+            c.prompt.len(),
+            diff / scale
+        );
+        worst = worst.max(diff / scale);
+        assert!(
+            diff <= TOLERANCE * scale,
+            "{arch} prompt {i}: logits differ by {diff} (> {TOLERANCE} x std {scale})"
+        );
+    }
+    worst
+}
+
+fn check(arch: &str) {
+    let (_dir, resolved) = snapshot(arch);
+    let cases = cases(arch);
+    assert!(!cases.is_empty(), "{arch}: no prompts in the reference");
+    let cache = CacheConfig {
+        block_size: BLOCK_SIZE,
+        num_blocks: 64,
+    };
+    let loaded = load(&resolved, &LoadOptions::default()).unwrap();
+    assert_eq!(loaded.model.config().arch.as_str(), arch);
+    let mut runner = ModelRunner::new(loaded.model, cache);
+    let worst = compare_logits(arch, &mut runner, &cases);
+    // Greedy continuations through the engine, all prompts in one batch.
+    let loaded = load(&resolved, &LoadOptions::default()).unwrap();
+    let mut engine = EngineCore::new(
+        ModelRunner::new(loaded.model, cache),
+        Arc::new(loaded.tokenizer),
+        Arc::new(EngineStats::default()),
+        EngineConfig {
+            scheduler: SchedulerConfig {
+                max_batch_prefill_tokens: 16,
+                ..Default::default()
+            },
+            check_invariants: true,
+            ..Default::default()
+        },
+    );
+    let prompts: Vec<Vec<u32>> = cases.iter().map(|c| c.prompt.clone()).collect();
+    let n = cases[0].greedy.len();
+    let out = generate_greedy(&mut engine, &prompts, n, false, |_, _| {}).unwrap();
+    for (i, (o, c)) in out.iter().zip(&cases).enumerate() {
+        assert_eq!(
+            o.generated, c.greedy,
+            "{arch} prompt {i}: greedy tokens differ (reference top-1 margins {:?})",
+            c.margins
+        );
+    }
+    eprintln!("{arch}: worst max diff / std = {worst:.2e}");
+}
+
+#[test]
+fn llama_with_llama3_rope_scaling_and_tied_embeddings() {
+    check("llama");
+}
+
+#[test]
+fn mistral_with_a_sliding_window() {
+    check("mistral");
+}
+
+#[test]
+fn qwen2_with_qkv_bias() {
+    check("qwen2");
+}
+
+#[test]
+fn qwen3_with_per_head_qk_norm() {
+    check("qwen3");
+}
+
+/// A qwen2/qwen3 checkpoint as llama.cpp's converter writes it (f32 tensors under GGUF
+/// names, `<arch>.*` metadata; these families keep the Hugging Face q/k layout), read
+/// back through wick's GGUF loader.
+fn gguf_of(arch: &str) -> Model {
+    let src = reference_dir(arch);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    let weights =
+        candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    let rename = |name: &str| -> String {
+        let table = [
+            ("model.embed_tokens.", "token_embd."),
+            ("model.norm.", "output_norm."),
+            ("lm_head.", "output."),
+            ("model.layers.", "blk."),
+            ("input_layernorm.", "attn_norm."),
+            ("post_attention_layernorm.", "ffn_norm."),
+            ("self_attn.q_proj.", "attn_q."),
+            ("self_attn.k_proj.", "attn_k."),
+            ("self_attn.v_proj.", "attn_v."),
+            ("self_attn.o_proj.", "attn_output."),
+            ("self_attn.q_norm.", "attn_q_norm."),
+            ("self_attn.k_norm.", "attn_k_norm."),
+            ("mlp.gate_proj.", "ffn_gate."),
+            ("mlp.up_proj.", "ffn_up."),
+            ("mlp.down_proj.", "ffn_down."),
+        ];
+        table
+            .iter()
+            .fold(name.to_string(), |n, (from, to)| n.replace(from, to))
+    };
+    let tensors: Vec<(String, QTensor)> = weights
+        .iter()
+        .map(|(name, t)| (rename(name), QTensor::quantize(t, GgmlDType::F32).unwrap()))
+        .collect();
+    let u = |k: &str| gguf_file::Value::U32(config[k].as_u64().unwrap() as u32);
+    let f = |x: f64| gguf_file::Value::F32(x as f32);
+    let metadata: Vec<(String, gguf_file::Value)> = vec![
+        (
+            "general.architecture".into(),
+            gguf_file::Value::String(arch.into()),
+        ),
+        (format!("{arch}.embedding_length"), u("hidden_size")),
+        (
+            format!("{arch}.feed_forward_length"),
+            u("intermediate_size"),
+        ),
+        (format!("{arch}.block_count"), u("num_hidden_layers")),
+        (
+            format!("{arch}.attention.head_count"),
+            u("num_attention_heads"),
+        ),
+        (
+            format!("{arch}.attention.head_count_kv"),
+            u("num_key_value_heads"),
+        ),
+        (
+            format!("{arch}.attention.key_length"),
+            gguf_file::Value::U32(config["head_dim"].as_u64().unwrap_or(
+                config["hidden_size"].as_u64().unwrap()
+                    / config["num_attention_heads"].as_u64().unwrap(),
+            ) as u32),
+        ),
+        (format!("{arch}.vocab_size"), u("vocab_size")),
+        (
+            format!("{arch}.context_length"),
+            u("max_position_embeddings"),
+        ),
+        (
+            format!("{arch}.attention.layer_norm_rms_epsilon"),
+            f(config["rms_norm_eps"].as_f64().unwrap()),
+        ),
+        (
+            format!("{arch}.rope.freq_base"),
+            f(config["rope_parameters"]["rope_theta"].as_f64().unwrap()),
+        ),
+    ];
+    let mut file = tempfile::tempfile().unwrap();
+    gguf_file::write(
+        &mut file,
+        &metadata
+            .iter()
+            .map(|(k, v)| (k.as_str(), v))
+            .collect::<Vec<_>>(),
+        &tensors
+            .iter()
+            .map(|(k, t)| (k.as_str(), t))
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    use std::io::Seek;
+    file.rewind().unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    Model::from_gguf(&content, &mut file, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn qwen2_and_qwen3_through_gguf() {
+    for arch in ["qwen2", "qwen3"] {
+        let model = gguf_of(arch);
+        assert_eq!(model.config().arch.as_str(), arch);
+        assert_eq!(model.config().qk_norm, arch == "qwen3");
+        assert_eq!(model.config().qkv_bias, arch == "qwen2");
+        let mut runner = ModelRunner::new(
+            model,
+            CacheConfig {
+                block_size: BLOCK_SIZE,
+                num_blocks: 64,
+            },
+        );
+        let worst = compare_logits(&format!("{arch} (gguf)"), &mut runner, &cases(arch));
+        eprintln!("{arch} (gguf): worst max diff / std = {worst:.2e}");
+    }
+}
