@@ -1,7 +1,7 @@
 //! Transformer models. One file per architecture family, each reading top to bottom: its
-//! block, its layer loop and its weight loading (`llama` covers llama, mistral and qwen2,
-//! which share the block; `qwen3` adds per-head q/k norms). The pieces they share (the
-//! embedding/norm/head around the blocks, the MLP, the q/k/v/o projections, the call into
+//! block, its layer loop and its weight loading (`llama` covers llama, mistral, qwen2 and
+//! phi3, which share the block, phi3 with fused q/k/v and gate/up weights; `qwen3` adds
+//! per-head q/k norms). The pieces they share (the embedding/norm/head around the blocks, the MLP, the q/k/v/o projections, the call into
 //! attention, reading weights by name) are in `common`. Each family has one layer loop on
 //! tensors for every device; attention and its cache come through
 //! `backend::AttentionBackend`. [`Model`] is whichever family a checkpoint is. `loader`
@@ -41,7 +41,7 @@ use crate::ops::Rope;
 /// A loaded model of any supported family.
 #[derive(Debug)]
 pub enum Model {
-    /// llama, mistral, qwen2.
+    /// llama, mistral, qwen2, phi3.
     Llama(LlamaModel),
     Qwen3(Qwen3Model),
 }
@@ -64,7 +64,7 @@ impl Model {
     ) -> Result<Self> {
         Ok(match ModelConfig::from_gguf(content)?.arch {
             Arch::Qwen3 => Model::Qwen3(Qwen3Model::from_gguf(content, reader, device)?),
-            Arch::Llama | Arch::Mistral | Arch::Qwen2 => {
+            Arch::Llama | Arch::Mistral | Arch::Qwen2 | Arch::Phi3 => {
                 Model::Llama(LlamaModel::from_gguf(content, reader, device)?)
             }
         })
@@ -74,7 +74,7 @@ impl Model {
     pub fn from_safetensors(config: ModelConfig, vb: VarBuilder<'_>) -> Result<Self> {
         Ok(match config.arch {
             Arch::Qwen3 => Model::Qwen3(Qwen3Model::from_safetensors(config, vb)?),
-            Arch::Llama | Arch::Mistral | Arch::Qwen2 => {
+            Arch::Llama | Arch::Mistral | Arch::Qwen2 | Arch::Phi3 => {
                 Model::Llama(LlamaModel::from_safetensors(config, vb)?)
             }
         })
