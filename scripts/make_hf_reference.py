@@ -45,6 +45,12 @@ Features per architecture:
   length exceeds the original length, the short ones otherwise; wick (like vLLM and
   llama.cpp) picks once, by max_position_embeddings, so phi3's prompts (20, 45 and 80
   tokens) all exceed the original length and every pass uses the long factors.
+- gemma2: sliding_window = 8 on layer 0 and global attention on layer 1, prompts of 23
+  and 77 tokens past the window; query_pre_attn_scalar 24 (not head_dim 16); attention
+  logits soft-capped at 3 and final logits at 10 (low enough to bite on these logits);
+  (1 + w) norms around attention and the MLP; GeGLU; embeddings scaled by sqrt(hidden)
+  (untied: tied, the scaled embedding dominates the residual and greedy decoding repeats
+  the last token).
 """
 
 import json
@@ -59,7 +65,7 @@ OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "r
 VOCAB = 320
 PROMPT_LENS = [7, 23, 80]
 # Per-architecture prompt lengths where they differ from PROMPT_LENS.
-ARCH_PROMPT_LENS = {"phi3": [20, 45, 80]}
+ARCH_PROMPT_LENS = {"phi3": [20, 45, 80], "gemma2": [7, 23, 77]}
 NEW_TOKENS = 8
 
 COMMON = dict(
@@ -115,12 +121,25 @@ def configs():
         pad_token_id=None,
         eos_token_id=2,
     )
+    gemma2 = transformers.Gemma2Config(
+        **COMMON,
+        head_dim=16,
+        sliding_window=8,
+        query_pre_attn_scalar=24,
+        attn_logit_softcapping=3.0,
+        final_logit_softcapping=10.0,
+        hidden_activation="gelu_pytorch_tanh",
+        pad_token_id=None,
+        eos_token_id=2,
+        bos_token_id=1,
+    )
     return [
         ("llama", transformers.LlamaForCausalLM, llama),
         ("mistral", transformers.MistralForCausalLM, mistral),
         ("qwen2", transformers.Qwen2ForCausalLM, qwen2),
         ("qwen3", transformers.Qwen3ForCausalLM, qwen3),
         ("phi3", transformers.Phi3ForCausalLM, phi3),
+        ("gemma2", transformers.Gemma2ForCausalLM, gemma2),
     ]
 
 

@@ -220,6 +220,11 @@ fn phi3_with_fused_projections_partial_rotary_and_longrope() {
     check("phi3");
 }
 
+#[test]
+fn gemma2_with_soft_capping_and_alternating_windows() {
+    check("gemma2");
+}
+
 /// A qwen2/qwen3/phi3 checkpoint as llama.cpp's converter writes it (f32 tensors under
 /// GGUF names, `<arch>.*` metadata; these families keep the Hugging Face q/k layout), read
 /// back through wick's GGUF loader. phi3 keeps `attn_qkv` and `ffn_up` (gate and up)

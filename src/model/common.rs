@@ -197,11 +197,13 @@ enum GateUp {
     Fused(Linear),
 }
 
-/// The SwiGLU MLP: `down(silu(gate(x)) * up(x))`.
+/// The gated MLP: `down(act(gate(x)) * up(x))`, `act` SiLU (SwiGLU) or, for gemma2,
+/// tanh-approximated GELU (GeGLU).
 #[derive(Debug)]
 pub(super) struct Mlp {
     gate_up: GateUp,
     down: Linear,
+    gelu: bool,
 }
 
 impl Mlp {
@@ -223,7 +225,12 @@ impl Mlp {
                 )
             }
         };
-        Ok(self.down.forward(&(gate.silu()? * up)?)?)
+        let act = if self.gelu {
+            gate.gelu()?
+        } else {
+            gate.silu()?
+        };
+        Ok(self.down.forward(&(act * up)?)?)
     }
 
     /// `<vb>.{gate,up,down}_proj`, or `<vb>.{gate_up,down}_proj` for phi3.
@@ -240,6 +247,7 @@ impl Mlp {
         Ok(Self {
             gate_up,
             down: st_linear(vb, "down_proj", h, inter, false)?,
+            gelu: cfg.arch == Arch::Gemma2,
         })
     }
 
@@ -261,6 +269,7 @@ impl Mlp {
         Ok(Self {
             gate_up,
             down: w.linear(&format!("{prefix}.ffn_down"), false)?,
+            gelu: cfg.arch == Arch::Gemma2,
         })
     }
 }

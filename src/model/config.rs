@@ -14,6 +14,7 @@ pub enum Arch {
     Qwen3,
     /// Phi-3 and Phi-4(-mini): the llama block with fused q/k/v and gate/up projections.
     Phi3,
+    Gemma2,
 }
 
 impl Arch {
@@ -24,9 +25,10 @@ impl Arch {
             "qwen2" | "Qwen2ForCausalLM" => Ok(Arch::Qwen2),
             "qwen3" | "Qwen3ForCausalLM" => Ok(Arch::Qwen3),
             "phi3" | "Phi3ForCausalLM" => Ok(Arch::Phi3),
+            "gemma2" | "Gemma2ForCausalLM" => Ok(Arch::Gemma2),
             other => bail!(
                 "unsupported model architecture '{other}': wick runs llama, mistral, qwen2, \
-                 qwen3 and phi3 models"
+                 qwen3, phi3 and gemma2 models"
             ),
         }
     }
@@ -38,6 +40,7 @@ impl Arch {
             Arch::Qwen2 => "qwen2",
             Arch::Qwen3 => "qwen3",
             Arch::Phi3 => "phi3",
+            Arch::Gemma2 => "gemma2",
         }
     }
 }
@@ -70,6 +73,16 @@ pub struct ModelConfig {
     /// Each query attends to at most this many keys, its own included (mistral's
     /// `sliding_window`); `None`: the whole context.
     pub sliding_window: Option<usize>,
+    /// Which layers have that window: empty for every layer; else one flag per layer
+    /// (Gemma 2's alternating sliding and global layers).
+    pub window_layers: Vec<bool>,
+    /// Attention scores become `c * tanh(s / c)` before the softmax (Gemma 2).
+    pub attn_logit_softcap: Option<f32>,
+    /// Logits become `c * tanh(l / c)` (Gemma 2).
+    pub final_logit_softcap: Option<f32>,
+    /// Attention scores are scaled by `query_pre_attn_scalar^-1/2` rather than
+    /// `head_dim^-1/2` (Gemma 2).
+    pub query_pre_attn_scalar: Option<f32>,
 }
 
 fn md<'a>(content: &'a gguf_file::Content, key: &str) -> Result<&'a gguf_file::Value> {
@@ -95,6 +108,14 @@ fn md_f32(content: &gguf_file::Content, key: &str) -> Result<f32> {
 }
 
 impl ModelConfig {
+    /// The sliding window of layer `layer`, if it has one.
+    pub fn layer_window(&self, layer: usize) -> Option<usize> {
+        match self.window_layers.get(layer) {
+            Some(false) => None,
+            _ => self.sliding_window,
+        }
+    }
+
     pub fn from_gguf(content: &gguf_file::Content) -> Result<Self> {
         let arch_name = md(content, "general.architecture")?
             .to_string()
@@ -151,7 +172,7 @@ impl ModelConfig {
             // qwen2/qwen3/phi3 keep the Hugging Face layout (NEOX rope).
             rope_style: match arch {
                 Arch::Llama | Arch::Mistral => RopeStyle::Interleaved,
-                Arch::Qwen2 | Arch::Qwen3 | Arch::Phi3 => RopeStyle::Neox,
+                Arch::Qwen2 | Arch::Qwen3 | Arch::Phi3 | Arch::Gemma2 => RopeStyle::Neox,
             },
             rotary_dim,
             // phi3's longrope factors and attention factor are read with its tensors
@@ -172,7 +193,14 @@ impl ModelConfig {
                     .filter(|&w| w > 0),
                 _ => None,
             },
+            window_layers: Vec::new(),
+            attn_logit_softcap: None,
+            final_logit_softcap: None,
+            query_pre_attn_scalar: None,
         };
+        if arch == Arch::Gemma2 {
+            bail!("wick reads gemma2 from safetensors checkpoints only, not GGUF");
+        }
         cfg.validate()
     }
 
@@ -254,7 +282,18 @@ impl ModelConfig {
             bail!("config.json asks for attention_bias or mlp_bias, which wick does not run for {arch_name}");
         }
         let num_layers = get("num_hidden_layers")?;
-        let sliding_window = Self::hf_sliding_window(&v, arch, num_layers)?;
+        let (sliding_window, window_layers) = Self::hf_sliding_window(&v, arch, num_layers)?;
+        let gemma2 = arch == Arch::Gemma2;
+        let float = |k: &str| v[k].as_f64().map(|x| x as f32);
+        if gemma2 {
+            let act = v["hidden_activation"]
+                .as_str()
+                .or_else(|| v["hidden_act"].as_str())
+                .unwrap_or("gelu_pytorch_tanh");
+            if act != "gelu_pytorch_tanh" {
+                bail!("config.json asks for activation '{act}': wick runs gemma2 with gelu_pytorch_tanh");
+            }
+        }
         let cfg = Self {
             arch,
             hidden_size,
@@ -275,6 +314,10 @@ impl ModelConfig {
             qkv_bias: arch == Arch::Qwen2,
             qk_norm: arch == Arch::Qwen3,
             sliding_window,
+            window_layers,
+            attn_logit_softcap: float("attn_logit_softcapping").filter(|_| gemma2),
+            final_logit_softcap: float("final_logit_softcapping").filter(|_| gemma2),
+            query_pre_attn_scalar: float("query_pre_attn_scalar").filter(|_| gemma2),
         };
         cfg.validate()
     }
@@ -334,17 +377,19 @@ impl ModelConfig {
         Ok((factors, scale as f32))
     }
 
-    /// The sliding window of a config.json, if every layer has one. Mistral's applies to
+    /// The sliding window of a config.json and the layers that have it (empty: every
+    /// layer). Mistral's applies to
     /// every layer; qwen2/qwen3 use theirs only with `use_sliding_window`, and then only
-    /// from layer `max_window_layers` on; transformers 5 also lists `layer_types`. A window
-    /// on some layers but not others is refused rather than ignored.
+    /// from layer `max_window_layers` on; Gemma 2's on even layers; transformers 5 also
+    /// lists `layer_types`. A window on some layers but not others is refused rather than
+    /// ignored, except for Gemma 2, where it is the design.
     fn hf_sliding_window(
         v: &serde_json::Value,
         arch: Arch,
         num_layers: usize,
-    ) -> Result<Option<usize>> {
+    ) -> Result<(Option<usize>, Vec<bool>)> {
         let Some(window) = v["sliding_window"].as_u64().map(|w| w as usize) else {
-            return Ok(None);
+            return Ok((None, Vec::new()));
         };
         let sliding: Vec<bool> = match v["layer_types"].as_array() {
             Some(types) => types
@@ -354,6 +399,7 @@ impl ModelConfig {
             None => match arch {
                 // Phi-3's (when not null) applies to every layer, as mistral's.
                 Arch::Mistral | Arch::Phi3 => vec![true; num_layers],
+                Arch::Gemma2 => (0..num_layers).map(|i| i % 2 == 0).collect(),
                 Arch::Qwen2 | Arch::Qwen3 if v["use_sliding_window"].as_bool() == Some(true) => {
                     let from = v["max_window_layers"].as_u64().unwrap_or(0) as usize;
                     (0..num_layers).map(|i| i >= from).collect()
@@ -365,7 +411,14 @@ impl ModelConfig {
             bail!("config.json has sliding_window 0");
         }
         if sliding.iter().all(|&s| s) {
-            Ok(Some(window))
+            Ok((Some(window), Vec::new()))
+        } else if arch == Arch::Gemma2 {
+            anyhow::ensure!(
+                sliding.len() == num_layers,
+                "config.json lists {} layer_types for {num_layers} layers",
+                sliding.len()
+            );
+            Ok((Some(window), sliding))
         } else if sliding.iter().any(|&s| s) {
             bail!(
                 "config.json gives {} of {} layers a sliding window: wick runs a window on \
@@ -374,7 +427,7 @@ impl ModelConfig {
                 sliding.len()
             )
         } else {
-            Ok(None)
+            Ok((None, Vec::new()))
         }
     }
 
@@ -607,6 +660,53 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("not one per rotated pair (8)"), "{err}");
+    }
+
+    /// Gemma 2: a window on even layers (from layer_types, or by position without them),
+    /// its soft-caps and query scalar; other families ignore those keys.
+    #[test]
+    fn parses_gemma2_windows_and_soft_caps() {
+        let base = r#""hidden_size":64,"intermediate_size":128,"num_hidden_layers":4,
+            "num_attention_heads":4,"head_dim":16,"vocab_size":100,"sliding_window":8,
+            "query_pre_attn_scalar":24,"attn_logit_softcapping":50.0,
+            "final_logit_softcapping":30.0"#;
+        let with_types = format!(
+            r#"{{"architectures":["Gemma2ForCausalLM"],{base},"layer_types":["sliding_attention",
+            "full_attention","sliding_attention","full_attention"]}}"#
+        );
+        let without = format!(r#"{{"architectures":["Gemma2ForCausalLM"],{base}}}"#);
+        for json in [with_types, without] {
+            let c = ModelConfig::from_hf_json(&json).unwrap();
+            assert_eq!(c.arch, Arch::Gemma2);
+            let windows: Vec<_> = (0..4).map(|l| c.layer_window(l)).collect();
+            assert_eq!(windows, [Some(8), None, Some(8), None]);
+            assert_eq!(
+                (
+                    c.attn_logit_softcap,
+                    c.final_logit_softcap,
+                    c.query_pre_attn_scalar
+                ),
+                (Some(50.0), Some(30.0), Some(24.0))
+            );
+        }
+        let err = ModelConfig::from_hf_json(&format!(
+            r#"{{"architectures":["Gemma2ForCausalLM"],{base},"hidden_activation":"gelu"}}"#
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("gelu_pytorch_tanh"), "{err}");
+        let m = ModelConfig::from_hf_json(&format!(
+            r#"{{"architectures":["MistralForCausalLM"],{base}}}"#
+        ))
+        .unwrap();
+        assert_eq!(
+            (
+                m.attn_logit_softcap,
+                m.query_pre_attn_scalar,
+                m.layer_window(3)
+            ),
+            (None, None, Some(8))
+        );
     }
 
     #[test]

@@ -118,6 +118,10 @@ impl RandomShape {
             qkv_bias: false,
             qk_norm: false,
             sliding_window: None,
+            window_layers: Vec::new(),
+            attn_logit_softcap: None,
+            final_logit_softcap: None,
+            query_pre_attn_scalar: None,
         };
         match self {
             RandomShape::Tiny => ModelConfig {
@@ -140,6 +144,10 @@ impl RandomShape {
                 qkv_bias: false,
                 qk_norm: false,
                 sliding_window: None,
+                window_layers: Vec::new(),
+                attn_logit_softcap: None,
+                final_logit_softcap: None,
+                query_pre_attn_scalar: None,
             },
             RandomShape::Llama3_8b => llama(4096, 14_336, 32, 128),
             RandomShape::Llama32_1b => ModelConfig {
@@ -173,6 +181,10 @@ impl RandomShape {
                 qkv_bias: true,
                 qk_norm: false,
                 sliding_window: None,
+                window_layers: Vec::new(),
+                attn_logit_softcap: None,
+                final_logit_softcap: None,
+                query_pre_attn_scalar: None,
             },
             RandomShape::Qwen3_8b => ModelConfig {
                 arch: Arch::Qwen3,
@@ -194,6 +206,10 @@ impl RandomShape {
                 qkv_bias: false,
                 qk_norm: true,
                 sliding_window: None,
+                window_layers: Vec::new(),
+                attn_logit_softcap: None,
+                final_logit_softcap: None,
+                query_pre_attn_scalar: None,
             },
         }
     }
