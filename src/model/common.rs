@@ -1,8 +1,9 @@
 //! The pieces the families share: the embedding, final norm and output head around the
-//! blocks ([`Base`]), the SwiGLU MLP ([`Mlp`]), the q/k/v/o projections ([`Projections`]),
-//! the call into the attention backend ([`attend`]), and reading weights by name from a
-//! safetensors `VarBuilder` or a GGUF file. A family's file holds its block and its layer
-//! loop, written with these.
+//! blocks ([`Base`]), the gated MLP ([`Mlp`]: SwiGLU, or GeGLU for gemma2), the q/k/v/o
+//! projections ([`Projections`]; phi3's q/k/v and gate/up are one matrix each, split after
+//! the matmul), the call into the attention backend ([`attend`]), and reading weights by
+//! name from a safetensors `VarBuilder` or a GGUF file. A family's file holds its block and
+//! its layer loop, written with these.
 
 use std::io::{Read, Seek};
 use std::sync::Arc;
