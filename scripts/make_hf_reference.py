@@ -6,7 +6,9 @@ Run by hand (not by CI), from the repository root, in a virtual environment outs
 repository with torch (the CPU wheel is enough), transformers and safetensors:
 
     python3 -m venv VENV && VENV/bin/pip install torch transformers safetensors
-    VENV/bin/python scripts/make_hf_reference.py
+    VENV/bin/python scripts/make_hf_reference.py [ARCH...]
+
+(naming architectures regenerates only theirs).
 
 The committed files were made with transformers 5.25.0 and torch 2.15.0 (meta.json says
 so per architecture); transformers 5 writes `rope_parameters` and `dtype` in config.json,
@@ -36,6 +38,19 @@ Features per architecture:
 - qwen2: q/k/v biases (non-zero).
 - qwen3: per-head q/k RMSNorm with random weights; head_dim given explicitly (24, so
   heads * head_dim != hidden_size).
+- phi3: fused qkv_proj and gate_up_proj; partial_rotary_factor 0.75 (12 of 16 head
+  dimensions rotated, as Phi-4-mini); longrope scaling with random short/long factors and
+  original_max_position_embeddings = 16 (max_position_embeddings 256, so transformers'
+  attention factor is not 1). transformers picks the long factors for a forward pass whose
+  length exceeds the original length, the short ones otherwise; wick (like vLLM and
+  llama.cpp) picks once, by max_position_embeddings, so phi3's prompts (20, 45 and 80
+  tokens) all exceed the original length and every pass uses the long factors.
+- gemma2: sliding_window = 8 on layer 0 and global attention on layer 1, prompts of 23
+  and 77 tokens past the window; query_pre_attn_scalar 24 (not head_dim 16); attention
+  logits soft-capped at 3 and final logits at 10 (low enough to bite on these logits);
+  (1 + w) norms around attention and the MLP; GeGLU; embeddings scaled by sqrt(hidden)
+  (untied: tied, the scaled embedding dominates the residual and greedy decoding repeats
+  the last token).
 """
 
 import json
@@ -49,6 +64,8 @@ from safetensors.torch import save_file
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "reference", "hf")
 VOCAB = 320
 PROMPT_LENS = [7, 23, 80]
+# Per-architecture prompt lengths where they differ from PROMPT_LENS.
+ARCH_PROMPT_LENS = {"phi3": [20, 45, 80], "gemma2": [7, 23, 77]}
 NEW_TOKENS = 8
 
 COMMON = dict(
@@ -82,11 +99,47 @@ def configs():
     qwen3 = transformers.Qwen3Config(
         **COMMON, head_dim=24, attention_bias=False, use_sliding_window=False
     )
+    fgen = torch.Generator().manual_seed(77)
+    rot_pairs = int(16 * 0.75) // 2
+
+    def factors(lo, hi):
+        return [round(lo + (hi - lo) * float(x), 4) for x in torch.rand(rot_pairs, generator=fgen)]
+
+    phi3 = transformers.Phi3Config(
+        **COMMON,
+        partial_rotary_factor=0.75,
+        original_max_position_embeddings=16,
+        rope_scaling={
+            "rope_type": "longrope",
+            "short_factor": factors(1.0, 1.5),
+            "long_factor": factors(1.5, 8.0),
+            "original_max_position_embeddings": 16,
+            "partial_rotary_factor": 0.75,
+            "rope_theta": 20000.0,
+        },
+        sliding_window=None,
+        pad_token_id=None,
+        eos_token_id=2,
+    )
+    gemma2 = transformers.Gemma2Config(
+        **COMMON,
+        head_dim=16,
+        sliding_window=8,
+        query_pre_attn_scalar=24,
+        attn_logit_softcapping=3.0,
+        final_logit_softcapping=10.0,
+        hidden_activation="gelu_pytorch_tanh",
+        pad_token_id=None,
+        eos_token_id=2,
+        bos_token_id=1,
+    )
     return [
         ("llama", transformers.LlamaForCausalLM, llama),
         ("mistral", transformers.MistralForCausalLM, mistral),
         ("qwen2", transformers.Qwen2ForCausalLM, qwen2),
         ("qwen3", transformers.Qwen3ForCausalLM, qwen3),
+        ("phi3", transformers.Phi3ForCausalLM, phi3),
+        ("gemma2", transformers.Gemma2ForCausalLM, gemma2),
     ]
 
 
@@ -130,8 +183,12 @@ def greedy(model, ids, n):
 
 
 def main():
+    only = set(sys.argv[1:])
     torch.manual_seed(0)
     for arch_i, (arch, cls, config) in enumerate(configs()):
+        if only and arch not in only:
+            continue
+        prompt_lens = ARCH_PROMPT_LENS.get(arch, PROMPT_LENS)
         config._attn_implementation = "eager"
         gen = torch.Generator().manual_seed(1000 + arch_i)
         model = cls(config).to(torch.float32).eval()
@@ -146,7 +203,7 @@ def main():
                 os.remove(path)
         ref = {}
         pgen = torch.Generator().manual_seed(2000 + arch_i)
-        for i, n in enumerate(PROMPT_LENS):
+        for i, n in enumerate(prompt_lens):
             ids = torch.randint(0, VOCAB, (n,), generator=pgen).tolist()
             logits = logits_of(model, ids)
             new, margins = greedy(model, ids, NEW_TOKENS)
@@ -168,7 +225,7 @@ def main():
                     "torch": torch.__version__,
                     "weights": "f32",
                     "attention": "eager",
-                    "prompt_lens": PROMPT_LENS,
+                    "prompt_lens": prompt_lens,
                     "new_tokens": NEW_TOKENS,
                 },
                 f,

@@ -215,9 +215,22 @@ fn qwen3_with_per_head_qk_norm() {
     check("qwen3");
 }
 
-/// A qwen2/qwen3 checkpoint as llama.cpp's converter writes it (f32 tensors under GGUF
-/// names, `<arch>.*` metadata; these families keep the Hugging Face q/k layout), read
-/// back through wick's GGUF loader.
+#[test]
+fn phi3_with_fused_projections_partial_rotary_and_longrope() {
+    check("phi3");
+}
+
+#[test]
+fn gemma2_with_soft_capping_and_alternating_windows() {
+    check("gemma2");
+}
+
+/// A qwen2/qwen3/phi3 checkpoint as llama.cpp's converter writes it (f32 tensors under
+/// GGUF names, `<arch>.*` metadata; these families keep the Hugging Face q/k layout), read
+/// back through wick's GGUF loader. phi3 keeps `attn_qkv` and `ffn_up` (gate and up)
+/// fused, gives the rotated width as `rope.dimension_count` (no `key_length`), and its
+/// longrope factors as `rope_factors_{long,short}` tensors with the original context and
+/// the attention factor in metadata.
 fn gguf_of(arch: &str) -> Model {
     let src = reference_dir(arch);
     let config: serde_json::Value =
@@ -241,18 +254,23 @@ fn gguf_of(arch: &str) -> Model {
             ("mlp.gate_proj.", "ffn_gate."),
             ("mlp.up_proj.", "ffn_up."),
             ("mlp.down_proj.", "ffn_down."),
+            ("self_attn.qkv_proj.", "attn_qkv."),
+            ("mlp.gate_up_proj.", "ffn_up."),
         ];
         table
             .iter()
             .fold(name.to_string(), |n, (from, to)| n.replace(from, to))
     };
-    let tensors: Vec<(String, QTensor)> = weights
+    let mut tensors: Vec<(String, QTensor)> = weights
         .iter()
         .map(|(name, t)| (rename(name), QTensor::quantize(t, GgmlDType::F32).unwrap()))
         .collect();
     let u = |k: &str| gguf_file::Value::U32(config[k].as_u64().unwrap() as u32);
     let f = |x: f64| gguf_file::Value::F32(x as f32);
-    let metadata: Vec<(String, gguf_file::Value)> = vec![
+    let head_dim = config["head_dim"].as_u64().unwrap_or(
+        config["hidden_size"].as_u64().unwrap() / config["num_attention_heads"].as_u64().unwrap(),
+    );
+    let mut metadata: Vec<(String, gguf_file::Value)> = vec![
         (
             "general.architecture".into(),
             gguf_file::Value::String(arch.into()),
@@ -271,13 +289,6 @@ fn gguf_of(arch: &str) -> Model {
             format!("{arch}.attention.head_count_kv"),
             u("num_key_value_heads"),
         ),
-        (
-            format!("{arch}.attention.key_length"),
-            gguf_file::Value::U32(config["head_dim"].as_u64().unwrap_or(
-                config["hidden_size"].as_u64().unwrap()
-                    / config["num_attention_heads"].as_u64().unwrap(),
-            ) as u32),
-        ),
         (format!("{arch}.vocab_size"), u("vocab_size")),
         (
             format!("{arch}.context_length"),
@@ -292,6 +303,50 @@ fn gguf_of(arch: &str) -> Model {
             f(config["rope_parameters"]["rope_theta"].as_f64().unwrap()),
         ),
     ];
+    let rope = &config["rope_parameters"];
+    if arch == "phi3" {
+        // The converter's numbers: rotated width, original context, and
+        // sqrt(1 + ln(s) / ln(original)) for s = context / original.
+        let rot = (head_dim as f64 * rope["partial_rotary_factor"].as_f64().unwrap()) as u32;
+        let original = rope["original_max_position_embeddings"].as_u64().unwrap();
+        let s = config["max_position_embeddings"].as_u64().unwrap() as f64 / original as f64;
+        metadata.extend([
+            (
+                format!("{arch}.rope.dimension_count"),
+                gguf_file::Value::U32(rot),
+            ),
+            (
+                format!("{arch}.rope.scaling.original_context_length"),
+                gguf_file::Value::U32(original as u32),
+            ),
+            (
+                format!("{arch}.rope.scaling.attn_factor"),
+                f((1.0 + s.ln() / (original as f64).ln()).sqrt()),
+            ),
+            (
+                format!("{arch}.attention.sliding_window"),
+                gguf_file::Value::U32(0),
+            ),
+        ]);
+        for which in ["long", "short"] {
+            let factors: Vec<f32> = rope[format!("{which}_factor")]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect();
+            let t = Tensor::new(factors, &Device::Cpu).unwrap();
+            tensors.push((
+                format!("rope_factors_{which}.weight"),
+                QTensor::quantize(&t, GgmlDType::F32).unwrap(),
+            ));
+        }
+    } else {
+        metadata.push((
+            format!("{arch}.attention.key_length"),
+            gguf_file::Value::U32(head_dim as u32),
+        ));
+    }
     let mut file = tempfile::tempfile().unwrap();
     gguf_file::write(
         &mut file,
@@ -312,8 +367,8 @@ fn gguf_of(arch: &str) -> Model {
 }
 
 #[test]
-fn qwen2_and_qwen3_through_gguf() {
-    for arch in ["qwen2", "qwen3"] {
+fn qwen2_qwen3_and_phi3_through_gguf() {
+    for arch in ["qwen2", "qwen3", "phi3"] {
         let model = gguf_of(arch);
         assert_eq!(model.config().arch.as_str(), arch);
         assert_eq!(model.config().qk_norm, arch == "qwen3");

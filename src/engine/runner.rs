@@ -163,8 +163,13 @@ impl ModelRunner {
     /// for any device).
     pub fn new(model: Model, cache: CacheConfig) -> Self {
         let layout = Self::layout(&model, cache);
-        let kv = KvCache::new(model.config().num_layers, layout)
-            .with_sliding_window(model.config().sliding_window);
+        let cfg = model.config();
+        let kv = KvCache::new(cfg.num_layers, layout)
+            .with_sliding_window(cfg.sliding_window)
+            .with_layer_attention(
+                (0..cfg.num_layers).map(|l| cfg.layer_window(l)).collect(),
+                cfg.attn_logit_softcap,
+            );
         Self::log(cache, kv.size_in_bytes(), "host");
         Self::with_cache(model, cache, Cache::Host(kv))
     }
@@ -178,6 +183,11 @@ impl ModelRunner {
             Device::Cuda(dev) => {
                 let layout = Self::layout(&model, cache);
                 let cfg = model.config();
+                anyhow::ensure!(
+                    cfg.attn_logit_softcap.is_none(),
+                    "the model soft-caps attention logits (Gemma 2's attn_logit_softcapping), \
+                     which wick's GPU attention kernel does not implement: run it on the CPU"
+                );
                 let kv = crate::kv::DeviceKvCache::new(
                     &dev,
                     cfg.num_layers,

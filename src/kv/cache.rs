@@ -75,8 +75,12 @@ pub struct KvCache {
     layers: Vec<LayerCache>,
     /// The model's rope and this step's tables (set by `begin_step`).
     rope: Option<(Rope, RopeTables)>,
-    /// Keys a query attends to at most (the model's sliding window), if limited.
+    /// Keys a query attends to at most (the model's sliding window), if limited: one
+    /// window for every layer, or per layer where `layer_windows` is not empty.
     sliding_window: Option<usize>,
+    layer_windows: Vec<Option<usize>>,
+    /// Attention logit soft-capping (Gemma 2), if any.
+    softcap: Option<f32>,
 }
 
 impl KvCache {
@@ -92,6 +96,8 @@ impl KvCache {
             layers,
             rope: None,
             sliding_window: None,
+            layer_windows: Vec::new(),
+            softcap: None,
         }
     }
 
@@ -99,6 +105,18 @@ impl KvCache {
     /// `sliding_window`); `None`: the whole context.
     pub fn with_sliding_window(mut self, window: Option<usize>) -> Self {
         self.sliding_window = window;
+        self
+    }
+
+    /// Each layer's window (`windows[layer]`, for models that alternate sliding and
+    /// global layers) and the attention logit soft-cap.
+    pub fn with_layer_attention(
+        mut self,
+        windows: Vec<Option<usize>>,
+        softcap: Option<f32>,
+    ) -> Self {
+        self.layer_windows = windows;
+        self.softcap = softcap;
         self
     }
 
@@ -178,6 +196,10 @@ impl AttentionBackend for KvCache {
         rope.apply(&mut k, nkv, tables);
         ops::write_kv(&layout, &mut cache.k, &mut cache.v, &k, &v, batch.slots);
         let scale = 1.0 / (d as f32).sqrt();
+        let window = match self.layer_windows.get(layer) {
+            Some(&w) => w,
+            None => self.sliding_window,
+        };
         let mut out = vec![0f32; tokens * num_heads * d];
         ops::paged_attention_windowed(
             &layout,
@@ -187,7 +209,8 @@ impl AttentionBackend for KvCache {
             num_heads,
             batch.seqs,
             scale,
-            self.sliding_window,
+            window,
+            self.softcap,
             &mut out,
         );
         Ok(Tensor::from_vec(

@@ -77,6 +77,12 @@ impl DeviceKvCache {
             crate::ops::cuda::HEAD_DIMS,
             layout.head_dim
         );
+        ensure!(
+            !rope.is_partial_or_scaled(),
+            "the model rotates only part of each head or scales its rotary embedding \
+             (partial_rotary_factor, longrope's attention factor), which wick's GPU rope \
+             kernel does not implement: run it on the CPU"
+        );
         let kernels = Kernels::new(dev)?;
         let mut layers = Vec::with_capacity(num_layers);
         for _ in 0..num_layers {

@@ -1,19 +1,20 @@
 //! The pieces the families share: the embedding, final norm and output head around the
-//! blocks ([`Base`]), the SwiGLU MLP ([`Mlp`]), the q/k/v/o projections ([`Projections`]),
-//! the call into the attention backend ([`attend`]), and reading weights by name from a
-//! safetensors `VarBuilder` or a GGUF file. A family's file holds its block and its layer
-//! loop, written with these.
+//! blocks ([`Base`]), the gated MLP ([`Mlp`]: SwiGLU, or GeGLU for gemma2), the q/k/v/o
+//! projections ([`Projections`]; phi3's q/k/v and gate/up are one matrix each, split after
+//! the matmul), the call into the attention backend ([`attend`]), and reading weights by
+//! name from a safetensors `VarBuilder` or a GGUF file. A family's file holds its block and
+//! its layer loop, written with these.
 
 use std::io::{Read, Seek};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use candle_core::quantized::{gguf_file, QTensor};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::backend::{AttentionBackend, ForwardBatch, StepInputs};
-use super::config::ModelConfig;
+use super::config::{Arch, ModelConfig};
 use super::linear::{Embedding, Linear};
 use crate::ops::{Rope, RopeScaling};
 
@@ -42,8 +43,10 @@ impl Base {
         lm_head: Linear,
         device: &Device,
     ) -> Self {
-        let rope = Rope::new(
+        let rope = Rope::partial(
             config.head_dim,
+            config.rotary_dim,
+            config.rope_scale,
             config.rope_theta,
             &config.rope_scaling,
             config.rope_style,
@@ -126,7 +129,7 @@ impl Base {
     }
 
     /// Embedding, final norm and head of a GGUF file (with llama.cpp's `rope_freqs`
-    /// frequency factors when present).
+    /// frequency factors when present, or phi3's longrope `rope_factors_long`/`_short`).
     pub fn from_gguf<R: Read + Seek>(
         mut config: ModelConfig,
         w: &mut GgufWeights<'_, R>,
@@ -141,6 +144,40 @@ impl Base {
         if w.has("rope_freqs.weight") {
             let factors = w.dense("rope_freqs.weight")?.to_vec1::<f32>()?;
             config.rope_scaling = RopeScaling::FreqFactors(factors);
+        } else if w.has("rope_factors_long.weight") {
+            // As from config.json (`ModelConfig::hf_longrope`): the long factors when the
+            // context exceeds the original one, and the converter's attention factor.
+            let a = config.arch.as_str();
+            let original = w
+                .content
+                .metadata
+                .get(&format!("{a}.rope.scaling.original_context_length"))
+                .and_then(|v| v.to_u32().ok())
+                .map(|o| o as usize)
+                .context("GGUF longrope factors without rope.scaling.original_context_length")?;
+            let which = if config.max_position_embeddings > original {
+                "long"
+            } else {
+                "short"
+            };
+            let factors = w
+                .dense(&format!("rope_factors_{which}.weight"))?
+                .to_vec1::<f32>()?;
+            anyhow::ensure!(
+                factors.len() == config.rotary_dim / 2,
+                "GGUF rope_factors_{which} has {} factors, not {}",
+                factors.len(),
+                config.rotary_dim / 2
+            );
+            config.rope_scaling = RopeScaling::FreqFactors(factors);
+            if let Some(f) = w
+                .content
+                .metadata
+                .get(&format!("{a}.rope.scaling.attn_factor"))
+                .and_then(|v| v.to_f32().ok())
+            {
+                config.rope_scale = f;
+            }
         }
         let device = w.device.clone();
         Ok(Self::new(
@@ -153,56 +190,136 @@ impl Base {
     }
 }
 
-/// The SwiGLU MLP: `down(silu(gate(x)) * up(x))`.
+/// The gate and up projections of an [`Mlp`]: two matrices, or one (phi3's
+/// `gate_up_proj`, gate rows first) whose output is split in halves.
+#[derive(Debug)]
+enum GateUp {
+    Separate { gate: Linear, up: Linear },
+    Fused(Linear),
+}
+
+/// The gated MLP: `down(act(gate(x)) * up(x))`, `act` SiLU (SwiGLU) or, for gemma2,
+/// tanh-approximated GELU (GeGLU).
 #[derive(Debug)]
 pub(super) struct Mlp {
-    gate: Linear,
-    up: Linear,
+    gate_up: GateUp,
     down: Linear,
+    gelu: bool,
 }
 
 impl Mlp {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gu = Linear::forward_many(&[&self.gate, &self.up], x)?;
-        Ok(self.down.forward(&(gu[0].silu()? * &gu[1])?)?)
+        let (gate, up) = match &self.gate_up {
+            GateUp::Separate { gate, up } => {
+                let mut gu = Linear::forward_many(&[gate, up], x)?.into_iter();
+                match (gu.next(), gu.next()) {
+                    (Some(g), Some(u)) => (g, u),
+                    _ => anyhow::bail!("gate/up projection returned fewer than two outputs"),
+                }
+            }
+            GateUp::Fused(w) => {
+                let gu = w.forward(x)?;
+                let inter = gu.dim(D::Minus1)? / 2;
+                (
+                    gu.narrow(D::Minus1, 0, inter)?,
+                    gu.narrow(D::Minus1, inter, inter)?,
+                )
+            }
+        };
+        let act = if self.gelu {
+            gate.gelu()?
+        } else {
+            gate.silu()?
+        };
+        Ok(self.down.forward(&(act * up)?)?)
     }
 
-    /// `<vb>.{gate,up,down}_proj`.
+    /// `<vb>.{gate,up,down}_proj`, or `<vb>.{gate_up,down}_proj` for phi3.
     pub fn from_safetensors(vb: &VarBuilder<'_>, cfg: &ModelConfig) -> Result<Self> {
         let (h, inter) = (cfg.hidden_size, cfg.intermediate_size);
+        let gate_up = if cfg.arch == Arch::Phi3 {
+            GateUp::Fused(st_linear(vb, "gate_up_proj", 2 * inter, h, false)?)
+        } else {
+            GateUp::Separate {
+                gate: st_linear(vb, "gate_proj", inter, h, false)?,
+                up: st_linear(vb, "up_proj", inter, h, false)?,
+            }
+        };
         Ok(Self {
-            gate: st_linear(vb, "gate_proj", inter, h, false)?,
-            up: st_linear(vb, "up_proj", inter, h, false)?,
+            gate_up,
             down: st_linear(vb, "down_proj", h, inter, false)?,
+            gelu: cfg.arch == Arch::Gemma2,
         })
     }
 
-    /// `<prefix>.ffn_{gate,up,down}`.
-    pub fn from_gguf<R: Read + Seek>(w: &mut GgufWeights<'_, R>, prefix: &str) -> Result<Self> {
+    /// `<prefix>.ffn_{gate,up,down}`; for phi3, `ffn_up` holds gate and up (as llama.cpp's
+    /// converter keeps them) and there is no `ffn_gate`.
+    pub fn from_gguf<R: Read + Seek>(
+        w: &mut GgufWeights<'_, R>,
+        prefix: &str,
+        cfg: &ModelConfig,
+    ) -> Result<Self> {
+        let gate_up = if cfg.arch == Arch::Phi3 {
+            GateUp::Fused(w.linear(&format!("{prefix}.ffn_up"), false)?)
+        } else {
+            GateUp::Separate {
+                gate: w.linear(&format!("{prefix}.ffn_gate"), false)?,
+                up: w.linear(&format!("{prefix}.ffn_up"), false)?,
+            }
+        };
         Ok(Self {
-            gate: w.linear(&format!("{prefix}.ffn_gate"), false)?,
-            up: w.linear(&format!("{prefix}.ffn_up"), false)?,
+            gate_up,
             down: w.linear(&format!("{prefix}.ffn_down"), false)?,
+            gelu: cfg.arch == Arch::Gemma2,
         })
     }
+}
+
+/// The q, k and v projections: three matrices, or one (phi3's `qkv_proj`: q rows, then
+/// k, then v) whose output is split.
+#[derive(Debug)]
+enum Qkv {
+    Separate {
+        q: Linear,
+        k: Linear,
+        v: Linear,
+    },
+    Fused {
+        w: Linear,
+        q_out: usize,
+        kv_out: usize,
+    },
 }
 
 /// The attention projections: q, k, v (with biases where `cfg.qkv_bias`) and o.
 #[derive(Debug)]
 pub(super) struct Projections {
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    qkv: Qkv,
     pub o: Linear,
 }
 
 impl Projections {
     /// q `[tokens, heads * head_dim]`, k and v `[tokens, kv_heads * head_dim]`.
     pub fn qkv(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        let mut qkv = Linear::forward_many(&[&self.q, &self.k, &self.v], x)?.into_iter();
-        match (qkv.next(), qkv.next(), qkv.next()) {
-            (Some(q), Some(k), Some(v)) => Ok((q, k, v)),
-            _ => anyhow::bail!("q/k/v projection returned fewer than three outputs"),
+        match &self.qkv {
+            Qkv::Separate { q, k, v } => {
+                let mut qkv = Linear::forward_many(&[q, k, v], x)?.into_iter();
+                match (qkv.next(), qkv.next(), qkv.next()) {
+                    (Some(q), Some(k), Some(v)) => Ok((q, k, v)),
+                    _ => anyhow::bail!("q/k/v projection returned fewer than three outputs"),
+                }
+            }
+            Qkv::Fused { w, q_out, kv_out } => {
+                let qkv = w.forward(x)?;
+                let part = |start, len| -> Result<Tensor> {
+                    Ok(qkv.narrow(D::Minus1, start, len)?.contiguous()?)
+                };
+                Ok((
+                    part(0, *q_out)?,
+                    part(*q_out, *kv_out)?,
+                    part(q_out + kv_out, *kv_out)?,
+                ))
+            }
         }
     }
 
@@ -215,25 +332,48 @@ impl Projections {
             cfg.head_dim,
             cfg.qkv_bias,
         );
+        let qkv = if cfg.arch == Arch::Phi3 {
+            Qkv::Fused {
+                w: st_linear(vb, "qkv_proj", (nh + 2 * nkv) * d, h, b)?,
+                q_out: nh * d,
+                kv_out: nkv * d,
+            }
+        } else {
+            Qkv::Separate {
+                q: st_linear(vb, "q_proj", nh * d, h, b)?,
+                k: st_linear(vb, "k_proj", nkv * d, h, b)?,
+                v: st_linear(vb, "v_proj", nkv * d, h, b)?,
+            }
+        };
         Ok(Self {
-            q: st_linear(vb, "q_proj", nh * d, h, b)?,
-            k: st_linear(vb, "k_proj", nkv * d, h, b)?,
-            v: st_linear(vb, "v_proj", nkv * d, h, b)?,
+            qkv,
             o: st_linear(vb, "o_proj", h, nh * d, false)?,
         })
     }
 
-    /// `<prefix>.attn_{q,k,v,output}`.
+    /// `<prefix>.attn_{q,k,v,output}`, or `<prefix>.attn_{qkv,output}` for phi3.
     pub fn from_gguf<R: Read + Seek>(
         w: &mut GgufWeights<'_, R>,
         prefix: &str,
         cfg: &ModelConfig,
     ) -> Result<Self> {
         let b = cfg.qkv_bias;
+        let qkv = if cfg.arch == Arch::Phi3 {
+            let w = w.linear(&format!("{prefix}.attn_qkv"), b)?;
+            let (q_out, kv_out) = (
+                cfg.num_heads * cfg.head_dim,
+                cfg.num_kv_heads * cfg.head_dim,
+            );
+            Qkv::Fused { w, q_out, kv_out }
+        } else {
+            Qkv::Separate {
+                q: w.linear(&format!("{prefix}.attn_q"), b)?,
+                k: w.linear(&format!("{prefix}.attn_k"), b)?,
+                v: w.linear(&format!("{prefix}.attn_v"), b)?,
+            }
+        };
         Ok(Self {
-            q: w.linear(&format!("{prefix}.attn_q"), b)?,
-            k: w.linear(&format!("{prefix}.attn_k"), b)?,
-            v: w.linear(&format!("{prefix}.attn_v"), b)?,
+            qkv,
             o: w.linear(&format!("{prefix}.attn_output"), false)?,
         })
     }

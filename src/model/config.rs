@@ -12,6 +12,9 @@ pub enum Arch {
     Mistral,
     Qwen2,
     Qwen3,
+    /// Phi-3 and Phi-4(-mini): the llama block with fused q/k/v and gate/up projections.
+    Phi3,
+    Gemma2,
 }
 
 impl Arch {
@@ -21,9 +24,11 @@ impl Arch {
             "mistral" | "MistralForCausalLM" => Ok(Arch::Mistral),
             "qwen2" | "Qwen2ForCausalLM" => Ok(Arch::Qwen2),
             "qwen3" | "Qwen3ForCausalLM" => Ok(Arch::Qwen3),
+            "phi3" | "Phi3ForCausalLM" => Ok(Arch::Phi3),
+            "gemma2" | "Gemma2ForCausalLM" => Ok(Arch::Gemma2),
             other => bail!(
-                "unsupported model architecture '{other}': wick runs llama, mistral, qwen2 and \
-                 qwen3 models"
+                "unsupported model architecture '{other}': wick runs llama, mistral, qwen2, \
+                 qwen3, phi3 and gemma2 models"
             ),
         }
     }
@@ -34,6 +39,8 @@ impl Arch {
             Arch::Mistral => "mistral",
             Arch::Qwen2 => "qwen2",
             Arch::Qwen3 => "qwen3",
+            Arch::Phi3 => "phi3",
+            Arch::Gemma2 => "gemma2",
         }
     }
 }
@@ -52,6 +59,11 @@ pub struct ModelConfig {
     pub rope_theta: f32,
     pub rope_scaling: RopeScaling,
     pub rope_style: RopeStyle,
+    /// Leading dimensions of each head that rope rotates (`head_dim` unless the config has
+    /// a `partial_rotary_factor`).
+    pub rotary_dim: usize,
+    /// Factor on rope's cos and sin (longrope's attention factor; 1 otherwise).
+    pub rope_scale: f32,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
     /// q/k/v projections carry a bias (qwen2).
@@ -61,6 +73,16 @@ pub struct ModelConfig {
     /// Each query attends to at most this many keys, its own included (mistral's
     /// `sliding_window`); `None`: the whole context.
     pub sliding_window: Option<usize>,
+    /// Which layers have that window: empty for every layer; else one flag per layer
+    /// (Gemma 2's alternating sliding and global layers).
+    pub window_layers: Vec<bool>,
+    /// Attention scores become `c * tanh(s / c)` before the softmax (Gemma 2).
+    pub attn_logit_softcap: Option<f32>,
+    /// Logits become `c * tanh(l / c)` (Gemma 2).
+    pub final_logit_softcap: Option<f32>,
+    /// Attention scores are scaled by `query_pre_attn_scalar^-1/2` rather than
+    /// `head_dim^-1/2` (Gemma 2).
+    pub query_pre_attn_scalar: Option<f32>,
 }
 
 fn md<'a>(content: &'a gguf_file::Content, key: &str) -> Result<&'a gguf_file::Value> {
@@ -86,6 +108,14 @@ fn md_f32(content: &gguf_file::Content, key: &str) -> Result<f32> {
 }
 
 impl ModelConfig {
+    /// The sliding window of layer `layer`, if it has one.
+    pub fn layer_window(&self, layer: usize) -> Option<usize> {
+        match self.window_layers.get(layer) {
+            Some(false) => None,
+            _ => self.sliding_window,
+        }
+    }
+
     pub fn from_gguf(content: &gguf_file::Content) -> Result<Self> {
         let arch_name = md(content, "general.architecture")?
             .to_string()
@@ -97,9 +127,16 @@ impl ModelConfig {
         let num_heads = md_usize(content, &format!("{a}.attention.head_count"))?;
         let num_kv_heads =
             md_usize(content, &format!("{a}.attention.head_count_kv")).unwrap_or(num_heads);
-        let head_dim = md_usize(content, &format!("{a}.attention.key_length"))
-            .or_else(|_| md_usize(content, &format!("{a}.rope.dimension_count")))
-            .unwrap_or(hidden_size / num_heads.max(1));
+        // phi3's rope dimension count is its rotated part (Phi-4-mini rotates 3/4 of each
+        // head), not the head size.
+        let head_dim = match arch {
+            Arch::Phi3 => md_usize(content, &format!("{a}.attention.key_length")),
+            _ => md_usize(content, &format!("{a}.attention.key_length"))
+                .or_else(|_| md_usize(content, &format!("{a}.rope.dimension_count"))),
+        }
+        .unwrap_or(hidden_size / num_heads.max(1));
+        let rotary_dim =
+            md_usize(content, &format!("{a}.rope.dimension_count")).unwrap_or(head_dim);
         let vocab_size = match md_usize(content, &format!("{a}.vocab_size")) {
             Ok(v) => v,
             Err(_) => md(content, "tokenizer.ggml.tokens")?
@@ -132,11 +169,15 @@ impl ModelConfig {
             rope_theta: md_f32(content, &format!("{a}.rope.freq_base")).unwrap_or(10000.0),
             rope_scaling,
             // llama.cpp permutes llama/mistral q,k at conversion and rotates adjacent pairs;
-            // qwen2 keeps the Hugging Face layout (NEOX rope).
+            // qwen2/qwen3/phi3 keep the Hugging Face layout (NEOX rope).
             rope_style: match arch {
                 Arch::Llama | Arch::Mistral => RopeStyle::Interleaved,
-                Arch::Qwen2 | Arch::Qwen3 => RopeStyle::Neox,
+                Arch::Qwen2 | Arch::Qwen3 | Arch::Phi3 | Arch::Gemma2 => RopeStyle::Neox,
             },
+            rotary_dim,
+            // phi3's longrope factors and attention factor are read with its tensors
+            // (`Base::from_gguf`).
+            rope_scale: 1.0,
             max_position_embeddings: md_usize(content, &format!("{a}.context_length"))
                 .unwrap_or(4096),
             tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
@@ -144,9 +185,22 @@ impl ModelConfig {
             qk_norm: content
                 .tensor_infos
                 .contains_key("blk.0.attn_q_norm.weight"),
-            // llama.cpp's GGUF metadata carries no sliding window for these families.
-            sliding_window: None,
+            // llama.cpp's GGUF metadata carries no sliding window for llama/mistral/qwen;
+            // phi3's is `phi3.attention.sliding_window` (0: none, Phi-4).
+            sliding_window: match arch {
+                Arch::Phi3 => md_usize(content, &format!("{a}.attention.sliding_window"))
+                    .ok()
+                    .filter(|&w| w > 0),
+                _ => None,
+            },
+            window_layers: Vec::new(),
+            attn_logit_softcap: None,
+            final_logit_softcap: None,
+            query_pre_attn_scalar: None,
         };
+        if arch == Arch::Gemma2 {
+            bail!("wick reads gemma2 from safetensors checkpoints only, not GGUF");
+        }
         cfg.validate()
     }
 
@@ -169,6 +223,9 @@ impl ModelConfig {
         };
         let hidden_size = get("hidden_size")?;
         let num_heads = get("num_attention_heads")?;
+        // Absent or null: hidden / heads.
+        let head_dim = get("head_dim").unwrap_or(hidden_size / num_heads.max(1));
+        let max_position_embeddings = get("max_position_embeddings").unwrap_or(4096);
         // transformers 5 writes `rope_parameters` (with `rope_theta` inside it); earlier
         // versions `rope_scaling` (null when absent) beside a top-level `rope_theta`.
         let rope = ["rope_parameters", "rope_scaling"]
@@ -178,6 +235,16 @@ impl ModelConfig {
             .as_f64()
             .or_else(|| rope.and_then(|r| r["rope_theta"].as_f64()))
             .unwrap_or(10000.0) as f32;
+        let partial_rotary_factor = v["partial_rotary_factor"]
+            .as_f64()
+            .or_else(|| rope.and_then(|r| r["partial_rotary_factor"].as_f64()))
+            .unwrap_or(1.0);
+        if !(partial_rotary_factor > 0.0 && partial_rotary_factor <= 1.0) {
+            bail!("config.json has partial_rotary_factor {partial_rotary_factor}, not in (0, 1]");
+        }
+        // As transformers: int(head_dim * factor).
+        let rotary_dim = (head_dim as f64 * partial_rotary_factor) as usize;
+        let mut rope_scale = 1.0f32;
         let rope_scaling = match rope {
             None => RopeScaling::None,
             Some(s) => {
@@ -199,6 +266,12 @@ impl ModelConfig {
                     "linear" => RopeScaling::Linear {
                         factor: f("factor", 1.0),
                     },
+                    "longrope" | "su" => {
+                        let (factors, scale) =
+                            Self::hf_longrope(s, &v, max_position_embeddings, rotary_dim)?;
+                        rope_scale = scale;
+                        RopeScaling::FreqFactors(factors)
+                    }
                     "default" => RopeScaling::None,
                     other => bail!("unsupported rope scaling type '{other}' in config.json"),
                 }
@@ -209,7 +282,18 @@ impl ModelConfig {
             bail!("config.json asks for attention_bias or mlp_bias, which wick does not run for {arch_name}");
         }
         let num_layers = get("num_hidden_layers")?;
-        let sliding_window = Self::hf_sliding_window(&v, arch, num_layers)?;
+        let (sliding_window, window_layers) = Self::hf_sliding_window(&v, arch, num_layers)?;
+        let gemma2 = arch == Arch::Gemma2;
+        let float = |k: &str| v[k].as_f64().map(|x| x as f32);
+        if gemma2 {
+            let act = v["hidden_activation"]
+                .as_str()
+                .or_else(|| v["hidden_act"].as_str())
+                .unwrap_or("gelu_pytorch_tanh");
+            if act != "gelu_pytorch_tanh" {
+                bail!("config.json asks for activation '{act}': wick runs gemma2 with gelu_pytorch_tanh");
+            }
+        }
         let cfg = Self {
             arch,
             hidden_size,
@@ -217,33 +301,95 @@ impl ModelConfig {
             num_layers,
             num_heads,
             num_kv_heads: get("num_key_value_heads").unwrap_or(num_heads),
-            // Absent or null: hidden / heads.
-            head_dim: get("head_dim").unwrap_or(hidden_size / num_heads.max(1)),
+            head_dim,
             vocab_size: get("vocab_size")?,
             rms_norm_eps: v["rms_norm_eps"].as_f64().unwrap_or(1e-6),
             rope_theta,
             rope_scaling,
             rope_style: RopeStyle::Neox,
-            max_position_embeddings: get("max_position_embeddings").unwrap_or(4096),
+            rotary_dim,
+            rope_scale,
+            max_position_embeddings,
             tie_word_embeddings: v["tie_word_embeddings"].as_bool().unwrap_or(false),
             qkv_bias: arch == Arch::Qwen2,
             qk_norm: arch == Arch::Qwen3,
             sliding_window,
+            window_layers,
+            attn_logit_softcap: float("attn_logit_softcapping").filter(|_| gemma2),
+            final_logit_softcap: float("final_logit_softcapping").filter(|_| gemma2),
+            query_pre_attn_scalar: float("query_pre_attn_scalar").filter(|_| gemma2),
         };
         cfg.validate()
     }
 
-    /// The sliding window of a config.json, if every layer has one. Mistral's applies to
+    /// Longrope (Phi-3 "su"/"longrope"): the frequency divisors and the factor on cos/sin.
+    /// transformers uses `long_factor` for a forward pass longer than
+    /// `original_max_position_embeddings` and `short_factor` otherwise; a paged cache cannot
+    /// re-rotate cached keys when a sequence crosses that length, so wick picks once, as
+    /// vLLM and llama.cpp do: the long factors when the model's context exceeds the
+    /// original one. The attention factor is `attention_factor` if given, else
+    /// `sqrt(1 + ln(s) / ln(original))` for `s = factor` (default: context / original), or
+    /// 1 where `s <= 1`, applied with either set of factors (as transformers does).
+    fn hf_longrope(
+        s: &serde_json::Value,
+        v: &serde_json::Value,
+        max_position_embeddings: usize,
+        rotary_dim: usize,
+    ) -> Result<(Vec<f32>, f32)> {
+        let original = s["original_max_position_embeddings"]
+            .as_u64()
+            .or_else(|| v["original_max_position_embeddings"].as_u64())
+            .filter(|&o| o > 0)
+            .ok_or_else(|| anyhow!("longrope scaling without original_max_position_embeddings"))?
+            as usize;
+        let list = |k: &str| -> Result<Vec<f32>> {
+            let xs = s[k]
+                .as_array()
+                .ok_or_else(|| anyhow!("longrope scaling lacks the list '{k}'"))?;
+            let xs = xs
+                .iter()
+                .map(|x| x.as_f64().map(|x| x as f32))
+                .collect::<Option<Vec<f32>>>()
+                .ok_or_else(|| anyhow!("longrope '{k}' holds something other than numbers"))?;
+            if xs.len() != rotary_dim / 2 {
+                bail!(
+                    "longrope '{k}' has {} factors, not one per rotated pair ({})",
+                    xs.len(),
+                    rotary_dim / 2
+                );
+            }
+            Ok(xs)
+        };
+        let (short, long) = (list("short_factor")?, list("long_factor")?);
+        let factor = s["factor"]
+            .as_f64()
+            .unwrap_or(max_position_embeddings as f64 / original as f64);
+        let scale = match s["attention_factor"].as_f64() {
+            Some(a) => a,
+            None if factor <= 1.0 => 1.0,
+            None => (1.0 + factor.ln() / (original as f64).ln()).sqrt(),
+        };
+        let factors = if max_position_embeddings > original {
+            long
+        } else {
+            short
+        };
+        Ok((factors, scale as f32))
+    }
+
+    /// The sliding window of a config.json and the layers that have it (empty: every
+    /// layer). Mistral's applies to
     /// every layer; qwen2/qwen3 use theirs only with `use_sliding_window`, and then only
-    /// from layer `max_window_layers` on; transformers 5 also lists `layer_types`. A window
-    /// on some layers but not others is refused rather than ignored.
+    /// from layer `max_window_layers` on; Gemma 2's on even layers; transformers 5 also
+    /// lists `layer_types`. A window on some layers but not others is refused rather than
+    /// ignored, except for Gemma 2, where it is the design.
     fn hf_sliding_window(
         v: &serde_json::Value,
         arch: Arch,
         num_layers: usize,
-    ) -> Result<Option<usize>> {
+    ) -> Result<(Option<usize>, Vec<bool>)> {
         let Some(window) = v["sliding_window"].as_u64().map(|w| w as usize) else {
-            return Ok(None);
+            return Ok((None, Vec::new()));
         };
         let sliding: Vec<bool> = match v["layer_types"].as_array() {
             Some(types) => types
@@ -251,7 +397,9 @@ impl ModelConfig {
                 .map(|t| t.as_str() == Some("sliding_attention"))
                 .collect(),
             None => match arch {
-                Arch::Mistral => vec![true; num_layers],
+                // Phi-3's (when not null) applies to every layer, as mistral's.
+                Arch::Mistral | Arch::Phi3 => vec![true; num_layers],
+                Arch::Gemma2 => (0..num_layers).map(|i| i % 2 == 0).collect(),
                 Arch::Qwen2 | Arch::Qwen3 if v["use_sliding_window"].as_bool() == Some(true) => {
                     let from = v["max_window_layers"].as_u64().unwrap_or(0) as usize;
                     (0..num_layers).map(|i| i >= from).collect()
@@ -263,7 +411,14 @@ impl ModelConfig {
             bail!("config.json has sliding_window 0");
         }
         if sliding.iter().all(|&s| s) {
-            Ok(Some(window))
+            Ok((Some(window), Vec::new()))
+        } else if arch == Arch::Gemma2 {
+            anyhow::ensure!(
+                sliding.len() == num_layers,
+                "config.json lists {} layer_types for {num_layers} layers",
+                sliding.len()
+            );
+            Ok((Some(window), sliding))
         } else if sliding.iter().any(|&s| s) {
             bail!(
                 "config.json gives {} of {} layers a sliding window: wick runs a window on \
@@ -272,7 +427,7 @@ impl ModelConfig {
                 sliding.len()
             )
         } else {
-            Ok(None)
+            Ok((None, Vec::new()))
         }
     }
 
@@ -282,12 +437,16 @@ impl ModelConfig {
             || !self.num_heads.is_multiple_of(self.num_kv_heads)
             || self.head_dim == 0
             || !self.head_dim.is_multiple_of(2)
+            || self.rotary_dim == 0
+            || self.rotary_dim > self.head_dim
+            || !self.rotary_dim.is_multiple_of(2)
         {
             bail!(
-                "inconsistent attention shape: {} heads, {} kv heads, head dim {}",
+                "inconsistent attention shape: {} heads, {} kv heads, head dim {}, {} rotated",
                 self.num_heads,
                 self.num_kv_heads,
-                self.head_dim
+                self.head_dim,
+                self.rotary_dim
             );
         }
         Ok(self)
@@ -450,6 +609,104 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("attention_bias"), "{err}");
+    }
+
+    /// Phi-3's longrope: the long factors and the attention factor of context / original
+    /// when the context exceeds the original length, the short factors (and factor 1)
+    /// when it does not; a partial rotary factor gives the rotated width, which the factor
+    /// lists must match.
+    #[test]
+    fn parses_phi3_longrope_and_partial_rotary() {
+        let cfg = |max_pos: usize, extra: &str| {
+            ModelConfig::from_hf_json(&format!(
+                r#"{{"architectures":["Phi3ForCausalLM"],"hidden_size":64,"intermediate_size":128,
+                "num_hidden_layers":2,"num_attention_heads":4,"vocab_size":100,
+                "max_position_embeddings":{max_pos},"original_max_position_embeddings":16,
+                "partial_rotary_factor":0.75,"sliding_window":null,
+                "rope_scaling":{{"type":"longrope","short_factor":[1,2,3,4,5,6],
+                "long_factor":[7,8,9,10,11,12]{extra}}}}}"#
+            ))
+        };
+        let long = cfg(256, "").unwrap();
+        assert_eq!(
+            (long.arch, long.head_dim, long.rotary_dim),
+            (Arch::Phi3, 16, 12)
+        );
+        assert_eq!(
+            long.rope_scaling,
+            RopeScaling::FreqFactors(vec![7.0, 8.0, 9.0, 10.0, 11.0, 12.0])
+        );
+        let want = (1.0 + 16f64.ln() / 16f64.ln()).sqrt() as f32;
+        assert!((long.rope_scale - want).abs() < 1e-6, "{}", long.rope_scale);
+        assert_eq!(long.sliding_window, None);
+        let short = cfg(16, "").unwrap();
+        assert_eq!(
+            short.rope_scaling,
+            RopeScaling::FreqFactors(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+        );
+        assert_eq!(short.rope_scale, 1.0);
+        assert_eq!(
+            cfg(256, r#","attention_factor":1.5"#).unwrap().rope_scale,
+            1.5
+        );
+        // Without the partial factor all 16 dimensions rotate: 6 factors are too few.
+        let err = ModelConfig::from_hf_json(
+            r#"{"architectures":["Phi3ForCausalLM"],"hidden_size":64,"intermediate_size":128,
+            "num_hidden_layers":2,"num_attention_heads":4,"vocab_size":100,
+            "max_position_embeddings":256,"original_max_position_embeddings":16,
+            "rope_scaling":{"type":"longrope","short_factor":[1,2,3,4,5,6],
+            "long_factor":[7,8,9,10,11,12]}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("not one per rotated pair (8)"), "{err}");
+    }
+
+    /// Gemma 2: a window on even layers (from layer_types, or by position without them),
+    /// its soft-caps and query scalar; other families ignore those keys.
+    #[test]
+    fn parses_gemma2_windows_and_soft_caps() {
+        let base = r#""hidden_size":64,"intermediate_size":128,"num_hidden_layers":4,
+            "num_attention_heads":4,"head_dim":16,"vocab_size":100,"sliding_window":8,
+            "query_pre_attn_scalar":24,"attn_logit_softcapping":50.0,
+            "final_logit_softcapping":30.0"#;
+        let with_types = format!(
+            r#"{{"architectures":["Gemma2ForCausalLM"],{base},"layer_types":["sliding_attention",
+            "full_attention","sliding_attention","full_attention"]}}"#
+        );
+        let without = format!(r#"{{"architectures":["Gemma2ForCausalLM"],{base}}}"#);
+        for json in [with_types, without] {
+            let c = ModelConfig::from_hf_json(&json).unwrap();
+            assert_eq!(c.arch, Arch::Gemma2);
+            let windows: Vec<_> = (0..4).map(|l| c.layer_window(l)).collect();
+            assert_eq!(windows, [Some(8), None, Some(8), None]);
+            assert_eq!(
+                (
+                    c.attn_logit_softcap,
+                    c.final_logit_softcap,
+                    c.query_pre_attn_scalar
+                ),
+                (Some(50.0), Some(30.0), Some(24.0))
+            );
+        }
+        let err = ModelConfig::from_hf_json(&format!(
+            r#"{{"architectures":["Gemma2ForCausalLM"],{base},"hidden_activation":"gelu"}}"#
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("gelu_pytorch_tanh"), "{err}");
+        let m = ModelConfig::from_hf_json(&format!(
+            r#"{{"architectures":["MistralForCausalLM"],{base}}}"#
+        ))
+        .unwrap();
+        assert_eq!(
+            (
+                m.attn_logit_softcap,
+                m.query_pre_attn_scalar,
+                m.layer_window(3)
+            ),
+            (None, None, Some(8))
+        );
     }
 
     #[test]

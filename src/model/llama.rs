@@ -1,5 +1,7 @@
-//! The llama family (llama, mistral, qwen2): pre-norm blocks of attention (q/k/v biases
-//! for qwen2) and a SwiGLU MLP, over a flattened batch.
+//! The llama family (llama, mistral, qwen2, phi3): pre-norm blocks of attention (q/k/v
+//! biases for qwen2) and a SwiGLU MLP, over a flattened batch. Phi-3/Phi-4 have the same
+//! block with q/k/v in one matrix and gate/up in another (read as such, split after the
+//! matmul: [`super::common`]), and may rotate only part of each head.
 //!
 //! Tokens of every sequence in a step are concatenated into one `[tokens, hidden]`
 //! activation; matmuls see one tall matrix whatever the mix of prefill and decode. Only
@@ -104,7 +106,7 @@ impl LlamaModel {
                     attn_norm: w.dense(&format!("{p}.attn_norm.weight"))?,
                     attn: Projections::from_gguf(&mut w, &p, &config)?,
                     ffn_norm: w.dense(&format!("{p}.ffn_norm.weight"))?,
-                    mlp: Mlp::from_gguf(&mut w, &p)?,
+                    mlp: Mlp::from_gguf(&mut w, &p, &config)?,
                 })
             })
             .collect::<Result<_>>()?;

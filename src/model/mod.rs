@@ -1,12 +1,13 @@
 //! Transformer models. One file per architecture family, each reading top to bottom: its
-//! block, its layer loop and its weight loading (`llama` covers llama, mistral and qwen2,
-//! which share the block; `qwen3` adds per-head q/k norms). The pieces they share (the
-//! embedding/norm/head around the blocks, the MLP, the q/k/v/o projections, the call into
-//! attention, reading weights by name) are in `common`. Each family has one layer loop on
-//! tensors for every device; attention and its cache come through
-//! `backend::AttentionBackend`. [`Model`] is whichever family a checkpoint is. `loader`
-//! turns a resolved model into weights, a tokenizer and a config; `random` makes seeded
-//! random-weight models of named shapes (`random:<shape>`).
+//! block, its layer loop and its weight loading (`llama` covers llama, mistral, qwen2 and
+//! phi3, which share the block, phi3 with fused q/k/v and gate/up weights; `qwen3` adds
+//! per-head q/k norms; `gemma2` has its own norms, soft-capping and alternating windows).
+//! The pieces they share (the embedding/norm/head around the blocks, the MLP, the q/k/v/o
+//! projections, the call into attention, reading weights by name) are in `common`. Each
+//! family has one layer loop on tensors for every device; attention and its cache come
+//! through `backend::AttentionBackend`. [`Model`] is whichever family a checkpoint is.
+//! `loader` turns a resolved model into weights, a tokenizer and a config; `random` makes
+//! seeded random-weight models of named shapes (`random:<shape>`).
 //!
 //! A new family: its `Arch` and config keys in `config`, a file here with its block and
 //! loop written with `common`'s pieces, and a variant of [`Model`].
@@ -15,6 +16,7 @@ pub mod backend;
 mod common;
 pub mod config;
 pub mod device;
+pub mod gemma2;
 pub mod linear;
 pub mod llama;
 pub mod loader;
@@ -31,6 +33,7 @@ use candle_nn::VarBuilder;
 pub use backend::{AttentionBackend, ForwardBatch, StepInputs};
 pub use config::{Arch, ModelConfig};
 pub use device::select_device;
+pub use gemma2::Gemma2Model;
 pub use llama::LlamaModel;
 pub use loader::{load, load_tokenizer, LoadOptions, LoadedModel};
 pub use qwen3::Qwen3Model;
@@ -41,9 +44,10 @@ use crate::ops::Rope;
 /// A loaded model of any supported family.
 #[derive(Debug)]
 pub enum Model {
-    /// llama, mistral, qwen2.
+    /// llama, mistral, qwen2, phi3.
     Llama(LlamaModel),
     Qwen3(Qwen3Model),
+    Gemma2(Gemma2Model),
 }
 
 macro_rules! each {
@@ -51,6 +55,7 @@ macro_rules! each {
         match $self {
             Model::Llama($m) => $e,
             Model::Qwen3($m) => $e,
+            Model::Gemma2($m) => $e,
         }
     };
 }
@@ -64,7 +69,8 @@ impl Model {
     ) -> Result<Self> {
         Ok(match ModelConfig::from_gguf(content)?.arch {
             Arch::Qwen3 => Model::Qwen3(Qwen3Model::from_gguf(content, reader, device)?),
-            Arch::Llama | Arch::Mistral | Arch::Qwen2 => {
+            Arch::Gemma2 => anyhow::bail!("wick reads gemma2 from safetensors only, not GGUF"),
+            Arch::Llama | Arch::Mistral | Arch::Qwen2 | Arch::Phi3 => {
                 Model::Llama(LlamaModel::from_gguf(content, reader, device)?)
             }
         })
@@ -74,7 +80,8 @@ impl Model {
     pub fn from_safetensors(config: ModelConfig, vb: VarBuilder<'_>) -> Result<Self> {
         Ok(match config.arch {
             Arch::Qwen3 => Model::Qwen3(Qwen3Model::from_safetensors(config, vb)?),
-            Arch::Llama | Arch::Mistral | Arch::Qwen2 => {
+            Arch::Gemma2 => Model::Gemma2(Gemma2Model::from_safetensors(config, vb)?),
+            Arch::Llama | Arch::Mistral | Arch::Qwen2 | Arch::Phi3 => {
                 Model::Llama(LlamaModel::from_safetensors(config, vb)?)
             }
         })

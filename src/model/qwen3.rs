@@ -117,7 +117,7 @@ impl Qwen3Model {
                     q_norm: w.dense(&format!("{p}.attn_q_norm.weight"))?,
                     k_norm: w.dense(&format!("{p}.attn_k_norm.weight"))?,
                     ffn_norm: w.dense(&format!("{p}.ffn_norm.weight"))?,
-                    mlp: Mlp::from_gguf(&mut w, &p)?,
+                    mlp: Mlp::from_gguf(&mut w, &p, &config)?,
                 })
             })
             .collect::<Result<_>>()?;

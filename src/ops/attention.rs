@@ -84,6 +84,7 @@ pub fn paged_attention(
         seqs,
         softmax_scale,
         None,
+        None,
         out,
     )
 }
@@ -91,7 +92,9 @@ pub fn paged_attention(
 /// [`paged_attention`] with a sliding window: with `Some(w)`, the query at position `p`
 /// attends only to the keys at positions `p + 1 - w ..= p` (transformers' sliding-window
 /// mask, `key > query - w`). Keys before the window get weight exactly 0; they are still
-/// read, so a window costs what full attention does.
+/// read, so a window costs what full attention does. With `softcap` `Some(c)`, each scaled
+/// score `s` becomes `c * tanh(s / c)` before the softmax (Gemma 2's attention logit
+/// soft-capping).
 #[allow(clippy::too_many_arguments)]
 pub fn paged_attention_windowed(
     layout: &CacheLayout,
@@ -102,6 +105,7 @@ pub fn paged_attention_windowed(
     seqs: &[AttnSeq<'_>],
     softmax_scale: f32,
     window: Option<usize>,
+    softcap: Option<f32>,
     out: &mut [f32],
 ) {
     let d = layout.head_dim;
@@ -154,8 +158,11 @@ pub fn paged_attention_windowed(
                         let qh = &q16[(i * group + h) * d..][..d];
                         let sc = &mut scores[(i * group + h) * vmax + first..][..n_i];
                         block_scores(qh, row, bs, sc);
-                        for x in sc.iter_mut() {
-                            *x *= softmax_scale;
+                        match softcap {
+                            None => sc.iter_mut().for_each(|x| *x *= softmax_scale),
+                            Some(c) => sc
+                                .iter_mut()
+                                .for_each(|x| *x = c * (*x * softmax_scale / c).tanh()),
                         }
                     }
                 }
@@ -304,7 +311,7 @@ mod tests {
     use super::*;
 
     /// Plain attention over contiguous K/V for one sequence (no paging), each query seeing
-    /// at most the `window` last keys.
+    /// at most the `window` last keys, scores soft-capped at `softcap`.
     #[allow(clippy::too_many_arguments)]
     fn naive(
         q: &[f32],
@@ -315,6 +322,7 @@ mod tests {
         d: usize,
         offset: usize,
         window: Option<usize>,
+        softcap: Option<f32>,
     ) -> Vec<f32> {
         let t = q.len() / (nh * d);
         let mut out = vec![0.0; q.len()];
@@ -332,6 +340,7 @@ mod tests {
                             .sum::<f32>()
                             / (d as f32).sqrt()
                     })
+                    .map(|s| softcap.map_or(s, |c| c * (s / c).tanh()))
                     .collect();
                 let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let e: Vec<f32> = s.iter().map(|x| (x - m).exp()).collect();
@@ -350,19 +359,32 @@ mod tests {
     fn matches_naive_attention_across_blocks_and_chunks() {
         for d in [8, 64, 128] {
             for window in [None, Some(5), Some(16)] {
-                check_against_naive(d, window);
+                // A cap of 0.3 is below most of these scores: capping changes them.
+                for softcap in [None, Some(0.3)] {
+                    check_against_naive(d, window, softcap);
+                }
             }
         }
     }
 
-    fn check_against_naive(d: usize, window: Option<usize>) {
+    fn check_against_naive(d: usize, window: Option<usize>, softcap: Option<f32>) {
         let (nh, nkv) = (6, 2);
         let total = 23;
         let r = |i: usize| ((i as f32 * 12.9898).sin() * 43758.547).fract();
         let k: Vec<f32> = (0..total * nkv * d).map(r).collect();
         let v: Vec<f32> = (0..total * nkv * d).map(|i| r(i + 7777)).collect();
         let q: Vec<f32> = (0..total * nh * d).map(|i| r(i + 31337)).collect();
-        let expect = naive(&q, &k, &v, nh, nkv, d, 0, window);
+        let expect = naive(&q, &k, &v, nh, nkv, d, 0, window, softcap);
+        if softcap.is_some() {
+            // The cap shows in the output.
+            let uncapped = naive(&q, &k, &v, nh, nkv, d, 0, window, None);
+            let moved = expect
+                .iter()
+                .zip(&uncapped)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(moved > 1e-2, "soft-capping changed nothing ({moved})");
+        }
         for (bs, chunks) in [
             (1, vec![(0, 9), (9, total)]),
             (4, vec![(0, total)]),
@@ -406,6 +428,7 @@ mod tests {
                     &seqs,
                     1.0 / (d as f32).sqrt(),
                     window,
+                    softcap,
                     &mut out[start * nh * d..end * nh * d],
                 );
             }
@@ -413,7 +436,8 @@ mod tests {
                 // f16 storage: agreement to f16 precision.
                 assert!(
                     (a - b).abs() < 2e-3,
-                    "head dim {d}, block size {bs}, window {window:?}: {a} vs {b}"
+                    "head dim {d}, block size {bs}, window {window:?}, cap {softcap:?}: \
+                     {a} vs {b}"
                 );
             }
         }

@@ -34,6 +34,11 @@ pub enum RopeScaling {
 pub struct Rope {
     inv_freq: Vec<f32>,
     head_dim: usize,
+    /// The leading dimensions of each head that are rotated (`2 * inv_freq.len()`); the
+    /// rest pass through (partial rotary, e.g. Phi-4-mini's 0.75).
+    rot_dim: usize,
+    /// cos and sin are multiplied by this (longrope's attention factor; 1 otherwise).
+    scale: f32,
     style: RopeStyle,
 }
 
@@ -45,12 +50,25 @@ pub struct RopeTables {
 }
 
 impl Rope {
-    /// `rot_dim` rotated dimensions of a `head_dim` head (rot_dim == head_dim for the
-    /// supported families).
+    /// Every dimension of a `head_dim` head rotated, cos/sin unscaled.
     pub fn new(head_dim: usize, base: f32, scaling: &RopeScaling, style: RopeStyle) -> Self {
-        let half = head_dim / 2;
+        Self::partial(head_dim, head_dim, 1.0, base, scaling, style)
+    }
+
+    /// The first `rot_dim` (even, at most `head_dim`) dimensions of each head rotated, the
+    /// frequencies spread over `rot_dim`, cos and sin multiplied by `scale`.
+    pub fn partial(
+        head_dim: usize,
+        rot_dim: usize,
+        scale: f32,
+        base: f32,
+        scaling: &RopeScaling,
+        style: RopeStyle,
+    ) -> Self {
+        let rot_dim = rot_dim.min(head_dim) & !1;
+        let half = rot_dim / 2;
         let mut inv_freq: Vec<f32> = (0..half)
-            .map(|i| 1.0 / base.powf(2.0 * i as f32 / head_dim as f32))
+            .map(|i| 1.0 / base.powf(2.0 * i as f32 / rot_dim as f32))
             .collect();
         match scaling {
             RopeScaling::None => {}
@@ -86,8 +104,16 @@ impl Rope {
         Self {
             inv_freq,
             head_dim,
+            rot_dim,
+            scale,
             style,
         }
+    }
+
+    /// Whether only part of each head is rotated or cos/sin are scaled (what wick's GPU
+    /// rope kernel does not do).
+    pub fn is_partial_or_scaled(&self) -> bool {
+        self.rot_dim != self.head_dim || self.scale != 1.0
     }
 
     /// Inverse frequency of each rotated pair (`head_dim / 2` values, scaling applied).
@@ -115,8 +141,8 @@ impl Rope {
         for &p in positions {
             for &f in &self.inv_freq {
                 let (s, c) = (p as f32 * f).sin_cos();
-                out.cos.push(c);
-                out.sin.push(s);
+                out.cos.push(c * self.scale);
+                out.sin.push(s * self.scale);
             }
         }
     }
@@ -124,11 +150,12 @@ impl Rope {
     /// Rotates `x`, laid out `[tokens][heads][head_dim]`, in place.
     pub fn apply(&self, x: &mut [f32], num_heads: usize, tables: &RopeTables) {
         let d = self.head_dim;
-        let half = d / 2;
+        let half = self.rot_dim / 2;
         for (t, token) in x.chunks_exact_mut(num_heads * d).enumerate() {
             let cos = &tables.cos[t * half..(t + 1) * half];
             let sin = &tables.sin[t * half..(t + 1) * half];
             for head in token.chunks_exact_mut(d) {
+                let head = &mut head[..self.rot_dim];
                 match self.style {
                     RopeStyle::Interleaved => {
                         for i in 0..half {
@@ -189,6 +216,28 @@ mod tests {
             assert!((xa[i] - permuted[2 * i]).abs() < 1e-6);
             assert!((xa[i + d / 2] - permuted[2 * i + 1]).abs() < 1e-6);
         }
+    }
+
+    /// Partial rotary: the first `rot_dim` dimensions rotate as a `rot_dim` head would, the
+    /// rest pass through; the scale multiplies the rotated part only.
+    #[test]
+    fn partial_rotation_leaves_the_tail_and_scales_the_rotated_part() {
+        let (d, r, scale) = (16, 12, 1.25);
+        let x: Vec<f32> = (0..2 * d).map(|i| (i as f32 * 0.61).sin()).collect();
+        let part = Rope::partial(d, r, scale, 300.0, &RopeScaling::None, RopeStyle::Neox);
+        let small = Rope::new(r, 300.0, &RopeScaling::None, RopeStyle::Neox);
+        let mut got = x.clone();
+        part.apply(&mut got, 2, &part.tables(&[9]));
+        for h in 0..2 {
+            let mut want = x[h * d..h * d + r].to_vec();
+            small.apply(&mut want, 1, &small.tables(&[9]));
+            for i in 0..r {
+                assert!((got[h * d + i] - scale * want[i]).abs() < 1e-5);
+            }
+            assert_eq!(&got[h * d + r..(h + 1) * d], &x[h * d + r..(h + 1) * d]);
+        }
+        assert!(part.is_partial_or_scaled());
+        assert!(!small.is_partial_or_scaled());
     }
 
     #[test]

@@ -1,0 +1,127 @@
+//! Gemma 2: the embedding scaled by `sqrt(hidden)`, RMSNorms that multiply by `1 + w`
+//! (folded into the weights at load), a norm before and after both attention and the MLP,
+//! a GeGLU MLP (tanh-approximated GELU), attention scores scaled by
+//! `query_pre_attn_scalar^-1/2` and soft-capped, sliding-window attention on even layers
+//! and global attention on odd ones, and soft-capped logits.
+//!
+//! Like [`super::llama`], one layer loop over a flattened batch for every device. The
+//! score scale is applied to the queries (`q * sqrt(head_dim / query_pre_attn_scalar)`,
+//! the backend dividing by `sqrt(head_dim)`); the soft-cap and the per-layer windows are
+//! the attention backend's (the host cache's; the GPU runner refuses soft-capping).
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use super::backend::{AttentionBackend, ForwardBatch};
+use super::common::{attend, rms_norm, Base, Mlp, Projections};
+use super::config::{Arch, ModelConfig};
+use crate::ops::Rope;
+
+#[derive(Debug)]
+struct Block {
+    /// Norm weights with the `1 +` folded in.
+    attn_norm: Tensor,
+    post_attn_norm: Tensor,
+    attn: Projections,
+    ffn_norm: Tensor,
+    post_ffn_norm: Tensor,
+    mlp: Mlp,
+}
+
+#[derive(Debug)]
+pub struct Gemma2Model {
+    base: Base,
+    blocks: Vec<Block>,
+}
+
+/// `c * tanh(x / c)`.
+fn softcap(x: &Tensor, cap: f32) -> Result<Tensor> {
+    let cap = cap as f64;
+    Ok(((x / cap)?.tanh()? * cap)?)
+}
+
+impl Gemma2Model {
+    pub fn config(&self) -> &ModelConfig {
+        &self.base.config
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.base.device
+    }
+
+    /// The dtype a GPU KV cache for this model holds.
+    pub fn kv_dtype(&self) -> DType {
+        self.base.kv_dtype()
+    }
+
+    /// The rotary embedding the attention backend applies.
+    pub fn rope(&self) -> &Rope {
+        &self.base.rope
+    }
+
+    /// Logits (f32) of final hidden states `[rows, hidden]`, soft-capped.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let logits = self.base.logits(hidden)?;
+        match self.base.config.final_logit_softcap {
+            Some(cap) => softcap(&logits, cap),
+            None => Ok(logits),
+        }
+    }
+
+    /// Runs the batch up to the final norm; returns the hidden states of its
+    /// `logits_rows` (see [`super::LlamaModel::forward_hidden`]).
+    pub fn forward_hidden(
+        &self,
+        batch: &ForwardBatch<'_>,
+        attn: &mut dyn AttentionBackend,
+    ) -> Result<Tensor> {
+        let cfg = &self.base.config;
+        let eps = cfg.rms_norm_eps as f32;
+        let q_scale = cfg
+            .query_pre_attn_scalar
+            .map_or(1.0, |s| (cfg.head_dim as f64 / s as f64).sqrt());
+        let (x, inputs) = self.base.begin(batch, attn)?;
+        let act = x.dtype();
+        let mut x = (x * (cfg.hidden_size as f64).sqrt())?;
+        for (layer, b) in self.blocks.iter().enumerate() {
+            let h = rms_norm(&x, &b.attn_norm, eps)?;
+            let (q, k, v) = b.attn.qkv(&h)?;
+            let q = (q * q_scale)?;
+            let a = attend(attn, layer, batch, (q, k, v), act)?;
+            let a = rms_norm(&b.attn.o.forward(&a)?, &b.post_attn_norm, eps)?;
+            x = (x + a)?;
+            let h = rms_norm(&x, &b.ffn_norm, eps)?;
+            let m = rms_norm(&b.mlp.forward(&h)?, &b.post_ffn_norm, eps)?;
+            x = (x + m)?;
+        }
+        self.base.finish(&x, &inputs)
+    }
+
+    /// Loads a Hugging Face `Gemma2ForCausalLM` checkpoint through a `VarBuilder`.
+    pub fn from_safetensors(config: ModelConfig, vb: VarBuilder<'_>) -> Result<Self> {
+        anyhow::ensure!(
+            config.arch == Arch::Gemma2,
+            "a {} model is not gemma2",
+            config.arch.as_str()
+        );
+        let h = config.hidden_size;
+        let norm = |vb: VarBuilder<'_>| -> Result<Tensor> { Ok((vb.get(h, "weight")? + 1.0)?) };
+        let blocks = (0..config.num_layers)
+            .map(|i| {
+                let l = vb.pp(format!("model.layers.{i}"));
+                Ok(Block {
+                    attn_norm: norm(l.pp("input_layernorm"))?,
+                    post_attn_norm: norm(l.pp("post_attention_layernorm"))?,
+                    attn: Projections::from_safetensors(&l.pp("self_attn"), &config)?,
+                    ffn_norm: norm(l.pp("pre_feedforward_layernorm"))?,
+                    post_ffn_norm: norm(l.pp("post_feedforward_layernorm"))?,
+                    mlp: Mlp::from_safetensors(&l.pp("mlp"), &config)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let mut base = Base::from_safetensors(config, &vb)?;
+        base.norm = (&base.norm + 1.0)?;
+        Ok(Self { base, blocks })
+    }
+}
