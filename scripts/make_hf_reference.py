@@ -51,6 +51,12 @@ Features per architecture:
   (1 + w) norms around attention and the MLP; GeGLU; embeddings scaled by sqrt(hidden)
   (untied: tied, the scaled embedding dominates the residual and greedy decoding repeats
   the last token).
+- gemma3 (Gemma3ForCausalLM, gemma3_text): 4 layers, sliding_window_pattern 3 (layers 0,
+  1 and 3 sliding with window 8, layer 2 global), prompts of 7, 23 and 77 tokens; two rope
+  bases, 100 on the sliding layers and 20000 with linear scaling (factor 2) on the global
+  one (transformers 5 writes them per layer type in rope_parameters), so that a mix-up
+  shows; per-head (1 + w) q/k norms; query_pre_attn_scalar 24; no soft-capping (as
+  released Gemma 3 checkpoints); otherwise as gemma2.
 """
 
 import json
@@ -65,7 +71,7 @@ OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "r
 VOCAB = 320
 PROMPT_LENS = [7, 23, 80]
 # Per-architecture prompt lengths where they differ from PROMPT_LENS.
-ARCH_PROMPT_LENS = {"phi3": [20, 45, 80], "gemma2": [7, 23, 77]}
+ARCH_PROMPT_LENS = {"phi3": [20, 45, 80], "gemma2": [7, 23, 77], "gemma3": [7, 23, 77]}
 NEW_TOKENS = 8
 
 COMMON = dict(
@@ -133,6 +139,21 @@ def configs():
         eos_token_id=2,
         bos_token_id=1,
     )
+    gemma3 = transformers.Gemma3TextConfig(
+        **{**COMMON, "num_hidden_layers": 4},
+        head_dim=16,
+        sliding_window=8,
+        sliding_window_pattern=3,
+        query_pre_attn_scalar=24,
+        rope_parameters={
+            "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 20000.0},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
+        },
+        hidden_activation="gelu_pytorch_tanh",
+        pad_token_id=None,
+        eos_token_id=2,
+        bos_token_id=1,
+    )
     return [
         ("llama", transformers.LlamaForCausalLM, llama),
         ("mistral", transformers.MistralForCausalLM, mistral),
@@ -140,6 +161,7 @@ def configs():
         ("qwen3", transformers.Qwen3ForCausalLM, qwen3),
         ("phi3", transformers.Phi3ForCausalLM, phi3),
         ("gemma2", transformers.Gemma2ForCausalLM, gemma2),
+        ("gemma3", transformers.Gemma3ForCausalLM, gemma3),
     ]
 
 

@@ -225,6 +225,11 @@ fn gemma2_with_soft_capping_and_alternating_windows() {
     check("gemma2");
 }
 
+#[test]
+fn gemma3_with_qk_norm_windows_and_two_rope_bases() {
+    check("gemma3");
+}
+
 /// A qwen2/qwen3/phi3 checkpoint as llama.cpp's converter writes it (f32 tensors under
 /// GGUF names, `<arch>.*` metadata; these families keep the Hugging Face q/k layout), read
 /// back through wick's GGUF loader. phi3 keeps `attn_qkv` and `ffn_up` (gate and up)

@@ -169,7 +169,8 @@ impl ModelRunner {
             .with_layer_attention(
                 (0..cfg.num_layers).map(|l| cfg.layer_window(l)).collect(),
                 cfg.attn_logit_softcap,
-            );
+            )
+            .with_local_rope(cfg.local_rope());
         Self::log(cache, kv.size_in_bytes(), "host");
         Self::with_cache(model, cache, Cache::Host(kv))
     }
@@ -187,6 +188,12 @@ impl ModelRunner {
                     cfg.attn_logit_softcap.is_none(),
                     "the model soft-caps attention logits (Gemma 2's attn_logit_softcapping), \
                      which wick's GPU attention kernel does not implement: run it on the CPU"
+                );
+                anyhow::ensure!(
+                    cfg.local_rope_theta.is_none(),
+                    "the model's sliding-window layers use a rope base of their own (Gemma 3's \
+                     rope_local_base_freq), which wick's GPU rope does not implement (it takes \
+                     one rope for every layer): run it on the CPU"
                 );
                 let kv = crate::kv::DeviceKvCache::new(
                     &dev,

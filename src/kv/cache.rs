@@ -81,6 +81,9 @@ pub struct KvCache {
     layer_windows: Vec<Option<usize>>,
     /// Attention logit soft-capping (Gemma 2), if any.
     softcap: Option<f32>,
+    /// The rope of the layers with a window of their own (`layer_windows[layer]` is
+    /// `Some`) where it is not the model's (Gemma 3's local base), and this step's tables.
+    local_rope: Option<(Rope, RopeTables)>,
 }
 
 impl KvCache {
@@ -98,6 +101,7 @@ impl KvCache {
             sliding_window: None,
             layer_windows: Vec::new(),
             softcap: None,
+            local_rope: None,
         }
     }
 
@@ -117,6 +121,22 @@ impl KvCache {
     ) -> Self {
         self.layer_windows = windows;
         self.softcap = softcap;
+        self
+    }
+
+    /// Rotates the sliding-window layers' queries and keys by `rope` rather than by the
+    /// model's rope of `begin_step` (Gemma 3's local rope base); `None`: every layer by
+    /// the model's.
+    pub fn with_local_rope(mut self, rope: Option<Rope>) -> Self {
+        self.local_rope = rope.map(|r| {
+            (
+                r,
+                RopeTables {
+                    cos: Vec::new(),
+                    sin: Vec::new(),
+                },
+            )
+        });
         self
     }
 
@@ -168,6 +188,9 @@ impl AttentionBackend for KvCache {
             Some((_, tables)) => rope.tables_into(batch.positions, tables),
             None => self.rope = Some((rope.clone(), rope.tables(batch.positions))),
         }
+        if let Some((local, tables)) = &mut self.local_rope {
+            local.tables_into(batch.positions, tables);
+        }
         StepInputs::on_host(batch)
     }
 
@@ -180,7 +203,11 @@ impl AttentionBackend for KvCache {
         v: &Tensor,
     ) -> Result<Tensor> {
         let layout = self.layout;
-        let (rope, tables) = self.rope.as_ref().context("attend before begin_step")?;
+        let windowed = matches!(self.layer_windows.get(layer), Some(Some(_)));
+        let (rope, tables) = match &self.local_rope {
+            Some(local) if windowed => local,
+            _ => self.rope.as_ref().context("attend before begin_step")?,
+        };
         let cache = self
             .layers
             .get_mut(layer)

@@ -1,5 +1,5 @@
 //! The pieces the families share: the embedding, final norm and output head around the
-//! blocks ([`Base`]), the gated MLP ([`Mlp`]: SwiGLU, or GeGLU for gemma2), the q/k/v/o
+//! blocks ([`Base`]), the gated MLP ([`Mlp`]: SwiGLU, or GeGLU for gemma2/3), the q/k/v/o
 //! projections ([`Projections`]; phi3's q/k/v and gate/up are one matrix each, split after
 //! the matmul), the call into the attention backend ([`attend`]), and reading weights by
 //! name from a safetensors `VarBuilder` or a GGUF file. A family's file holds its block and
@@ -21,6 +21,19 @@ use crate::ops::{Rope, RopeScaling};
 /// RMS norm over the last dimension.
 pub(super) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
     Ok(candle_nn::ops::rms_norm(x, weight, eps)?)
+}
+
+/// RMS norm of each `head_dim` slice of `x` (`[tokens, heads * head_dim]`): the per-head
+/// q/k norms of qwen3 and gemma3.
+pub(super) fn per_head_norm(
+    x: &Tensor,
+    weight: &Tensor,
+    head_dim: usize,
+    eps: f32,
+) -> Result<Tensor> {
+    let (tokens, width) = x.dims2()?;
+    let heads = x.reshape((tokens, width / head_dim, head_dim))?;
+    Ok(rms_norm(&heads, weight, eps)?.reshape((tokens, width))?)
 }
 
 /// What surrounds the blocks: token embedding, final norm, output head and rotary
@@ -198,7 +211,7 @@ enum GateUp {
     Fused(Linear),
 }
 
-/// The gated MLP: `down(act(gate(x)) * up(x))`, `act` SiLU (SwiGLU) or, for gemma2,
+/// The gated MLP: `down(act(gate(x)) * up(x))`, `act` SiLU (SwiGLU) or, for gemma2/3,
 /// tanh-approximated GELU (GeGLU).
 #[derive(Debug)]
 pub(super) struct Mlp {
@@ -248,7 +261,7 @@ impl Mlp {
         Ok(Self {
             gate_up,
             down: st_linear(vb, "down_proj", h, inter, false)?,
-            gelu: cfg.arch == Arch::Gemma2,
+            gelu: matches!(cfg.arch, Arch::Gemma2 | Arch::Gemma3),
         })
     }
 
@@ -270,7 +283,7 @@ impl Mlp {
         Ok(Self {
             gate_up,
             down: w.linear(&format!("{prefix}.ffn_down"), false)?,
-            gelu: cfg.arch == Arch::Gemma2,
+            gelu: matches!(cfg.arch, Arch::Gemma2 | Arch::Gemma3),
         })
     }
 }

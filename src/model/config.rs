@@ -3,7 +3,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::quantized::gguf_file;
 
-use crate::ops::{RopeScaling, RopeStyle};
+use crate::ops::{Rope, RopeScaling, RopeStyle};
 
 /// Supported architecture families.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,6 +15,9 @@ pub enum Arch {
     /// Phi-3 and Phi-4(-mini): the llama block with fused q/k/v and gate/up projections.
     Phi3,
     Gemma2,
+    /// Gemma 3's text model: Gemma 2's block with per-head q/k norms, and a rope base of
+    /// its own on the sliding-window layers.
+    Gemma3,
 }
 
 impl Arch {
@@ -26,9 +29,10 @@ impl Arch {
             "qwen3" | "Qwen3ForCausalLM" => Ok(Arch::Qwen3),
             "phi3" | "Phi3ForCausalLM" => Ok(Arch::Phi3),
             "gemma2" | "Gemma2ForCausalLM" => Ok(Arch::Gemma2),
+            "gemma3" | "gemma3_text" | "Gemma3ForCausalLM" => Ok(Arch::Gemma3),
             other => bail!(
                 "unsupported model architecture '{other}': wick runs llama, mistral, qwen2, \
-                 qwen3, phi3 and gemma2 models"
+                 qwen3, phi3, gemma2 and gemma3 (text) models"
             ),
         }
     }
@@ -41,6 +45,7 @@ impl Arch {
             Arch::Qwen3 => "qwen3",
             Arch::Phi3 => "phi3",
             Arch::Gemma2 => "gemma2",
+            Arch::Gemma3 => "gemma3",
         }
     }
 }
@@ -83,6 +88,10 @@ pub struct ModelConfig {
     /// Attention scores are scaled by `query_pre_attn_scalar^-1/2` rather than
     /// `head_dim^-1/2` (Gemma 2).
     pub query_pre_attn_scalar: Option<f32>,
+    /// The rope base of the layers with a sliding window, where it differs from the
+    /// global layers' `rope_theta` (Gemma 3's `rope_local_base_freq`; no rope scaling on
+    /// those layers). `None`: every layer uses `rope_theta` and `rope_scaling`.
+    pub local_rope_theta: Option<f32>,
 }
 
 fn md<'a>(content: &'a gguf_file::Content, key: &str) -> Result<&'a gguf_file::Value> {
@@ -114,6 +123,21 @@ impl ModelConfig {
             Some(false) => None,
             _ => self.sliding_window,
         }
+    }
+
+    /// The rotary embedding of the sliding-window layers when it is not the model's
+    /// (Gemma 3's local base, unscaled).
+    pub fn local_rope(&self) -> Option<Rope> {
+        self.local_rope_theta.map(|theta| {
+            Rope::partial(
+                self.head_dim,
+                self.rotary_dim,
+                self.rope_scale,
+                theta,
+                &RopeScaling::None,
+                self.rope_style,
+            )
+        })
     }
 
     pub fn from_gguf(content: &gguf_file::Content) -> Result<Self> {
@@ -172,7 +196,9 @@ impl ModelConfig {
             // qwen2/qwen3/phi3 keep the Hugging Face layout (NEOX rope).
             rope_style: match arch {
                 Arch::Llama | Arch::Mistral => RopeStyle::Interleaved,
-                Arch::Qwen2 | Arch::Qwen3 | Arch::Phi3 | Arch::Gemma2 => RopeStyle::Neox,
+                Arch::Qwen2 | Arch::Qwen3 | Arch::Phi3 | Arch::Gemma2 | Arch::Gemma3 => {
+                    RopeStyle::Neox
+                }
             },
             rotary_dim,
             // phi3's longrope factors and attention factor are read with its tensors
@@ -197,9 +223,10 @@ impl ModelConfig {
             attn_logit_softcap: None,
             final_logit_softcap: None,
             query_pre_attn_scalar: None,
+            local_rope_theta: None,
         };
-        if arch == Arch::Gemma2 {
-            bail!("wick reads gemma2 from safetensors checkpoints only, not GGUF");
+        if matches!(arch, Arch::Gemma2 | Arch::Gemma3) {
+            bail!("wick reads {a} from safetensors checkpoints only, not GGUF");
         }
         cfg.validate()
     }
@@ -231,6 +258,10 @@ impl ModelConfig {
         let rope = ["rope_parameters", "rope_scaling"]
             .iter()
             .find_map(|k| v.get(*k).filter(|s| s.is_object()));
+        // Gemma 3 under transformers 5: one set per layer type; `rope_theta` and the
+        // scaling are the global layers', the sliding layers' base is read below.
+        let per_layer_type = rope.filter(|r| r["full_attention"].is_object());
+        let rope = per_layer_type.map(|r| &r["full_attention"]).or(rope);
         let rope_theta = v["rope_theta"]
             .as_f64()
             .or_else(|| rope.and_then(|r| r["rope_theta"].as_f64()))
@@ -283,15 +314,34 @@ impl ModelConfig {
         }
         let num_layers = get("num_hidden_layers")?;
         let (sliding_window, window_layers) = Self::hf_sliding_window(&v, arch, num_layers)?;
-        let gemma2 = arch == Arch::Gemma2;
+        let gemma = matches!(arch, Arch::Gemma2 | Arch::Gemma3);
         let float = |k: &str| v[k].as_f64().map(|x| x as f32);
-        if gemma2 {
+        let local_rope_theta = if arch == Arch::Gemma3 {
+            let local = per_layer_type.map(|r| &r["sliding_attention"]);
+            if let Some(kind) = local.and_then(|l| l["rope_type"].as_str()) {
+                if kind != "default" {
+                    bail!("config.json asks for rope scaling '{kind}' on the sliding layers, which wick does not run");
+                }
+            }
+            Some(
+                local
+                    .and_then(|l| l["rope_theta"].as_f64())
+                    .or_else(|| v["rope_local_base_freq"].as_f64())
+                    .unwrap_or(10000.0) as f32,
+            )
+        } else {
+            None
+        };
+        if flag("use_bidirectional_attention") {
+            bail!("config.json asks for bidirectional attention, which wick does not run");
+        }
+        if gemma {
             let act = v["hidden_activation"]
                 .as_str()
                 .or_else(|| v["hidden_act"].as_str())
                 .unwrap_or("gelu_pytorch_tanh");
             if act != "gelu_pytorch_tanh" {
-                bail!("config.json asks for activation '{act}': wick runs gemma2 with gelu_pytorch_tanh");
+                bail!("config.json asks for activation '{act}': wick runs {arch_name} with gelu_pytorch_tanh");
             }
         }
         let cfg = Self {
@@ -315,9 +365,10 @@ impl ModelConfig {
             qk_norm: arch == Arch::Qwen3,
             sliding_window,
             window_layers,
-            attn_logit_softcap: float("attn_logit_softcapping").filter(|_| gemma2),
-            final_logit_softcap: float("final_logit_softcapping").filter(|_| gemma2),
-            query_pre_attn_scalar: float("query_pre_attn_scalar").filter(|_| gemma2),
+            attn_logit_softcap: float("attn_logit_softcapping").filter(|_| gemma),
+            final_logit_softcap: float("final_logit_softcapping").filter(|_| gemma),
+            query_pre_attn_scalar: float("query_pre_attn_scalar").filter(|_| gemma),
+            local_rope_theta,
         };
         cfg.validate()
     }
@@ -380,9 +431,10 @@ impl ModelConfig {
     /// The sliding window of a config.json and the layers that have it (empty: every
     /// layer). Mistral's applies to
     /// every layer; qwen2/qwen3 use theirs only with `use_sliding_window`, and then only
-    /// from layer `max_window_layers` on; Gemma 2's on even layers; transformers 5 also
-    /// lists `layer_types`. A window on some layers but not others is refused rather than
-    /// ignored, except for Gemma 2, where it is the design.
+    /// from layer `max_window_layers` on; Gemma 2's on even layers; Gemma 3's on all but
+    /// every `sliding_window_pattern`-th; transformers 5 also lists `layer_types`. A window
+    /// on some layers but not others is refused rather than ignored, except for Gemma 2
+    /// and 3, where it is the design.
     fn hf_sliding_window(
         v: &serde_json::Value,
         arch: Arch,
@@ -400,6 +452,11 @@ impl ModelConfig {
                 // Phi-3's (when not null) applies to every layer, as mistral's.
                 Arch::Mistral | Arch::Phi3 => vec![true; num_layers],
                 Arch::Gemma2 => (0..num_layers).map(|i| i % 2 == 0).collect(),
+                // Gemma 3's older configs: every `sliding_window_pattern`-th layer global.
+                Arch::Gemma3 => {
+                    let every = v["sliding_window_pattern"].as_u64().unwrap_or(6).max(1) as usize;
+                    (0..num_layers).map(|i| (i + 1) % every != 0).collect()
+                }
                 Arch::Qwen2 | Arch::Qwen3 if v["use_sliding_window"].as_bool() == Some(true) => {
                     let from = v["max_window_layers"].as_u64().unwrap_or(0) as usize;
                     (0..num_layers).map(|i| i >= from).collect()
@@ -412,7 +469,7 @@ impl ModelConfig {
         }
         if sliding.iter().all(|&s| s) {
             Ok((Some(window), Vec::new()))
-        } else if arch == Arch::Gemma2 {
+        } else if matches!(arch, Arch::Gemma2 | Arch::Gemma3) {
             anyhow::ensure!(
                 sliding.len() == num_layers,
                 "config.json lists {} layer_types for {num_layers} layers",
@@ -707,6 +764,61 @@ mod tests {
             ),
             (None, None, Some(8))
         );
+    }
+
+    /// Gemma 3's text config as transformers 4 writes it (gemma-3-1b-it: top-level
+    /// `rope_local_base_freq`, `sliding_window_pattern`, linear `rope_scaling` for the
+    /// global layers) and as transformers 5 does (`rope_parameters` per layer type,
+    /// `layer_types`): the global layers keep `rope_theta` and the scaling, the sliding
+    /// ones the local base.
+    #[test]
+    fn parses_gemma3_layer_pattern_and_two_rope_bases() {
+        let base = r#""hidden_size":64,"intermediate_size":128,"num_hidden_layers":7,
+            "num_attention_heads":4,"head_dim":16,"vocab_size":100,"sliding_window":512,
+            "query_pre_attn_scalar":256,"attn_logit_softcapping":null,
+            "final_logit_softcapping":null"#;
+        let v4 = format!(
+            r#"{{"architectures":["Gemma3ForCausalLM"],{base},"rope_theta":1000000.0,
+            "rope_local_base_freq":10000.0,"sliding_window_pattern":6,
+            "rope_scaling":{{"rope_type":"linear","factor":8.0}}}}"#
+        );
+        let types = ["sliding_attention"; 7]
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                if i == 5 {
+                    "\"full_attention\"".to_string()
+                } else {
+                    format!("\"{t}\"")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        let v5 = format!(
+            r#"{{"model_type":"gemma3_text",{base},"layer_types":[{types}],
+            "rope_parameters":{{"full_attention":{{"rope_type":"linear","factor":8.0,
+            "rope_theta":1000000.0}},"sliding_attention":{{"rope_type":"default",
+            "rope_theta":10000.0}}}}}}"#
+        );
+        for json in [v4, v5] {
+            let c = ModelConfig::from_hf_json(&json).unwrap();
+            assert_eq!(c.arch, Arch::Gemma3);
+            let windows: Vec<_> = (0..7).map(|l| c.layer_window(l)).collect();
+            let s = Some(512);
+            assert_eq!(windows, [s, s, s, s, s, None, s]);
+            assert_eq!((c.rope_theta, c.local_rope_theta), (1e6, Some(1e4)));
+            assert_eq!(c.rope_scaling, RopeScaling::Linear { factor: 8.0 });
+            assert_eq!(
+                (
+                    c.attn_logit_softcap,
+                    c.final_logit_softcap,
+                    c.query_pre_attn_scalar
+                ),
+                (None, None, Some(256.0))
+            );
+            let local = c.local_rope().unwrap();
+            assert_eq!(local.inv_freq()[1], 1.0 / 10000f32.powf(2.0 / 16.0));
+        }
     }
 
     #[test]

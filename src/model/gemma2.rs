@@ -8,13 +8,19 @@
 //! score scale is applied to the queries (`q * sqrt(head_dim / query_pre_attn_scalar)`,
 //! the backend dividing by `sqrt(head_dim)`); the soft-cap and the per-layer windows are
 //! the attention backend's (the host cache's; the GPU runner refuses soft-capping).
+//!
+//! Gemma 3's text model (`Gemma3ForCausalLM`, `gemma3_text`) is this block with a `(1 + w)`
+//! RMSNorm on each query and key head before rope, windows on all but every
+//! `sliding_window_pattern`-th layer, and on the sliding layers a rope base of their own
+//! (`rope_local_base_freq`, which the backend applies: `ModelConfig::local_rope`; the
+//! GPU runner refuses it); it is loaded here as well.
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use super::backend::{AttentionBackend, ForwardBatch};
-use super::common::{attend, rms_norm, Base, Mlp, Projections};
+use super::common::{attend, per_head_norm, rms_norm, Base, Mlp, Projections};
 use super::config::{Arch, ModelConfig};
 use crate::ops::Rope;
 
@@ -24,6 +30,8 @@ struct Block {
     attn_norm: Tensor,
     post_attn_norm: Tensor,
     attn: Projections,
+    /// Gemma 3's per-head query and key norms (`[head_dim]`, `1 +` folded in).
+    qk_norm: Option<(Tensor, Tensor)>,
     ffn_norm: Tensor,
     post_ffn_norm: Tensor,
     mlp: Mlp,
@@ -87,6 +95,13 @@ impl Gemma2Model {
         for (layer, b) in self.blocks.iter().enumerate() {
             let h = rms_norm(&x, &b.attn_norm, eps)?;
             let (q, k, v) = b.attn.qkv(&h)?;
+            let (q, k) = match &b.qk_norm {
+                Some((qn, kn)) => (
+                    per_head_norm(&q, qn, cfg.head_dim, eps)?,
+                    per_head_norm(&k, kn, cfg.head_dim, eps)?,
+                ),
+                None => (q, k),
+            };
             let q = (q * q_scale)?;
             let a = attend(attn, layer, batch, (q, k, v), act)?;
             let a = rms_norm(&b.attn.o.forward(&a)?, &b.post_attn_norm, eps)?;
@@ -98,24 +113,33 @@ impl Gemma2Model {
         self.base.finish(&x, &inputs)
     }
 
-    /// Loads a Hugging Face `Gemma2ForCausalLM` checkpoint through a `VarBuilder`.
+    /// Loads a Hugging Face `Gemma2ForCausalLM` or `Gemma3ForCausalLM` checkpoint through
+    /// a `VarBuilder`.
     pub fn from_safetensors(config: ModelConfig, vb: VarBuilder<'_>) -> Result<Self> {
         anyhow::ensure!(
-            config.arch == Arch::Gemma2,
-            "a {} model is not gemma2",
+            matches!(config.arch, Arch::Gemma2 | Arch::Gemma3),
+            "a {} model is not gemma2 or gemma3",
             config.arch.as_str()
         );
-        let h = config.hidden_size;
-        let norm = |vb: VarBuilder<'_>| -> Result<Tensor> { Ok((vb.get(h, "weight")? + 1.0)?) };
+        let (h, d) = (config.hidden_size, config.head_dim);
+        let norm =
+            |vb: VarBuilder<'_>, n: usize| -> Result<Tensor> { Ok((vb.get(n, "weight")? + 1.0)?) };
         let blocks = (0..config.num_layers)
             .map(|i| {
                 let l = vb.pp(format!("model.layers.{i}"));
+                let at = l.pp("self_attn");
+                let qk_norm = if config.arch == Arch::Gemma3 {
+                    Some((norm(at.pp("q_norm"), d)?, norm(at.pp("k_norm"), d)?))
+                } else {
+                    None
+                };
                 Ok(Block {
-                    attn_norm: norm(l.pp("input_layernorm"))?,
-                    post_attn_norm: norm(l.pp("post_attention_layernorm"))?,
-                    attn: Projections::from_safetensors(&l.pp("self_attn"), &config)?,
-                    ffn_norm: norm(l.pp("pre_feedforward_layernorm"))?,
-                    post_ffn_norm: norm(l.pp("post_feedforward_layernorm"))?,
+                    attn_norm: norm(l.pp("input_layernorm"), h)?,
+                    post_attn_norm: norm(l.pp("post_attention_layernorm"), h)?,
+                    attn: Projections::from_safetensors(&at, &config)?,
+                    qk_norm,
+                    ffn_norm: norm(l.pp("pre_feedforward_layernorm"), h)?,
+                    post_ffn_norm: norm(l.pp("post_feedforward_layernorm"), h)?,
                     mlp: Mlp::from_safetensors(&l.pp("mlp"), &config)?,
                 })
             })

@@ -1,7 +1,8 @@
 //! Transformer models. One file per architecture family, each reading top to bottom: its
 //! block, its layer loop and its weight loading (`llama` covers llama, mistral, qwen2 and
 //! phi3, which share the block, phi3 with fused q/k/v and gate/up weights; `qwen3` adds
-//! per-head q/k norms; `gemma2` has its own norms, soft-capping and alternating windows).
+//! per-head q/k norms; `gemma2` has its own norms, soft-capping and alternating windows,
+//! and covers gemma3 too, which adds per-head q/k norms and a second rope base).
 //! The pieces they share (the embedding/norm/head around the blocks, the MLP, the q/k/v/o
 //! projections, the call into attention, reading weights by name) are in `common`. Each
 //! family has one layer loop on tensors for every device; attention and its cache come
@@ -47,6 +48,7 @@ pub enum Model {
     /// llama, mistral, qwen2, phi3.
     Llama(LlamaModel),
     Qwen3(Qwen3Model),
+    /// gemma2, gemma3 (text).
     Gemma2(Gemma2Model),
 }
 
@@ -69,7 +71,9 @@ impl Model {
     ) -> Result<Self> {
         Ok(match ModelConfig::from_gguf(content)?.arch {
             Arch::Qwen3 => Model::Qwen3(Qwen3Model::from_gguf(content, reader, device)?),
-            Arch::Gemma2 => anyhow::bail!("wick reads gemma2 from safetensors only, not GGUF"),
+            Arch::Gemma2 | Arch::Gemma3 => {
+                anyhow::bail!("wick reads gemma2 and gemma3 from safetensors only, not GGUF")
+            }
             Arch::Llama | Arch::Mistral | Arch::Qwen2 | Arch::Phi3 => {
                 Model::Llama(LlamaModel::from_gguf(content, reader, device)?)
             }
@@ -80,7 +84,9 @@ impl Model {
     pub fn from_safetensors(config: ModelConfig, vb: VarBuilder<'_>) -> Result<Self> {
         Ok(match config.arch {
             Arch::Qwen3 => Model::Qwen3(Qwen3Model::from_safetensors(config, vb)?),
-            Arch::Gemma2 => Model::Gemma2(Gemma2Model::from_safetensors(config, vb)?),
+            Arch::Gemma2 | Arch::Gemma3 => {
+                Model::Gemma2(Gemma2Model::from_safetensors(config, vb)?)
+            }
             Arch::Llama | Arch::Mistral | Arch::Qwen2 | Arch::Phi3 => {
                 Model::Llama(LlamaModel::from_safetensors(config, vb)?)
             }

@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use super::backend::{AttentionBackend, ForwardBatch};
-use super::common::{attend, rms_norm, Base, GgufWeights, Mlp, Projections};
+use super::common::{attend, per_head_norm, rms_norm, Base, GgufWeights, Mlp, Projections};
 use super::config::{Arch, ModelConfig};
 use crate::ops::Rope;
 
@@ -32,13 +32,6 @@ struct Block {
 pub struct Qwen3Model {
     base: Base,
     blocks: Vec<Block>,
-}
-
-/// RMS norm of each `head_dim` slice of `x` (`[tokens, heads * head_dim]`).
-fn per_head_norm(x: &Tensor, weight: &Tensor, head_dim: usize, eps: f32) -> Result<Tensor> {
-    let (tokens, width) = x.dims2()?;
-    let heads = x.reshape((tokens, width / head_dim, head_dim))?;
-    Ok(rms_norm(&heads, weight, eps)?.reshape((tokens, width))?)
 }
 
 impl Qwen3Model {
