@@ -125,7 +125,7 @@ fn available_memory_bytes() -> Option<u64> {
 
 /// Where the K/V live: host memory (CPU models) or GPU memory (models on a GPU).
 enum Cache {
-    Host(KvCache),
+    Host(Box<KvCache>),
     #[cfg(feature = "cuda")]
     Device(Box<crate::kv::DeviceKvCache>),
 }
@@ -143,7 +143,7 @@ impl Cache {
 
     fn attention(&mut self) -> &mut dyn crate::model::AttentionBackend {
         match self {
-            Cache::Host(c) => c,
+            Cache::Host(c) => &mut **c,
             #[cfg(feature = "cuda")]
             Cache::Device(c) => &mut **c,
         }
@@ -172,7 +172,7 @@ impl ModelRunner {
             )
             .with_local_rope(cfg.local_rope());
         Self::log(cache, kv.size_in_bytes(), "host");
-        Self::with_cache(model, cache, Cache::Host(kv))
+        Self::with_cache(model, cache, Cache::Host(Box::new(kv)))
     }
 
     /// A runner whose cache lives where the model does: host memory for a CPU model, GPU
