@@ -225,6 +225,16 @@ fn gemma2_with_soft_capping_and_alternating_windows() {
     check("gemma2");
 }
 
+#[test]
+fn mixtral_with_renormalised_top2_of_4_experts_and_a_sliding_window() {
+    check("mixtral");
+}
+
+#[test]
+fn qwen3_moe_with_unnormalised_top2_of_8_experts_and_a_dense_layer() {
+    check("qwen3_moe");
+}
+
 /// A qwen2/qwen3/phi3 checkpoint as llama.cpp's converter writes it (f32 tensors under
 /// GGUF names, `<arch>.*` metadata; these families keep the Hugging Face q/k layout), read
 /// back through wick's GGUF loader. phi3 keeps `attn_qkv` and `ffn_up` (gate and up)

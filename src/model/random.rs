@@ -122,6 +122,7 @@ impl RandomShape {
             attn_logit_softcap: None,
             final_logit_softcap: None,
             query_pre_attn_scalar: None,
+            moe: None,
         };
         match self {
             RandomShape::Tiny => ModelConfig {
@@ -148,6 +149,7 @@ impl RandomShape {
                 attn_logit_softcap: None,
                 final_logit_softcap: None,
                 query_pre_attn_scalar: None,
+                moe: None,
             },
             RandomShape::Llama3_8b => llama(4096, 14_336, 32, 128),
             RandomShape::Llama32_1b => ModelConfig {
@@ -185,6 +187,7 @@ impl RandomShape {
                 attn_logit_softcap: None,
                 final_logit_softcap: None,
                 query_pre_attn_scalar: None,
+                moe: None,
             },
             RandomShape::Qwen3_8b => ModelConfig {
                 arch: Arch::Qwen3,
@@ -210,6 +213,7 @@ impl RandomShape {
                 attn_logit_softcap: None,
                 final_logit_softcap: None,
                 query_pre_attn_scalar: None,
+                moe: None,
             },
         }
     }
