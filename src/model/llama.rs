@@ -125,13 +125,17 @@ impl LlamaModel {
             config.arch.as_str()
         );
         let h = config.hidden_size;
-        let mlp = match config.arch {
-            Arch::Mixtral => "block_sparse_moe",
-            _ => "mlp",
-        };
         let blocks = (0..config.num_layers)
             .map(|i| {
                 let l = vb.pp(format!("model.layers.{i}"));
+                // Mixtral's experts: `block_sparse_moe` per expert as saved, `mlp` when
+                // fused as transformers 5 holds them.
+                let mlp = match config.arch {
+                    Arch::Mixtral if !l.contains_tensor("mlp.experts.gate_up_proj") => {
+                        "block_sparse_moe"
+                    }
+                    _ => "mlp",
+                };
                 Ok(Block {
                     attn_norm: l.pp("input_layernorm").get(h, "weight")?,
                     attn: Projections::from_safetensors(&l.pp("self_attn"), &config)?,

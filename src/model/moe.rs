@@ -99,14 +99,37 @@ impl SparseMoe {
     }
 
     /// `<vb>.gate` (the router) and `<vb>.experts.<e>.{w1,w3,w2}` (Mixtral's gate, up,
-    /// down) or `.{gate,up,down}_proj` (Qwen3-MoE).
+    /// down) or `.{gate,up,down}_proj` (Qwen3-MoE), as `save_pretrained` writes them; or
+    /// the experts fused as transformers 5 holds them in memory, `<vb>.experts.gate_up_proj`
+    /// (`[experts, 2 * inter, hidden]`, gate rows first) and `<vb>.experts.down_proj`
+    /// (`[experts, hidden, inter]`).
     fn from_safetensors(vb: &VarBuilder<'_>, cfg: &ModelConfig, moe: &MoeConfig) -> Result<Self> {
-        let (h, inter) = (cfg.hidden_size, moe.intermediate_size);
+        let (h, inter, n) = (cfg.hidden_size, moe.intermediate_size, moe.num_experts);
         let names = match cfg.arch {
             Arch::Mixtral => ["w1", "w3", "w2"],
             _ => ["gate_proj", "up_proj", "down_proj"],
         };
-        let experts = (0..moe.num_experts)
+        let router = st_linear(vb, "gate", n, h, false)?;
+        let fused = vb.pp("experts");
+        if fused.contains_tensor("gate_up_proj") {
+            let gate_up = fused.get((n, 2 * inter, h), "gate_up_proj")?;
+            let down = fused.get((n, h, inter), "down_proj")?;
+            let experts = (0..n)
+                .map(|e| {
+                    Ok(Mlp::swiglu_fused(
+                        Linear::dense(gate_up.get(e)?.contiguous()?, None),
+                        Linear::dense(down.get(e)?.contiguous()?, None),
+                    ))
+                })
+                .collect::<Result<_>>()?;
+            return Ok(Self {
+                router,
+                experts,
+                top_k: moe.top_k,
+                norm_topk_prob: moe.norm_topk_prob,
+            });
+        }
+        let experts = (0..n)
             .map(|e| {
                 let x = vb.pp(format!("experts.{e}"));
                 Ok(Mlp::swiglu(
@@ -117,7 +140,7 @@ impl SparseMoe {
             })
             .collect::<Result<_>>()?;
         Ok(Self {
-            router: st_linear(vb, "gate", moe.num_experts, h, false)?,
+            router,
             experts,
             top_k: moe.top_k,
             norm_topk_prob: moe.norm_topk_prob,
