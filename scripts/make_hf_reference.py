@@ -57,6 +57,17 @@ Features per architecture:
   one (transformers 5 writes them per layer type in rope_parameters), so that a mix-up
   shows; per-head (1 + w) q/k norms; query_pre_attn_scalar 24; no soft-capping (as
   released Gemma 3 checkpoints); otherwise as gemma2.
+- mixtral: a sparse MoE MLP of 4 experts, top-2, the two weights renormalised to sum to 1;
+  sliding_window = 16 (every layer); prompts of 23, 40 and 80 tokens, so every expert of
+  every layer gets tokens.
+- qwen3_moe: qwen3's attention (per-head q/k norms, head_dim 24) with 8 experts of
+  moe_intermediate_size 48, top-2, norm_topk_prob False (the top-k softmax weights are
+  used as they are); mlp_only_layers = [1], so layer 1 has a dense MLP of
+  intermediate_size 128.
+- (transformers 5 holds experts fused as 3-D `experts.gate_up_proj`/`experts.down_proj`
+  parameters, 2-D matrices use fan_in = the last dimension; `save_pretrained` writes them
+  per expert, `block_sparse_moe.experts.<e>.w{1,2,3}` for mixtral and
+  `mlp.experts.<e>.{gate,up,down}_proj` for qwen3_moe.)
 """
 
 import json
@@ -71,7 +82,13 @@ OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "r
 VOCAB = 320
 PROMPT_LENS = [7, 23, 80]
 # Per-architecture prompt lengths where they differ from PROMPT_LENS.
-ARCH_PROMPT_LENS = {"phi3": [20, 45, 80], "gemma2": [7, 23, 77], "gemma3": [7, 23, 77]}
+ARCH_PROMPT_LENS = {
+    "phi3": [20, 45, 80],
+    "gemma2": [7, 23, 77],
+    "gemma3": [7, 23, 77],
+    "mixtral": [23, 40, 80],
+    "qwen3_moe": [23, 40, 80],
+}
 NEW_TOKENS = 8
 
 COMMON = dict(
@@ -154,6 +171,25 @@ def configs():
         eos_token_id=2,
         bos_token_id=1,
     )
+    mixtral = transformers.MixtralConfig(
+        **{**COMMON, "intermediate_size": 96},
+        head_dim=16,
+        sliding_window=16,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+    )
+    qwen3_moe = transformers.Qwen3MoeConfig(
+        **COMMON,
+        head_dim=24,
+        moe_intermediate_size=48,
+        num_experts=8,
+        num_experts_per_tok=2,
+        norm_topk_prob=False,
+        decoder_sparse_step=1,
+        mlp_only_layers=[1],
+        attention_bias=False,
+        use_sliding_window=False,
+    )
     return [
         ("llama", transformers.LlamaForCausalLM, llama),
         ("mistral", transformers.MistralForCausalLM, mistral),
@@ -162,6 +198,8 @@ def configs():
         ("phi3", transformers.Phi3ForCausalLM, phi3),
         ("gemma2", transformers.Gemma2ForCausalLM, gemma2),
         ("gemma3", transformers.Gemma3ForCausalLM, gemma3),
+        ("mixtral", transformers.MixtralForCausalLM, mixtral),
+        ("qwen3_moe", transformers.Qwen3MoeForCausalLM, qwen3_moe),
     ]
 
 
@@ -179,9 +217,9 @@ def randomize(model, gen):
             elif "embed_tokens" in name:
                 p.copy_(0.5 * r)
             elif "lm_head" in name:
-                p.copy_(4.0 * r / (p.shape[1] ** 0.5))
+                p.copy_(4.0 * r / (p.shape[-1] ** 0.5))
             else:
-                p.copy_(r / (p.shape[1] ** 0.5))
+                p.copy_(r / (p.shape[-1] ** 0.5))
 
 
 @torch.no_grad()

@@ -230,6 +230,75 @@ fn gemma3_with_qk_norm_windows_and_two_rope_bases() {
     check("gemma3");
 }
 
+#[test]
+fn mixtral_with_renormalised_top2_of_4_experts_and_a_sliding_window() {
+    check("mixtral");
+}
+
+#[test]
+fn qwen3_moe_with_unnormalised_top2_of_8_experts_and_a_dense_layer() {
+    check("qwen3_moe");
+}
+
+/// The MoE checkpoints with their experts fused as transformers 5 holds them in memory
+/// (`mlp.experts.gate_up_proj` `[experts, 2 * inter, hidden]`, gate rows first, and
+/// `mlp.experts.down_proj` `[experts, hidden, inter]`), rewritten from the per-expert
+/// tensors `save_pretrained` wrote: the same logits.
+#[test]
+fn moe_experts_fused_as_transformers_5_holds_them() {
+    for (arch, saved, [g, u, d]) in [
+        ("mixtral", "block_sparse_moe", ["w1", "w3", "w2"]),
+        ("qwen3_moe", "mlp", ["gate_proj", "up_proj", "down_proj"]),
+    ] {
+        let (dir, resolved) = snapshot(arch);
+        let path = dir.path().join("model.safetensors");
+        let mut t: HashMap<String, Tensor> =
+            candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+        let layers: Vec<String> = t
+            .keys()
+            .filter(|k| k.ends_with(&format!("{saved}.experts.0.{g}.weight")))
+            .map(|k| k.split(&format!(".{saved}.")).next().unwrap().to_string())
+            .collect();
+        assert!(!layers.is_empty(), "{arch}: no experts");
+        for l in layers {
+            let mut gate_up = Vec::new();
+            let mut down = Vec::new();
+            for e in 0.. {
+                let name = |w: &str| format!("{l}.{saved}.experts.{e}.{w}.weight");
+                let Some(gate) = t.remove(&name(g)) else {
+                    break;
+                };
+                let up = t.remove(&name(u)).unwrap();
+                gate_up.push(Tensor::cat(&[gate, up], 0).unwrap());
+                down.push(t.remove(&name(d)).unwrap());
+            }
+            let router = t.remove(&format!("{l}.{saved}.gate.weight")).unwrap();
+            t.insert(format!("{l}.mlp.gate.weight"), router);
+            t.insert(
+                format!("{l}.mlp.experts.gate_up_proj"),
+                Tensor::stack(&gate_up, 0).unwrap(),
+            );
+            t.insert(
+                format!("{l}.mlp.experts.down_proj"),
+                Tensor::stack(&down, 0).unwrap(),
+            );
+        }
+        assert!(!t.keys().any(|k| k.contains(".experts.0.")), "{arch}");
+        candle_core::safetensors::save(&t, &path).unwrap();
+        let loaded = load(&resolved, &LoadOptions::default()).unwrap();
+        let cache = CacheConfig {
+            block_size: BLOCK_SIZE,
+            num_blocks: 64,
+        };
+        let mut runner = ModelRunner::new(loaded.model, cache);
+        compare_logits(
+            &format!("{arch} (fused experts)"),
+            &mut runner,
+            &cases(arch),
+        );
+    }
+}
+
 /// A qwen2/qwen3/phi3 checkpoint as llama.cpp's converter writes it (f32 tensors under
 /// GGUF names, `<arch>.*` metadata; these families keep the Hugging Face q/k layout), read
 /// back through wick's GGUF loader. phi3 keeps `attn_qkv` and `ffn_up` (gate and up)

@@ -247,6 +247,25 @@ impl Mlp {
         Ok(self.down.forward(&(act * up)?)?)
     }
 
+    /// A SwiGLU MLP whose gate and up rows are one matrix, gate rows first (an expert of
+    /// transformers 5's fused `experts.gate_up_proj`).
+    pub fn swiglu_fused(gate_up: Linear, down: Linear) -> Self {
+        Self {
+            gate_up: GateUp::Fused(gate_up),
+            down,
+            gelu: false,
+        }
+    }
+
+    /// A SwiGLU MLP of three matrices (a mixture-of-experts' expert).
+    pub fn swiglu(gate: Linear, up: Linear, down: Linear) -> Self {
+        Self {
+            gate_up: GateUp::Separate { gate, up },
+            down,
+            gelu: false,
+        }
+    }
+
     /// `<vb>.{gate,up,down}_proj`, or `<vb>.{gate_up,down}_proj` for phi3.
     pub fn from_safetensors(vb: &VarBuilder<'_>, cfg: &ModelConfig) -> Result<Self> {
         let (h, inter) = (cfg.hidden_size, cfg.intermediate_size);

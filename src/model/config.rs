@@ -18,6 +18,10 @@ pub enum Arch {
     /// Gemma 3's text model: Gemma 2's block with per-head q/k norms, and a rope base of
     /// its own on the sliding-window layers.
     Gemma3,
+    /// Mixtral: the llama block with a sparse mixture-of-experts MLP.
+    Mixtral,
+    /// Qwen3-MoE: the qwen3 block with a sparse mixture-of-experts MLP.
+    Qwen3Moe,
 }
 
 impl Arch {
@@ -30,9 +34,11 @@ impl Arch {
             "phi3" | "Phi3ForCausalLM" => Ok(Arch::Phi3),
             "gemma2" | "Gemma2ForCausalLM" => Ok(Arch::Gemma2),
             "gemma3" | "gemma3_text" | "Gemma3ForCausalLM" => Ok(Arch::Gemma3),
+            "mixtral" | "MixtralForCausalLM" => Ok(Arch::Mixtral),
+            "qwen3_moe" | "Qwen3MoeForCausalLM" => Ok(Arch::Qwen3Moe),
             other => bail!(
                 "unsupported model architecture '{other}': wick runs llama, mistral, qwen2, \
-                 qwen3, phi3, gemma2 and gemma3 (text) models"
+                 qwen3, phi3, gemma2, gemma3 (text), mixtral and qwen3_moe models"
             ),
         }
     }
@@ -46,6 +52,8 @@ impl Arch {
             Arch::Phi3 => "phi3",
             Arch::Gemma2 => "gemma2",
             Arch::Gemma3 => "gemma3",
+            Arch::Mixtral => "mixtral",
+            Arch::Qwen3Moe => "qwen3_moe",
         }
     }
 }
@@ -92,6 +100,78 @@ pub struct ModelConfig {
     /// global layers' `rope_theta` (Gemma 3's `rope_local_base_freq`; no rope scaling on
     /// those layers). `None`: every layer uses `rope_theta` and `rope_scaling`.
     pub local_rope_theta: Option<f32>,
+    /// The sparse mixture-of-experts MLP (Mixtral, Qwen3-MoE); `None`: dense MLPs.
+    pub moe: Option<MoeConfig>,
+}
+
+/// A sparse mixture-of-experts MLP: a router picks `top_k` of `num_experts` SwiGLU
+/// experts per token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MoeConfig {
+    pub num_experts: usize,
+    /// Experts per token (`num_experts_per_tok`).
+    pub top_k: usize,
+    /// Each expert's intermediate size.
+    pub intermediate_size: usize,
+    /// The top-k softmax weights are divided by their sum (Mixtral always; Qwen3-MoE's
+    /// `norm_topk_prob`).
+    pub norm_topk_prob: bool,
+    /// Layers with a dense MLP of the model's `intermediate_size` instead (Qwen3-MoE's
+    /// `mlp_only_layers` and `decoder_sparse_step`); empty: none.
+    pub dense_layers: Vec<usize>,
+}
+
+impl MoeConfig {
+    /// Reads Mixtral's or Qwen3-MoE's keys of a config.json.
+    fn from_hf(v: &serde_json::Value, arch: Arch, num_layers: usize) -> Result<Option<Self>> {
+        let get = |k: &str| v[k].as_u64().map(|x| x as usize);
+        let cfg = match arch {
+            Arch::Mixtral => Self {
+                num_experts: get("num_local_experts").unwrap_or(8),
+                top_k: get("num_experts_per_tok").unwrap_or(2),
+                intermediate_size: get("intermediate_size")
+                    .context("config.json lacks integer 'intermediate_size'")?,
+                norm_topk_prob: true,
+                dense_layers: Vec::new(),
+            },
+            Arch::Qwen3Moe => {
+                let step = get("decoder_sparse_step").unwrap_or(1);
+                anyhow::ensure!(step > 0, "config.json has decoder_sparse_step 0");
+                let only: Vec<usize> = match v["mlp_only_layers"].as_array() {
+                    Some(l) => l
+                        .iter()
+                        .map(|x| x.as_u64().map(|x| x as usize))
+                        .collect::<Option<_>>()
+                        .context("config.json's mlp_only_layers holds a non-integer")?,
+                    None => Vec::new(),
+                };
+                // As transformers: layer i is sparse unless listed in mlp_only_layers or
+                // (i + 1) is not a multiple of decoder_sparse_step.
+                let dense_layers = (0..num_layers)
+                    .filter(|i| only.contains(i) || (i + 1) % step != 0)
+                    .collect();
+                Self {
+                    num_experts: get("num_experts")
+                        .or_else(|| get("num_local_experts"))
+                        .context("config.json lacks integer 'num_experts'")?,
+                    top_k: get("num_experts_per_tok").unwrap_or(8),
+                    intermediate_size: get("moe_intermediate_size")
+                        .context("config.json lacks integer 'moe_intermediate_size'")?,
+                    norm_topk_prob: v["norm_topk_prob"].as_bool().unwrap_or(false),
+                    dense_layers,
+                }
+            }
+            _ => return Ok(None),
+        };
+        anyhow::ensure!(
+            cfg.top_k > 0 && cfg.top_k <= cfg.num_experts && cfg.intermediate_size > 0,
+            "config.json asks for {} of {} experts of intermediate size {}",
+            cfg.top_k,
+            cfg.num_experts,
+            cfg.intermediate_size
+        );
+        Ok(Some(cfg))
+    }
 }
 
 fn md<'a>(content: &'a gguf_file::Content, key: &str) -> Result<&'a gguf_file::Value> {
@@ -196,9 +276,7 @@ impl ModelConfig {
             // qwen2/qwen3/phi3 keep the Hugging Face layout (NEOX rope).
             rope_style: match arch {
                 Arch::Llama | Arch::Mistral => RopeStyle::Interleaved,
-                Arch::Qwen2 | Arch::Qwen3 | Arch::Phi3 | Arch::Gemma2 | Arch::Gemma3 => {
-                    RopeStyle::Neox
-                }
+                _ => RopeStyle::Neox,
             },
             rotary_dim,
             // phi3's longrope factors and attention factor are read with its tensors
@@ -224,8 +302,12 @@ impl ModelConfig {
             final_logit_softcap: None,
             query_pre_attn_scalar: None,
             local_rope_theta: None,
+            moe: None,
         };
-        if matches!(arch, Arch::Gemma2 | Arch::Gemma3) {
+        if matches!(
+            arch,
+            Arch::Gemma2 | Arch::Gemma3 | Arch::Mixtral | Arch::Qwen3Moe
+        ) {
             bail!("wick reads {a} from safetensors checkpoints only, not GGUF");
         }
         cfg.validate()
@@ -362,13 +444,14 @@ impl ModelConfig {
             max_position_embeddings,
             tie_word_embeddings: v["tie_word_embeddings"].as_bool().unwrap_or(false),
             qkv_bias: arch == Arch::Qwen2,
-            qk_norm: arch == Arch::Qwen3,
+            qk_norm: matches!(arch, Arch::Qwen3 | Arch::Qwen3Moe),
             sliding_window,
             window_layers,
             attn_logit_softcap: float("attn_logit_softcapping").filter(|_| gemma),
             final_logit_softcap: float("final_logit_softcapping").filter(|_| gemma),
             query_pre_attn_scalar: float("query_pre_attn_scalar").filter(|_| gemma),
             local_rope_theta,
+            moe: MoeConfig::from_hf(&v, arch, num_layers)?,
         };
         cfg.validate()
     }
@@ -450,14 +533,16 @@ impl ModelConfig {
                 .collect(),
             None => match arch {
                 // Phi-3's (when not null) applies to every layer, as mistral's.
-                Arch::Mistral | Arch::Phi3 => vec![true; num_layers],
+                Arch::Mistral | Arch::Phi3 | Arch::Mixtral => vec![true; num_layers],
                 Arch::Gemma2 => (0..num_layers).map(|i| i % 2 == 0).collect(),
                 // Gemma 3's older configs: every `sliding_window_pattern`-th layer global.
                 Arch::Gemma3 => {
                     let every = v["sliding_window_pattern"].as_u64().unwrap_or(6).max(1) as usize;
                     (0..num_layers).map(|i| (i + 1) % every != 0).collect()
                 }
-                Arch::Qwen2 | Arch::Qwen3 if v["use_sliding_window"].as_bool() == Some(true) => {
+                Arch::Qwen2 | Arch::Qwen3 | Arch::Qwen3Moe
+                    if v["use_sliding_window"].as_bool() == Some(true) =>
+                {
                     let from = v["max_window_layers"].as_u64().unwrap_or(0) as usize;
                     (0..num_layers).map(|i| i >= from).collect()
                 }
@@ -575,6 +660,45 @@ mod tests {
             assert_eq!((c.rope_theta, c.head_dim), (20_000.0, 64));
             assert_eq!(c.rope_scaling, RopeScaling::None);
         }
+    }
+
+    /// Mixtral always renormalises its top-k weights; Qwen3-MoE when `norm_topk_prob`, with
+    /// dense layers from `mlp_only_layers` and `decoder_sparse_step`; a top-k larger than
+    /// the experts is refused.
+    #[test]
+    fn reads_mixture_of_experts_keys() {
+        let cfg = |arch: &str, extra: &str| {
+            ModelConfig::from_hf_json(&format!(
+                r#"{{"architectures":["{arch}"],"hidden_size":64,"intermediate_size":128,
+                "num_hidden_layers":6,"num_attention_heads":4,"vocab_size":100{extra}}}"#
+            ))
+        };
+        let m = cfg(
+            "MixtralForCausalLM",
+            r#","num_local_experts":8,"num_experts_per_tok":2"#,
+        )
+        .unwrap()
+        .moe
+        .unwrap();
+        assert_eq!((m.num_experts, m.top_k, m.intermediate_size), (8, 2, 128));
+        assert!(m.norm_topk_prob && m.dense_layers.is_empty());
+        let q = cfg(
+            "Qwen3MoeForCausalLM",
+            r#","num_experts":16,"num_experts_per_tok":4,"moe_intermediate_size":32,
+            "norm_topk_prob":true,"decoder_sparse_step":2,"mlp_only_layers":[3]"#,
+        )
+        .unwrap();
+        assert!(q.qk_norm);
+        let m = q.moe.unwrap();
+        assert_eq!((m.num_experts, m.top_k, m.intermediate_size), (16, 4, 32));
+        assert!(m.norm_topk_prob);
+        assert_eq!(m.dense_layers, vec![0, 2, 3, 4]);
+        assert!(cfg(
+            "Qwen3MoeForCausalLM",
+            r#","num_experts":2,"num_experts_per_tok":4,"moe_intermediate_size":32"#
+        )
+        .is_err());
+        assert!(cfg("LlamaForCausalLM", "").unwrap().moe.is_none());
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! The llama family (llama, mistral, qwen2, phi3): pre-norm blocks of attention (q/k/v
-//! biases for qwen2) and a SwiGLU MLP, over a flattened batch. Phi-3/Phi-4 have the same
-//! block with q/k/v in one matrix and gate/up in another (read as such, split after the
-//! matmul: [`super::common`]), and may rotate only part of each head.
+//! The llama family (llama, mistral, qwen2, phi3, mixtral): pre-norm blocks of attention
+//! (q/k/v biases for qwen2) and a SwiGLU MLP, over a flattened batch. Phi-3/Phi-4 have the
+//! same block with q/k/v in one matrix and gate/up in another (read as such, split after
+//! the matmul: [`super::common`]), and may rotate only part of each head. Mixtral has the
+//! same block with a sparse mixture of SwiGLU experts as its MLP ([`super::moe`], weights
+//! under `block_sparse_moe`).
 //!
 //! Tokens of every sequence in a step are concatenated into one `[tokens, hidden]`
 //! activation; matmuls see one tall matrix whatever the mix of prefill and decode. Only
@@ -18,7 +20,8 @@ use candle_nn::VarBuilder;
 
 use super::backend::{AttentionBackend, ForwardBatch};
 use super::common::{attend, rms_norm, Base, GgufWeights, Mlp, Projections};
-use super::config::ModelConfig;
+use super::config::{Arch, ModelConfig};
+use super::moe::FeedForward;
 use crate::ops::Rope;
 
 #[derive(Debug)]
@@ -26,7 +29,7 @@ struct Block {
     attn_norm: Tensor,
     attn: Projections,
     ffn_norm: Tensor,
-    mlp: Mlp,
+    mlp: FeedForward,
 }
 
 #[derive(Debug)]
@@ -106,7 +109,7 @@ impl LlamaModel {
                     attn_norm: w.dense(&format!("{p}.attn_norm.weight"))?,
                     attn: Projections::from_gguf(&mut w, &p, &config)?,
                     ffn_norm: w.dense(&format!("{p}.ffn_norm.weight"))?,
-                    mlp: Mlp::from_gguf(&mut w, &p, &config)?,
+                    mlp: FeedForward::Dense(Mlp::from_gguf(&mut w, &p, &config)?),
                 })
             })
             .collect::<Result<_>>()?;
@@ -125,11 +128,19 @@ impl LlamaModel {
         let blocks = (0..config.num_layers)
             .map(|i| {
                 let l = vb.pp(format!("model.layers.{i}"));
+                // Mixtral's experts: `block_sparse_moe` per expert as saved, `mlp` when
+                // fused as transformers 5 holds them.
+                let mlp = match config.arch {
+                    Arch::Mixtral if !l.contains_tensor("mlp.experts.gate_up_proj") => {
+                        "block_sparse_moe"
+                    }
+                    _ => "mlp",
+                };
                 Ok(Block {
                     attn_norm: l.pp("input_layernorm").get(h, "weight")?,
                     attn: Projections::from_safetensors(&l.pp("self_attn"), &config)?,
                     ffn_norm: l.pp("post_attention_layernorm").get(h, "weight")?,
-                    mlp: Mlp::from_safetensors(&l.pp("mlp"), &config)?,
+                    mlp: FeedForward::from_safetensors(&l.pp(mlp), &config, i)?,
                 })
             })
             .collect::<Result<_>>()?;

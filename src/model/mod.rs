@@ -1,10 +1,12 @@
 //! Transformer models. One file per architecture family, each reading top to bottom: its
-//! block, its layer loop and its weight loading (`llama` covers llama, mistral, qwen2 and
-//! phi3, which share the block, phi3 with fused q/k/v and gate/up weights; `qwen3` adds
-//! per-head q/k norms; `gemma2` has its own norms, soft-capping and alternating windows,
-//! and covers gemma3 too, which adds per-head q/k norms and a second rope base).
+//! block, its layer loop and its weight loading (`llama` covers llama, mistral, qwen2,
+//! phi3 and mixtral, which share the block, phi3 with fused q/k/v and gate/up weights,
+//! mixtral with a sparse mixture-of-experts MLP; `qwen3` adds per-head q/k norms, and
+//! covers qwen3_moe likewise; `gemma2` has its own norms, soft-capping and alternating
+//! windows, and covers gemma3 too, which adds per-head q/k norms and a second rope base).
 //! The pieces they share (the embedding/norm/head around the blocks, the MLP, the q/k/v/o
-//! projections, the call into attention, reading weights by name) are in `common`. Each
+//! projections, the call into attention, reading weights by name) are in `common`; the
+//! mixture-of-experts MLP (router, top-k, grouped expert matmuls) in `moe`. Each
 //! family has one layer loop on tensors for every device; attention and its cache come
 //! through `backend::AttentionBackend`. [`Model`] is whichever family a checkpoint is.
 //! `loader` turns a resolved model into weights, a tokenizer and a config; `random` makes
@@ -21,6 +23,7 @@ pub mod gemma2;
 pub mod linear;
 pub mod llama;
 pub mod loader;
+mod moe;
 pub mod qwen3;
 pub mod random;
 
@@ -45,8 +48,9 @@ use crate::ops::Rope;
 /// A loaded model of any supported family.
 #[derive(Debug)]
 pub enum Model {
-    /// llama, mistral, qwen2, phi3.
+    /// llama, mistral, qwen2, phi3, mixtral.
     Llama(LlamaModel),
+    /// qwen3, qwen3_moe.
     Qwen3(Qwen3Model),
     /// gemma2, gemma3 (text).
     Gemma2(Gemma2Model),
@@ -71,8 +75,8 @@ impl Model {
     ) -> Result<Self> {
         Ok(match ModelConfig::from_gguf(content)?.arch {
             Arch::Qwen3 => Model::Qwen3(Qwen3Model::from_gguf(content, reader, device)?),
-            Arch::Gemma2 | Arch::Gemma3 => {
-                anyhow::bail!("wick reads gemma2 and gemma3 from safetensors only, not GGUF")
+            a @ (Arch::Gemma2 | Arch::Gemma3 | Arch::Mixtral | Arch::Qwen3Moe) => {
+                anyhow::bail!("wick reads {} from safetensors only, not GGUF", a.as_str())
             }
             Arch::Llama | Arch::Mistral | Arch::Qwen2 | Arch::Phi3 => {
                 Model::Llama(LlamaModel::from_gguf(content, reader, device)?)
@@ -83,11 +87,11 @@ impl Model {
     /// Loads a Hugging Face safetensors checkpoint as the family of its config.
     pub fn from_safetensors(config: ModelConfig, vb: VarBuilder<'_>) -> Result<Self> {
         Ok(match config.arch {
-            Arch::Qwen3 => Model::Qwen3(Qwen3Model::from_safetensors(config, vb)?),
+            Arch::Qwen3 | Arch::Qwen3Moe => Model::Qwen3(Qwen3Model::from_safetensors(config, vb)?),
             Arch::Gemma2 | Arch::Gemma3 => {
                 Model::Gemma2(Gemma2Model::from_safetensors(config, vb)?)
             }
-            Arch::Llama | Arch::Mistral | Arch::Qwen2 | Arch::Phi3 => {
+            Arch::Llama | Arch::Mistral | Arch::Qwen2 | Arch::Phi3 | Arch::Mixtral => {
                 Model::Llama(LlamaModel::from_safetensors(config, vb)?)
             }
         })

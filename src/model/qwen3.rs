@@ -1,5 +1,6 @@
 //! Qwen3: the llama block with an RMSNorm on each head of the queries and keys, applied
-//! before rope, and no q/k/v biases.
+//! before rope, and no q/k/v biases. Qwen3-MoE is the same block with a sparse mixture of
+//! SwiGLU experts as the MLP ([`super::moe`]) on all but its dense layers.
 //!
 //! Like [`super::llama`], one layer loop over a flattened batch for every device; the
 //! per-head norms are tensor ops on `[tokens, heads, head_dim]` views.
@@ -14,6 +15,7 @@ use candle_nn::VarBuilder;
 use super::backend::{AttentionBackend, ForwardBatch};
 use super::common::{attend, per_head_norm, rms_norm, Base, GgufWeights, Mlp, Projections};
 use super::config::{Arch, ModelConfig};
+use super::moe::FeedForward;
 use crate::ops::Rope;
 
 #[derive(Debug)]
@@ -25,7 +27,7 @@ struct Block {
     /// `[head_dim]`, shared by every key head.
     k_norm: Tensor,
     ffn_norm: Tensor,
-    mlp: Mlp,
+    mlp: FeedForward,
 }
 
 #[derive(Debug)]
@@ -92,7 +94,7 @@ impl Qwen3Model {
     ) -> Result<Self> {
         let config = ModelConfig::from_gguf(content)?;
         anyhow::ensure!(
-            config.arch == Arch::Qwen3,
+            matches!(config.arch, Arch::Qwen3 | Arch::Qwen3Moe),
             "a {} model is not qwen3",
             config.arch.as_str()
         );
@@ -110,7 +112,7 @@ impl Qwen3Model {
                     q_norm: w.dense(&format!("{p}.attn_q_norm.weight"))?,
                     k_norm: w.dense(&format!("{p}.attn_k_norm.weight"))?,
                     ffn_norm: w.dense(&format!("{p}.ffn_norm.weight"))?,
-                    mlp: Mlp::from_gguf(&mut w, &p, &config)?,
+                    mlp: FeedForward::Dense(Mlp::from_gguf(&mut w, &p, &config)?),
                 })
             })
             .collect::<Result<_>>()?;
@@ -121,7 +123,7 @@ impl Qwen3Model {
     /// Loads a Hugging Face `Qwen3ForCausalLM` checkpoint through a `VarBuilder`.
     pub fn from_safetensors(config: ModelConfig, vb: VarBuilder<'_>) -> Result<Self> {
         anyhow::ensure!(
-            config.arch == Arch::Qwen3,
+            matches!(config.arch, Arch::Qwen3 | Arch::Qwen3Moe),
             "a {} model is not qwen3",
             config.arch.as_str()
         );
@@ -136,7 +138,7 @@ impl Qwen3Model {
                     q_norm: at.pp("q_norm").get(d, "weight")?,
                     k_norm: at.pp("k_norm").get(d, "weight")?,
                     ffn_norm: l.pp("post_attention_layernorm").get(h, "weight")?,
-                    mlp: Mlp::from_safetensors(&l.pp("mlp"), &config)?,
+                    mlp: FeedForward::from_safetensors(&l.pp("mlp"), &config, i)?,
                 })
             })
             .collect::<Result<_>>()?;

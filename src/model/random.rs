@@ -32,7 +32,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use super::config::{Arch, ModelConfig};
+use super::config::{Arch, ModelConfig, MoeConfig};
 use super::Model;
 use crate::ops::{RopeScaling, RopeStyle};
 use crate::tokenizer::Tokenizer;
@@ -60,15 +60,18 @@ pub enum RandomShape {
     Qwen2_0_5b,
     /// Qwen3 8B: per-head q/k norms, untied, head_dim 128.
     Qwen3_8b,
+    /// Qwen3-30B-A3B: Qwen3-MoE, 128 experts of which 8 per token, every layer sparse.
+    Qwen3_30bA3b,
 }
 
 impl RandomShape {
-    pub const ALL: [RandomShape; 5] = [
+    pub const ALL: [RandomShape; 6] = [
         RandomShape::Tiny,
         RandomShape::Llama32_1b,
         RandomShape::Llama3_8b,
         RandomShape::Qwen2_0_5b,
         RandomShape::Qwen3_8b,
+        RandomShape::Qwen3_30bA3b,
     ];
 
     pub fn name(self) -> &'static str {
@@ -78,6 +81,7 @@ impl RandomShape {
             RandomShape::Llama3_8b => "llama-3-8b",
             RandomShape::Qwen2_0_5b => "qwen2-0.5b",
             RandomShape::Qwen3_8b => "qwen3-8b",
+            RandomShape::Qwen3_30bA3b => "qwen3-30b-a3b",
         }
     }
 
@@ -123,6 +127,7 @@ impl RandomShape {
             local_rope_theta: None,
             final_logit_softcap: None,
             query_pre_attn_scalar: None,
+            moe: None,
         };
         match self {
             RandomShape::Tiny => ModelConfig {
@@ -150,6 +155,7 @@ impl RandomShape {
                 local_rope_theta: None,
                 final_logit_softcap: None,
                 query_pre_attn_scalar: None,
+                moe: None,
             },
             RandomShape::Llama3_8b => llama(4096, 14_336, 32, 128),
             RandomShape::Llama32_1b => ModelConfig {
@@ -188,6 +194,7 @@ impl RandomShape {
                 local_rope_theta: None,
                 final_logit_softcap: None,
                 query_pre_attn_scalar: None,
+                moe: None,
             },
             RandomShape::Qwen3_8b => ModelConfig {
                 arch: Arch::Qwen3,
@@ -214,6 +221,22 @@ impl RandomShape {
                 local_rope_theta: None,
                 final_logit_softcap: None,
                 query_pre_attn_scalar: None,
+                moe: None,
+            },
+            RandomShape::Qwen3_30bA3b => ModelConfig {
+                arch: Arch::Qwen3Moe,
+                hidden_size: 2048,
+                intermediate_size: 6144,
+                num_layers: 48,
+                num_kv_heads: 4,
+                moe: Some(MoeConfig {
+                    num_experts: 128,
+                    top_k: 8,
+                    intermediate_size: 768,
+                    norm_topk_prob: true,
+                    dense_layers: Vec::new(),
+                }),
+                ..RandomShape::Qwen3_8b.config()
             },
         }
     }
@@ -304,9 +327,31 @@ fn tensor_list(cfg: &ModelConfig) -> Vec<(String, Vec<usize>, Init)> {
         }
         add("self_attn.o_proj.weight", vec![h, q], Init::Normal);
         add("post_attention_layernorm.weight", vec![h], Init::Ones);
-        add("mlp.gate_proj.weight", vec![inter, h], Init::Normal);
-        add("mlp.up_proj.weight", vec![inter, h], Init::Normal);
-        add("mlp.down_proj.weight", vec![h, inter], Init::Normal);
+        match &cfg.moe {
+            Some(moe) if !moe.dense_layers.contains(&i) => {
+                let (mlp, [g, u, d]) = match cfg.arch {
+                    Arch::Mixtral => ("block_sparse_moe", ["w1", "w3", "w2"]),
+                    _ => ("mlp", ["gate_proj", "up_proj", "down_proj"]),
+                };
+                let e_inter = moe.intermediate_size;
+                add(
+                    &format!("{mlp}.gate.weight"),
+                    vec![moe.num_experts, h],
+                    Init::Normal,
+                );
+                for e in 0..moe.num_experts {
+                    let x = format!("{mlp}.experts.{e}");
+                    add(&format!("{x}.{g}.weight"), vec![e_inter, h], Init::Normal);
+                    add(&format!("{x}.{u}.weight"), vec![e_inter, h], Init::Normal);
+                    add(&format!("{x}.{d}.weight"), vec![h, e_inter], Init::Normal);
+                }
+            }
+            _ => {
+                add("mlp.gate_proj.weight", vec![inter, h], Init::Normal);
+                add("mlp.up_proj.weight", vec![inter, h], Init::Normal);
+                add("mlp.down_proj.weight", vec![h, inter], Init::Normal);
+            }
+        }
     }
     out.push(("model.norm.weight".to_string(), vec![h], Init::Ones));
     if !cfg.tie_word_embeddings {
@@ -569,6 +614,32 @@ mod tests {
         // Qwen3-8B's safetensors index: total_size 16_381_470_720 bytes of bf16.
         assert_eq!(parameter_count(&c), 16_381_470_720 / 2);
 
+        let c = RandomShape::Qwen3_30bA3b.config();
+        assert_eq!(c.arch, Arch::Qwen3Moe);
+        assert_eq!(
+            (
+                c.hidden_size,
+                c.num_layers,
+                c.num_heads,
+                c.num_kv_heads,
+                c.head_dim
+            ),
+            (2048, 48, 32, 4, 128)
+        );
+        assert_eq!(c.vocab_size, 151_936);
+        assert_eq!((c.rope_theta, c.rms_norm_eps), (1_000_000.0, 1e-6));
+        assert!(c.qk_norm && !c.qkv_bias && !c.tie_word_embeddings);
+        let moe = c.moe.as_ref().unwrap();
+        assert_eq!(
+            (moe.num_experts, moe.top_k, moe.intermediate_size),
+            (128, 8, 768)
+        );
+        assert!(moe.norm_topk_prob && moe.dense_layers.is_empty());
+        // The model card's 30.5B parameters: per layer attention (q, k, v, o: 18.87M),
+        // norms, router (128 x 2048) and 128 experts of 3 x 768 x 2048; embeddings and
+        // head of 151936 x 2048 each.
+        assert_eq!(parameter_count(&c), 30_532_122_624);
+
         for shape in RandomShape::ALL {
             let c = shape.config().validate().unwrap();
             assert!(
@@ -656,16 +727,29 @@ mod tests {
     /// and runs one step.
     #[test]
     fn tensor_lists_load_in_every_family() {
-        for (arch, qkv_bias, qk_norm) in [
-            (Arch::Llama, false, false),
-            (Arch::Qwen2, true, false),
-            (Arch::Qwen3, false, true),
+        // 4 experts (router + 3 matrices each); Qwen3-MoE with its layer 1 dense.
+        let moe = |dense_layers| {
+            Some(MoeConfig {
+                num_experts: 4,
+                top_k: 2,
+                intermediate_size: 32,
+                norm_topk_prob: true,
+                dense_layers,
+            })
+        };
+        for (arch, qkv_bias, qk_norm, moe) in [
+            (Arch::Llama, false, false, None),
+            (Arch::Qwen2, true, false, None),
+            (Arch::Qwen3, false, true, None),
+            (Arch::Mixtral, false, false, moe(Vec::new())),
+            (Arch::Qwen3Moe, false, true, moe(vec![1])),
         ] {
             let cfg = ModelConfig {
                 arch,
                 qkv_bias,
                 qk_norm,
                 head_dim: 24,
+                moe,
                 ..RandomShape::Tiny.config()
             };
             let weights = random_weights(&cfg, 1, DType::F32, &Device::Cpu).unwrap();
@@ -674,7 +758,16 @@ mod tests {
             let model = Model::from_safetensors(cfg.clone(), vb).unwrap();
             assert_eq!(model.config().arch, arch);
             let per_layer = 9 + 3 * qkv_bias as usize + 2 * qk_norm as usize;
-            assert_eq!(n, 3 + cfg.num_layers * per_layer, "{arch:?}");
+            let sparse_layers = cfg
+                .moe
+                .as_ref()
+                .map_or(0, |m| cfg.num_layers - m.dense_layers.len());
+            // A sparse layer has a router and 4 x 3 expert matrices for its 3 MLP ones.
+            assert_eq!(
+                n,
+                3 + cfg.num_layers * per_layer + sparse_layers * (1 + 12 - 3),
+                "{arch:?}"
+            );
             let cache = CacheConfig {
                 block_size: 16,
                 num_blocks: 4,
