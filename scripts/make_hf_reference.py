@@ -190,6 +190,8 @@ def configs():
         attention_bias=False,
         use_sliding_window=False,
     )
+    # Each architecture's seeds follow its position here: add new ones at the end, or the
+    # fixtures after it change.
     return [
         ("llama", transformers.LlamaForCausalLM, llama),
         ("mistral", transformers.MistralForCausalLM, mistral),
