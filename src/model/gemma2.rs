@@ -16,13 +16,12 @@
 //! GPU runner refuses it); it is loaded here as well.
 
 use anyhow::Result;
-use candle_core::{DType, Device, Tensor};
+use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
 use super::backend::{AttentionBackend, ForwardBatch};
 use super::common::{attend, per_head_norm, rms_norm, Base, Mlp, Projections};
 use super::config::{Arch, ModelConfig};
-use crate::ops::Rope;
 
 #[derive(Debug)]
 struct Block {
@@ -50,22 +49,9 @@ fn softcap(x: &Tensor, cap: f32) -> Result<Tensor> {
 }
 
 impl Gemma2Model {
-    pub fn config(&self) -> &ModelConfig {
-        &self.base.config
-    }
-
-    pub fn device(&self) -> &Device {
-        &self.base.device
-    }
-
-    /// The dtype a GPU KV cache for this model holds.
-    pub fn kv_dtype(&self) -> DType {
-        self.base.kv_dtype()
-    }
-
-    /// The rotary embedding the attention backend applies.
-    pub fn rope(&self) -> &Rope {
-        &self.base.rope
+    /// The embedding, final norm, head, rope and config around the blocks.
+    pub(super) fn base(&self) -> &Base {
+        &self.base
     }
 
     /// Logits (f32) of final hidden states `[rows, hidden]`, soft-capped.

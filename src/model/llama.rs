@@ -15,14 +15,13 @@ use std::io::{Read, Seek};
 
 use anyhow::Result;
 use candle_core::quantized::gguf_file;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
 
 use super::backend::{AttentionBackend, ForwardBatch};
 use super::common::{attend, rms_norm, Base, GgufWeights, Mlp, Projections};
 use super::config::{Arch, ModelConfig};
 use super::moe::FeedForward;
-use crate::ops::Rope;
 
 #[derive(Debug)]
 struct Block {
@@ -39,22 +38,9 @@ pub struct LlamaModel {
 }
 
 impl LlamaModel {
-    pub fn config(&self) -> &ModelConfig {
-        &self.base.config
-    }
-
-    pub fn device(&self) -> &Device {
-        &self.base.device
-    }
-
-    /// The dtype a GPU KV cache for this model holds.
-    pub fn kv_dtype(&self) -> DType {
-        self.base.kv_dtype()
-    }
-
-    /// The rotary embedding the attention backend applies.
-    pub fn rope(&self) -> &Rope {
-        &self.base.rope
+    /// The embedding, final norm, head, rope and config around the blocks.
+    pub(super) fn base(&self) -> &Base {
+        &self.base
     }
 
     /// Logits (f32) of final hidden states `[rows, hidden]` (what

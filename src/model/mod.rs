@@ -97,23 +97,28 @@ impl Model {
         })
     }
 
+    /// What every family has around its blocks.
+    fn base(&self) -> &common::Base {
+        each!(self, m => m.base())
+    }
+
     pub fn config(&self) -> &ModelConfig {
-        each!(self, m => m.config())
+        &self.base().config
     }
 
     pub fn device(&self) -> &Device {
-        each!(self, m => m.device())
+        &self.base().device
     }
 
     /// The dtype a GPU KV cache for this model holds: the activations' dtype when it is
     /// 16-bit (bf16/f16 checkpoints), else f16 (GGUF models compute in f32 on the GPU).
     pub fn kv_dtype(&self) -> DType {
-        each!(self, m => m.kv_dtype())
+        self.base().kv_dtype()
     }
 
     /// The rotary embedding the attention backend applies.
     pub fn rope(&self) -> &Rope {
-        each!(self, m => m.rope())
+        &self.base().rope
     }
 
     /// Runs the batch; returns logits `[logits_rows.len(), vocab]` (f32).
