@@ -81,7 +81,7 @@ pub struct ModelConfig {
     pub tie_word_embeddings: bool,
     /// q/k/v projections carry a bias (qwen2).
     pub qkv_bias: bool,
-    /// Queries and keys go through a per-head RMSNorm before rope (qwen3).
+    /// Queries and keys go through a per-head RMSNorm before rope (qwen3, Gemma 3).
     pub qk_norm: bool,
     /// Each query attends to at most this many keys, its own included (mistral's
     /// `sliding_window`); `None`: the whole context.
@@ -444,7 +444,7 @@ impl ModelConfig {
             max_position_embeddings,
             tie_word_embeddings: v["tie_word_embeddings"].as_bool().unwrap_or(false),
             qkv_bias: arch == Arch::Qwen2,
-            qk_norm: matches!(arch, Arch::Qwen3 | Arch::Qwen3Moe),
+            qk_norm: matches!(arch, Arch::Qwen3 | Arch::Qwen3Moe | Arch::Gemma3),
             sliding_window,
             window_layers,
             attn_logit_softcap: float("attn_logit_softcapping").filter(|_| gemma),

@@ -114,7 +114,7 @@ impl Gemma2Model {
             .map(|i| {
                 let l = vb.pp(format!("model.layers.{i}"));
                 let at = l.pp("self_attn");
-                let qk_norm = if config.arch == Arch::Gemma3 {
+                let qk_norm = if config.qk_norm {
                     Some((norm(at.pp("q_norm"), d)?, norm(at.pp("k_norm"), d)?))
                 } else {
                     None

@@ -62,16 +62,20 @@ pub enum RandomShape {
     Qwen3_8b,
     /// Qwen3-30B-A3B: Qwen3-MoE, 128 experts of which 8 per token, every layer sparse.
     Qwen3_30bA3b,
+    /// Gemma 3 12B (the language model of gemma-3-12b-it): head_dim 256, q/k norms,
+    /// five sliding-window layers (1024) to each global one, two rope bases.
+    Gemma3_12b,
 }
 
 impl RandomShape {
-    pub const ALL: [RandomShape; 6] = [
+    pub const ALL: [RandomShape; 7] = [
         RandomShape::Tiny,
         RandomShape::Llama32_1b,
         RandomShape::Llama3_8b,
         RandomShape::Qwen2_0_5b,
         RandomShape::Qwen3_8b,
         RandomShape::Qwen3_30bA3b,
+        RandomShape::Gemma3_12b,
     ];
 
     pub fn name(self) -> &'static str {
@@ -82,6 +86,7 @@ impl RandomShape {
             RandomShape::Qwen2_0_5b => "qwen2-0.5b",
             RandomShape::Qwen3_8b => "qwen3-8b",
             RandomShape::Qwen3_30bA3b => "qwen3-30b-a3b",
+            RandomShape::Gemma3_12b => "gemma-3-12b",
         }
     }
 
@@ -238,6 +243,36 @@ impl RandomShape {
                 }),
                 ..RandomShape::Qwen3_8b.config()
             },
+            // gemma-3-12b-it's text_config, with Gemma3TextConfig's defaults for what it
+            // leaves out (head_dim, vocabulary, rope bases, query_pre_attn_scalar, the
+            // sliding-window pattern of 6).
+            RandomShape::Gemma3_12b => ModelConfig {
+                arch: Arch::Gemma3,
+                hidden_size: 3840,
+                intermediate_size: 15_360,
+                num_layers: 48,
+                num_heads: 16,
+                num_kv_heads: 8,
+                head_dim: 256,
+                vocab_size: 262_208,
+                rms_norm_eps: 1e-6,
+                rope_theta: 1_000_000.0,
+                rope_scaling: RopeScaling::Linear { factor: 8.0 },
+                rope_style: RopeStyle::Neox,
+                rotary_dim: 256,
+                rope_scale: 1.0,
+                max_position_embeddings: 131_072,
+                tie_word_embeddings: true,
+                qkv_bias: false,
+                qk_norm: true,
+                sliding_window: Some(1024),
+                window_layers: (0..48).map(|i| (i + 1) % 6 != 0).collect(),
+                attn_logit_softcap: None,
+                local_rope_theta: Some(10_000.0),
+                final_logit_softcap: None,
+                query_pre_attn_scalar: Some(256.0),
+                moe: None,
+            },
         }
     }
 }
@@ -293,6 +328,8 @@ impl fmt::Display for RandomSpec {
 enum Init {
     Normal,
     Ones,
+    /// Gemma's norms, whose scale is `1 + w`: zero is the identity.
+    Zeros,
 }
 
 /// Every tensor of a Hugging Face checkpoint of this shape: name, shape, initialisation.
@@ -307,12 +344,14 @@ fn tensor_list(cfg: &ModelConfig) -> Vec<(String, Vec<usize>, Init)> {
         vec![v, h],
         Init::Normal,
     )];
+    let gemma = matches!(cfg.arch, Arch::Gemma2 | Arch::Gemma3);
+    let norm = if gemma { Init::Zeros } else { Init::Ones };
     for i in 0..cfg.num_layers {
         let p = format!("model.layers.{i}");
         let mut add = |name: &str, shape: Vec<usize>, init| {
             out.push((format!("{p}.{name}"), shape, init));
         };
-        add("input_layernorm.weight", vec![h], Init::Ones);
+        add("input_layernorm.weight", vec![h], norm);
         add("self_attn.q_proj.weight", vec![q, h], Init::Normal);
         add("self_attn.k_proj.weight", vec![kv, h], Init::Normal);
         add("self_attn.v_proj.weight", vec![kv, h], Init::Normal);
@@ -322,11 +361,15 @@ fn tensor_list(cfg: &ModelConfig) -> Vec<(String, Vec<usize>, Init)> {
             add("self_attn.v_proj.bias", vec![kv], Init::Normal);
         }
         if cfg.qk_norm {
-            add("self_attn.q_norm.weight", vec![cfg.head_dim], Init::Ones);
-            add("self_attn.k_norm.weight", vec![cfg.head_dim], Init::Ones);
+            add("self_attn.q_norm.weight", vec![cfg.head_dim], norm);
+            add("self_attn.k_norm.weight", vec![cfg.head_dim], norm);
         }
         add("self_attn.o_proj.weight", vec![h, q], Init::Normal);
-        add("post_attention_layernorm.weight", vec![h], Init::Ones);
+        add("post_attention_layernorm.weight", vec![h], norm);
+        if gemma {
+            add("pre_feedforward_layernorm.weight", vec![h], norm);
+            add("post_feedforward_layernorm.weight", vec![h], norm);
+        }
         match &cfg.moe {
             Some(moe) if !moe.dense_layers.contains(&i) => {
                 let (mlp, [g, u, d]) = match cfg.arch {
@@ -353,7 +396,7 @@ fn tensor_list(cfg: &ModelConfig) -> Vec<(String, Vec<usize>, Init)> {
             }
         }
     }
-    out.push(("model.norm.weight".to_string(), vec![h], Init::Ones));
+    out.push(("model.norm.weight".to_string(), vec![h], norm));
     if !cfg.tie_word_embeddings {
         out.push(("lm_head.weight".to_string(), vec![v, h], Init::Normal));
     }
@@ -463,6 +506,7 @@ pub fn random_weights(
     for (name, shape, init) in tensor_list(cfg) {
         let t = match init {
             Init::Ones => Tensor::ones(shape.as_slice(), dtype, device)?,
+            Init::Zeros => Tensor::zeros(shape.as_slice(), dtype, device)?,
             Init::Normal => {
                 normal_tensor(&shape, tensor_seed(seed, &name), INIT_STD, dtype, device)
                     .with_context(|| format!("making random tensor {name} {shape:?}"))?
@@ -640,6 +684,31 @@ mod tests {
         // head of 151936 x 2048 each.
         assert_eq!(parameter_count(&c), 30_532_122_624);
 
+        let c = RandomShape::Gemma3_12b.config();
+        assert_eq!(c.arch, Arch::Gemma3);
+        assert_eq!(
+            (
+                c.hidden_size,
+                c.num_layers,
+                c.num_heads,
+                c.num_kv_heads,
+                c.head_dim
+            ),
+            (3840, 48, 16, 8, 256)
+        );
+        assert_eq!((c.intermediate_size, c.vocab_size), (15_360, 262_208));
+        assert_eq!((c.rope_theta, c.local_rope_theta), (1e6, Some(1e4)));
+        assert!(matches!(c.rope_scaling, RopeScaling::Linear { factor } if factor == 8.0));
+        assert!(c.qk_norm && c.tie_word_embeddings);
+        assert_eq!(c.query_pre_attn_scalar, Some(256.0));
+        // Five sliding-window layers, then a global one.
+        let windows: Vec<_> = (0..12).map(|l| c.layer_window(l)).collect();
+        let (s, g) = (Some(1024), None);
+        assert_eq!(windows, [s, s, s, s, s, g, s, s, s, s, s, g]);
+        // Keras' gemma3_12b_text preset reports 11,765,788,416 parameters with a vocabulary
+        // of 262,144; the Hugging Face checkpoint's 262,208 rows add 64 x 3840.
+        assert_eq!(parameter_count(&c), 11_765_788_416 + 64 * 3840);
+
         for shape in RandomShape::ALL {
             let c = shape.config().validate().unwrap();
             assert!(
@@ -743,21 +812,35 @@ mod tests {
             (Arch::Qwen3, false, true, None),
             (Arch::Mixtral, false, false, moe(Vec::new())),
             (Arch::Qwen3Moe, false, true, moe(vec![1])),
+            (Arch::Gemma2, false, false, None),
+            (Arch::Gemma3, false, true, None),
         ] {
+            let gemma = matches!(arch, Arch::Gemma2 | Arch::Gemma3);
+            let tiny = RandomShape::Tiny.config();
             let cfg = ModelConfig {
                 arch,
                 qkv_bias,
                 qk_norm,
                 head_dim: 24,
                 moe,
-                ..RandomShape::Tiny.config()
+                // Gemma's windows on the first layer only, soft-capping (2) and a local
+                // rope base (3).
+                sliding_window: gemma.then_some(2),
+                window_layers: if gemma { vec![true, false] } else { Vec::new() },
+                attn_logit_softcap: (arch == Arch::Gemma2).then_some(50.0),
+                final_logit_softcap: (arch == Arch::Gemma2).then_some(30.0),
+                query_pre_attn_scalar: gemma.then_some(16.0),
+                local_rope_theta: (arch == Arch::Gemma3).then_some(10_000.0),
+                ..tiny
             };
+            assert_eq!(cfg.num_layers, 2);
             let weights = random_weights(&cfg, 1, DType::F32, &Device::Cpu).unwrap();
             let n = weights.len();
             let vb = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
             let model = Model::from_safetensors(cfg.clone(), vb).unwrap();
             assert_eq!(model.config().arch, arch);
-            let per_layer = 9 + 3 * qkv_bias as usize + 2 * qk_norm as usize;
+            let per_layer =
+                9 + 3 * qkv_bias as usize + 2 * qk_norm as usize + 2 * gemma as usize;
             let sparse_layers = cfg
                 .moe
                 .as_ref()
