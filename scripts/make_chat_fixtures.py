@@ -104,6 +104,22 @@ TEMPLATES = {
         "bos_token": "<bos>",
         "eos_token": "<eos>",
     },
+    "gemma3": {
+        "source": "google/gemma-3-*-it tokenizer_config.json chat_template (gated repos; copied "
+        "from public copies: the Berkeley Function Calling Leaderboard's Gemma handler quotes "
+        "that tokenizer_config.json entry verbatim, as a JSON string, and projects quoting the "
+        "Gemma 3 template agree with it)",
+        "bos_token": "<bos>",
+        "eos_token": "<eos>",
+    },
+    "mixtral": {
+        "source": "mistralai/Mixtral-8x7B-Instruct-v0.1 tokenizer_config.json chat_template, the "
+        "2024 revision with an optional system message (gated repo; copied from public copies: "
+        "a notebook that hard-codes Mixtral-8x7B-Instruct-v0.1's tokenizer.chat_template, and "
+        "vLLM's startup log printing the same text for Mistral-7B-Instruct-v0.2)",
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+    },
 }
 
 
