@@ -352,19 +352,117 @@ fn copy_range_copies_a_block() {
 /// together for several steps, comparing every step's logits.
 #[test]
 fn gpu_forward_matches_the_cpu_forward() {
+    let Some(dev) = gpu() else { return };
+    // f32 weights (f16 KV cache, as for GGUF models) and bf16 weights (bf16 cache).
+    for (shape, dtype, tol) in [
+        (wick::model::RandomShape::Qwen2_0_5b, DType::F32, 1e-2),
+        (wick::model::RandomShape::Llama32_1b, DType::BF16, 6e-2),
+    ] {
+        forward_matches(&dev, &format!("{shape:?}"), shape.config(), dtype, tol);
+    }
+}
+
+/// The same comparison for a small model of every family, each with what sets it apart
+/// on the device: sliding windows shorter than the prompts (Mistral, Mixtral, Gemma's
+/// alternating layers), attention and final soft-capping (Gemma 2), Gemma 3's local rope
+/// base and q/k norms, Phi-3's partial rotary with longrope factors and attention factor,
+/// and routed experts (Mixtral's renormalised top-2, Qwen3-MoE's with a dense layer).
+#[test]
+fn gpu_forward_matches_the_cpu_forward_in_every_family() {
+    use wick::model::config::MoeConfig;
+    use wick::model::{Arch, RandomShape};
+    let Some(dev) = gpu() else { return };
+    let base = wick::model::ModelConfig {
+        hidden_size: 256,
+        intermediate_size: 512,
+        num_layers: 3,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 64,
+        rotary_dim: 64,
+        vocab_size: 1024,
+        ..RandomShape::Tiny.config()
+    };
+    let moe = |dense_layers| {
+        Some(MoeConfig {
+            num_experts: 8,
+            top_k: 2,
+            intermediate_size: 128,
+            norm_topk_prob: true,
+            dense_layers,
+        })
+    };
+    let gemma_layers = vec![true, false, true];
+    let families = [
+        wick::model::ModelConfig {
+            arch: Arch::Mistral,
+            sliding_window: Some(24),
+            ..base.clone()
+        },
+        wick::model::ModelConfig {
+            arch: Arch::Phi3,
+            rotary_dim: 32,
+            rope_scaling: RopeScaling::FreqFactors((0..16).map(|i| 1.0 + i as f32 * 0.5).collect()),
+            rope_scale: 1.19,
+            ..base.clone()
+        },
+        wick::model::ModelConfig {
+            arch: Arch::Gemma2,
+            sliding_window: Some(24),
+            window_layers: gemma_layers.clone(),
+            attn_logit_softcap: Some(5.0),
+            final_logit_softcap: Some(3.0),
+            query_pre_attn_scalar: Some(48.0),
+            tie_word_embeddings: true,
+            ..base.clone()
+        },
+        wick::model::ModelConfig {
+            arch: Arch::Gemma3,
+            qk_norm: true,
+            sliding_window: Some(24),
+            window_layers: gemma_layers,
+            local_rope_theta: Some(10_000.0),
+            rope_theta: 1_000_000.0,
+            rope_scaling: RopeScaling::Linear { factor: 8.0 },
+            query_pre_attn_scalar: Some(64.0),
+            tie_word_embeddings: true,
+            ..base.clone()
+        },
+        wick::model::ModelConfig {
+            arch: Arch::Mixtral,
+            sliding_window: Some(24),
+            moe: moe(Vec::new()),
+            ..base.clone()
+        },
+        wick::model::ModelConfig {
+            arch: Arch::Qwen3Moe,
+            qk_norm: true,
+            moe: moe(vec![1]),
+            ..base.clone()
+        },
+    ];
+    for cfg in families {
+        let name = cfg.arch.as_str().to_string();
+        forward_matches(&dev, &name, cfg, DType::F32, 1e-2);
+    }
+}
+
+/// Runs `cfg`'s random model (seed 7) on the CPU and, in `dtype`, on the GPU through the
+/// same steps, and asserts every step's logits agree within `tol` (relative L2).
+fn forward_matches(
+    dev: &CudaDevice,
+    name: &str,
+    cfg: wick::model::ModelConfig,
+    dtype: DType,
+    tol: f64,
+) {
     use candle_nn::VarBuilder;
     use std::collections::HashMap;
     use wick::engine::{CacheConfig, ModelRunner, Sequence};
-    use wick::model::{random::random_weights, Model, RandomShape};
+    use wick::model::{random::random_weights, Model};
 
-    let Some(dev) = gpu() else { return };
-    let gpu_dev = Device::Cuda(dev);
-    // f32 weights (f16 KV cache, as for GGUF models) and bf16 weights (bf16 cache).
-    for (shape, dtype, tol) in [
-        (RandomShape::Qwen2_0_5b, DType::F32, 1e-2),
-        (RandomShape::Llama32_1b, DType::BF16, 6e-2),
-    ] {
-        let cfg = shape.config();
+    let gpu_dev = Device::Cuda(dev.clone());
+    {
         let weights = random_weights(&cfg, 7, DType::F32, &Device::Cpu).unwrap();
         // The CPU model sees exactly the GPU's weights (rounded through dtype).
         let cpu_w: HashMap<String, Tensor> = weights
@@ -458,7 +556,7 @@ fn gpu_forward_matches_the_cpu_forward() {
                 worst = worst.max(rel);
                 assert!(
                     rel <= tol,
-                    "{shape:?} {dtype:?} step {step}: GPU logits differ from the CPU's by {rel:.3e} (relative L2)"
+                    "{name} {dtype:?} step {step}: GPU logits differ from the CPU's by {rel:.3e} (relative L2)"
                 );
                 let am = |r: &[f32]| wick::sampling::argmax(r).unwrap();
                 agree += (am(cr) == am(gr)) as usize;
@@ -476,7 +574,7 @@ fn gpu_forward_matches_the_cpu_forward() {
             }
         }
         eprintln!(
-            "ok {shape:?} {dtype:?}: worst relative L2 logit error {worst:.2e}, argmax agrees on {agree}/{total} rows"
+            "ok {name} {dtype:?}: worst relative L2 logit error {worst:.2e}, argmax agrees on {agree}/{total} rows"
         );
     }
 }

@@ -352,9 +352,17 @@ fn tensor_list(cfg: &ModelConfig) -> Vec<(String, Vec<usize>, Init)> {
             out.push((format!("{p}.{name}"), shape, init));
         };
         add("input_layernorm.weight", vec![h], norm);
-        add("self_attn.q_proj.weight", vec![q, h], Init::Normal);
-        add("self_attn.k_proj.weight", vec![kv, h], Init::Normal);
-        add("self_attn.v_proj.weight", vec![kv, h], Init::Normal);
+        if cfg.arch == Arch::Phi3 {
+            add(
+                "self_attn.qkv_proj.weight",
+                vec![q + 2 * kv, h],
+                Init::Normal,
+            );
+        } else {
+            add("self_attn.q_proj.weight", vec![q, h], Init::Normal);
+            add("self_attn.k_proj.weight", vec![kv, h], Init::Normal);
+            add("self_attn.v_proj.weight", vec![kv, h], Init::Normal);
+        }
         if cfg.qkv_bias {
             add("self_attn.q_proj.bias", vec![q], Init::Normal);
             add("self_attn.k_proj.bias", vec![kv], Init::Normal);
@@ -388,6 +396,10 @@ fn tensor_list(cfg: &ModelConfig) -> Vec<(String, Vec<usize>, Init)> {
                     add(&format!("{x}.{u}.weight"), vec![e_inter, h], Init::Normal);
                     add(&format!("{x}.{d}.weight"), vec![h, e_inter], Init::Normal);
                 }
+            }
+            _ if cfg.arch == Arch::Phi3 => {
+                add("mlp.gate_up_proj.weight", vec![2 * inter, h], Init::Normal);
+                add("mlp.down_proj.weight", vec![h, inter], Init::Normal);
             }
             _ => {
                 add("mlp.gate_proj.weight", vec![inter, h], Init::Normal);
@@ -814,6 +826,7 @@ mod tests {
             (Arch::Qwen3Moe, false, true, moe(vec![1])),
             (Arch::Gemma2, false, false, None),
             (Arch::Gemma3, false, true, None),
+            (Arch::Phi3, false, false, None),
         ] {
             let gemma = matches!(arch, Arch::Gemma2 | Arch::Gemma3);
             let tiny = RandomShape::Tiny.config();
@@ -839,8 +852,9 @@ mod tests {
             let vb = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
             let model = Model::from_safetensors(cfg.clone(), vb).unwrap();
             assert_eq!(model.config().arch, arch);
-            let per_layer =
-                9 + 3 * qkv_bias as usize + 2 * qk_norm as usize + 2 * gemma as usize;
+            // Phi-3 fuses q, k, v into one matrix and gate, up into another.
+            let per_layer = 9 + 3 * qkv_bias as usize + 2 * qk_norm as usize + 2 * gemma as usize
+                - 3 * (arch == Arch::Phi3) as usize;
             let sparse_layers = cfg
                 .moe
                 .as_ref()
