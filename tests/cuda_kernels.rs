@@ -159,6 +159,8 @@ fn check_attention(dev: &CudaDevice, case: &Case, seed: u64) {
         head_dim: d,
         block_size: bs,
         scale,
+        window: None,
+        softcap: None,
     };
     let out = kernels
         .paged_attention(
@@ -290,10 +292,14 @@ fn rope_matches_the_cpu_rope() {
     let Some(dev) = gpu() else { return };
     let kernels = Kernels::new(&dev).unwrap();
     let mut rng = Rng(7);
-    for (style, d, heads) in [
-        (RopeStyle::Interleaved, 64, 9),
-        (RopeStyle::Neox, 128, 32),
-        (RopeStyle::Neox, 64, 14),
+    // (style, head size, heads, rotated dimensions, cos/sin scale): whole heads, and
+    // partial rotary with an attention factor (Phi-3 longrope's).
+    for (style, d, heads, rot, scale) in [
+        (RopeStyle::Interleaved, 64, 9, 64, 1.0),
+        (RopeStyle::Neox, 128, 32, 128, 1.0),
+        (RopeStyle::Neox, 64, 14, 64, 1.0),
+        (RopeStyle::Neox, 128, 8, 96, 1.19),
+        (RopeStyle::Interleaved, 64, 3, 32, 1.0),
     ] {
         let scaling = RopeScaling::Llama3 {
             factor: 32.0,
@@ -301,7 +307,7 @@ fn rope_matches_the_cpu_rope() {
             high_freq_factor: 4.0,
             original_max_position_embeddings: 8192,
         };
-        let rope = Rope::new(d, 500_000.0, &scaling, style);
+        let rope = Rope::partial(d, rot, scale, 500_000.0, &scaling, style);
         let positions: Vec<u32> = vec![0, 1, 2, 17, 511, 4096, 32767, 100_000];
         let n = positions.len();
         for dtype in [DType::BF16, DType::F16] {
@@ -316,9 +322,9 @@ fn rope_matches_the_cpu_rope() {
                 .rope(
                     &to_gpu(&dev, &x, (n, heads * d), dtype),
                     &pos.slice(..),
+                    &rope,
                     &inv,
                     heads,
-                    style == RopeStyle::Interleaved,
                 )
                 .unwrap();
             let got = from_gpu(&out);
@@ -684,6 +690,8 @@ fn prefill_attention_timing() {
             head_dim: d,
             block_size: bs,
             scale: 1.0 / (d as f32).sqrt(),
+            window: None,
+            softcap: None,
         };
         let q = Tensor::randn(0f32, 1.0, (n, heads * d), &device)
             .and_then(|t| t.to_dtype(DType::BF16))
