@@ -583,8 +583,16 @@ __device__ void copy_range(uint16_t* __restrict__ buf, size_t src, size_t dst, s
         write_kv<T>(k, v, k_cache, v_cache, slots, kv_heads, head_dim, block_size);       \
     }
 
+// Thread blocks of paged_attention<T, D> that must fit on one SM at once (its registers
+// are capped to fit): for head size 64, 7 (72 registers, as it used before soft-capping
+// added tanhf to its inner loop; with no bound ptxas takes 76 on sm_90, 6 blocks).
+template <int D>
+struct DecodeMinBlocks {
+    static constexpr int N = D == 64 ? 7 : 1;
+};
+
 #define PAGED_ATTENTION(SUFFIX, T, D)                                                      \
-    extern "C" __global__ void __launch_bounds__(NWARPS * WARP)                            \
+    extern "C" __global__ void __launch_bounds__(NWARPS * WARP, DecodeMinBlocks<D>::N)     \
         wick_paged_attention_##SUFFIX##_d##D(                                              \
             T* out, float* part_acc, float* part_ml, const T* q, const T* k_cache,         \
             const T* v_cache, const uint32_t* row_seq, const uint32_t* q_start,            \
