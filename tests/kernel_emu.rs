@@ -9,10 +9,14 @@
 //! bf16 and f16, and batches of decode rows (contexts up to ~4k, which take the
 //! split-context path), whole prompts and prompt chunks over a cached context (the
 //! tensor-core prefill kernel, to a 16k prefix), with unit and with sharp (scores spread
-//! over hundreds) softmaxes, and bit for bit under shuffled thread schedules. The
+//! over hundreds) softmaxes, and bit for bit under shuffled thread schedules; with sliding
+//! windows (smaller than, equal to and larger than the contexts, hiding whole partitions
+//! and whole K/V tiles) and logit soft-capping, against the f64 attention and the CPU's
+//! `paged_attention_windowed`, each also checked to differ from plain causal attention. The
 //! tensor-core wrappers (mma, ldmatrix) are checked against a plain matrix product and the
-//! PTX ISA's fragment layouts. Rope is
-//! checked against the CPU rope in both pair layouts, write_kv and copy_range element for
+//! PTX ISA's fragment layouts. Rope is checked against the CPU rope in both pair layouts,
+//! whole and partial (half and three quarters of a head rotated), with and without an
+//! attention factor, and with Gemma 3's two tables; write_kv and copy_range element for
 //! element, greedy against the CPU argmax and an f64 logprob, and sampling row for row
 //! against `sampling::gumbel`, its Rust statement. The emulator's own checks (deadlocks,
 //! out-of-bounds accesses, misaligned vectors, writes to inputs) have tests of their own.

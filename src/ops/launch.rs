@@ -897,5 +897,19 @@ mod tests {
             n.0.join(" "),
             "out q k v q_start q_len context_len block_tables 0 5 8 2 16 0.5 4096 50"
         );
+        // Phi-3's rope: 96 of 128 dimensions rotated, cos/sin scaled, pairs split in halves.
+        let rope = Rope::partial(
+            128,
+            96,
+            1.25,
+            10_000.0,
+            &crate::ops::RopeScaling::None,
+            RopeStyle::Neox,
+        );
+        let r = RopeLaunch::new(3, 8, &rope);
+        assert_eq!((r.dims.grid, r.dims.block), ((3, 1, 1), (512, 1, 1)));
+        let mut n = Names::default();
+        r.args(&mut n, "x", "out", "positions", "inv_freq");
+        assert_eq!(n.0.join(" "), "x out positions inv_freq 8 128 96 0 1.25");
     }
 }
