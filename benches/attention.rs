@@ -177,6 +177,8 @@ fn attention_cuda(c: &mut Criterion) {
             head_dim: d,
             block_size: bs,
             scale: 1.0 / (d as f32).sqrt(),
+            window: None,
+            softcap: None,
         };
         let q = Tensor::randn(0f32, 1.0, (rows, heads * d), &device)
             .and_then(|t| t.to_dtype(DType::BF16))

@@ -71,17 +71,19 @@ __device__ __forceinline__ void load_vec(const T* __restrict__ p, float* out) {
 
 // ---------------------------------------------------------------------------------------
 // Rotary embeddings. x, out: [tokens][heads][head_dim]; positions: [tokens];
-// inv_freq: [head_dim / 2]. interleaved != 0: pairs (2i, 2i+1) (GGUF llama), else
-// (i, i + head_dim/2) (Hugging Face). Angles as the CPU path computes them: f32
-// position * f32 inverse frequency, then an accurate sincos.
+// inv_freq: [rot_dim / 2]. The first rot_dim (even, at most head_dim) dimensions of each
+// head are rotated, the rest copied (partial rotary); interleaved != 0: pairs (2i, 2i+1)
+// (GGUF llama), else (i, i + rot_dim/2) (Hugging Face). cos and sin are multiplied by
+// scale (longrope's attention factor; 1 otherwise). Angles as the CPU path computes them
+// (src/ops/rope.rs): f32 position * f32 inverse frequency, then an accurate sincos.
 // grid: tokens; block: any.
 template <typename T>
 __device__ void rope(const T* __restrict__ x, T* __restrict__ out,
                      const uint32_t* __restrict__ positions,
-                     const float* __restrict__ inv_freq, int heads, int head_dim,
-                     int interleaved) {
+                     const float* __restrict__ inv_freq, int heads, int head_dim, int rot_dim,
+                     int interleaved, float scale) {
     const int t = blockIdx.x;
-    const int half = head_dim / 2;
+    const int half = rot_dim / 2;
     const float pos = (float)positions[t];
     const size_t row = (size_t)t * heads * head_dim;
     for (int i = threadIdx.x; i < heads * half; i += blockDim.x) {
@@ -92,9 +94,17 @@ __device__ void rope(const T* __restrict__ x, T* __restrict__ out,
         const int b = interleaved ? 2 * j + 1 : j + half;
         float s, c;
         sincosf(pos * inv_freq[j], &s, &c);
+        c *= scale;
+        s *= scale;
         const float x0 = to_f(head[a]), x1 = to_f(head[b]);
         dst[a] = from_f<T>(x0 * c - x1 * s);
         dst[b] = from_f<T>(x0 * s + x1 * c);
+    }
+    // The dimensions past rot_dim pass through.
+    const int rest = head_dim - rot_dim;
+    for (int i = threadIdx.x; i < heads * rest; i += blockDim.x) {
+        const size_t e = row + (size_t)(i / rest) * head_dim + rot_dim + i % rest;
+        out[e] = x[e];
     }
 }
 
@@ -125,15 +135,19 @@ __device__ void write_kv(const T* __restrict__ k, const T* __restrict__ v,
 //
 // Row r belongs to sequence s = row_seq[r]; it is query number r - q_start[s] of the
 // sequence's q_len[s] new tokens, whose K/V are already in the cache; it attends to keys
-// 0 .. context_len[s] - q_len[s] + (r - q_start[s]) (causal). Keys are read through the
-// sequence's block table (block_tables[s * max_blocks ..]).
+// 0 .. context_len[s] - q_len[s] + (r - q_start[s]) (causal), of which only the last
+// `window` when window > 0 (a sliding window: the query at position p sees keys
+// p + 1 - window ..= p; the keys below it are never read). Keys are read through the
+// sequence's block table (block_tables[s * max_blocks ..]). Each score is q.k * scale,
+// then, when softcap > 0, softcap * tanh(score / softcap) (Gemma 2's soft-capping).
 //
 // grid: (rows, kv_heads * subgroups, most partitions of a row), block: NWARPS * WARP
 // threads. A thread block handles one row, up to GMAX query heads of one KV head
 // (subgroup sg covers heads kvh * group + sg * GMAX ..), and, for a split row
 // (part_start[r] != NOT_SPLIT, a decode row: src/ops/launch.rs plan_splits), keys
-// [p * part_size, (p + 1) * part_size) of the row's range; a row that is not split takes
-// all its keys in partition 0, and blocks past a row's partitions return at once. Each
+// lo + [p * part_size, (p + 1) * part_size) of the row's range, lo its first visible key
+// (0 without a window); a row that is not split takes all its keys in partition 0, and
+// blocks past a row's partitions (those past its window's keys too) return at once. Each
 // warp keeps an online softmax (running max, sum, weighted values) per head, a lane
 // holding head_dim / 32 dimensions; the warps are then merged in shared memory. A row that
 // is not split writes its normalized output as T; a split row's partials (unnormalized
@@ -146,7 +160,8 @@ __device__ void paged_attention(
     const uint32_t* __restrict__ row_seq, const uint32_t* __restrict__ q_start,
     const uint32_t* __restrict__ q_len, const uint32_t* __restrict__ context_len,
     const uint32_t* __restrict__ block_tables, const uint32_t* __restrict__ part_start,
-    int max_blocks, int num_heads, int kv_heads, int block_size, int part_size, float scale) {
+    int max_blocks, int num_heads, int kv_heads, int block_size, int part_size, float scale,
+    int window, float softcap) {
     constexpr int E = D / WARP;
     __shared__ float sm_m[NWARPS][GMAX];
     __shared__ float sm_l[NWARPS][GMAX];
@@ -167,9 +182,10 @@ __device__ void paged_attention(
     const uint32_t first = part_start[r];
     if (first == PREFILL_ROW) return;  // prefill_attention's row
     const bool split = first != NOT_SPLIT;
-    const int parts = split ? (n_keys + part_size - 1) / part_size : 1;
+    const int lo = window > 0 ? max(0, n_keys - window) : 0;  // the first visible key
+    const int parts = split ? (n_keys - lo + part_size - 1) / part_size : 1;
     if (p >= parts) return;  // the whole block, before any barrier
-    const int k0 = split ? p * part_size : 0;
+    const int k0 = lo + (split ? p * part_size : 0);
     const int k1 = split ? min(n_keys, k0 + part_size) : n_keys;
     const uint32_t* table = block_tables + (size_t)s * max_blocks;
 
@@ -205,6 +221,7 @@ __device__ void paged_attention(
 #pragma unroll
                 for (int e = 0; e < E; e++) dot = fmaf(qr[g][e], kr[e], dot);
                 dot = warp_sum(dot);
+                if (softcap > 0.f) dot = softcap * tanhf(dot / softcap);
                 const float mn = fmaxf(m[g], dot);
                 const float corr = __expf(m[g] - mn);  // 0 for the first key (m = -inf)
                 const float pj = __expf(dot - mn);
@@ -264,18 +281,23 @@ __device__ void paged_attention(
 // is new token i / group of the sequence, query head kvh * group + i % group, so a tile
 // holds every query head of the group and each K/V tile is loaded once for all of them.
 // Token i (0-based among the sequence's q_len new tokens) sees keys
-// 0 .. context_len - q_len + i (the cached prefix, then causal within the chunk).
+// 0 .. context_len - q_len + i (the cached prefix, then causal within the chunk), of which
+// only the last `window` when window > 0 (as paged_attention; scores soft-capped the same
+// way when softcap > 0).
 //
 // grid: (tiles, kv_heads), tiles at least the sum over prompt sequences of
 // ceil(q_len * group / PF_BM) (blocks past them return); block: PF_WARPS * WARP. Blocks take
 // the prompt sequences' tiles in order, each sequence's last (longest) tile first. A block
-// copies its PF_BM x D query tile into shared memory, then walks the keys in tiles of BN,
-// each gathered through the block table into shared memory with cp.async (zeros past the
-// tile's last key), the next tile's copies in flight while this one is used (for head
-// sizes up to 128); warp w owns tile rows 16 w .. 16 w + 15: S = Q K^T with mma.m16n8k16 (f32
-// accumulators; fragments through ldmatrix), masking, an online softmax per row (max and
-// sum in f32; a row's four lanes merged with shuffles), then O += P V with P rounded to T
-// (as FlashAttention does) and V through ldmatrix .trans. Shared-memory rows are
+// copies its PF_BM x D query tile into shared memory, then walks the keys in tiles of BN
+// from the tile holding the first key any of its rows sees (with a window, the K/V tiles
+// below every row's window are never loaded), each gathered through the block table into
+// shared memory with cp.async (zeros past the tile's last key), the next tile's copies in
+// flight while this one is used (for head sizes up to 128); warp w owns tile rows
+// 16 w .. 16 w + 15: S = Q K^T with mma.m16n8k16 (f32 accumulators; fragments through
+// ldmatrix), masking, an online softmax per row (max and sum in f32; a row's four lanes
+// merged with shuffles), then O += P V with P rounded to T (as FlashAttention does) and V
+// through ldmatrix .trans. A row with no visible key in a K/V tile (all below its window)
+// keeps its running max at -inf and gains nothing from it. Shared-memory rows are
 // XOR-swizzled in 16-byte chunks, so the eight rows one ldmatrix reads hit distinct banks.
 #define PF_WARPS 4
 #define PF_BM (16 * PF_WARPS)
@@ -302,7 +324,7 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q,
                                   const uint32_t* __restrict__ context_len,
                                   const uint32_t* __restrict__ block_tables, int num_seqs,
                                   int max_blocks, int num_heads, int kv_heads, int block_size,
-                                  float scale) {
+                                  float scale, int window, float softcap) {
     constexpr int BM = PF_BM, BN = PrefillTile<D>::BN, STAGES = PrefillTile<D>::STAGES;
     constexpr int C = D / 8;
     static_assert(D % 64 == 0, "the swizzle needs 8 chunks a row at least");
@@ -330,6 +352,8 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q,
     const int row0 = tile * BM;
     const int prefix = (int)context_len[s] - n_q;
     const int n_keys = prefix + (min(row0 + BM, rows) - 1) / group + 1;  // the tile's keys
+    // The first key any row of the tile sees (its first token's window starts lowest).
+    const int key_lo = window > 0 ? max(0, prefix + row0 / group + 1 - window) : 0;
     const uint32_t* table = block_tables + (size_t)s * max_blocks;
     const size_t q_row0 = q_start[s];
 
@@ -362,35 +386,39 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q,
             }
         }
     };
+    // K/V tiles it0 .. n_tiles - 1 (the ones below it0 hold no key the tile's rows see).
+    const int it0 = key_lo / BN;
     const int n_tiles = (n_keys + BN - 1) / BN;
 #pragma unroll
     for (int st = 0; st < STAGES - 1; st++) {
-        if (st < n_tiles) load_kv(st, st);
+        if (it0 + st < n_tiles) load_kv(it0 + st, st);
         tc::cp_async_commit();
     }
 
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
     const int g = lane / 4, t = lane % 4;
     const int mi = lane / 8, r8 = lane % 8;  // the ldmatrix row this lane addresses
-    // This lane's two rows (g and g + 8 of its warp's 16): keys below lim are visible. Rows
-    // past the sequence's see every key of the tile (finite, never written).
-    int lim[2];
+    // This lane's two rows (g and g + 8 of its warp's 16): keys lo .. lim - 1 are visible.
+    // Rows past the sequence's see every key of the tile (finite, never written).
+    int lo[2], lim[2];
 #pragma unroll
     for (int h2 = 0; h2 < 2; h2++) {
         const int ri = row0 + 16 * warp + g + 8 * h2;
         lim[h2] = ri < rows ? prefix + ri / group + 1 : n_keys;
+        lo[h2] = ri < rows && window > 0 ? max(0, lim[h2] - window) : 0;
     }
     float o[D / 8][4];
 #pragma unroll
     for (int dt = 0; dt < D / 8; dt++) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.f;
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 
-    for (int it = 0; it < n_tiles; it++) {
-        const int k0 = it * BN, buf = it % STAGES;
+    for (int it = 0; it0 + it < n_tiles; it++) {
+        const int k0 = (it0 + it) * BN, buf = it % STAGES;
         // Every warp is done with the buffer the prefetch below fills (the last tile's when
         // STAGES is 1, the one before it when 2).
         __syncthreads();
-        if (it + STAGES - 1 < n_tiles) load_kv(it + STAGES - 1, (it + STAGES - 1) % STAGES);
+        if (it0 + it + STAGES - 1 < n_tiles)
+            load_kv(it0 + it + STAGES - 1, (it + STAGES - 1) % STAGES);
         tc::cp_async_commit();
         tc::cp_async_wait<STAGES - 1>();  // this thread's copies of tile it (and of Q) landed
         __syncthreads();                  // and every thread's
@@ -412,14 +440,17 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q,
             }
         }
 
-        // Mask, scale, and the online softmax (each row's max over its four lanes).
+        // Scale, soft-cap, mask, and the online softmax (each row's max over its four
+        // lanes).
         float mx[2] = {m[0], m[1]};
 #pragma unroll
         for (int nt = 0; nt < BN / 8; nt++) {
 #pragma unroll
             for (int i = 0; i < 4; i++) {
                 const int j = k0 + nt * 8 + 2 * t + (i & 1);
-                const float x = j < lim[i / 2] ? sc[nt][i] * scale : -INFINITY;
+                float x = sc[nt][i] * scale;
+                if (softcap > 0.f) x = softcap * tanhf(x / softcap);
+                x = j >= lo[i / 2] && j < lim[i / 2] ? x : -INFINITY;
                 sc[nt][i] = x;
                 mx[i / 2] = fmaxf(mx[i / 2], x);
             }
@@ -429,8 +460,12 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q,
         for (int h2 = 0; h2 < 2; h2++) {
             mx[h2] = fmaxf(mx[h2], __shfl_xor_sync(0xffffffffu, mx[h2], 1));
             mx[h2] = fmaxf(mx[h2], __shfl_xor_sync(0xffffffffu, mx[h2], 2));
-            corr[h2] = __expf(m[h2] - mx[h2]);  // 0 for the first tile (m = -inf)
+            // A row that has seen no visible key yet (all masked: below its window) keeps
+            // m = -inf; its exponents are taken against 0 so they give 0, not NaN.
+            const float base = mx[h2] == -INFINITY ? 0.f : mx[h2];
+            corr[h2] = __expf(m[h2] - base);  // 0 while m = -inf
             m[h2] = mx[h2];
+            mx[h2] = base;
             l[h2] *= corr[h2];
         }
 #pragma unroll
@@ -485,7 +520,8 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q,
 
 // Merges the partitions of paged_attention's split rows. grid: (split rows, num_heads);
 // block: head_dim. A split row is a decode row (its sequence's only query row), so its
-// keys are its sequence's whole context.
+// keys are its sequence's whole context, or with window > 0 the last `window` of them
+// (paged_attention's partitions start at the window, so only those are read).
 template <typename T>
 __device__ void reduce_partitions(T* __restrict__ out, const float* __restrict__ part_acc,
                                   const float* __restrict__ part_ml,
@@ -493,9 +529,11 @@ __device__ void reduce_partitions(T* __restrict__ out, const float* __restrict__
                                   const uint32_t* __restrict__ part_start,
                                   const uint32_t* __restrict__ row_seq,
                                   const uint32_t* __restrict__ context_len, int num_heads,
-                                  int head_dim, int part_size) {
+                                  int head_dim, int part_size, int window) {
     const int r = split_rows[blockIdx.x], h = blockIdx.y;
-    const int parts = ((int)context_len[row_seq[r]] + part_size - 1) / part_size;
+    const int ctx = (int)context_len[row_seq[r]];
+    const int keys = window > 0 ? min(ctx, window) : ctx;
+    const int parts = (keys + part_size - 1) / part_size;
     const size_t first = part_start[r];
     float mx = -INFINITY;
     for (int p = 0; p < parts; p++) {
@@ -532,11 +570,10 @@ __device__ void copy_range(uint16_t* __restrict__ buf, size_t src, size_t dst, s
 // Entry points (C names, one per element type and head size).
 
 #define ROPE(SUFFIX, T)                                                                    \
-    extern "C" __global__ void wick_rope_##SUFFIX(const T* x, T* out,                     \
-                                                  const uint32_t* positions,              \
-                                                  const float* inv_freq, int heads,       \
-                                                  int head_dim, int interleaved) {        \
-        rope<T>(x, out, positions, inv_freq, heads, head_dim, interleaved);               \
+    extern "C" __global__ void wick_rope_##SUFFIX(                                         \
+        const T* x, T* out, const uint32_t* positions, const float* inv_freq, int heads,  \
+        int head_dim, int rot_dim, int interleaved, float scale) {                         \
+        rope<T>(x, out, positions, inv_freq, heads, head_dim, rot_dim, interleaved, scale); \
     }
 
 #define WRITE_KV(SUFFIX, T)                                                                \
@@ -546,18 +583,27 @@ __device__ void copy_range(uint16_t* __restrict__ buf, size_t src, size_t dst, s
         write_kv<T>(k, v, k_cache, v_cache, slots, kv_heads, head_dim, block_size);       \
     }
 
+// Thread blocks of paged_attention<T, D> that must fit on one SM at once (its registers
+// are capped to fit): for head size 64, 7 (72 registers, as it used before soft-capping
+// added tanhf to its inner loop; with no bound ptxas takes 76 on sm_90, 6 blocks).
+template <int D>
+struct DecodeMinBlocks {
+    static constexpr int N = D == 64 ? 7 : 1;
+};
+
 #define PAGED_ATTENTION(SUFFIX, T, D)                                                      \
-    extern "C" __global__ void __launch_bounds__(NWARPS * WARP)                            \
+    extern "C" __global__ void __launch_bounds__(NWARPS * WARP, DecodeMinBlocks<D>::N)     \
         wick_paged_attention_##SUFFIX##_d##D(                                              \
             T* out, float* part_acc, float* part_ml, const T* q, const T* k_cache,         \
             const T* v_cache, const uint32_t* row_seq, const uint32_t* q_start,            \
             const uint32_t* q_len, const uint32_t* context_len,                            \
             const uint32_t* block_tables, const uint32_t* part_start, int max_blocks,      \
-            int num_heads, int kv_heads, int block_size, int part_size, float scale) {     \
+            int num_heads, int kv_heads, int block_size, int part_size, float scale,       \
+            int window, float softcap) {                                                   \
         paged_attention<T, D>(out, part_acc, part_ml, q, k_cache, v_cache, row_seq,       \
                               q_start, q_len, context_len, block_tables, part_start,       \
                               max_blocks, num_heads, kv_heads, block_size, part_size,      \
-                              scale);                                                      \
+                              scale, window, softcap);                                     \
     }
 
 #define PREFILL_ATTENTION(SUFFIX, T, D)                                                    \
@@ -566,19 +612,19 @@ __device__ void copy_range(uint16_t* __restrict__ buf, size_t src, size_t dst, s
             T* out, const T* q, const T* k_cache, const T* v_cache,                        \
             const uint32_t* q_start, const uint32_t* q_len, const uint32_t* context_len,   \
             const uint32_t* block_tables, int num_seqs, int max_blocks, int num_heads,     \
-            int kv_heads, int block_size, float scale) {                                   \
+            int kv_heads, int block_size, float scale, int window, float softcap) {        \
         prefill_attention<T, D>(out, q, k_cache, v_cache, q_start, q_len, context_len,    \
                                 block_tables, num_seqs, max_blocks, num_heads, kv_heads,  \
-                                block_size, scale);                                        \
+                                block_size, scale, window, softcap);                       \
     }
 
 #define REDUCE(SUFFIX, T)                                                                  \
     extern "C" __global__ void wick_reduce_partitions_##SUFFIX(                            \
         T* out, const float* part_acc, const float* part_ml, const uint32_t* split_rows,   \
         const uint32_t* part_start, const uint32_t* row_seq, const uint32_t* context_len,  \
-        int num_heads, int head_dim, int part_size) {                                      \
+        int num_heads, int head_dim, int part_size, int window) {                          \
         reduce_partitions<T>(out, part_acc, part_ml, split_rows, part_start, row_seq,     \
-                             context_len, num_heads, head_dim, part_size);                \
+                             context_len, num_heads, head_dim, part_size, window);        \
     }
 
 ROPE(bf16, __nv_bfloat16)

@@ -4,8 +4,9 @@
 //! inputs and against wick's CPU kernel, over head sizes 64/128/256, GQA ratios 1 to 16,
 //! block sizes 16 and 32, scattered block tables, and batches that mix decode rows
 //! (contexts up to 32k, which take the split-context path), whole prompts and prompt
-//! chunks over a cached context. Rope is checked against the CPU rope in both pair
-//! layouts, and block copies byte for byte.
+//! chunks over a cached context, also with sliding windows and logit soft-capping. Rope is
+//! checked against the CPU rope in both pair layouts, whole and partial with an attention
+//! factor, and block copies byte for byte.
 //!
 //! Without a GPU the tests print why and pass, unless `WICK_REQUIRE_GPU=1` (set by
 //! scripts/gpu-check.sh), which turns a missing GPU into a failure.
@@ -67,6 +68,9 @@ struct Case {
     /// Per sequence: (tokens already cached, new query tokens this step).
     seqs: Vec<(usize, usize)>,
     dtype: DType,
+    /// The layer's sliding window and attention logit soft-cap.
+    window: Option<usize>,
+    softcap: Option<f32>,
 }
 
 fn check_attention(dev: &CudaDevice, case: &Case, seed: u64) {
@@ -159,6 +163,8 @@ fn check_attention(dev: &CudaDevice, case: &Case, seed: u64) {
         head_dim: d,
         block_size: bs,
         scale,
+        window: case.window,
+        softcap: case.softcap,
     };
     let out = kernels
         .paged_attention(
@@ -177,7 +183,7 @@ fn check_attention(dev: &CudaDevice, case: &Case, seed: u64) {
         _ => (2e-3, 4e-3),
     };
     let mut worst = 0f64;
-    kernel_support::attention_f64(
+    kernel_support::attention_f64_masked(
         &q,
         &all_k,
         &all_v,
@@ -186,15 +192,19 @@ fn check_attention(dev: &CudaDevice, case: &Case, seed: u64) {
         nkv,
         d,
         scale,
-        |r, h, e, want| {
+        case.window,
+        case.softcap,
+        |r, h, e, want, _| {
             let g = got[(r * nh + h) * d + e] as f64;
             let err = (g - want).abs();
             worst = worst.max(err);
             assert!(
                 err <= atol + rtol * want.abs(),
-                "d={d} heads={nh}/{nkv} bs={bs} {dtype:?} seqs={:?}: row {r} head {h} dim {e}: \
-             gpu {g} vs f64 {want}",
-                case.seqs
+                "d={d} heads={nh}/{nkv} bs={bs} {dtype:?} seqs={:?} window={:?} softcap={:?}: \
+                 row {r} head {h} dim {e}: gpu {g} vs f64 {want}",
+                case.seqs,
+                case.window,
+                case.softcap
             );
         },
     );
@@ -215,7 +225,18 @@ fn check_attention(dev: &CudaDevice, case: &Case, seed: u64) {
         })
         .collect();
     let mut cpu = vec![0f32; tokens * nh * d];
-    wick::ops::paged_attention(&layout, &kc, &vc, &q, nh, &seqs, scale, &mut cpu);
+    wick::ops::paged_attention_windowed(
+        &layout,
+        &kc,
+        &vc,
+        &q,
+        nh,
+        &seqs,
+        scale,
+        case.window,
+        case.softcap,
+        &mut cpu,
+    );
     let cpu_worst = got
         .iter()
         .zip(&cpu)
@@ -261,9 +282,52 @@ fn paged_attention_matches_references() {
                         block_size: bs,
                         seqs: seqs.clone(),
                         dtype,
+                        window: None,
+                        softcap: None,
                     };
                     check_attention(&dev, &case, seed);
                 }
+            }
+        }
+    }
+}
+
+/// Sliding windows (shorter than a K/V tile, than a partition, than some contexts, and
+/// longer than all) and soft-capping, on decode rows (split and not), whole prompts and
+/// chunks over cached prefixes, head sizes 128 and 256 (Gemma's).
+#[test]
+fn windows_and_softcap_match_references() {
+    let Some(dev) = gpu() else { return };
+    let mixes: Vec<Vec<(usize, usize)>> = vec![
+        vec![(0, 1), (16, 1), (511, 1), (1500, 1), (4000, 1)],
+        vec![(0, 150), (600, 100), (2000, 40), (5, 1), (3000, 1)],
+    ];
+    let mut seed = 900;
+    for (d, nh, nkv) in [(128, 32, 8), (256, 8, 4), (256, 16, 8)] {
+        for (window, softcap) in [
+            (Some(8), None),
+            (Some(100), Some(50.0)),
+            (Some(1024), Some(2.0)),
+            (Some(100_000), None),
+            (None, Some(1.5)),
+        ] {
+            for (i, seqs) in mixes.iter().enumerate() {
+                seed += 1;
+                let case = Case {
+                    head_dim: d,
+                    num_heads: nh,
+                    kv_heads: nkv,
+                    block_size: 16 << (i % 2),
+                    seqs: seqs.clone(),
+                    dtype: if seed % 2 == 0 {
+                        DType::BF16
+                    } else {
+                        DType::F16
+                    },
+                    window,
+                    softcap,
+                };
+                check_attention(&dev, &case, seed);
             }
         }
     }
@@ -280,6 +344,8 @@ fn long_contexts_split_across_partitions() {
             block_size: bs,
             seqs: vec![(32767, 1), (8191, 1), (4000, 3)],
             dtype,
+            window: None,
+            softcap: None,
         };
         check_attention(&dev, &case, 99 + bs as u64);
     }
@@ -290,10 +356,14 @@ fn rope_matches_the_cpu_rope() {
     let Some(dev) = gpu() else { return };
     let kernels = Kernels::new(&dev).unwrap();
     let mut rng = Rng(7);
-    for (style, d, heads) in [
-        (RopeStyle::Interleaved, 64, 9),
-        (RopeStyle::Neox, 128, 32),
-        (RopeStyle::Neox, 64, 14),
+    // (style, head size, heads, rotated dimensions, cos/sin scale): whole heads, and
+    // partial rotary with an attention factor (Phi-3 longrope's).
+    for (style, d, heads, rot, scale) in [
+        (RopeStyle::Interleaved, 64, 9, 64, 1.0),
+        (RopeStyle::Neox, 128, 32, 128, 1.0),
+        (RopeStyle::Neox, 64, 14, 64, 1.0),
+        (RopeStyle::Neox, 128, 8, 96, 1.19),
+        (RopeStyle::Interleaved, 64, 3, 32, 1.0),
     ] {
         let scaling = RopeScaling::Llama3 {
             factor: 32.0,
@@ -301,7 +371,7 @@ fn rope_matches_the_cpu_rope() {
             high_freq_factor: 4.0,
             original_max_position_embeddings: 8192,
         };
-        let rope = Rope::new(d, 500_000.0, &scaling, style);
+        let rope = Rope::partial(d, rot, scale, 500_000.0, &scaling, style);
         let positions: Vec<u32> = vec![0, 1, 2, 17, 511, 4096, 32767, 100_000];
         let n = positions.len();
         for dtype in [DType::BF16, DType::F16] {
@@ -316,9 +386,9 @@ fn rope_matches_the_cpu_rope() {
                 .rope(
                     &to_gpu(&dev, &x, (n, heads * d), dtype),
                     &pos.slice(..),
+                    &rope,
                     &inv,
                     heads,
-                    style == RopeStyle::Interleaved,
                 )
                 .unwrap();
             let got = from_gpu(&out);
@@ -782,6 +852,8 @@ fn prefill_attention_timing() {
             head_dim: d,
             block_size: bs,
             scale: 1.0 / (d as f32).sqrt(),
+            window: None,
+            softcap: None,
         };
         let q = Tensor::randn(0f32, 1.0, (n, heads * d), &device)
             .and_then(|t| t.to_dtype(DType::BF16))

@@ -59,6 +59,8 @@ fn expected() -> Vec<(&'static str, String)> {
                 max_blocks: 1,
                 split: Default::default(),
                 scale: 1.0,
+                window: None,
+                softcap: None,
             };
             let launch = AttentionLaunch::new(&shape).expect("a valid shape");
             names.push(("attention", launch.kernel(suffix)));

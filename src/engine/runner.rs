@@ -131,16 +131,6 @@ enum Cache {
 }
 
 impl Cache {
-    /// Whether this cache's attention honours a sliding window (the GPU kernels do not
-    /// yet: there a sequence may not outgrow the window).
-    fn has_sliding_window(&self) -> bool {
-        match self {
-            Cache::Host(_) => true,
-            #[cfg(feature = "cuda")]
-            Cache::Device(_) => false,
-        }
-    }
-
     fn attention(&mut self) -> &mut dyn crate::model::AttentionBackend {
         match self {
             Cache::Host(c) => &mut **c,
@@ -184,17 +174,7 @@ impl ModelRunner {
             Device::Cuda(dev) => {
                 let layout = Self::layout(&model, cache);
                 let cfg = model.config();
-                anyhow::ensure!(
-                    cfg.attn_logit_softcap.is_none(),
-                    "the model soft-caps attention logits (Gemma 2's attn_logit_softcapping), \
-                     which wick's GPU attention kernel does not implement: run it on the CPU"
-                );
-                anyhow::ensure!(
-                    cfg.local_rope_theta.is_none(),
-                    "the model's sliding-window layers use a rope base of their own (Gemma 3's \
-                     rope_local_base_freq), which wick's GPU rope does not implement (it takes \
-                     one rope for every layer): run it on the CPU"
-                );
+                // The same per-layer windows, soft-cap and local rope as the host cache's.
                 let kv = crate::kv::DeviceKvCache::new(
                     &dev,
                     cfg.num_layers,
@@ -202,7 +182,12 @@ impl ModelRunner {
                     model.kv_dtype(),
                     cfg.num_heads,
                     model.rope(),
-                )?;
+                )?
+                .with_layer_attention(
+                    (0..cfg.num_layers).map(|l| cfg.layer_window(l)).collect(),
+                    cfg.attn_logit_softcap,
+                )
+                .with_local_rope(cfg.local_rope())?;
                 Self::log(cache, kv.size_in_bytes(), "gpu");
                 Ok(Self::with_cache(model, cache, Cache::Device(Box::new(kv))))
             }
@@ -293,16 +278,6 @@ impl ModelRunner {
     pub fn forward_hidden(&mut self, batch: &FlatBatch) -> Result<Tensor> {
         let mut seqs = recycle(std::mem::take(&mut self.seq_buf));
         batch.fill_attn_seqs(&mut seqs);
-        if let Some(w) = self.model.config().sliding_window {
-            if let Some(s) = seqs.iter().find(|s| s.context_len > w) {
-                anyhow::ensure!(
-                    self.cache.has_sliding_window(),
-                    "a sequence of {} tokens outgrows the model's sliding window of {w}, \
-                     which attention on this device does not implement",
-                    s.context_len
-                );
-            }
-        }
         let out = self
             .model
             .forward_hidden(&batch.forward_batch(&seqs), self.cache.attention());

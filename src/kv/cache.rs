@@ -203,9 +203,10 @@ impl AttentionBackend for KvCache {
         v: &Tensor,
     ) -> Result<Tensor> {
         let layout = self.layout;
-        let windowed = matches!(self.layer_windows.get(layer), Some(Some(_)));
+        let (window, local) =
+            super::layer_attention(&self.layer_windows, self.sliding_window, layer);
         let (rope, tables) = match &self.local_rope {
-            Some(local) if windowed => local,
+            Some(local_rope) if local => local_rope,
             _ => self.rope.as_ref().context("attend before begin_step")?,
         };
         let cache = self
@@ -223,10 +224,6 @@ impl AttentionBackend for KvCache {
         rope.apply(&mut k, nkv, tables);
         ops::write_kv(&layout, &mut cache.k, &mut cache.v, &k, &v, batch.slots);
         let scale = 1.0 / (d as f32).sqrt();
-        let window = match self.layer_windows.get(layer) {
-            Some(&w) => w,
-            None => self.sliding_window,
-        };
         let mut out = vec![0f32; tokens * num_heads * d];
         ops::paged_attention_windowed(
             &layout,

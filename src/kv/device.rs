@@ -10,6 +10,12 @@
 //! lengths and padded block tables, attention's row splits, the rows whose logits are
 //! wanted) is packed into one host vector, reused between steps, and uploaded in one copy
 //! per step: every kernel and the model's embedding read views of it.
+//!
+//! Attention follows the host cache (`kv::cache`): each layer's sliding window and the
+//! attention logit soft-cap go to the attention kernels, the rope's partial rotary and
+//! attention factor to the rope kernel, and the layers with a window rotate by the local
+//! rope where the model has one (Gemma 3); the softmax scale is `1 / sqrt(head_dim)` on
+//! both (a model with another scale, Gemma's `query_pre_attn_scalar`, scales its queries).
 
 use anyhow::{bail, ensure, Result};
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView};
@@ -21,7 +27,7 @@ use super::step_meta::{pack_step, Packed};
 use super::{scratch_bytes, scratch_parts, CacheLayout};
 use crate::model::{AttentionBackend, ForwardBatch, StepInputs};
 use crate::ops::cuda::{AttnMeta, AttnScratch, Kernels};
-use crate::ops::{Rope, RopeStyle};
+use crate::ops::Rope;
 
 struct DeviceLayer {
     k: CudaSlice<u16>,
@@ -39,9 +45,15 @@ pub struct DeviceKvCache {
     packed: Option<Packed>,
     num_heads: usize,
     scale: f32,
-    /// The model's rope frequencies (uploaded once) and pair layout.
-    inv_freq: CudaSlice<f32>,
-    interleaved: bool,
+    /// The model's rope and its frequencies (uploaded once).
+    rope: (Rope, CudaSlice<f32>),
+    /// The rope of the layers with a window of their own where it is not the model's
+    /// (Gemma 3's local base), and its frequencies.
+    local_rope: Option<(Rope, CudaSlice<f32>)>,
+    /// Each layer's sliding window (`None` past the list: the whole context).
+    layer_windows: Vec<Option<usize>>,
+    /// Attention logit soft-capping (Gemma 2), if any.
+    softcap: Option<f32>,
     /// Split attention rows' partials, for every layer in turn.
     scratch: AttnScratch,
 }
@@ -77,12 +89,6 @@ impl DeviceKvCache {
             crate::ops::cuda::HEAD_DIMS,
             layout.head_dim
         );
-        ensure!(
-            !rope.is_partial_or_scaled(),
-            "the model rotates only part of each head or scales its rotary embedding \
-             (partial_rotary_factor, longrope's attention factor), which wick's GPU rope \
-             kernel does not implement: run it on the CPU"
-        );
         let kernels = Kernels::new(dev)?;
         let mut layers = Vec::with_capacity(num_layers);
         for _ in 0..num_layers {
@@ -101,10 +107,47 @@ impl DeviceKvCache {
             packed: None,
             num_heads,
             scale: 1.0 / (layout.head_dim as f32).sqrt(),
-            inv_freq: dev.clone_htod(rope.inv_freq())?,
-            interleaved: rope.style() == RopeStyle::Interleaved,
+            rope: (rope.clone(), dev.clone_htod(rope.inv_freq())?),
+            local_rope: None,
+            layer_windows: Vec::new(),
+            softcap: None,
             scratch: AttnScratch::new(dev, scratch_parts(&layout), num_heads, layout.head_dim)?,
         })
+    }
+
+    /// Each layer's sliding window (`windows[layer]`) and the attention logit soft-cap, as
+    /// `KvCache::with_layer_attention` takes them.
+    pub fn with_layer_attention(
+        mut self,
+        windows: Vec<Option<usize>>,
+        softcap: Option<f32>,
+    ) -> Self {
+        self.layer_windows = windows;
+        self.softcap = softcap;
+        self
+    }
+
+    /// Rotates the queries and keys of the layers with a window by `rope` rather than by
+    /// the model's (Gemma 3's local rope base), as `KvCache::with_local_rope`; `None`:
+    /// every layer by the model's.
+    pub fn with_local_rope(mut self, rope: Option<Rope>) -> Result<Self> {
+        self.local_rope = match rope {
+            Some(r) => {
+                let (model, _) = &self.rope;
+                ensure!(
+                    r.head_dim() == model.head_dim() && r.rot_dim() == model.rot_dim(),
+                    "the local rope rotates {} of {} dimensions, the model's {} of {}",
+                    r.rot_dim(),
+                    r.head_dim(),
+                    model.rot_dim(),
+                    model.head_dim()
+                );
+                let inv_freq = self.kernels.device().clone_htod(r.inv_freq())?;
+                Some((r, inv_freq))
+            }
+            None => None,
+        };
+        Ok(self)
     }
 
     pub fn layout(&self) -> &CacheLayout {
@@ -186,20 +229,13 @@ impl DeviceKvCache {
         let view = |r: std::ops::Range<usize>| -> CudaView<'_, u32> { upload.slice(r) };
         let positions = view(p.positions());
         let kern = &self.kernels;
-        let q = kern.rope(
-            q,
-            &positions,
-            &self.inv_freq,
-            self.num_heads,
-            self.interleaved,
-        )?;
-        let k = kern.rope(
-            k,
-            &positions,
-            &self.inv_freq,
-            l.num_kv_heads,
-            self.interleaved,
-        )?;
+        let (window, local) = super::layer_attention(&self.layer_windows, None, layer);
+        let (rope, inv_freq) = match &self.local_rope {
+            Some(local_rope) if local => local_rope,
+            _ => &self.rope,
+        };
+        let q = kern.rope(q, &positions, rope, inv_freq, self.num_heads)?;
+        let k = kern.rope(k, &positions, rope, inv_freq, l.num_kv_heads)?;
         let v = v.contiguous()?;
         kern.write_kv(
             &k,
@@ -226,6 +262,8 @@ impl DeviceKvCache {
             head_dim: l.head_dim,
             block_size: l.block_size,
             scale: self.scale,
+            window,
+            softcap: self.softcap,
         };
         Ok(kern.paged_attention(&q, &cache.k, &cache.v, &meta, &mut self.scratch)?)
     }

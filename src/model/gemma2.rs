@@ -6,14 +6,15 @@
 //!
 //! Like [`super::llama`], one layer loop over a flattened batch for every device. The
 //! score scale is applied to the queries (`q * sqrt(head_dim / query_pre_attn_scalar)`,
-//! the backend dividing by `sqrt(head_dim)`); the soft-cap and the per-layer windows are
-//! the attention backend's (the host cache's; the GPU runner refuses soft-capping).
+//! the backend dividing by `sqrt(head_dim)`, the host and the device cache alike); the
+//! soft-cap and the per-layer windows are the attention backend's (the host cache's, or the
+//! device cache's kernels).
 //!
 //! Gemma 3's text model (`Gemma3ForCausalLM`, `gemma3_text`) is this block with a `(1 + w)`
 //! RMSNorm on each query and key head before rope, windows on all but every
 //! `sliding_window_pattern`-th layer, and on the sliding layers a rope base of their own
-//! (`rope_local_base_freq`, which the backend applies: `ModelConfig::local_rope`; the
-//! GPU runner refuses it); it is loaded here as well.
+//! (`rope_local_base_freq`, which the backend applies, on the host or the device:
+//! `ModelConfig::local_rope`); it is loaded here as well.
 
 use anyhow::Result;
 use candle_core::Tensor;

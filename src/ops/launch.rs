@@ -9,6 +9,8 @@
 //! CPU. Buffers are generic (device slices or host slices); scalars are pushed by reference
 //! to the launch value, which must outlive the launch.
 
+use super::rope::{Rope, RopeStyle};
+
 /// Keys per attention partition: a decode row with a longer context is split across
 /// thread blocks (flash-decoding) and merged by a second kernel (see [`plan_splits`]).
 pub const PARTITION_SIZE: usize = 512;
@@ -132,25 +134,33 @@ pub trait ArgSink<A> {
     fn arg(&mut self, a: A);
 }
 
-/// `wick_rope_{bf16,f16}`: rotary embeddings of `tokens` rows of `heads` heads.
+/// `wick_rope_{bf16,f16}`: rotary embeddings of `tokens` rows of `heads` heads, as `rope`
+/// rotates them on the CPU (`Rope::apply`): its first `rot_dim` dimensions of each head
+/// (the rest copied), in its pair layout, cos and sin multiplied by its scale. The kernel's
+/// `inv_freq` is `rope.inv_freq()`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RopeLaunch {
     pub dims: Dims,
     heads: i32,
     head_dim: i32,
+    rot_dim: i32,
     interleaved: i32,
+    scale: f32,
 }
 
 impl RopeLaunch {
-    pub fn new(tokens: usize, heads: usize, head_dim: usize, interleaved: bool) -> Self {
+    pub fn new(tokens: usize, heads: usize, rope: &Rope) -> Self {
+        let head_dim = rope.head_dim();
         Self {
             dims: Dims {
                 grid: (tokens as u32, 1, 1),
-                block: ((heads * (head_dim / 2)).min(512) as u32, 1, 1),
+                block: ((heads * (head_dim / 2)).clamp(1, 512) as u32, 1, 1),
             },
             heads: heads as i32,
             head_dim: head_dim as i32,
-            interleaved: interleaved as i32,
+            rot_dim: rope.rot_dim() as i32,
+            interleaved: (rope.style() == RopeStyle::Interleaved) as i32,
+            scale: rope.scale(),
         }
     }
 
@@ -161,7 +171,7 @@ impl RopeLaunch {
 
     pub fn args<'s, S, X, O, P, F>(&'s self, s: &mut S, x: X, out: O, positions: P, inv_freq: F)
     where
-        S: ArgSink<X> + ArgSink<O> + ArgSink<P> + ArgSink<F> + ArgSink<&'s i32>,
+        S: ArgSink<X> + ArgSink<O> + ArgSink<P> + ArgSink<F> + ArgSink<&'s i32> + ArgSink<&'s f32>,
     {
         s.arg(x);
         s.arg(out);
@@ -169,7 +179,9 @@ impl RopeLaunch {
         s.arg(inv_freq);
         s.arg(&self.heads);
         s.arg(&self.head_dim);
+        s.arg(&self.rot_dim);
         s.arg(&self.interleaved);
+        s.arg(&self.scale);
     }
 }
 
@@ -228,6 +240,11 @@ pub struct AttentionShape {
     /// How the rows are split across thread blocks.
     pub split: SplitPlan,
     pub scale: f32,
+    /// The layer's sliding window: a query at position `p` attends only to the keys at
+    /// `p + 1 - w ..= p` (`ops::paged_attention_windowed`); `None`: every earlier key.
+    pub window: Option<usize>,
+    /// Attention logit soft-capping: each scaled score `s` becomes `c * tanh(s / c)`.
+    pub softcap: Option<f32>,
 }
 
 /// One step's metadata arrays as the attention kernel takes them (see `kv::step_meta`).
@@ -278,6 +295,9 @@ pub struct AttentionLaunch {
     part_size: i32,
     scale: f32,
     head_dim_i32: i32,
+    /// The kernels' `window` (0: none) and `softcap` (0: none).
+    window: i32,
+    softcap: f32,
 }
 
 impl AttentionLaunch {
@@ -295,6 +315,14 @@ impl AttentionLaunch {
                 "{} query heads cannot share {} KV heads",
                 s.num_heads, s.kv_heads
             ));
+        }
+        if s.window == Some(0) {
+            return Err("a sliding window of 0 keys leaves a query nothing to attend to".into());
+        }
+        if let Some(c) = s.softcap {
+            if !(c.is_finite() && c > 0.0) {
+                return Err(format!("attention soft-cap {c} is not a positive number"));
+            }
         }
         let parts = s.split.max_parts.max(1);
         if parts > 65535 || s.split.split_rows > i32::MAX as usize {
@@ -342,6 +370,9 @@ impl AttentionLaunch {
             part_size: s.split.part_size.min(i32::MAX as usize) as i32,
             scale: s.scale,
             head_dim_i32: s.head_dim as i32,
+            // A window at least as long as any context is no window.
+            window: s.window.map_or(0, |w| w.min(i32::MAX as usize) as i32),
+            softcap: s.softcap.unwrap_or(0.0),
         })
     }
 
@@ -403,6 +434,8 @@ impl AttentionLaunch {
         s.arg(&self.kv_heads);
         s.arg(&self.block_size);
         s.arg(&self.scale);
+        s.arg(&self.window);
+        s.arg(&self.softcap);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -443,6 +476,8 @@ impl AttentionLaunch {
         s.arg(&self.block_size);
         s.arg(&self.part_size);
         s.arg(&self.scale);
+        s.arg(&self.window);
+        s.arg(&self.softcap);
     }
 
     pub fn reduce_args<'s, S, O, P, B>(
@@ -465,6 +500,7 @@ impl AttentionLaunch {
         s.arg(&self.num_heads);
         s.arg(&self.head_dim_i32);
         s.arg(&self.part_size);
+        s.arg(&self.window);
     }
 }
 
@@ -707,6 +743,8 @@ mod tests {
             max_blocks: 90,
             split,
             scale: 0.1,
+            window: None,
+            softcap: None,
         }
     }
 
@@ -778,6 +816,18 @@ mod tests {
                 },
                 ..shape(split)
             },
+            AttentionShape {
+                window: Some(0),
+                ..shape(split)
+            },
+            AttentionShape {
+                softcap: Some(0.0),
+                ..shape(split)
+            },
+            AttentionShape {
+                softcap: Some(f32::NAN),
+                ..shape(split)
+            },
         ] {
             assert!(AttentionLaunch::new(&bad).is_err(), "{bad:?}");
         }
@@ -815,6 +865,8 @@ mod tests {
                 ..Default::default()
             },
             scale: 0.5,
+            window: Some(4096),
+            softcap: Some(50.0),
         })
         .unwrap();
         let mut n = Names::default();
@@ -831,19 +883,33 @@ mod tests {
         assert_eq!(
             n.0.join(" "),
             "out acc ml q k v row_seq q_start q_len context_len block_tables part_start \
-             5 8 2 16 512 0.5"
+             5 8 2 16 512 0.5 4096 50"
         );
         let mut n = Names::default();
         l.reduce_args(&mut n, "out", "acc", "ml", step);
         assert_eq!(
             n.0.join(" "),
-            "out acc ml split_rows part_start row_seq context_len 8 64 512"
+            "out acc ml split_rows part_start row_seq context_len 8 64 512 4096"
         );
         let mut n = Names::default();
         l.prefill_args(&mut n, "out", "q", "k", "v", step);
         assert_eq!(
             n.0.join(" "),
-            "out q k v q_start q_len context_len block_tables 0 5 8 2 16 0.5"
+            "out q k v q_start q_len context_len block_tables 0 5 8 2 16 0.5 4096 50"
         );
+        // Phi-3's rope: 96 of 128 dimensions rotated, cos/sin scaled, pairs split in halves.
+        let rope = Rope::partial(
+            128,
+            96,
+            1.25,
+            10_000.0,
+            &crate::ops::RopeScaling::None,
+            RopeStyle::Neox,
+        );
+        let r = RopeLaunch::new(3, 8, &rope);
+        assert_eq!((r.dims.grid, r.dims.block), ((3, 1, 1), (512, 1, 1)));
+        let mut n = Names::default();
+        r.args(&mut n, "x", "out", "positions", "inv_freq");
+        assert_eq!(n.0.join(" "), "x out positions inv_freq 8 128 96 0 1.25");
     }
 }

@@ -110,13 +110,23 @@ impl Rope {
         }
     }
 
-    /// Whether only part of each head is rotated or cos/sin are scaled (what wick's GPU
-    /// rope kernel does not do).
-    pub fn is_partial_or_scaled(&self) -> bool {
-        self.rot_dim != self.head_dim || self.scale != 1.0
+    /// Dimensions of each head.
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
     }
 
-    /// Inverse frequency of each rotated pair (`head_dim / 2` values, scaling applied).
+    /// The leading dimensions of each head that are rotated (even, at most `head_dim`);
+    /// the rest pass through.
+    pub fn rot_dim(&self) -> usize {
+        self.rot_dim
+    }
+
+    /// What cos and sin are multiplied by (longrope's attention factor; 1 otherwise).
+    pub fn scale(&self) -> f32 {
+        self.scale
+    }
+
+    /// Inverse frequency of each rotated pair (`rot_dim / 2` values, scaling applied).
     pub fn inv_freq(&self) -> &[f32] {
         &self.inv_freq
     }
@@ -236,8 +246,14 @@ mod tests {
             }
             assert_eq!(&got[h * d + r..(h + 1) * d], &x[h * d + r..(h + 1) * d]);
         }
-        assert!(part.is_partial_or_scaled());
-        assert!(!small.is_partial_or_scaled());
+        assert_eq!(
+            (part.head_dim(), part.rot_dim(), part.scale()),
+            (d, r, scale)
+        );
+        assert_eq!(
+            (small.head_dim(), small.rot_dim(), small.scale()),
+            (r, r, 1.0)
+        );
     }
 
     #[test]

@@ -70,6 +70,26 @@ pub fn attention_f64_abs(
     kv_heads: usize,
     d: usize,
     scale: f32,
+    check: impl FnMut(usize, usize, usize, f64, f64),
+) {
+    attention_f64_masked(q, k, v, seqs, heads, kv_heads, d, scale, None, None, check)
+}
+
+/// [`attention_f64_abs`] with a sliding window (`Some(w)`: the query at position `p` sees
+/// only the keys at `p + 1 - w ..= p`) and soft-capping (`Some(c)`: each scaled score `s`
+/// becomes `c * tanh(s / c)`), as `ops::paged_attention_windowed` states them.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_f64_masked(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    seqs: &[(usize, usize)],
+    heads: usize,
+    kv_heads: usize,
+    d: usize,
+    scale: f32,
+    window: Option<usize>,
+    softcap: Option<f32>,
     mut check: impl FnMut(usize, usize, usize, f64, f64),
 ) {
     let group = heads / kv_heads;
@@ -78,17 +98,23 @@ pub fn attention_f64_abs(
     for &(c, n) in seqs {
         for i in 0..n {
             let visible = c + i + 1;
+            let first = window.map_or(0, |w| visible.saturating_sub(w));
             for h in 0..heads {
                 let kvh = h / group;
                 let qh = &q[((row + i) * heads + h) * d..][..d];
-                let scores: Vec<f64> = (0..visible)
+                let scores: Vec<f64> = (first..visible)
                     .map(|j| {
                         let kj = &k[((base + j) * kv_heads + kvh) * d..][..d];
-                        qh.iter()
+                        let s = qh
+                            .iter()
                             .zip(kj)
                             .map(|(a, b)| *a as f64 * *b as f64)
                             .sum::<f64>()
-                            * scale as f64
+                            * scale as f64;
+                        match softcap {
+                            Some(c) => c as f64 * (s / c as f64).tanh(),
+                            None => s,
+                        }
                     })
                     .collect();
                 let m = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -96,7 +122,7 @@ pub fn attention_f64_abs(
                 let z: f64 = w.iter().sum();
                 for e in 0..d {
                     let (mut want, mut abs) = (0f64, 0f64);
-                    for (j, wj) in w.iter().enumerate() {
+                    for (j, wj) in (first..).zip(&w) {
                         let x = v[((base + j) * kv_heads + kvh) * d + e] as f64;
                         want += wj * x;
                         abs += wj * x.abs();

@@ -94,6 +94,10 @@ pub struct AttnMeta<'a> {
     pub head_dim: usize,
     pub block_size: usize,
     pub scale: f32,
+    /// The layer's sliding window and attention logit soft-cap (see
+    /// `launch::AttentionShape`).
+    pub window: Option<usize>,
+    pub softcap: Option<f32>,
 }
 
 struct AttentionOp<'a> {
@@ -136,6 +140,8 @@ impl CustomOp1 for AttentionOp<'_> {
             max_blocks: m.max_blocks,
             split: m.split,
             scale: m.scale,
+            window: m.window,
+            softcap: m.softcap,
         })
         .map_err(Error::Msg)?;
         let sfx = suffix(s.dtype())?;
