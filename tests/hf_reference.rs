@@ -72,11 +72,13 @@ struct Case {
 }
 
 fn cases(arch: &str) -> Vec<Case> {
-    let t: HashMap<String, Tensor> = candle_core::safetensors::load(
-        reference_dir(arch).join("reference.safetensors"),
-        &Device::Cpu,
-    )
-    .unwrap();
+    cases_in(&reference_dir(arch).join("reference.safetensors"))
+}
+
+/// The prompts, logits and greedy tokens of one reference file (margins where it has
+/// them: llama.cpp's references have none).
+fn cases_in(path: &Path) -> Vec<Case> {
+    let t: HashMap<String, Tensor> = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
     let ids = |name: &str| -> Vec<u32> {
         t[name]
             .to_vec1::<i64>()
@@ -91,7 +93,10 @@ fn cases(arch: &str) -> Vec<Case> {
             prompt: ids(&format!("prompt_{i}")),
             logits: t[&format!("logits_{i}")].to_vec2::<f32>().unwrap(),
             greedy: ids(&format!("greedy_{i}")),
-            margins: t[&format!("margin_{i}")].to_vec1::<f32>().unwrap(),
+            margins: t
+                .get(&format!("margin_{i}"))
+                .map(|m| m.to_vec1::<f32>().unwrap())
+                .unwrap_or_default(),
         })
         .collect()
 }
@@ -141,7 +146,7 @@ fn compare_logits(arch: &str, runner: &mut ModelRunner, cases: &[Case]) -> f32 {
             .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()))
             .fold(0f32, f32::max);
         eprintln!(
-            "{arch} prompt {i} ({} tokens): max |wick - transformers| = {diff:.2e}, \
+            "{arch} prompt {i} ({} tokens): max |wick - reference| = {diff:.2e}, \
              logit std {scale:.2}, ratio {:.2e}",
             c.prompt.len(),
             diff / scale
@@ -159,16 +164,25 @@ fn check(arch: &str) {
     let (_dir, resolved) = snapshot(arch);
     let cases = cases(arch);
     assert!(!cases.is_empty(), "{arch}: no prompts in the reference");
+    check_against(arch, &resolved, &[("transformers", &cases)]);
+}
+
+/// Logits of every prompt against each reference (within `TOLERANCE`), then greedy
+/// continuations through the engine, all prompts in one batch, against each reference's.
+/// Returns the worst max diff / std per reference.
+fn check_against(arch: &str, resolved: &ResolvedModel, references: &[(&str, &[Case])]) -> Vec<f32> {
     let cache = CacheConfig {
         block_size: BLOCK_SIZE,
         num_blocks: 64,
     };
-    let loaded = load(&resolved, &LoadOptions::default()).unwrap();
+    let loaded = load(resolved, &LoadOptions::default()).unwrap();
     assert_eq!(loaded.model.config().arch.as_str(), arch);
     let mut runner = ModelRunner::new(loaded.model, cache);
-    let worst = compare_logits(arch, &mut runner, &cases);
-    // Greedy continuations through the engine, all prompts in one batch.
-    let loaded = load(&resolved, &LoadOptions::default()).unwrap();
+    let worst: Vec<f32> = references
+        .iter()
+        .map(|(name, cases)| compare_logits(&format!("{arch} vs {name}"), &mut runner, cases))
+        .collect();
+    let loaded = load(resolved, &LoadOptions::default()).unwrap();
     let mut engine = EngineCore::new(
         ModelRunner::new(loaded.model, cache),
         Arc::new(loaded.tokenizer),
@@ -182,17 +196,25 @@ fn check(arch: &str) {
             ..Default::default()
         },
     );
+    let cases = references[0].1;
     let prompts: Vec<Vec<u32>> = cases.iter().map(|c| c.prompt.clone()).collect();
     let n = cases[0].greedy.len();
     let out = generate_greedy(&mut engine, &prompts, n, false, |_, _| {}).unwrap();
-    for (i, (o, c)) in out.iter().zip(&cases).enumerate() {
-        assert_eq!(
-            o.generated, c.greedy,
-            "{arch} prompt {i}: greedy tokens differ (reference top-1 margins {:?})",
-            c.margins
-        );
+    for (name, cases) in references {
+        for (i, (o, c)) in out.iter().zip(cases.iter()).enumerate() {
+            assert_eq!(c.prompt, prompts[i], "{arch}: {name}'s prompt {i} differs");
+            assert_eq!(
+                o.generated, c.greedy,
+                "{arch} prompt {i}: greedy tokens differ from {name}'s (reference top-1 \
+                 margins {:?})",
+                c.margins
+            );
+        }
     }
-    eprintln!("{arch}: worst max diff / std = {worst:.2e}");
+    for ((name, _), w) in references.iter().zip(&worst) {
+        eprintln!("{arch} vs {name}: worst max diff / std = {w:.2e}");
+    }
+    worst
 }
 
 #[test]
@@ -456,5 +478,151 @@ fn qwen2_qwen3_and_phi3_through_gguf() {
         );
         let worst = compare_logits(&format!("{arch} (gguf)"), &mut runner, &cases(arch));
         eprintln!("{arch} (gguf): worst max diff / std = {worst:.2e}");
+    }
+}
+
+/// tests/reference/gguf: the fixtures converted by llama.cpp's own converter, with
+/// llama.cpp's and transformers' logits of what was converted
+/// (`scripts/make_gguf_reference.py`).
+fn gguf_reference(arch: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/reference/gguf")
+        .join(arch)
+}
+
+fn gguf_resolved(path: &Path) -> ResolvedModel {
+    resolve(
+        Some(path.to_str().unwrap()),
+        &ModelsConfig::embedded(),
+        &HubOptions::from_env(),
+    )
+    .unwrap()
+}
+
+/// A converter-made GGUF through wick's loader (weights and tokenizer), against llama.cpp
+/// and transformers, logits within `TOLERANCE` and greedy tokens exact.
+fn check_converted(arch: &str) {
+    let base = gguf_reference(arch);
+    let gguf = base.with_extension("gguf");
+    let llamacpp = cases_in(&base.with_extension("llamacpp.safetensors"));
+    let transformers = cases_in(&base.with_extension("transformers.safetensors"));
+    assert!(
+        !llamacpp.is_empty() && llamacpp.len() == transformers.len(),
+        "{arch}"
+    );
+    let resolved = gguf_resolved(&gguf);
+    check_against(
+        arch,
+        &resolved,
+        &[("llama.cpp", &llamacpp), ("transformers", &transformers)],
+    );
+}
+
+#[test]
+fn gemma2_gguf_from_llamacpps_converter() {
+    check_converted("gemma2");
+}
+
+#[test]
+fn gemma3_gguf_from_llamacpps_converter() {
+    check_converted("gemma3");
+}
+
+#[test]
+fn mixtral_gguf_from_llamacpps_converter() {
+    check_converted("mixtral");
+}
+
+#[test]
+fn qwen3_moe_gguf_from_llamacpps_converter() {
+    check_converted("qwen3_moe");
+}
+
+/// The MoE GGUFs with their 3-D expert tensors requantized to Q8_0 (where a row is a
+/// whole number of blocks: qwen3_moe's down experts, 48 wide, stay f32): wick splits each
+/// into per-expert Q8_0 layers and runs them through its quantized matmuls. Compared with
+/// llama.cpp's f32 logits within `Q8_TOLERANCE`, and checked to differ from the f32 run
+/// (the experts were not dequantized back).
+#[test]
+fn moe_gguf_with_q8_0_experts() {
+    const Q8_TOLERANCE: f32 = 5e-2;
+    for arch in ["mixtral", "qwen3_moe"] {
+        let base = gguf_reference(arch);
+        let mut file = std::fs::File::open(base.with_extension("gguf")).unwrap();
+        let content = gguf_file::Content::read(&mut file).unwrap();
+        let mut quantized = 0;
+        let tensors: Vec<(String, QTensor)> = content
+            .tensor_infos
+            .keys()
+            .map(|name| {
+                let t = content.tensor(&mut file, name, &Device::Cpu).unwrap();
+                let cols = *t.shape().dims().last().unwrap();
+                if name.contains("_exps.") && cols % 32 == 0 {
+                    quantized += 1;
+                    let d = t.dequantize(&Device::Cpu).unwrap();
+                    (
+                        name.clone(),
+                        QTensor::quantize(&d, GgmlDType::Q8_0).unwrap(),
+                    )
+                } else {
+                    (name.clone(), t)
+                }
+            })
+            .collect();
+        assert!(quantized > 0, "{arch}: no expert tensor quantized");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q8.gguf");
+        let mut out = std::fs::File::create(&path).unwrap();
+        gguf_file::write(
+            &mut out,
+            &content
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.as_str(), v))
+                .collect::<Vec<_>>(),
+            &tensors
+                .iter()
+                .map(|(k, t)| (k.as_str(), t))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        drop(out);
+        let cache = CacheConfig {
+            block_size: BLOCK_SIZE,
+            num_blocks: 64,
+        };
+        let llamacpp = cases_in(&base.with_extension("llamacpp.safetensors"));
+        let run = |p: &Path| {
+            let loaded = load(&gguf_resolved(p), &LoadOptions::default()).unwrap();
+            let mut runner = ModelRunner::new(loaded.model, cache);
+            llamacpp
+                .iter()
+                .map(|c| prefill_logits(&mut runner, &c.prompt))
+                .collect::<Vec<_>>()
+        };
+        let q8 = run(&path);
+        let f32_run = run(&base.with_extension("gguf"));
+        let mut worst = 0f32;
+        let mut moved = 0f32;
+        for ((got, exact), c) in q8.iter().zip(&f32_run).zip(&llamacpp) {
+            let scale = std_dev(&c.logits);
+            let max_diff = |a: &[Vec<f32>], b: &[Vec<f32>]| {
+                a.iter()
+                    .zip(b)
+                    .flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
+                    .fold(0f32, f32::max)
+            };
+            worst = worst.max(max_diff(got, &c.logits) / scale);
+            moved = moved.max(max_diff(got, exact) / scale);
+        }
+        eprintln!(
+            "{arch} (Q8_0 experts, {quantized} tensors): worst max diff / std vs llama.cpp (f32) \
+             {worst:.2e}, vs wick's f32 run {moved:.2e}"
+        );
+        assert!(worst <= Q8_TOLERANCE, "{arch}: Q8_0 experts off by {worst}");
+        assert!(
+            moved > 1e-5,
+            "{arch}: Q8_0 experts gave the f32 logits exactly"
+        );
     }
 }

@@ -35,7 +35,8 @@ impl Arch {
             "gemma2" | "Gemma2ForCausalLM" => Ok(Arch::Gemma2),
             "gemma3" | "gemma3_text" | "Gemma3ForCausalLM" => Ok(Arch::Gemma3),
             "mixtral" | "MixtralForCausalLM" => Ok(Arch::Mixtral),
-            "qwen3_moe" | "Qwen3MoeForCausalLM" => Ok(Arch::Qwen3Moe),
+            // GGUF spells it `qwen3moe`.
+            "qwen3_moe" | "qwen3moe" | "Qwen3MoeForCausalLM" => Ok(Arch::Qwen3Moe),
             other => bail!(
                 "unsupported model architecture '{other}': wick runs llama, mistral, qwen2, \
                  qwen3, phi3, gemma2, gemma3 (text), mixtral and qwen3_moe models"
@@ -122,6 +123,42 @@ pub struct MoeConfig {
 }
 
 impl MoeConfig {
+    /// Reads the experts of llama.cpp's GGUF metadata: `expert_count` and
+    /// `expert_used_count`; each expert's size is `feed_forward_length` (Mixtral) or
+    /// `expert_feed_forward_length` (qwen3moe; absent, `feed_forward_length / used` as
+    /// llama.cpp takes it). llama.cpp renormalises the top-k weights for both
+    /// (`build_moe_ffn` with `norm_w`), whatever a Qwen3-MoE checkpoint's
+    /// `norm_topk_prob` said, and has no dense layers in either.
+    fn from_gguf(
+        content: &gguf_file::Content,
+        a: &str,
+        arch: Arch,
+        feed_forward_length: usize,
+    ) -> Result<Option<Self>> {
+        if !matches!(arch, Arch::Mixtral | Arch::Qwen3Moe) {
+            return Ok(None);
+        }
+        let num_experts = md_usize(content, &format!("{a}.expert_count"))?;
+        let top_k = md_usize(content, &format!("{a}.expert_used_count"))?;
+        anyhow::ensure!(
+            top_k > 0 && top_k <= num_experts,
+            "GGUF asks for {top_k} of {num_experts} experts"
+        );
+        let intermediate_size = match arch {
+            Arch::Qwen3Moe => md_usize(content, &format!("{a}.expert_feed_forward_length"))
+                .unwrap_or(feed_forward_length / top_k),
+            _ => feed_forward_length,
+        };
+        anyhow::ensure!(intermediate_size > 0, "GGUF experts of size 0");
+        Ok(Some(Self {
+            num_experts,
+            top_k,
+            intermediate_size,
+            norm_topk_prob: true,
+            dense_layers: Vec::new(),
+        }))
+    }
+
     /// Reads Mixtral's or Qwen3-MoE's keys of a config.json.
     fn from_hf(v: &serde_json::Value, arch: Arch, num_layers: usize) -> Result<Option<Self>> {
         let get = |k: &str| v[k].as_u64().map(|x| x as usize);
@@ -220,13 +257,21 @@ impl ModelConfig {
         })
     }
 
+    /// Reads llama.cpp's GGUF metadata, as its converter writes it and its runtime reads
+    /// it. Mixtral is GGUF architecture `llama` with `llama.expert_count` experts; Qwen3-MoE
+    /// is `qwen3moe`. Where llama.cpp's runtime fixes something the metadata does not say,
+    /// wick does as llama.cpp does (see [`ModelConfig::gguf_gemma`] and
+    /// [`MoeConfig::from_gguf`]).
     pub fn from_gguf(content: &gguf_file::Content) -> Result<Self> {
         let arch_name = md(content, "general.architecture")?
             .to_string()
             .map_err(|_| anyhow!("GGUF metadata 'general.architecture' is not a string"))?
             .clone();
-        let arch = Arch::parse(&arch_name)?;
         let a = arch_name.as_str();
+        let mut arch = Arch::parse(&arch_name)?;
+        if arch == Arch::Llama && md_usize(content, &format!("{a}.expert_count")).unwrap_or(0) > 0 {
+            arch = Arch::Mixtral;
+        }
         let hidden_size = md_usize(content, &format!("{a}.embedding_length"))?;
         let num_heads = md_usize(content, &format!("{a}.attention.head_count"))?;
         let num_kv_heads =
@@ -260,11 +305,14 @@ impl ModelConfig {
             },
             Some(other) => bail!("unsupported rope scaling '{other}' in GGUF metadata"),
         };
-        let cfg = Self {
+        let num_layers = md_usize(content, &format!("{a}.block_count"))?;
+        let intermediate_size = md_usize(content, &format!("{a}.feed_forward_length"))?;
+        let gemma = matches!(arch, Arch::Gemma2 | Arch::Gemma3);
+        let mut cfg = Self {
             arch,
             hidden_size,
-            intermediate_size: md_usize(content, &format!("{a}.feed_forward_length"))?,
-            num_layers: md_usize(content, &format!("{a}.block_count"))?,
+            intermediate_size,
+            num_layers,
             num_heads,
             num_kv_heads,
             head_dim,
@@ -272,10 +320,10 @@ impl ModelConfig {
             rms_norm_eps: md_f32(content, &format!("{a}.attention.layer_norm_rms_epsilon"))? as f64,
             rope_theta: md_f32(content, &format!("{a}.rope.freq_base")).unwrap_or(10000.0),
             rope_scaling,
-            // llama.cpp permutes llama/mistral q,k at conversion and rotates adjacent pairs;
-            // qwen2/qwen3/phi3 keep the Hugging Face layout (NEOX rope).
+            // llama.cpp permutes llama/mistral/mixtral q,k at conversion and rotates
+            // adjacent pairs; qwen2/qwen3/phi3/gemma keep the Hugging Face layout (NEOX).
             rope_style: match arch {
-                Arch::Llama | Arch::Mistral => RopeStyle::Interleaved,
+                Arch::Llama | Arch::Mistral | Arch::Mixtral => RopeStyle::Interleaved,
                 _ => RopeStyle::Neox,
             },
             rotary_dim,
@@ -284,13 +332,18 @@ impl ModelConfig {
             rope_scale: 1.0,
             max_position_embeddings: md_usize(content, &format!("{a}.context_length"))
                 .unwrap_or(4096),
-            tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
+            // llama.cpp's gemma2 always takes the embedding as the output head (its
+            // converter skips lm_head).
+            tie_word_embeddings: arch == Arch::Gemma2
+                || !content.tensor_infos.contains_key("output.weight"),
             qkv_bias: content.tensor_infos.contains_key("blk.0.attn_q.bias"),
-            qk_norm: content
-                .tensor_infos
-                .contains_key("blk.0.attn_q_norm.weight"),
+            // Gemma 3's q/k norms are the Gemma block's own (`Gemma2Model`).
+            qk_norm: !gemma
+                && content
+                    .tensor_infos
+                    .contains_key("blk.0.attn_q_norm.weight"),
             // llama.cpp's GGUF metadata carries no sliding window for llama/mistral/qwen;
-            // phi3's is `phi3.attention.sliding_window` (0: none, Phi-4).
+            // phi3's is `phi3.attention.sliding_window` (0: none, Phi-4); gemma's below.
             sliding_window: match arch {
                 Arch::Phi3 => md_usize(content, &format!("{a}.attention.sliding_window"))
                     .ok()
@@ -302,15 +355,89 @@ impl ModelConfig {
             final_logit_softcap: None,
             query_pre_attn_scalar: None,
             local_rope_theta: None,
-            moe: None,
+            moe: MoeConfig::from_gguf(content, a, arch, intermediate_size)?,
         };
-        if matches!(
-            arch,
-            Arch::Gemma2 | Arch::Gemma3 | Arch::Mixtral | Arch::Qwen3Moe
-        ) {
-            bail!("wick reads {a} from safetensors checkpoints only, not GGUF");
+        if gemma {
+            cfg.gguf_gemma(content, a)?;
         }
         cfg.validate()
+    }
+
+    /// Gemma 2 and 3 from GGUF, as llama.cpp's runtime reads them: the sliding window
+    /// (`attention.sliding_window`; gemma2 4096 when absent, gemma3 none) on the layers of
+    /// `attention.sliding_window_pattern` (a flag per layer, or a period `n`: layer `i`
+    /// slides unless `i % n == n - 1`; absent, 2 for gemma2 and 6 for gemma3, which the
+    /// converter never writes); gemma2's soft-caps (50 and 30 when absent) and gemma3's
+    /// final one (none when absent); the query scale `head_dim^-1/2`, or
+    /// `(hidden / heads)^-1/2` for the 27B models (46 gemma2 layers, 62 gemma3 layers),
+    /// whatever the checkpoint's `query_pre_attn_scalar` was (the GGUF does not carry
+    /// it); and the sliding layers' rope base `rope.freq_base_swa` (gemma3: 10000 when
+    /// absent; those layers unscaled).
+    fn gguf_gemma(&mut self, content: &gguf_file::Content, a: &str) -> Result<()> {
+        let key = |k: &str| format!("{a}.{k}");
+        let gemma2 = self.arch == Arch::Gemma2;
+        let window = md_usize(content, &key("attention.sliding_window"))
+            .ok()
+            .or(gemma2.then_some(4096))
+            .filter(|&w| w > 0);
+        if let Some(window) = window {
+            let sliding: Vec<bool> = match content
+                .metadata
+                .get(&key("attention.sliding_window_pattern"))
+            {
+                Some(gguf_file::Value::Array(flags)) => flags
+                    .iter()
+                    .map(|f| f.to_bool().ok())
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| {
+                        anyhow!("GGUF attention.sliding_window_pattern holds a non-boolean")
+                    })?,
+                Some(_) => {
+                    let n = md_usize(content, &key("attention.sliding_window_pattern"))?;
+                    (0..self.num_layers)
+                        .map(|i| n == 0 || i % n < n - 1)
+                        .collect()
+                }
+                None => {
+                    let n = if gemma2 { 2 } else { 6 };
+                    (0..self.num_layers).map(|i| i % n < n - 1).collect()
+                }
+            };
+            anyhow::ensure!(
+                sliding.len() == self.num_layers,
+                "GGUF sliding-window pattern has {} flags for {} layers",
+                sliding.len(),
+                self.num_layers
+            );
+            self.sliding_window = Some(window);
+            self.window_layers = if sliding.iter().all(|&s| s) {
+                Vec::new()
+            } else {
+                sliding
+            };
+            let local = md_f32(content, &key("rope.freq_base_swa")).ok();
+            self.local_rope_theta = match (gemma2, local) {
+                (false, l) => Some(l.unwrap_or(10000.0)),
+                (true, Some(l)) if l != self.rope_theta => Some(l),
+                (true, _) => None,
+            };
+        }
+        let cap = |k: &str, default: f32| -> Option<f32> {
+            Some(md_f32(content, &key(k)).unwrap_or(default)).filter(|&c| c > 0.0)
+        };
+        if gemma2 {
+            self.attn_logit_softcap = cap("attn_logit_softcapping", 50.0);
+            self.final_logit_softcap = cap("final_logit_softcapping", 30.0);
+        } else {
+            self.final_logit_softcap = cap("final_logit_softcapping", 0.0);
+        }
+        let big = self.num_layers == if gemma2 { 46 } else { 62 };
+        self.query_pre_attn_scalar = Some(if big {
+            (self.hidden_size / self.num_heads) as f32
+        } else {
+            self.head_dim as f32
+        });
+        Ok(())
     }
 
     /// Parses a Hugging Face `config.json`.
