@@ -26,6 +26,10 @@ For each architecture it writes tests/reference/gguf/:
   one decode at a time), from an f32 KV cache without flash attention.
 - <arch>.transformers.safetensors: transformers' logits and greedy tokens of the very
   checkpoint that was converted (as reference.safetensors in tests/reference/hf).
+- for mixtral and qwen3_moe, <arch>.q8_0.gguf: that GGUF quantized by llama.cpp's
+  llama-quantize (type Q8_0; what cannot be Q8_0, such as qwen3_moe's 48-wide down
+  experts, gets llama-quantize's fallback type), and <arch>.q8_0.llamacpp.safetensors,
+  llama.cpp's logits of it (llama-quantize is built by scripts/build_llamacpp.sh).
 - <arch>.json: what was changed from the hf fixture (below) and the versions.
 
 What a GGUF cannot say. Each hf fixture exercises something that llama.cpp's converter
@@ -255,6 +259,22 @@ def main():
                   f"{ids.tolist()}, transformers {tref[f'greedy_{i}'].tolist()}, "
                   f"max |llama.cpp - transformers| / std {d:.2e}", file=sys.stderr)
         save_file(lref, OUT / f"{arch}.llamacpp.safetensors")
+        if arch in ("mixtral", "qwen3_moe"):
+            q8 = OUT / f"{arch}.q8_0.gguf"
+            subprocess.run([str(CACHE / "bin" / "llama-quantize"), str(gguf_path), str(q8),
+                            "Q8_0"], check=True, capture_output=True)
+            with tempfile.TemporaryDirectory() as tmp:
+                runs = llamacpp_logits(exe, q8, prompts, cfg["vocab_size"],
+                                       meta["new_tokens"], Path(tmp))
+            qref = {}
+            for i, (logits, ids) in enumerate(runs):
+                qref[f"prompt_{i}"] = torch.tensor(prompts[i], dtype=torch.int64)
+                qref[f"logits_{i}"] = logits.contiguous()
+                qref[f"greedy_{i}"] = ids.contiguous()
+                d = (logits - lref[f"logits_{i}"]).abs().max() / lref[f"logits_{i}"].std()
+                print(f"{arch} Q8_0 prompt {i}: llama.cpp greedy {ids.tolist()}, "
+                      f"max |Q8_0 - f32| / std {d:.2e}", file=sys.stderr)
+            save_file(qref, OUT / f"{arch}.q8_0.llamacpp.safetensors")
         with open(OUT / f"{arch}.json", "w") as f:
             json.dump({
                 "from": f"tests/reference/hf/{arch}",
