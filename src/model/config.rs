@@ -1072,6 +1072,167 @@ mod tests {
         }
     }
 
+    /// In-memory GGUF metadata (no tensor data) with the given keys and tensor names.
+    fn gguf(arch: &str, keys: &[(&str, gguf_file::Value)], tensors: &[&str]) -> gguf_file::Content {
+        use gguf_file::Value::{String as S, F32, U32};
+        let mut metadata: std::collections::HashMap<String, gguf_file::Value> = [
+            ("general.architecture".to_string(), S(arch.into())),
+            (format!("{arch}.embedding_length"), U32(64)),
+            (format!("{arch}.feed_forward_length"), U32(128)),
+            (format!("{arch}.block_count"), U32(8)),
+            (format!("{arch}.attention.head_count"), U32(4)),
+            (format!("{arch}.attention.head_count_kv"), U32(2)),
+            (format!("{arch}.attention.key_length"), U32(32)),
+            (
+                format!("{arch}.attention.layer_norm_rms_epsilon"),
+                F32(1e-6),
+            ),
+            (format!("{arch}.vocab_size"), U32(100)),
+        ]
+        .into_iter()
+        .collect();
+        for (k, v) in keys {
+            metadata.insert(format!("{arch}.{k}"), v.clone());
+        }
+        let tensor_infos = tensors
+            .iter()
+            .map(|n| {
+                let info = gguf_file::TensorInfo {
+                    ggml_dtype: candle_core::quantized::GgmlDType::F32,
+                    shape: candle_core::Shape::from(1),
+                    offset: 0,
+                };
+                (n.to_string(), info)
+            })
+            .collect();
+        gguf_file::Content {
+            magic: gguf_file::VersionedMagic::GgufV3,
+            metadata,
+            tensor_infos,
+            tensor_data_offset: 0,
+        }
+    }
+
+    /// Gemma from GGUF as llama.cpp's runtime reads it: gemma2's defaults (window 4096 on
+    /// even layers, soft-caps 50 and 30, tied head), gemma3's window on all but every 6th
+    /// layer with its swa rope base (10000 when absent), a pattern given as a period or as
+    /// flags, and the query scale: head_dim, or hidden / heads for the 27B layer counts.
+    #[test]
+    fn reads_gemma_gguf_as_llamacpp_does() {
+        use gguf_file::Value::{Array, Bool, F32, U32};
+        let g2 = ModelConfig::from_gguf(&gguf("gemma2", &[], &["output.weight"])).unwrap();
+        assert_eq!(g2.arch, Arch::Gemma2);
+        let w: Vec<_> = (0..8).map(|l| g2.layer_window(l)).collect();
+        assert_eq!(w, [Some(4096), None].repeat(4));
+        assert_eq!(
+            (g2.attn_logit_softcap, g2.final_logit_softcap),
+            (Some(50.0), Some(30.0))
+        );
+        assert!(g2.tie_word_embeddings && !g2.qk_norm);
+        assert_eq!(
+            (g2.query_pre_attn_scalar, g2.local_rope_theta),
+            (Some(32.0), None)
+        );
+        assert_eq!(g2.rope_style, RopeStyle::Neox);
+        let g3 = ModelConfig::from_gguf(&gguf(
+            "gemma3",
+            &[
+                ("attention.sliding_window", U32(512)),
+                ("rope.freq_base", F32(1e6)),
+            ],
+            &["output.weight", "blk.0.attn_q_norm.weight"],
+        ))
+        .unwrap();
+        let w: Vec<_> = (0..8).map(|l| g3.layer_window(l)).collect();
+        let s = Some(512);
+        assert_eq!(w, [s, s, s, s, s, None, s, s]);
+        assert_eq!((g3.rope_theta, g3.local_rope_theta), (1e6, Some(1e4)));
+        assert_eq!(
+            (g3.attn_logit_softcap, g3.final_logit_softcap),
+            (None, None)
+        );
+        assert!(!g3.tie_word_embeddings && !g3.qk_norm);
+        let period = ModelConfig::from_gguf(&gguf(
+            "gemma3",
+            &[
+                ("attention.sliding_window", U32(8)),
+                ("attention.sliding_window_pattern", U32(3)),
+                ("rope.freq_base_swa", F32(100.0)),
+            ],
+            &[],
+        ))
+        .unwrap();
+        let w: Vec<_> = (0..8).map(|l| period.layer_window(l).is_some()).collect();
+        assert_eq!(w, [true, true, false, true, true, false, true, true]);
+        assert_eq!(period.local_rope_theta, Some(100.0));
+        let flags: Vec<_> = (0..8).map(|i| Bool(i == 1)).collect();
+        let listed = ModelConfig::from_gguf(&gguf(
+            "gemma3",
+            &[
+                ("attention.sliding_window", U32(8)),
+                ("attention.sliding_window_pattern", Array(flags)),
+            ],
+            &[],
+        ))
+        .unwrap();
+        let w: Vec<_> = (0..8).map(|l| listed.layer_window(l).is_some()).collect();
+        assert_eq!(w, (0..8).map(|i| i == 1).collect::<Vec<_>>());
+        // No window key: gemma3 attends globally everywhere.
+        let global = ModelConfig::from_gguf(&gguf("gemma3", &[], &[])).unwrap();
+        assert_eq!(
+            (global.sliding_window, global.local_rope_theta),
+            (None, None)
+        );
+        // The 27B models scale queries by hidden / heads, not head_dim.
+        let big =
+            ModelConfig::from_gguf(&gguf("gemma3", &[("block_count", U32(62))], &[])).unwrap();
+        assert_eq!(big.query_pre_attn_scalar, Some(16.0));
+        let big2 =
+            ModelConfig::from_gguf(&gguf("gemma2", &[("block_count", U32(46))], &[])).unwrap();
+        assert_eq!(big2.query_pre_attn_scalar, Some(16.0));
+    }
+
+    /// llama with `expert_count` is Mixtral (permuted q/k: interleaved rope), qwen3moe
+    /// Qwen3-MoE with its expert size (feed_forward_length / used when absent); both
+    /// renormalise the top-k weights, as llama.cpp does; more experts used than exist is
+    /// refused.
+    #[test]
+    fn reads_moe_gguf_as_llamacpp_does() {
+        use gguf_file::Value::U32;
+        let experts = [("expert_count", U32(8)), ("expert_used_count", U32(2))];
+        let m = ModelConfig::from_gguf(&gguf("llama", &experts, &[])).unwrap();
+        assert_eq!(
+            (m.arch, m.rope_style),
+            (Arch::Mixtral, RopeStyle::Interleaved)
+        );
+        let moe = m.moe.unwrap();
+        assert_eq!(
+            (moe.num_experts, moe.top_k, moe.intermediate_size),
+            (8, 2, 128)
+        );
+        assert!(moe.norm_topk_prob && moe.dense_layers.is_empty());
+        let l = ModelConfig::from_gguf(&gguf("llama", &[], &[])).unwrap();
+        assert_eq!((l.arch, l.moe), (Arch::Llama, None));
+        let q = ModelConfig::from_gguf(&gguf("qwen3moe", &experts, &["blk.0.attn_q_norm.weight"]))
+            .unwrap();
+        assert_eq!((q.arch, q.rope_style), (Arch::Qwen3Moe, RopeStyle::Neox));
+        assert!(q.qk_norm);
+        assert_eq!(q.moe.as_ref().unwrap().intermediate_size, 64);
+        let mut keys = experts.to_vec();
+        keys.push(("expert_feed_forward_length", U32(48)));
+        let q = ModelConfig::from_gguf(&gguf("qwen3moe", &keys, &[])).unwrap();
+        let moe = q.moe.unwrap();
+        assert_eq!((moe.intermediate_size, moe.norm_topk_prob), (48, true));
+        let err = ModelConfig::from_gguf(&gguf(
+            "qwen3moe",
+            &[("expert_count", U32(2)), ("expert_used_count", U32(4))],
+            &[],
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("4 of 2 experts"), "{err}");
+    }
+
     #[test]
     fn rejects_unknown_architecture() {
         let err = ModelConfig::from_hf_json(r#"{"architectures":["GPTNeoXForCausalLM"]}"#)
