@@ -520,6 +520,11 @@ fn gguf_resolved(path: &Path) -> ResolvedModel {
 /// A converter-made GGUF through wick's loader (weights and tokenizer), against llama.cpp
 /// and transformers, logits within `TOLERANCE` and greedy tokens exact.
 fn check_converted(arch: &str) {
+    check_converted_as(arch, arch);
+}
+
+/// As [`check_converted`], for a GGUF that wick reads as architecture `read_as`.
+fn check_converted_as(arch: &str, read_as: &str) {
     let base = gguf_reference(arch);
     let gguf = base.with_extension("gguf");
     let llamacpp = cases_in(&base.with_extension("llamacpp.safetensors"));
@@ -529,8 +534,9 @@ fn check_converted(arch: &str) {
         "{arch}"
     );
     let resolved = gguf_resolved(&gguf);
+    eprintln!("{arch}.gguf, read as {read_as}:");
     check_against(
-        arch,
+        read_as,
         &resolved,
         &[("llama.cpp", &llamacpp), ("transformers", &transformers)],
         TOLERANCE,
@@ -619,4 +625,14 @@ fn moe_gguf_quantized_by_llama_quantize() {
             "{arch}: only {within} of {rows} rows within {Q8_TOLERANCE} x std of llama.cpp's"
         );
     }
+}
+
+/// llama's llama3 rope scaling becomes a `rope_freqs` tensor; mistral converts as
+/// llama (its window dropped: the variant has none).
+#[test]
+fn llama_mistral_qwen2_and_qwen3_gguf_from_llamacpps_converter() {
+    for arch in ["llama", "qwen2", "qwen3"] {
+        check_converted(arch);
+    }
+    check_converted_as("mistral", "llama");
 }
