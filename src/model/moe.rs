@@ -121,7 +121,8 @@ impl SparseMoe {
     /// and `.ffn_up_exps` (`[experts, inter, hidden]`) and `.ffn_down_exps`
     /// (`[experts, hidden, inter]`), of any type wick reads (each expert becomes a 2-D
     /// layer of that type: [`GgufWeights::experts`]). Older GGUFs with one tensor per
-    /// expert (`ffn_gate.<e>`) are refused with a word on reconverting.
+    /// expert (`ffn_gate.<e>`) and the converter's optional fused `ffn_gate_up_exps` are
+    /// refused with a word on reconverting.
     fn from_gguf<R: Read + Seek>(
         w: &mut GgufWeights<'_, R>,
         prefix: &str,
@@ -135,6 +136,15 @@ impl SparseMoe {
             anyhow::bail!(
                 "this GGUF stores each expert as its own tensor ({prefix}.ffn_gate.0), a layout \
                  llama.cpp no longer writes; convert the checkpoint again"
+            );
+        }
+        if !w.has(&format!("{prefix}.ffn_gate_exps.weight"))
+            && w.has(&format!("{prefix}.ffn_gate_up_exps.weight"))
+        {
+            anyhow::bail!(
+                "this GGUF holds gate and up experts in one tensor ({prefix}.ffn_gate_up_exps, \
+                 the converter's --fuse-gate-up-exps), which wick does not read; convert \
+                 without that option"
             );
         }
         let router_name = format!("{prefix}.ffn_gate_inp.weight");
