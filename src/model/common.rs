@@ -466,6 +466,41 @@ impl<R: Read + Seek> GgufWeights<'_, R> {
         Ok(self.qtensor(name)?.dequantize(self.device)?)
     }
 
+    /// A 3-D expert tensor as llama.cpp's converter merges them (`ffn_{gate,up,down}_exps`,
+    /// `[experts, rows, cols]`), one linear layer per expert: each expert's rows are one
+    /// contiguous run of blocks, handed on as a 2-D tensor of the file's type (so a
+    /// quantized expert runs wick's quantized matmuls, as any quantized layer does).
+    pub fn experts(
+        &mut self,
+        name: &str,
+        n: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Vec<Linear>> {
+        let t = self
+            .content
+            .tensor(self.reader, name, &Device::Cpu)
+            .with_context(|| format!("GGUF tensor '{name}' is missing or unreadable"))?;
+        anyhow::ensure!(
+            t.shape().dims() == [n, rows, cols],
+            "GGUF tensor '{name}' is {:?}, not [{n} experts, {rows}, {cols}]",
+            t.shape().dims()
+        );
+        let bytes = t.data()?;
+        let per = bytes.len() / n;
+        (0..n)
+            .map(|e| {
+                let q = candle_core::quantized::ggml_file::qtensor_from_ggml(
+                    t.dtype(),
+                    &bytes[e * per..(e + 1) * per],
+                    vec![rows, cols],
+                    self.device,
+                )?;
+                Ok(Linear::quantized(Arc::new(q), None)?)
+            })
+            .collect()
+    }
+
     pub fn linear(&mut self, prefix: &str, bias: bool) -> Result<Linear> {
         let w = self.qtensor(&format!("{prefix}.weight"))?;
         let b = if bias {

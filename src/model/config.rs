@@ -35,7 +35,8 @@ impl Arch {
             "gemma2" | "Gemma2ForCausalLM" => Ok(Arch::Gemma2),
             "gemma3" | "gemma3_text" | "Gemma3ForCausalLM" => Ok(Arch::Gemma3),
             "mixtral" | "MixtralForCausalLM" => Ok(Arch::Mixtral),
-            "qwen3_moe" | "Qwen3MoeForCausalLM" => Ok(Arch::Qwen3Moe),
+            // GGUF spells it `qwen3moe`.
+            "qwen3_moe" | "qwen3moe" | "Qwen3MoeForCausalLM" => Ok(Arch::Qwen3Moe),
             other => bail!(
                 "unsupported model architecture '{other}': wick runs llama, mistral, qwen2, \
                  qwen3, phi3, gemma2, gemma3 (text), mixtral and qwen3_moe models"
@@ -122,6 +123,42 @@ pub struct MoeConfig {
 }
 
 impl MoeConfig {
+    /// Reads the experts of llama.cpp's GGUF metadata: `expert_count` and
+    /// `expert_used_count`; each expert's size is `feed_forward_length` (Mixtral) or
+    /// `expert_feed_forward_length` (qwen3moe; absent, `feed_forward_length / used` as
+    /// llama.cpp takes it). llama.cpp renormalises the top-k weights for both
+    /// (`build_moe_ffn` with `norm_w`), whatever a Qwen3-MoE checkpoint's
+    /// `norm_topk_prob` said, and has no dense layers in either.
+    fn from_gguf(
+        content: &gguf_file::Content,
+        a: &str,
+        arch: Arch,
+        feed_forward_length: usize,
+    ) -> Result<Option<Self>> {
+        if !matches!(arch, Arch::Mixtral | Arch::Qwen3Moe) {
+            return Ok(None);
+        }
+        let num_experts = md_usize(content, &format!("{a}.expert_count"))?;
+        let top_k = md_usize(content, &format!("{a}.expert_used_count"))?;
+        anyhow::ensure!(
+            top_k > 0 && top_k <= num_experts,
+            "GGUF asks for {top_k} of {num_experts} experts"
+        );
+        let intermediate_size = match arch {
+            Arch::Qwen3Moe => md_usize(content, &format!("{a}.expert_feed_forward_length"))
+                .unwrap_or(feed_forward_length / top_k),
+            _ => feed_forward_length,
+        };
+        anyhow::ensure!(intermediate_size > 0, "GGUF experts of size 0");
+        Ok(Some(Self {
+            num_experts,
+            top_k,
+            intermediate_size,
+            norm_topk_prob: true,
+            dense_layers: Vec::new(),
+        }))
+    }
+
     /// Reads Mixtral's or Qwen3-MoE's keys of a config.json.
     fn from_hf(v: &serde_json::Value, arch: Arch, num_layers: usize) -> Result<Option<Self>> {
         let get = |k: &str| v[k].as_u64().map(|x| x as usize);
@@ -220,13 +257,21 @@ impl ModelConfig {
         })
     }
 
+    /// Reads llama.cpp's GGUF metadata, as its converter writes it and its runtime reads
+    /// it. Mixtral is GGUF architecture `llama` with `llama.expert_count` experts; Qwen3-MoE
+    /// is `qwen3moe`. Where llama.cpp's runtime fixes something the metadata does not say,
+    /// wick does as llama.cpp does (see [`ModelConfig::gguf_gemma`] and
+    /// [`MoeConfig::from_gguf`]).
     pub fn from_gguf(content: &gguf_file::Content) -> Result<Self> {
         let arch_name = md(content, "general.architecture")?
             .to_string()
             .map_err(|_| anyhow!("GGUF metadata 'general.architecture' is not a string"))?
             .clone();
-        let arch = Arch::parse(&arch_name)?;
         let a = arch_name.as_str();
+        let mut arch = Arch::parse(&arch_name)?;
+        if arch == Arch::Llama && md_usize(content, &format!("{a}.expert_count")).unwrap_or(0) > 0 {
+            arch = Arch::Mixtral;
+        }
         let hidden_size = md_usize(content, &format!("{a}.embedding_length"))?;
         let num_heads = md_usize(content, &format!("{a}.attention.head_count"))?;
         let num_kv_heads =
@@ -260,11 +305,14 @@ impl ModelConfig {
             },
             Some(other) => bail!("unsupported rope scaling '{other}' in GGUF metadata"),
         };
-        let cfg = Self {
+        let num_layers = md_usize(content, &format!("{a}.block_count"))?;
+        let intermediate_size = md_usize(content, &format!("{a}.feed_forward_length"))?;
+        let gemma = matches!(arch, Arch::Gemma2 | Arch::Gemma3);
+        let mut cfg = Self {
             arch,
             hidden_size,
-            intermediate_size: md_usize(content, &format!("{a}.feed_forward_length"))?,
-            num_layers: md_usize(content, &format!("{a}.block_count"))?,
+            intermediate_size,
+            num_layers,
             num_heads,
             num_kv_heads,
             head_dim,
@@ -272,10 +320,10 @@ impl ModelConfig {
             rms_norm_eps: md_f32(content, &format!("{a}.attention.layer_norm_rms_epsilon"))? as f64,
             rope_theta: md_f32(content, &format!("{a}.rope.freq_base")).unwrap_or(10000.0),
             rope_scaling,
-            // llama.cpp permutes llama/mistral q,k at conversion and rotates adjacent pairs;
-            // qwen2/qwen3/phi3 keep the Hugging Face layout (NEOX rope).
+            // llama.cpp permutes llama/mistral/mixtral q,k at conversion and rotates
+            // adjacent pairs; qwen2/qwen3/phi3/gemma keep the Hugging Face layout (NEOX).
             rope_style: match arch {
-                Arch::Llama | Arch::Mistral => RopeStyle::Interleaved,
+                Arch::Llama | Arch::Mistral | Arch::Mixtral => RopeStyle::Interleaved,
                 _ => RopeStyle::Neox,
             },
             rotary_dim,
@@ -284,13 +332,18 @@ impl ModelConfig {
             rope_scale: 1.0,
             max_position_embeddings: md_usize(content, &format!("{a}.context_length"))
                 .unwrap_or(4096),
-            tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
+            // llama.cpp's gemma2 always takes the embedding as the output head (its
+            // converter skips lm_head).
+            tie_word_embeddings: arch == Arch::Gemma2
+                || !content.tensor_infos.contains_key("output.weight"),
             qkv_bias: content.tensor_infos.contains_key("blk.0.attn_q.bias"),
-            qk_norm: content
-                .tensor_infos
-                .contains_key("blk.0.attn_q_norm.weight"),
+            // Gemma 3's q/k norms are the Gemma block's own (`Gemma2Model`).
+            qk_norm: !gemma
+                && content
+                    .tensor_infos
+                    .contains_key("blk.0.attn_q_norm.weight"),
             // llama.cpp's GGUF metadata carries no sliding window for llama/mistral/qwen;
-            // phi3's is `phi3.attention.sliding_window` (0: none, Phi-4).
+            // phi3's is `phi3.attention.sliding_window` (0: none, Phi-4); gemma's below.
             sliding_window: match arch {
                 Arch::Phi3 => md_usize(content, &format!("{a}.attention.sliding_window"))
                     .ok()
@@ -302,15 +355,89 @@ impl ModelConfig {
             final_logit_softcap: None,
             query_pre_attn_scalar: None,
             local_rope_theta: None,
-            moe: None,
+            moe: MoeConfig::from_gguf(content, a, arch, intermediate_size)?,
         };
-        if matches!(
-            arch,
-            Arch::Gemma2 | Arch::Gemma3 | Arch::Mixtral | Arch::Qwen3Moe
-        ) {
-            bail!("wick reads {a} from safetensors checkpoints only, not GGUF");
+        if gemma {
+            cfg.gguf_gemma(content, a)?;
         }
         cfg.validate()
+    }
+
+    /// Gemma 2 and 3 from GGUF, as llama.cpp's runtime reads them: the sliding window
+    /// (`attention.sliding_window`; gemma2 4096 when absent, gemma3 none) on the layers of
+    /// `attention.sliding_window_pattern` (a flag per layer, or a period `n`: layer `i`
+    /// slides unless `i % n == n - 1`; absent, 2 for gemma2 and 6 for gemma3, which the
+    /// converter never writes); gemma2's soft-caps (50 and 30 when absent) and gemma3's
+    /// final one (none when absent); the query scale `head_dim^-1/2`, or
+    /// `(hidden / heads)^-1/2` for the 27B models (46 gemma2 layers, 62 gemma3 layers),
+    /// whatever the checkpoint's `query_pre_attn_scalar` was (the GGUF does not carry
+    /// it); and the sliding layers' rope base `rope.freq_base_swa` (gemma3: 10000 when
+    /// absent; those layers unscaled).
+    fn gguf_gemma(&mut self, content: &gguf_file::Content, a: &str) -> Result<()> {
+        let key = |k: &str| format!("{a}.{k}");
+        let gemma2 = self.arch == Arch::Gemma2;
+        let window = md_usize(content, &key("attention.sliding_window"))
+            .ok()
+            .or(gemma2.then_some(4096))
+            .filter(|&w| w > 0);
+        if let Some(window) = window {
+            let sliding: Vec<bool> = match content
+                .metadata
+                .get(&key("attention.sliding_window_pattern"))
+            {
+                Some(gguf_file::Value::Array(flags)) => flags
+                    .iter()
+                    .map(|f| f.to_bool().ok())
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| {
+                        anyhow!("GGUF attention.sliding_window_pattern holds a non-boolean")
+                    })?,
+                Some(_) => {
+                    let n = md_usize(content, &key("attention.sliding_window_pattern"))?;
+                    (0..self.num_layers)
+                        .map(|i| n == 0 || i % n < n - 1)
+                        .collect()
+                }
+                None => {
+                    let n = if gemma2 { 2 } else { 6 };
+                    (0..self.num_layers).map(|i| i % n < n - 1).collect()
+                }
+            };
+            anyhow::ensure!(
+                sliding.len() == self.num_layers,
+                "GGUF sliding-window pattern has {} flags for {} layers",
+                sliding.len(),
+                self.num_layers
+            );
+            self.sliding_window = Some(window);
+            self.window_layers = if sliding.iter().all(|&s| s) {
+                Vec::new()
+            } else {
+                sliding
+            };
+            let local = md_f32(content, &key("rope.freq_base_swa")).ok();
+            self.local_rope_theta = match (gemma2, local) {
+                (false, l) => Some(l.unwrap_or(10000.0)),
+                (true, Some(l)) if l != self.rope_theta => Some(l),
+                (true, _) => None,
+            };
+        }
+        let cap = |k: &str, default: f32| -> Option<f32> {
+            Some(md_f32(content, &key(k)).unwrap_or(default)).filter(|&c| c > 0.0)
+        };
+        if gemma2 {
+            self.attn_logit_softcap = cap("attn_logit_softcapping", 50.0);
+            self.final_logit_softcap = cap("final_logit_softcapping", 30.0);
+        } else {
+            self.final_logit_softcap = cap("final_logit_softcapping", 0.0);
+        }
+        let big = self.num_layers == if gemma2 { 46 } else { 62 };
+        self.query_pre_attn_scalar = Some(if big {
+            (self.hidden_size / self.num_heads) as f32
+        } else {
+            self.head_dim as f32
+        });
+        Ok(())
     }
 
     /// Parses a Hugging Face `config.json`.
@@ -943,6 +1070,167 @@ mod tests {
             let local = c.local_rope().unwrap();
             assert_eq!(local.inv_freq()[1], 1.0 / 10000f32.powf(2.0 / 16.0));
         }
+    }
+
+    /// In-memory GGUF metadata (no tensor data) with the given keys and tensor names.
+    fn gguf(arch: &str, keys: &[(&str, gguf_file::Value)], tensors: &[&str]) -> gguf_file::Content {
+        use gguf_file::Value::{String as S, F32, U32};
+        let mut metadata: std::collections::HashMap<String, gguf_file::Value> = [
+            ("general.architecture".to_string(), S(arch.into())),
+            (format!("{arch}.embedding_length"), U32(64)),
+            (format!("{arch}.feed_forward_length"), U32(128)),
+            (format!("{arch}.block_count"), U32(8)),
+            (format!("{arch}.attention.head_count"), U32(4)),
+            (format!("{arch}.attention.head_count_kv"), U32(2)),
+            (format!("{arch}.attention.key_length"), U32(32)),
+            (
+                format!("{arch}.attention.layer_norm_rms_epsilon"),
+                F32(1e-6),
+            ),
+            (format!("{arch}.vocab_size"), U32(100)),
+        ]
+        .into_iter()
+        .collect();
+        for (k, v) in keys {
+            metadata.insert(format!("{arch}.{k}"), v.clone());
+        }
+        let tensor_infos = tensors
+            .iter()
+            .map(|n| {
+                let info = gguf_file::TensorInfo {
+                    ggml_dtype: candle_core::quantized::GgmlDType::F32,
+                    shape: candle_core::Shape::from(1),
+                    offset: 0,
+                };
+                (n.to_string(), info)
+            })
+            .collect();
+        gguf_file::Content {
+            magic: gguf_file::VersionedMagic::GgufV3,
+            metadata,
+            tensor_infos,
+            tensor_data_offset: 0,
+        }
+    }
+
+    /// Gemma from GGUF as llama.cpp's runtime reads it: gemma2's defaults (window 4096 on
+    /// even layers, soft-caps 50 and 30, tied head), gemma3's window on all but every 6th
+    /// layer with its swa rope base (10000 when absent), a pattern given as a period or as
+    /// flags, and the query scale: head_dim, or hidden / heads for the 27B layer counts.
+    #[test]
+    fn reads_gemma_gguf_as_llamacpp_does() {
+        use gguf_file::Value::{Array, Bool, F32, U32};
+        let g2 = ModelConfig::from_gguf(&gguf("gemma2", &[], &["output.weight"])).unwrap();
+        assert_eq!(g2.arch, Arch::Gemma2);
+        let w: Vec<_> = (0..8).map(|l| g2.layer_window(l)).collect();
+        assert_eq!(w, [Some(4096), None].repeat(4));
+        assert_eq!(
+            (g2.attn_logit_softcap, g2.final_logit_softcap),
+            (Some(50.0), Some(30.0))
+        );
+        assert!(g2.tie_word_embeddings && !g2.qk_norm);
+        assert_eq!(
+            (g2.query_pre_attn_scalar, g2.local_rope_theta),
+            (Some(32.0), None)
+        );
+        assert_eq!(g2.rope_style, RopeStyle::Neox);
+        let g3 = ModelConfig::from_gguf(&gguf(
+            "gemma3",
+            &[
+                ("attention.sliding_window", U32(512)),
+                ("rope.freq_base", F32(1e6)),
+            ],
+            &["output.weight", "blk.0.attn_q_norm.weight"],
+        ))
+        .unwrap();
+        let w: Vec<_> = (0..8).map(|l| g3.layer_window(l)).collect();
+        let s = Some(512);
+        assert_eq!(w, [s, s, s, s, s, None, s, s]);
+        assert_eq!((g3.rope_theta, g3.local_rope_theta), (1e6, Some(1e4)));
+        assert_eq!(
+            (g3.attn_logit_softcap, g3.final_logit_softcap),
+            (None, None)
+        );
+        assert!(!g3.tie_word_embeddings && !g3.qk_norm);
+        let period = ModelConfig::from_gguf(&gguf(
+            "gemma3",
+            &[
+                ("attention.sliding_window", U32(8)),
+                ("attention.sliding_window_pattern", U32(3)),
+                ("rope.freq_base_swa", F32(100.0)),
+            ],
+            &[],
+        ))
+        .unwrap();
+        let w: Vec<_> = (0..8).map(|l| period.layer_window(l).is_some()).collect();
+        assert_eq!(w, [true, true, false, true, true, false, true, true]);
+        assert_eq!(period.local_rope_theta, Some(100.0));
+        let flags: Vec<_> = (0..8).map(|i| Bool(i == 1)).collect();
+        let listed = ModelConfig::from_gguf(&gguf(
+            "gemma3",
+            &[
+                ("attention.sliding_window", U32(8)),
+                ("attention.sliding_window_pattern", Array(flags)),
+            ],
+            &[],
+        ))
+        .unwrap();
+        let w: Vec<_> = (0..8).map(|l| listed.layer_window(l).is_some()).collect();
+        assert_eq!(w, (0..8).map(|i| i == 1).collect::<Vec<_>>());
+        // No window key: gemma3 attends globally everywhere.
+        let global = ModelConfig::from_gguf(&gguf("gemma3", &[], &[])).unwrap();
+        assert_eq!(
+            (global.sliding_window, global.local_rope_theta),
+            (None, None)
+        );
+        // The 27B models scale queries by hidden / heads, not head_dim.
+        let big =
+            ModelConfig::from_gguf(&gguf("gemma3", &[("block_count", U32(62))], &[])).unwrap();
+        assert_eq!(big.query_pre_attn_scalar, Some(16.0));
+        let big2 =
+            ModelConfig::from_gguf(&gguf("gemma2", &[("block_count", U32(46))], &[])).unwrap();
+        assert_eq!(big2.query_pre_attn_scalar, Some(16.0));
+    }
+
+    /// llama with `expert_count` is Mixtral (permuted q/k: interleaved rope), qwen3moe
+    /// Qwen3-MoE with its expert size (feed_forward_length / used when absent); both
+    /// renormalise the top-k weights, as llama.cpp does; more experts used than exist is
+    /// refused.
+    #[test]
+    fn reads_moe_gguf_as_llamacpp_does() {
+        use gguf_file::Value::U32;
+        let experts = [("expert_count", U32(8)), ("expert_used_count", U32(2))];
+        let m = ModelConfig::from_gguf(&gguf("llama", &experts, &[])).unwrap();
+        assert_eq!(
+            (m.arch, m.rope_style),
+            (Arch::Mixtral, RopeStyle::Interleaved)
+        );
+        let moe = m.moe.unwrap();
+        assert_eq!(
+            (moe.num_experts, moe.top_k, moe.intermediate_size),
+            (8, 2, 128)
+        );
+        assert!(moe.norm_topk_prob && moe.dense_layers.is_empty());
+        let l = ModelConfig::from_gguf(&gguf("llama", &[], &[])).unwrap();
+        assert_eq!((l.arch, l.moe), (Arch::Llama, None));
+        let q = ModelConfig::from_gguf(&gguf("qwen3moe", &experts, &["blk.0.attn_q_norm.weight"]))
+            .unwrap();
+        assert_eq!((q.arch, q.rope_style), (Arch::Qwen3Moe, RopeStyle::Neox));
+        assert!(q.qk_norm);
+        assert_eq!(q.moe.as_ref().unwrap().intermediate_size, 64);
+        let mut keys = experts.to_vec();
+        keys.push(("expert_feed_forward_length", U32(48)));
+        let q = ModelConfig::from_gguf(&gguf("qwen3moe", &keys, &[])).unwrap();
+        let moe = q.moe.unwrap();
+        assert_eq!((moe.intermediate_size, moe.norm_topk_prob), (48, true));
+        let err = ModelConfig::from_gguf(&gguf(
+            "qwen3moe",
+            &[("expert_count", U32(2)), ("expert_used_count", U32(4))],
+            &[],
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("4 of 2 experts"), "{err}");
     }
 
     #[test]

@@ -16,12 +16,15 @@
 //! (`rope_local_base_freq`, which the backend applies, on the host or the device:
 //! `ModelConfig::local_rope`); it is loaded here as well.
 
+use std::io::{Read, Seek};
+
 use anyhow::Result;
-use candle_core::Tensor;
+use candle_core::quantized::gguf_file;
+use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
 
 use super::backend::{AttentionBackend, ForwardBatch};
-use super::common::{attend, per_head_norm, rms_norm, Base, Mlp, Projections};
+use super::common::{attend, per_head_norm, rms_norm, Base, GgufWeights, Mlp, Projections};
 use super::config::{Arch, ModelConfig};
 
 #[derive(Debug)]
@@ -98,6 +101,50 @@ impl Gemma2Model {
             x = (x + m)?;
         }
         self.base.finish(&x, &inputs)
+    }
+
+    /// Loads llama.cpp's `gemma2` or `gemma3` GGUF. Its converter has already added 1 to
+    /// every norm weight (`attn_norm`, `post_attention_norm`, `ffn_norm`, `post_ffw_norm`,
+    /// gemma3's `attn_{q,k}_norm`, `output_norm`), so they are taken as they are; the
+    /// hyperparameters llama.cpp fixes itself are in `ModelConfig::gguf_gemma`.
+    pub fn from_gguf<R: Read + Seek>(
+        content: &gguf_file::Content,
+        reader: &mut R,
+        device: &Device,
+    ) -> Result<Self> {
+        let config = ModelConfig::from_gguf(content)?;
+        anyhow::ensure!(
+            matches!(config.arch, Arch::Gemma2 | Arch::Gemma3),
+            "a {} model is not gemma2 or gemma3",
+            config.arch.as_str()
+        );
+        let mut w = GgufWeights {
+            content,
+            reader,
+            device,
+        };
+        let blocks = (0..config.num_layers)
+            .map(|i| {
+                let p = format!("blk.{i}");
+                let mut norm = |n: &str| w.dense(&format!("{p}.{n}.weight"));
+                let qk_norm = if config.arch == Arch::Gemma3 {
+                    Some((norm("attn_q_norm")?, norm("attn_k_norm")?))
+                } else {
+                    None
+                };
+                Ok(Block {
+                    attn_norm: norm("attn_norm")?,
+                    post_attn_norm: norm("post_attention_norm")?,
+                    ffn_norm: norm("ffn_norm")?,
+                    post_ffn_norm: norm("post_ffw_norm")?,
+                    qk_norm,
+                    attn: Projections::from_gguf(&mut w, &p, &config)?,
+                    mlp: Mlp::from_gguf(&mut w, &p, &config)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let base = Base::from_gguf(config, &mut w)?;
+        Ok(Self { base, blocks })
     }
 
     /// Loads a Hugging Face `Gemma2ForCausalLM` or `Gemma3ForCausalLM` checkpoint through

@@ -19,7 +19,7 @@ use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
 
 use super::backend::{AttentionBackend, ForwardBatch};
-use super::common::{attend, rms_norm, Base, GgufWeights, Mlp, Projections};
+use super::common::{attend, rms_norm, Base, GgufWeights, Projections};
 use super::config::{Arch, ModelConfig};
 use super::moe::FeedForward;
 
@@ -95,7 +95,7 @@ impl LlamaModel {
                     attn_norm: w.dense(&format!("{p}.attn_norm.weight"))?,
                     attn: Projections::from_gguf(&mut w, &p, &config)?,
                     ffn_norm: w.dense(&format!("{p}.ffn_norm.weight"))?,
-                    mlp: FeedForward::Dense(Mlp::from_gguf(&mut w, &p, &config)?),
+                    mlp: FeedForward::from_gguf(&mut w, &p, &config, i)?,
                 })
             })
             .collect::<Result<_>>()?;

@@ -67,18 +67,21 @@ macro_rules! each {
 }
 
 impl Model {
-    /// Loads a GGUF file as the family its `general.architecture` names.
+    /// Loads a GGUF file as the family its `general.architecture` names (`llama` with
+    /// experts is Mixtral, `qwen3moe` Qwen3-MoE).
     pub fn from_gguf<R: Read + Seek>(
         content: &gguf_file::Content,
         reader: &mut R,
         device: &Device,
     ) -> Result<Self> {
         Ok(match ModelConfig::from_gguf(content)?.arch {
-            Arch::Qwen3 => Model::Qwen3(Qwen3Model::from_gguf(content, reader, device)?),
-            a @ (Arch::Gemma2 | Arch::Gemma3 | Arch::Mixtral | Arch::Qwen3Moe) => {
-                anyhow::bail!("wick reads {} from safetensors only, not GGUF", a.as_str())
+            Arch::Qwen3 | Arch::Qwen3Moe => {
+                Model::Qwen3(Qwen3Model::from_gguf(content, reader, device)?)
             }
-            Arch::Llama | Arch::Mistral | Arch::Qwen2 | Arch::Phi3 => {
+            Arch::Gemma2 | Arch::Gemma3 => {
+                Model::Gemma2(Gemma2Model::from_gguf(content, reader, device)?)
+            }
+            Arch::Llama | Arch::Mistral | Arch::Qwen2 | Arch::Phi3 | Arch::Mixtral => {
                 Model::Llama(LlamaModel::from_gguf(content, reader, device)?)
             }
         })

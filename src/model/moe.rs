@@ -11,11 +11,13 @@
 //! The routing decision (`[tokens, top_k]` expert ids and weights) is read back to the
 //! host to form the groups; everything else stays in tensor ops on the model's device.
 
+use std::io::{Read, Seek};
+
 use anyhow::Result;
 use candle_core::{DType, Tensor, D};
 use candle_nn::VarBuilder;
 
-use super::common::{st_linear, Mlp};
+use super::common::{st_linear, GgufWeights, Mlp};
 use super::config::{Arch, ModelConfig, MoeConfig};
 use super::linear::Linear;
 
@@ -42,6 +44,22 @@ impl FeedForward {
                 SparseMoe::from_safetensors(vb, cfg, moe)?,
             )),
             _ => Ok(FeedForward::Dense(Mlp::from_safetensors(vb, cfg)?)),
+        }
+    }
+
+    /// Layer `layer`'s MLP at `<prefix>` of a GGUF file: sparse where the config has
+    /// experts and the layer is not one of its dense layers.
+    pub fn from_gguf<R: Read + Seek>(
+        w: &mut GgufWeights<'_, R>,
+        prefix: &str,
+        cfg: &ModelConfig,
+        layer: usize,
+    ) -> Result<Self> {
+        match &cfg.moe {
+            Some(moe) if !moe.dense_layers.contains(&layer) => Ok(FeedForward::Sparse(
+                SparseMoe::from_gguf(w, prefix, cfg, moe)?,
+            )),
+            _ => Ok(FeedForward::Dense(Mlp::from_gguf(w, prefix, cfg)?)),
         }
     }
 }
@@ -96,6 +114,62 @@ impl SparseMoe {
             out = out.index_add(&idx, &y.broadcast_mul(&w)?, 0)?;
         }
         Ok(out)
+    }
+
+    /// `<prefix>.ffn_gate_inp` (the router, `[experts, hidden]`) and the experts merged
+    /// into 3-D tensors as llama.cpp's converter writes them, `<prefix>.ffn_gate_exps`
+    /// and `.ffn_up_exps` (`[experts, inter, hidden]`) and `.ffn_down_exps`
+    /// (`[experts, hidden, inter]`), of any type wick reads (each expert becomes a 2-D
+    /// layer of that type: [`GgufWeights::experts`]). Older GGUFs with one tensor per
+    /// expert (`ffn_gate.<e>`) and the converter's optional fused `ffn_gate_up_exps` are
+    /// refused with a word on reconverting.
+    fn from_gguf<R: Read + Seek>(
+        w: &mut GgufWeights<'_, R>,
+        prefix: &str,
+        cfg: &ModelConfig,
+        moe: &MoeConfig,
+    ) -> Result<Self> {
+        let (h, inter, n) = (cfg.hidden_size, moe.intermediate_size, moe.num_experts);
+        if !w.has(&format!("{prefix}.ffn_gate_exps.weight"))
+            && w.has(&format!("{prefix}.ffn_gate.0.weight"))
+        {
+            anyhow::bail!(
+                "this GGUF stores each expert as its own tensor ({prefix}.ffn_gate.0), a layout \
+                 llama.cpp no longer writes; convert the checkpoint again"
+            );
+        }
+        if !w.has(&format!("{prefix}.ffn_gate_exps.weight"))
+            && w.has(&format!("{prefix}.ffn_gate_up_exps.weight"))
+        {
+            anyhow::bail!(
+                "this GGUF holds gate and up experts in one tensor ({prefix}.ffn_gate_up_exps, \
+                 the converter's --fuse-gate-up-exps), which wick does not read; convert \
+                 without that option"
+            );
+        }
+        let router_name = format!("{prefix}.ffn_gate_inp.weight");
+        let router = w.qtensor(&router_name)?;
+        anyhow::ensure!(
+            router.shape().dims() == [n, h],
+            "GGUF tensor '{router_name}' is {:?}, not [{n} experts, {h}]",
+            router.shape().dims()
+        );
+        let router = Linear::quantized(router, None)?;
+        let gate = w.experts(&format!("{prefix}.ffn_gate_exps.weight"), n, inter, h)?;
+        let up = w.experts(&format!("{prefix}.ffn_up_exps.weight"), n, inter, h)?;
+        let down = w.experts(&format!("{prefix}.ffn_down_exps.weight"), n, h, inter)?;
+        let experts = gate
+            .into_iter()
+            .zip(up)
+            .zip(down)
+            .map(|((g, u), d)| Mlp::swiglu(g, u, d))
+            .collect();
+        Ok(Self {
+            router,
+            experts,
+            top_k: moe.top_k,
+            norm_topk_prob: moe.norm_topk_prob,
+        })
     }
 
     /// `<vb>.gate` (the router) and `<vb>.experts.<e>.{w1,w3,w2}` (Mixtral's gate, up,

@@ -13,7 +13,7 @@ use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
 
 use super::backend::{AttentionBackend, ForwardBatch};
-use super::common::{attend, per_head_norm, rms_norm, Base, GgufWeights, Mlp, Projections};
+use super::common::{attend, per_head_norm, rms_norm, Base, GgufWeights, Projections};
 use super::config::{Arch, ModelConfig};
 use super::moe::FeedForward;
 
@@ -72,7 +72,7 @@ impl Qwen3Model {
         self.base.finish(&x, &inputs)
     }
 
-    /// Loads weights from a GGUF file (llama.cpp's `qwen3` architecture).
+    /// Loads weights from a GGUF file (llama.cpp's `qwen3` and `qwen3moe` architectures).
     pub fn from_gguf<R: Read + Seek>(
         content: &gguf_file::Content,
         reader: &mut R,
@@ -98,7 +98,7 @@ impl Qwen3Model {
                     q_norm: w.dense(&format!("{p}.attn_q_norm.weight"))?,
                     k_norm: w.dense(&format!("{p}.attn_k_norm.weight"))?,
                     ffn_norm: w.dense(&format!("{p}.ffn_norm.weight"))?,
-                    mlp: FeedForward::Dense(Mlp::from_gguf(&mut w, &p, &config)?),
+                    mlp: FeedForward::from_gguf(&mut w, &p, &config, i)?,
                 })
             })
             .collect::<Result<_>>()?;
