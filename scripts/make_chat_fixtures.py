@@ -104,6 +104,14 @@ TEMPLATES = {
         "bos_token": "<bos>",
         "eos_token": "<eos>",
     },
+    "phi4": {
+        "source": "microsoft/phi-4 tokenizer_config.json chat_template, the revision with "
+        "add_generation_prompt (copied from public copies: the Berkeley Function Calling "
+        "Leaderboard's Phi handler quotes that tokenizer_config.json entry, and a prompt "
+        "registry registers the same text for microsoft/phi-4)",
+        "bos_token": "<|endoftext|>",
+        "eos_token": "<|im_end|>",
+    },
     "gemma3": {
         "source": "google/gemma-3-*-it tokenizer_config.json chat_template (gated repos; copied "
         "from public copies: the Berkeley Function Calling Leaderboard's Gemma handler quotes "
