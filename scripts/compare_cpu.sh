@@ -17,6 +17,8 @@
 #     PREFIX_CACHING=on|off     on both sides: wick's prefix cache and llama-server's
 #                               per-request `cache_prompt` (default on)
 #     SEED=0 WARMUP=2
+#     REQUEST_RATE=r            Poisson arrivals at r requests/s (still capped by the
+#                               concurrency level) on both sides; default: closed loop
 #     MODEL=path.gguf           use this GGUF instead of `wick model-path`
 #     WICK=path                 wick binary (default target/release/wick)
 #     SKIP_BUILD=1              do not run `cargo build --release`
@@ -69,7 +71,8 @@ bench() { # label url [extra benchmark flags]
     "$WICK" benchmark --url "$2" --api "$API" --label "$1" "${@:3}" \
         --concurrency "$CONCURRENCY" --prompts-per-concurrency "$PROMPTS_PER_CONCURRENCY" \
         --input-len "$INPUT_LEN" --output-len "$OUTPUT_LEN" --seed "$SEED" \
-        --warmup "$WARMUP" --tokenizer "$MODEL" --model "$(basename "$MODEL")" \
+        --warmup "$WARMUP" ${REQUEST_RATE:+--request-rate "$REQUEST_RATE"} \
+        --tokenizer "$MODEL" --model "$(basename "$MODEL")" \
         --json-out "$OUT_DIR/$1.json" --chart-out "$OUT_DIR/$1.svg" >&2
 }
 
@@ -105,7 +108,7 @@ stop_server
 # --- table ----------------------------------------------------------------------------
 CPU="$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//' || true)"
 [[ -n "$CPU" ]] || CPU="$(uname -m)"
-CMD="scripts/compare_cpu.sh $THREADS  (CONCURRENCY=$CONCURRENCY INPUT_LEN=$INPUT_LEN OUTPUT_LEN=$OUTPUT_LEN PROMPTS_PER_CONCURRENCY=$PROMPTS_PER_CONCURRENCY PREFIX_CACHING=$PREFIX_CACHING)"
+CMD="scripts/compare_cpu.sh $THREADS  (CONCURRENCY=$CONCURRENCY INPUT_LEN=$INPUT_LEN OUTPUT_LEN=$OUTPUT_LEN PROMPTS_PER_CONCURRENCY=$PROMPTS_PER_CONCURRENCY PREFIX_CACHING=$PREFIX_CACHING${REQUEST_RATE:+ REQUEST_RATE=$REQUEST_RATE}${WICK_EXTRA_ARGS:+ WICK_EXTRA_ARGS=\"$WICK_EXTRA_ARGS\"})"
 W="$OUT_DIR/wick.json" L="$OUT_DIR/llama.cpp.json" CPU="$CPU" THREADS="$THREADS" \
     CORES="$(nproc)" MODEL_NAME="$(basename "$MODEL")" CMD="$CMD" API="$API" FLAVOUR="$FLAVOUR" \
     "$PYTHON" - <<'EOF'
