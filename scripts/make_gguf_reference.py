@@ -17,8 +17,9 @@ For each architecture it writes tests/reference/gguf/:
 - <arch>.gguf: written by llama.cpp's convert_hf_to_gguf.py classes (imported from the
   tree as a module, with its gguf-py), f32 tensors (--outtype f32). Only the vocabulary
   step is replaced (the checkpoints have no tokenizer): `set_vocab` writes a minimal
-  SentencePiece-style ("llama") vocabulary of vocab_size tokens (<unk>, <s>, </s>, the
-  256 byte tokens, then t<i>). Tensors, their names, layouts and the norm offsets, and
+  SentencePiece-style ("llama") vocabulary of vocab_size tokens (<unk>, <s>, </s>, for
+  phi3 <|endoftext|>, which llama.cpp's vocabulary loader looks up by text for that
+  architecture, the 256 byte tokens, then t<i>). Tensors, their names, layouts and the norm offsets, and
   every hyperparameter are the converter's.
 - <arch>.llamacpp.safetensors: llama.cpp's logits for the prompts of the hf fixture
   (`prompt_<i>`, i64; `logits_<i>`, f32 `[len, vocab]`, the prompt decoded in one batch)
@@ -164,9 +165,14 @@ def convert(workdir, out_path, name):
 
         def set_vocab(self):
             n = self.hparams["vocab_size"]
-            tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
-            tokens += [f"t{i}" for i in range(len(tokens), n)]
+            special = ["<unk>", "<s>", "</s>"]
             types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
+            if self.model_arch == gguf.MODEL_ARCH.PHI3:
+                # llama.cpp's vocabulary loader looks this token up by text for phi3.
+                special.append("<|endoftext|>")
+                types.append(gguf.TokenType.CONTROL)
+            tokens = special + [f"<0x{b:02X}>" for b in range(256)]
+            tokens += [f"t{i}" for i in range(len(tokens), n)]
             types += [gguf.TokenType.BYTE] * 256
             types += [gguf.TokenType.NORMAL] * (n - len(types))
             assert len(tokens) == n == len(types)
@@ -228,10 +234,9 @@ def llamacpp_logits(exe, gguf_path, prompts, vocab, new_tokens, workdir):
 
 def main():
     only = set(sys.argv[1:])
-    # phi3 converts, but llama.cpp then fails to load it ("error loading model
-    # vocabulary: unordered_map::at", with this minimal vocabulary; not looked into):
-    # tests/hf_reference.rs's gguf_of covers phi3's GGUF layout instead.
-    arches = ["gemma2", "gemma3", "mixtral", "qwen3_moe", "llama", "mistral", "qwen2", "qwen3"]
+    # New architectures go at the end: a variant's extra weights are seeded by position.
+    arches = ["gemma2", "gemma3", "mixtral", "qwen3_moe", "llama", "mistral", "qwen2", "qwen3",
+              "phi3"]
     OUT.mkdir(parents=True, exist_ok=True)
     exe, flavour = driver()
     for arch_i, arch in enumerate(arches):

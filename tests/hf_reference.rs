@@ -628,10 +628,12 @@ fn moe_gguf_quantized_by_llama_quantize() {
 }
 
 /// llama's llama3 rope scaling becomes a `rope_freqs` tensor; mistral converts as
-/// llama (its window dropped: the variant has none).
+/// llama (its window dropped: the variant has none); phi3 keeps its fused `attn_qkv` and
+/// gate/up `ffn_up`, its partial rotary and its longrope factors as `rope_factors_long`/
+/// `rope_factors_short` tensors.
 #[test]
-fn llama_mistral_qwen2_and_qwen3_gguf_from_llamacpps_converter() {
-    for arch in ["llama", "qwen2", "qwen3"] {
+fn llama_mistral_qwen2_qwen3_and_phi3_gguf_from_llamacpps_converter() {
+    for arch in ["llama", "qwen2", "qwen3", "phi3"] {
         check_converted(arch);
     }
     check_converted_as("mistral", "llama");
