@@ -30,19 +30,23 @@ use super::qmatmul::QK;
 /// Weight rows per group.
 pub const GROUP: usize = 8;
 
-/// 32 activations quantized as `d * q` (`q` in -127..=127), with `s = d * Σ q`.
+/// 32 activations quantized as `d * q` (`q` in -127..=127), with `s = d * Σ q` and the
+/// integer sums `hs` of `q[0..16]` and `q[16..32]` (the Q6_K kernels' offset of 32 per
+/// weight is taken off with them, per 16-weight scale).
 #[derive(Debug, Clone, Copy)]
 #[repr(C)]
 pub struct ActQ8 {
     pub qs: [i8; QK],
     pub d: f32,
     pub s: f32,
+    pub hs: [i16; 2],
 }
 
 const ZERO_ACT: ActQ8 = ActQ8 {
     qs: [0; QK],
     d: 0.0,
     s: 0.0,
+    hs: [0; 2],
 };
 
 /// Quantizes one row of activations (`x.len()` a multiple of 32): per block
@@ -52,14 +56,16 @@ pub fn quantize_row(x: &[f32], out: &mut [ActQ8]) {
         let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
         let d = amax / 127.0;
         let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-        let mut sum = 0i32;
-        for (q, &v) in yb.qs.iter_mut().zip(xb) {
+        let mut hs = [0i32; 2];
+        for (i, (q, &v)) in yb.qs.iter_mut().zip(xb).enumerate() {
             let r = ((v * id).round_ties_even() as i32).clamp(-127, 127);
             *q = r as i8;
-            sum += r;
+            hs[i / 16] += r;
         }
         yb.d = d;
-        yb.s = d * sum as f32;
+        yb.s = d * (hs[0] + hs[1]) as f32;
+        // |Σ| <= 16 * 127 fits i16.
+        yb.hs = hs.map(|h| h as i16);
     }
 }
 
