@@ -337,11 +337,9 @@ impl ModelConfig {
             tie_word_embeddings: arch == Arch::Gemma2
                 || !content.tensor_infos.contains_key("output.weight"),
             qkv_bias: content.tensor_infos.contains_key("blk.0.attn_q.bias"),
-            // Gemma 3's q/k norms are the Gemma block's own (`Gemma2Model`).
-            qk_norm: !gemma
-                && content
-                    .tensor_infos
-                    .contains_key("blk.0.attn_q_norm.weight"),
+            qk_norm: content
+                .tensor_infos
+                .contains_key("blk.0.attn_q_norm.weight"),
             // llama.cpp's GGUF metadata carries no sliding window for llama/mistral/qwen;
             // phi3's is `phi3.attention.sliding_window` (0: none, Phi-4); gemma's below.
             sliding_window: match arch {
@@ -1151,7 +1149,7 @@ mod tests {
             (g3.attn_logit_softcap, g3.final_logit_softcap),
             (None, None)
         );
-        assert!(!g3.tie_word_embeddings && !g3.qk_norm);
+        assert!(!g3.tie_word_embeddings && g3.qk_norm);
         let period = ModelConfig::from_gguf(&gguf(
             "gemma3",
             &[

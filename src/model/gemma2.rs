@@ -127,7 +127,7 @@ impl Gemma2Model {
             .map(|i| {
                 let p = format!("blk.{i}");
                 let mut norm = |n: &str| w.dense(&format!("{p}.{n}.weight"));
-                let qk_norm = if config.arch == Arch::Gemma3 {
+                let qk_norm = if config.qk_norm {
                     Some((norm("attn_q_norm")?, norm("attn_k_norm")?))
                 } else {
                     None
