@@ -21,6 +21,8 @@ use std::sync::OnceLock;
 
 mod formats;
 #[cfg(target_arch = "x86_64")]
+mod tiled;
+#[cfg(target_arch = "x86_64")]
 mod x86;
 
 pub use formats::*;
@@ -378,6 +380,11 @@ pub fn matmul_many_with(
     let mut xq = vec![ZERO_ACT; m * kb];
     for (row, q) in x.chunks_exact(k).zip(xq.chunks_exact_mut(kb)) {
         quantize_row(row, q);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if m >= tiled::MIN_ROWS && isa.0 == Level::Avx512Vnni {
+        tiled::matmul_many(&xq, m, ws, outs);
+        return;
     }
     let xrow = |i: usize| &xq[i * kb..(i + 1) * kb];
     let out_ptrs: Vec<usize> = outs.iter_mut().map(|o| o.as_mut_ptr() as usize).collect();

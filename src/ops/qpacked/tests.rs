@@ -377,6 +377,45 @@ fn q6_k_packed_matches_the_dequantized_product() {
     );
 }
 
+/// The batched path (`tiled`, from `tiled::MIN_ROWS` rows with AVX-512 VNNI; the row
+/// kernels elsewhere) at its edges: 40 rows leave a tile with one group of 8, 608 columns
+/// leave a 96-column chunk after two full ones, K-quants span three chunks, and the row
+/// counts leave partial batches and split the rows over two items (300).
+#[test]
+fn batched_path_matches_the_reference_at_every_edge() {
+    const M: [usize; 6] = [8, 9, 15, 23, 70, 300];
+    let (n, k, kk) = (40, 608, 768);
+    matches_reference(Kind::Q4_0, &q4_0_blocks(n * k / 32, 31), deq_q4_0, n, k, &M);
+    matches_reference(Kind::Q4_1, &q4_1_blocks(n * k / 32, 32), deq_q4_1, n, k, &M);
+    matches_reference(Kind::Q5_0, &q5_0_blocks(n * k / 32, 33), deq_q5_0, n, k, &M);
+    matches_reference(Kind::Q5_1, &q5_1_blocks(n * k / 32, 34), deq_q5_1, n, k, &M);
+    matches_reference(Kind::Q8_0, &q8_0_blocks(n * k / 32, 35), deq_q8_0, n, k, &M);
+    matches_reference(
+        Kind::Q4K,
+        &q4_k_blocks(n * kk / 256, 36),
+        deq_q4_k,
+        n,
+        kk,
+        &M,
+    );
+    matches_reference(
+        Kind::Q5K,
+        &q5_k_blocks(n * kk / 256, 37),
+        deq_q5_k,
+        n,
+        kk,
+        &M,
+    );
+    matches_reference(
+        Kind::Q6K,
+        &q6_k_blocks(n * kk / 256, 38),
+        deq_q6_k,
+        n,
+        kk,
+        &M,
+    );
+}
+
 /// Blocks of one byte repeated (0x00: smallest values, 0xFF: largest), with unit scales,
 /// against activations of +-127 everywhere: the largest integer sums the kernels see.
 fn extreme<B: Copy>(byte: u8, fix: impl Fn(&mut B)) -> B {
@@ -394,15 +433,16 @@ fn extreme_weights_and_activations_do_not_overflow() {
     let check_all = |kind: Kind, bytes: Vec<u8>, w: Vec<f64>| {
         let p = PackedWeight::from_bytes(kind, &bytes, n, k).expect("packs");
         for isa in Isa::available() {
-            for sign in [1.0f32, -1.0] {
-                let x = vec![sign; k];
-                let xq = quantized(&x, 1, k);
-                let mut out = vec![0f32; n];
-                matmul_many_with(isa, &x, 1, &[&p], &mut [&mut out]);
+            // One row (row kernels) and 9 (the batched path where there is one).
+            for (sign, m) in [(1.0f32, 1), (-1.0, 1), (1.0, 9), (-1.0, 9)] {
+                let x = vec![sign; m * k];
+                let xq = quantized(&x, m, k);
+                let mut out = vec![0f32; m * n];
+                matmul_many_with(isa, &x, m, &[&p], &mut [&mut out]);
                 check(
-                    &format!("{kind:?} {} extreme", isa.name()),
+                    &format!("{kind:?} {} extreme, {m} rows", isa.name()),
                     &out,
-                    &reference(&w, &xq, 1, n, k),
+                    &reference(&w, &xq, m, n, k),
                 );
             }
         }

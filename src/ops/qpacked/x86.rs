@@ -69,7 +69,7 @@ unsafe fn prefetch_ahead<T>(w: &[T], b: usize) {
 
 /// Low and high nibbles of the 4 registers of a packed 32-column block.
 #[inline(always)]
-unsafe fn nibbles(qs: &[u8; 128]) -> ([__m256i; 4], [__m256i; 4]) {
+pub(super) unsafe fn nibbles(qs: &[u8; 128]) -> ([__m256i; 4], [__m256i; 4]) {
     let mask = _mm256_set1_epi8(0x0F);
     let p = qs.as_ptr() as *const __m256i;
     let (mut lo, mut hi) = ([_mm256_setzero_si256(); 4], [_mm256_setzero_si256(); 4]);
@@ -83,7 +83,7 @@ unsafe fn nibbles(qs: &[u8; 128]) -> ([__m256i; 4], [__m256i; 4]) {
 
 /// Q5_0/Q5_1: the fifth bits (see `Q5_0x8`) ORed into the nibbles as bit 4.
 #[inline(always)]
-unsafe fn fifth_bits(qh: &[u8; 32], lo: &mut [__m256i; 4], hi: &mut [__m256i; 4]) {
+pub(super) unsafe fn fifth_bits(qh: &[u8; 32], lo: &mut [__m256i; 4], hi: &mut [__m256i; 4]) {
     let h = _mm256_loadu_si256(qh.as_ptr() as *const __m256i);
     let bit4 = _mm256_set1_epi8(0x10);
     // Shifts within 16-bit lanes move bits across bytes only into bits that the mask drops.

@@ -1,0 +1,490 @@
+//! The batched path for many activation rows (prefill, large decode batches) on AVX-512
+//! VNNI: weights are unpacked once per work item into a small tile of plain unsigned
+//! bytes, and one format-blind microkernel multiplies that tile with up to 8 activation
+//! rows at a time.
+//!
+//! The per-row kernels (`x86`) unpack a weight block again for every 4 activation rows,
+//! and most of their instructions are that unpacking and the per-sub-block scale
+//! arithmetic. Here every format is first brought to one form, per 16 weight rows and
+//! `KC` columns (`Tile`):
+//!
+//! - `q`: the weights as unsigned bytes (the format's offset or sign moved into `b`), one
+//!   512-bit register per 4 columns: byte `4 r + e` is column `4 c + e` of row `r`;
+//! - per sub-block of `SUB` columns (32, or 16 for Q6_K) and row, `(a, b)` such that the
+//!   row's dot product with activations `xd * xq` is `a * xd * Σ q xq + b * xd * Σ xq`
+//!   (the same meaning as `Format::sub_block`).
+//!
+//! The microkernel then does one `vpdpbusd` (16 rows x 4 columns x one activation row,
+//! the activation's 4 bytes broadcast from memory) per 64 multiply-adds, and two FMAs per
+//! sub-block and activation row for the scales. Unpacking costs about as much as one
+//! activation row of the old kernels, so the path is taken from `MIN_ROWS` rows on.
+
+use std::arch::x86_64::*;
+
+use super::formats::*;
+use super::x86::{fifth_bits, nibbles};
+use super::{ActQ8, PackedMatrix, PackedWeight, GROUP};
+use crate::ops::qmatmul::QK;
+
+/// Activation rows from which the batched path pays for its unpacking.
+pub const MIN_ROWS: usize = 8;
+/// Columns unpacked at a time: one K-quant super-block, 16 KiB of tile for `RB` rows.
+const KC: usize = 256;
+/// Weight rows per work item (4 tiles of 16).
+const RB: usize = 64;
+/// Most activation rows per work item (the weights of an item are unpacked once).
+const MT: usize = 256;
+/// Activation rows per microkernel call.
+const NT: usize = 8;
+
+/// A packed format brought to the tile's form.
+pub trait Unpack: super::Packed {
+    /// Columns per `(a, b)` pair: 32, or 16 for Q6_K.
+    const SUB: usize;
+    /// Whether `b` is ever non-zero (Q4_1, Q5_1, Q4_K, Q5_K).
+    const MIN: bool;
+    /// Columns `32 j .. 32 j + 32` of the block as signed bytes (offsets taken off; at most
+    /// 127 in magnitude except Q8_0's -128): register `u` holds columns `4 u .. 4 u + 4`
+    /// of the 8 rows (byte `4 r + e`).
+    ///
+    /// # Safety
+    /// AVX2 must be available (called from the VNNI kernels only).
+    unsafe fn unpack(&self, j: usize) -> [__m256i; 8];
+    /// Row `r`, sub-block `s` (of `SUB` columns): `(a, b)`.
+    fn coeffs(&self, r: usize, s: usize) -> (f32, f32);
+}
+
+#[inline(always)]
+unsafe fn nibble_regs(qs: &[u8; 128], qh: Option<&[u8; 32]>, offset: i8) -> [__m256i; 8] {
+    let (mut lo, mut hi) = nibbles(qs);
+    if let Some(qh) = qh {
+        fifth_bits(qh, &mut lo, &mut hi);
+    }
+    let off = _mm256_set1_epi8(offset);
+    [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3]].map(|v| _mm256_sub_epi8(v, off))
+}
+
+impl Unpack for Q4_0x8 {
+    const SUB: usize = 32;
+    const MIN: bool = false;
+    #[inline(always)]
+    unsafe fn unpack(&self, _: usize) -> [__m256i; 8] {
+        nibble_regs(&self.qs, None, 8)
+    }
+    fn coeffs(&self, r: usize, _: usize) -> (f32, f32) {
+        (self.d[r].to_f32(), 0.0)
+    }
+}
+
+impl Unpack for Q4_1x8 {
+    const SUB: usize = 32;
+    const MIN: bool = true;
+    #[inline(always)]
+    unsafe fn unpack(&self, _: usize) -> [__m256i; 8] {
+        nibble_regs(&self.qs, None, 0)
+    }
+    fn coeffs(&self, r: usize, _: usize) -> (f32, f32) {
+        (self.d[r].to_f32(), self.m[r].to_f32())
+    }
+}
+
+impl Unpack for Q5_0x8 {
+    const SUB: usize = 32;
+    const MIN: bool = false;
+    #[inline(always)]
+    unsafe fn unpack(&self, _: usize) -> [__m256i; 8] {
+        nibble_regs(&self.qs, Some(&self.qh), 16)
+    }
+    fn coeffs(&self, r: usize, _: usize) -> (f32, f32) {
+        (self.d[r].to_f32(), 0.0)
+    }
+}
+
+impl Unpack for Q5_1x8 {
+    const SUB: usize = 32;
+    const MIN: bool = true;
+    #[inline(always)]
+    unsafe fn unpack(&self, _: usize) -> [__m256i; 8] {
+        nibble_regs(&self.qs, Some(&self.qh), 0)
+    }
+    fn coeffs(&self, r: usize, _: usize) -> (f32, f32) {
+        (self.d[r].to_f32(), self.m[r].to_f32())
+    }
+}
+
+impl Unpack for Q8_0x8 {
+    const SUB: usize = 32;
+    const MIN: bool = false;
+    #[inline(always)]
+    unsafe fn unpack(&self, _: usize) -> [__m256i; 8] {
+        let p = self.qs.as_ptr() as *const __m256i;
+        std::array::from_fn(|u| _mm256_loadu_si256(p.add(u)))
+    }
+    fn coeffs(&self, r: usize, _: usize) -> (f32, f32) {
+        (self.d[r].to_f32(), 0.0)
+    }
+}
+
+/// Sub-block `j` of a packed Q4_K/Q5_K `qs` (and the fifth bits of Q5_K).
+#[inline(always)]
+unsafe fn k_regs(qs: &[u8; 1024], qh: Option<&[u8; 256]>, j: usize) -> [__m256i; 8] {
+    let mask = _mm256_set1_epi8(0x0F);
+    let p = qs.as_ptr().add(256 * (j / 2)) as *const __m256i;
+    let shift = _mm_cvtsi32_si128(4 * (j % 2) as i32);
+    std::array::from_fn(|u| {
+        let v = _mm256_and_si256(_mm256_srl_epi16(_mm256_loadu_si256(p.add(u)), shift), mask);
+        match qh {
+            Some(qh) => {
+                // Bit j of each byte to bit 4 (bits a 16-bit shift moves across bytes are
+                // masked off).
+                let h = _mm256_loadu_si256((qh.as_ptr() as *const __m256i).add(u));
+                let bit = _mm256_and_si256(
+                    _mm256_srl_epi16(h, _mm_cvtsi32_si128(j as i32)),
+                    _mm256_set1_epi8(1),
+                );
+                _mm256_or_si256(v, _mm256_slli_epi16(bit, 4))
+            }
+            None => v,
+        }
+    })
+}
+
+impl Unpack for Q4Kx8 {
+    const SUB: usize = 32;
+    const MIN: bool = true;
+    #[inline(always)]
+    unsafe fn unpack(&self, j: usize) -> [__m256i; 8] {
+        k_regs(&self.qs, None, j)
+    }
+    fn coeffs(&self, r: usize, s: usize) -> (f32, f32) {
+        (
+            self.d[r].to_f32() * self.sc[8 * s + r] as f32,
+            -self.dmin[r].to_f32() * self.m[8 * s + r] as f32,
+        )
+    }
+}
+
+impl Unpack for Q5Kx8 {
+    const SUB: usize = 32;
+    const MIN: bool = true;
+    #[inline(always)]
+    unsafe fn unpack(&self, j: usize) -> [__m256i; 8] {
+        k_regs(&self.qs, Some(&self.qh), j)
+    }
+    fn coeffs(&self, r: usize, s: usize) -> (f32, f32) {
+        (
+            self.d[r].to_f32() * self.sc[8 * s + r] as f32,
+            -self.dmin[r].to_f32() * self.m[8 * s + r] as f32,
+        )
+    }
+}
+
+impl Unpack for Q6Kx8 {
+    const SUB: usize = 16;
+    const MIN: bool = false;
+    #[inline(always)]
+    unsafe fn unpack(&self, j: usize) -> [__m256i; 8] {
+        let mask = _mm256_set1_epi8(0x0F);
+        let bits = _mm256_set1_epi8(0x30);
+        let pl = self.ql.as_ptr().add(128 * j) as *const __m256i;
+        let ph = self.qh.as_ptr().add(64 * j) as *const __m256i;
+        let hr = [_mm256_loadu_si256(ph), _mm256_loadu_si256(ph.add(1))];
+        let mut out = [_mm256_setzero_si256(); 8];
+        for t in 0..4 {
+            let v = _mm256_loadu_si256(pl.add(t));
+            let h = hr[t & 1];
+            let (h0, h1) = if t < 2 {
+                (_mm256_slli_epi16(h, 4), h)
+            } else {
+                (_mm256_slli_epi16(h, 2), _mm256_srli_epi16(h, 2))
+            };
+            out[t] = _mm256_or_si256(_mm256_and_si256(v, mask), _mm256_and_si256(h0, bits));
+            out[4 + t] = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16(v, 4), mask),
+                _mm256_and_si256(h1, bits),
+            );
+        }
+        out.map(|v| _mm256_sub_epi8(v, _mm256_set1_epi8(32)))
+    }
+    fn coeffs(&self, r: usize, s: usize) -> (f32, f32) {
+        (self.d[r].to_f32() * self.sc[8 * s + r] as f32, 0.0)
+    }
+}
+
+/// Up to `RB` weight rows over `KC` columns in the microkernel's form, 16 rows per tile.
+struct Tile {
+    /// `[tile][KC / 4]`.
+    q: Vec<__m512i>,
+    /// `[tile][KC / SUB]`: `-128 Σ q` per row over the sub-block (the activations are
+    /// shifted to unsigned bytes by +128; every product sum starts from this).
+    base: Vec<__m512i>,
+    /// `[tile][KC / SUB][16]`.
+    a: Vec<f32>,
+    b: Vec<f32>,
+}
+
+impl Tile {
+    fn new() -> Self {
+        let tiles = RB / 16;
+        // SAFETY: an all-zero bit pattern is a valid vector.
+        let zero: __m512i = unsafe { std::mem::zeroed() };
+        Self {
+            q: vec![zero; tiles * KC / 4],
+            base: vec![zero; tiles * KC / 16],
+            a: vec![0.0; tiles * KC],
+            b: vec![0.0; tiles * KC],
+        }
+    }
+
+    /// Unpacks groups `groups` of `w` over columns `c0 .. c0 + kc` (`kc <= KC`, a multiple
+    /// of 32 within one block row); a missing second group of a tile is zeros.
+    #[inline(always)]
+    unsafe fn fill<W: Unpack>(
+        &mut self,
+        w: &PackedMatrix<W>,
+        groups: std::ops::Range<usize>,
+        c0: usize,
+        kc: usize,
+    ) {
+        let per = 32 / W::SUB;
+        let ones = _mm512_set1_epi8(1);
+        for (t, g) in groups.clone().step_by(2).enumerate() {
+            let pair = [
+                Some(w.group(g)),
+                (g + 1 < groups.end).then(|| w.group(g + 1)),
+            ];
+            for c in (0..kc).step_by(32) {
+                let col = c0 + c;
+                let (blk, j) = (col / W::COLS, (col % W::COLS) / 32);
+                let regs = pair.map(|p| match p {
+                    Some(p) => p.get_unchecked(blk).unpack(j),
+                    None => [_mm256_setzero_si256(); 8],
+                });
+                let q = self.q.as_mut_ptr().add(t * KC / 4 + c / 4);
+                let mut sums = [_mm512_setzero_si512(); 2];
+                for u in 0..8 {
+                    let v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(regs[0][u]), regs[1][u]);
+                    *q.add(u) = v;
+                    let h = u * per / 8;
+                    sums[h] = _mm512_dpbusd_epi32(sums[h], ones, v);
+                }
+                for h in 0..per {
+                    let sub = t * KC / W::SUB + c / W::SUB + h;
+                    *self.base.get_unchecked_mut(sub) =
+                        _mm512_slli_epi32::<7>(_mm512_sub_epi32(_mm512_setzero_si512(), sums[h]));
+                    let s = (col % W::COLS) / W::SUB + h;
+                    for (half, p) in pair.iter().enumerate() {
+                        for r in 0..GROUP {
+                            let (a, b) = match p {
+                                Some(p) => p.get_unchecked(blk).coeffs(r, s),
+                                None => (0.0, 0.0),
+                            };
+                            *self.a.get_unchecked_mut(16 * sub + 8 * half + r) = a;
+                            *self.b.get_unchecked_mut(16 * sub + 8 * half + r) = b;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Tile `t`'s 16 rows over `kc` columns against the first `N` activation rows of a batch
+/// (`x`: the batch's interleaved input from the tile's first column on).
+#[inline(always)]
+unsafe fn micro<const N: usize, const SUB: usize, const MIN: bool>(
+    tile: &Tile,
+    t: usize,
+    kc: usize,
+    x: Batch,
+) -> [__m512; N] {
+    let q = tile.q.as_ptr().add(t * KC / 4);
+    let base = tile.base.as_ptr().add(t * KC / SUB);
+    let a = tile.a.as_ptr().add(16 * t * KC / SUB);
+    let b = tile.b.as_ptr().add(16 * t * KC / SUB);
+    let mut acc = [_mm512_setzero_ps(); N];
+    for s in 0..kc / SUB {
+        let mut sum = [*base.add(s); N];
+        for g in 0..SUB / 4 {
+            let col4 = s * SUB / 4 + g;
+            let w = *q.add(col4);
+            let xu = x.q.add(col4 * NT * 4) as *const i32;
+            for (i, sum) in sum.iter_mut().enumerate() {
+                *sum = _mm512_dpbusd_epi32(*sum, _mm512_set1_epi32(xu.add(i).read_unaligned()), w);
+            }
+        }
+        let av = _mm512_loadu_ps(a.add(16 * s));
+        let blk = s * SUB / QK;
+        for i in 0..N {
+            let scale = _mm512_mul_ps(av, _mm512_set1_ps(*x.d.add(blk * NT + i)));
+            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[i]), scale, acc[i]);
+            if MIN {
+                let bv = _mm512_loadu_ps(b.add(16 * s));
+                acc[i] = _mm512_fmadd_ps(bv, _mm512_set1_ps(*x.s.add(blk * NT + i)), acc[i]);
+            }
+        }
+    }
+    acc
+}
+
+/// Writes (first chunk) or adds row `i`'s 16 (or `lanes`) results at `dst`.
+#[target_feature(enable = "avx512f")]
+unsafe fn put(dst: *mut f32, v: __m512, lanes: usize, first: bool) {
+    let mask: __mmask16 = if lanes == 16 { 0xFFFF } else { 0x00FF };
+    let v = if first {
+        v
+    } else {
+        _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, dst))
+    };
+    _mm512_mask_storeu_ps(dst, mask, v);
+}
+
+/// One work item: weight groups `groups` of `w` against activation rows `rows`, results to
+/// `dst` (`[m, n]`).
+///
+/// # Safety
+/// AVX-512 VNNI must be available; no other item writes these rows and columns of `dst`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn run_item<W: Unpack>(
+    w: &PackedMatrix<W>,
+    groups: std::ops::Range<usize>,
+    rows: std::ops::Range<usize>,
+    x: &Input,
+    dst: *mut f32,
+) {
+    let (n, k) = (w.rows(), w.cols());
+    let mut tile = Tile::new();
+    let tiles = groups.len().div_ceil(2);
+    for c0 in (0..k).step_by(KC) {
+        let kc = KC.min(k - c0);
+        tile.fill(w, groups.clone(), c0, kc);
+        let mut i = rows.start;
+        while i < rows.end {
+            let count = NT.min(rows.end - i);
+            for t in 0..tiles {
+                let g = groups.start + 2 * t;
+                let lanes = if g + 1 < groups.end { 16 } else { 8 };
+                let out = dst.add(i * n + g * GROUP);
+                let xb = x.batch(i / NT, c0);
+                macro_rules! go {
+                    ($($c:literal)*) => {
+                        match count {
+                            $($c => {
+                                let r = match (W::SUB, W::MIN) {
+                                    (16, _) => micro::<$c, 16, false>(&tile, t, kc, xb),
+                                    (_, true) => micro::<$c, 32, true>(&tile, t, kc, xb),
+                                    _ => micro::<$c, 32, false>(&tile, t, kc, xb),
+                                };
+                                for (c, v) in r.into_iter().enumerate() {
+                                    put(out.add(c * n), v, lanes, c0 == 0);
+                                }
+                            })*
+                            _ => unreachable!("1 to NT rows"),
+                        }
+                    };
+                }
+                go!(1 2 3 4 5 6 7 8);
+            }
+            i += count;
+        }
+    }
+}
+
+/// The quantized input interleaved for the microkernel, in batches of `NT` rows (the last
+/// padded with zeros): per batch, `q` holds `[k / 4][NT][4]` bytes `q + 128` (one
+/// 4-byte broadcast per row and 4 columns, the rows of a batch side by side), `d` and `s`
+/// hold `[k / 32][NT]` block scales and scaled sums.
+struct Input {
+    k: usize,
+    q: Vec<u8>,
+    d: Vec<f32>,
+    s: Vec<f32>,
+}
+
+/// One batch of `Input` from some column on.
+#[derive(Clone, Copy)]
+struct Batch {
+    q: *const u8,
+    d: *const f32,
+    s: *const f32,
+}
+
+impl Input {
+    fn new(xq: &[ActQ8], m: usize, k: usize) -> Self {
+        let kb = k / QK;
+        let batches = m.div_ceil(NT);
+        let mut out = Self {
+            k,
+            q: vec![0x80; batches * k * NT],
+            d: vec![0.0; batches * kb * NT],
+            s: vec![0.0; batches * kb * NT],
+        };
+        for (row, blocks) in xq.chunks_exact(kb).enumerate() {
+            let (bt, i) = (row / NT, row % NT);
+            for (j, b) in blocks.iter().enumerate() {
+                out.d[(bt * kb + j) * NT + i] = b.d;
+                out.s[(bt * kb + j) * NT + i] = b.s;
+                for (e, &v) in b.qs.iter().enumerate() {
+                    let col = j * QK + e;
+                    out.q[(bt * k + col / 4 * 4) * NT + 4 * i + col % 4] = (v as u8) ^ 0x80;
+                }
+            }
+        }
+        out
+    }
+
+    fn batch(&self, b: usize, c0: usize) -> Batch {
+        let kb = self.k / QK;
+        Batch {
+            q: self.q[(b * self.k + c0) * NT..].as_ptr(),
+            d: self.d[(b * kb + c0 / QK) * NT..].as_ptr(),
+            s: self.s[(b * kb + c0 / QK) * NT..].as_ptr(),
+        }
+    }
+}
+
+/// `matmul_many` for `m >= MIN_ROWS` on a CPU with AVX-512 VNNI (`xq`: the quantized input,
+/// `[m, k / 32]`).
+pub fn matmul_many(xq: &[ActQ8], m: usize, ws: &[&PackedWeight], outs: &mut [&mut [f32]]) {
+    let Some(k) = ws.first().map(|w| w.cols()) else {
+        return;
+    };
+    let x = Input::new(xq, m, k);
+    let out_ptrs: Vec<usize> = outs.iter_mut().map(|o| o.as_mut_ptr() as usize).collect();
+    let row_tiles = m.div_ceil(MT);
+    // Whole batches per item.
+    let tile_rows = m.div_ceil(row_tiles).next_multiple_of(NT);
+    let blocks = |w: &PackedWeight| (w.rows() / GROUP).div_ceil(RB / GROUP);
+    let mut first = Vec::with_capacity(ws.len() + 1);
+    first.push(0);
+    for w in ws {
+        first.push(first[first.len() - 1] + row_tiles * blocks(w));
+    }
+    let run = |items: std::ops::Range<usize>| {
+        for item in items {
+            let mat = first.partition_point(|&f| f <= item) - 1;
+            let w = ws[mat];
+            let local = item - first[mat];
+            let (block, tile) = (local % blocks(w), local / blocks(w));
+            let g0 = block * RB / GROUP;
+            let groups = g0..(w.rows() / GROUP).min(g0 + RB / GROUP);
+            let rows = tile * tile_rows..m.min((tile + 1) * tile_rows);
+            let dst = out_ptrs[mat] as *mut f32;
+            // SAFETY: the caller checked the CPU's features; each (matrix, rows, groups)
+            // is one item's alone.
+            unsafe {
+                match w {
+                    PackedWeight::Q4_0(p) => run_item(p, groups, rows, &x, dst),
+                    PackedWeight::Q4_1(p) => run_item(p, groups, rows, &x, dst),
+                    PackedWeight::Q5_0(p) => run_item(p, groups, rows, &x, dst),
+                    PackedWeight::Q5_1(p) => run_item(p, groups, rows, &x, dst),
+                    PackedWeight::Q8_0(p) => run_item(p, groups, rows, &x, dst),
+                    PackedWeight::Q4K(p) => run_item(p, groups, rows, &x, dst),
+                    PackedWeight::Q5K(p) => run_item(p, groups, rows, &x, dst),
+                    PackedWeight::Q6K(p) => run_item(p, groups, rows, &x, dst),
+                }
+            }
+        }
+    };
+    crate::ops::pool::global().execute_chunked(first[ws.len()], run);
+}
