@@ -52,8 +52,20 @@ const ZERO_ACT: ActQ8 = ActQ8 {
 };
 
 /// Quantizes one row of activations (`x.len()` a multiple of 32): per block
-/// `d = amax / 127`, `q = round_half_even(x * 127 / amax)`.
+/// `d = amax / 127`, `q = round_half_even(x * 127 / amax)`. The same numbers with AVX2
+/// where the CPU has it.
 pub fn quantize_row(x: &[f32], out: &mut [ActQ8]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::has_avx2() {
+        // SAFETY: AVX2 and FMA were detected.
+        unsafe { x86::quantize_row(x, out) };
+        return;
+    }
+    quantize_row_scalar(x, out)
+}
+
+/// `quantize_row` in plain code.
+pub fn quantize_row_scalar(x: &[f32], out: &mut [ActQ8]) {
     for (xb, yb) in x.chunks_exact(QK).zip(out.iter_mut()) {
         let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
         let d = amax / 127.0;
@@ -378,8 +390,18 @@ pub fn matmul_many_with(
     }
     let kb = k / QK;
     let mut xq = vec![ZERO_ACT; m * kb];
-    for (row, q) in x.chunks_exact(k).zip(xq.chunks_exact_mut(kb)) {
-        quantize_row(row, q);
+    let pool = super::pool::global();
+    {
+        let xq_ptr = xq.as_mut_ptr() as usize;
+        pool.execute_chunked(m, |rows| {
+            for i in rows {
+                // SAFETY: row `i` of `xq` is written by this item alone, and in bounds.
+                let q = unsafe {
+                    std::slice::from_raw_parts_mut((xq_ptr as *mut ActQ8).add(i * kb), kb)
+                };
+                quantize_row(&x[i * k..(i + 1) * k], q);
+            }
+        });
     }
     #[cfg(target_arch = "x86_64")]
     if m >= tiled::MIN_ROWS && isa.0 == Level::Avx512Vnni {
@@ -414,7 +436,6 @@ pub fn matmul_many_with(
             each!(w, p => p.run_group(isa, g, rows, &xrow, &write));
         }
     };
-    let pool = super::pool::global();
     if m == 1 {
         // Decode: one contiguous slice of weight groups per thread.
         pool.execute_contiguous(n_items, run);

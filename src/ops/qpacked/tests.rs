@@ -587,3 +587,28 @@ fn shapes_that_do_not_pack_are_refused() {
     assert!(PackedMatrix::<Q4Kx8>::new(&k, 8, 576).is_none());
     assert!(PackedWeight::from_bytes(Kind::Q4K, &[0u8; 100], 8, 256).is_none());
 }
+
+#[test]
+fn simd_activation_quantization_equals_the_scalar_one() {
+    let mut s = 3;
+    let k = 32 * 40;
+    let mut x: Vec<f32> = (0..k).map(|_| rand(&mut s) * 5.0).collect();
+    // A zero block, a block of exact halves after scaling (ties round to even), one spike.
+    x[..32].fill(0.0);
+    for (i, v) in x[32..64].iter_mut().enumerate() {
+        *v = if i == 0 { 127.0 } else { i as f32 + 0.5 };
+    }
+    x[100] = 1e30;
+    let (mut a, mut b) = (vec![ZERO_ACT; k / 32], vec![ZERO_ACT; k / 32]);
+    quantize_row(&x, &mut a);
+    quantize_row_scalar(&x, &mut b);
+    for (a, b) in a.iter().zip(&b) {
+        assert_eq!((a.qs, a.hs), (b.qs, b.hs));
+        assert_eq!(
+            (a.d.to_bits(), a.s.to_bits()),
+            (b.d.to_bits(), b.s.to_bits())
+        );
+    }
+    // Half-way values did round to even: 1.5 * 127 / 127 -> 2, 2.5 -> 2.
+    assert_eq!(&a[1].qs[1..3], &[2, 2]);
+}

@@ -67,6 +67,51 @@ unsafe fn prefetch_ahead<T>(w: &[T], b: usize) {
     _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(size - 1));
 }
 
+/// `super::quantize_row_scalar` with AVX2: the same products and the same rounding
+/// (`cvtps` rounds half to even), so the same bytes.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn quantize_row(x: &[f32], out: &mut [ActQ8]) {
+    let sign = _mm256_set1_ps(-0.0);
+    let (lo, hi) = (_mm256_set1_epi32(-127), _mm256_set1_epi32(127));
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (xb, yb) in x.chunks_exact(32).zip(out.iter_mut()) {
+        let p = xb.as_ptr();
+        let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(p.add(8 * i)));
+        let a = v.map(|v| _mm256_andnot_ps(sign, v));
+        let m8 = _mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3]));
+        let m4 = _mm_max_ps(_mm256_castps256_ps128(m8), _mm256_extractf128_ps(m8, 1));
+        let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m2, _mm_shuffle_ps(m2, m2, 1)));
+        let d = amax / 127.0;
+        let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
+        let r = v.map(|v| {
+            let q = _mm256_cvtps_epi32(_mm256_mul_ps(v, id));
+            _mm256_min_epi32(_mm256_max_epi32(q, lo), hi)
+        });
+        let bytes = _mm256_packs_epi16(
+            _mm256_packs_epi32(r[0], r[1]),
+            _mm256_packs_epi32(r[2], r[3]),
+        );
+        _mm256_storeu_si256(
+            yb.qs.as_mut_ptr() as *mut __m256i,
+            _mm256_permutevar8x32_epi32(bytes, order),
+        );
+        let hsum = |v: __m256i| {
+            let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+            _mm_cvtsi128_si32(s)
+        };
+        let hs = [
+            hsum(_mm256_add_epi32(r[0], r[1])),
+            hsum(_mm256_add_epi32(r[2], r[3])),
+        ];
+        yb.d = d;
+        yb.s = d * (hs[0] + hs[1]) as f32;
+        yb.hs = hs.map(|h| h as i16);
+    }
+}
+
 /// Low and high nibbles of the 4 registers of a packed 32-column block.
 #[inline(always)]
 pub(super) unsafe fn nibbles(qs: &[u8; 128]) -> ([__m256i; 4], [__m256i; 4]) {
