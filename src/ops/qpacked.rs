@@ -403,11 +403,33 @@ pub fn matmul_many_with(
             }
         });
     }
+    // Matrices whose format pays for the batched path at this row count take it; the
+    // others take the row kernels.
     #[cfg(target_arch = "x86_64")]
-    if m >= tiled::MIN_ROWS && isa.0 == Level::Avx512Vnni {
-        tiled::matmul_many(&xq, m, ws, outs);
+    if isa.0 == Level::Avx512Vnni && ws.iter().any(|w| tiled::batched(w, m)) {
+        let (mut bw, mut bo, mut rw, mut ro) = (vec![], vec![], vec![], vec![]);
+        for (w, o) in ws.iter().zip(outs.iter_mut()) {
+            if tiled::batched(w, m) {
+                bw.push(*w);
+                bo.push(&mut **o);
+            } else {
+                rw.push(*w);
+                ro.push(&mut **o);
+            }
+        }
+        tiled::matmul_many(&xq, m, &bw, &mut bo);
+        row_kernels(isa, &xq, m, &rw, &mut ro);
         return;
     }
+    row_kernels(isa, &xq, m, ws, outs);
+}
+
+/// The row kernels over quantized input `xq` (`[m, k / 32]`).
+fn row_kernels(isa: Isa, xq: &[ActQ8], m: usize, ws: &[&PackedWeight], outs: &mut [&mut [f32]]) {
+    let Some(kb) = ws.first().map(|w| w.cols() / QK) else {
+        return;
+    };
+    let pool = super::pool::global();
     let xrow = |i: usize| &xq[i * kb..(i + 1) * kb];
     let out_ptrs: Vec<usize> = outs.iter_mut().map(|o| o.as_mut_ptr() as usize).collect();
     let row_tiles = m.div_ceil(ROW_TILE);

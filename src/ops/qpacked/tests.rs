@@ -377,8 +377,8 @@ fn q6_k_packed_matches_the_dequantized_product() {
     );
 }
 
-/// The batched path (`tiled`, from `tiled::MIN_ROWS` rows with AVX-512 VNNI; the row
-/// kernels elsewhere) at its edges: 40 rows leave a tile with one group of 8, 608 columns
+/// The batched path (`tiled`, from each format's `Unpack::BATCH_FROM` rows (8 to 48) with
+/// AVX-512 VNNI; the row kernels elsewhere) at its edges: 40 rows leave a tile with one group of 8, 608 columns
 /// leave a 96-column chunk after two full ones, K-quants span three chunks, and the row
 /// counts leave partial batches and split the rows over two items (300).
 #[test]
@@ -433,8 +433,8 @@ fn extreme_weights_and_activations_do_not_overflow() {
     let check_all = |kind: Kind, bytes: Vec<u8>, w: Vec<f64>| {
         let p = PackedWeight::from_bytes(kind, &bytes, n, k).expect("packs");
         for isa in Isa::available() {
-            // One row (row kernels) and 9 (the batched path where there is one).
-            for (sign, m) in [(1.0f32, 1), (-1.0, 1), (1.0, 9), (-1.0, 9)] {
+            // One row (row kernels) and 48 (the batched path where there is one).
+            for (sign, m) in [(1.0f32, 1), (-1.0, 1), (1.0, 48), (-1.0, 48)] {
                 let x = vec![sign; m * k];
                 let xq = quantized(&x, m, k);
                 let mut out = vec![0f32; m * n];
@@ -550,7 +550,8 @@ fn simd_and_scalar_kernels_agree() {
 
 #[test]
 fn mixed_formats_in_one_dispatch_equal_separate_products() {
-    // A Q4_K_M layer: Q4_K, Q6_K and the Q5_0 fallback side by side over one input.
+    // A Q4_K_M layer: Q4_K, Q6_K and the Q5_0 fallback side by side over one input; at 16
+    // rows, with AVX-512 VNNI, Q6_K and Q5_0 take the batched path and Q4_K the row kernels.
     let k = 256;
     fn bytes<B: Copy>(b: &[B]) -> &[u8] {
         unsafe { std::slice::from_raw_parts(b.as_ptr() as *const u8, std::mem::size_of_val(b)) }
@@ -563,7 +564,7 @@ fn mixed_formats_in_one_dispatch_equal_separate_products() {
         PackedWeight::from_bytes(Kind::Q6K, bytes(&q6k), 8, k).expect("packs"),
         PackedWeight::from_bytes(Kind::Q5_0, bytes(&q50), 24, k).expect("packs"),
     ];
-    for m in [1, 6] {
+    for m in [1, 6, 16] {
         let (x, _) = inputs(m, k);
         let mut together: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; m * w.rows()]).collect();
         let mut refs: Vec<&mut [f32]> = together.iter_mut().map(|v| v.as_mut_slice()).collect();

@@ -17,17 +17,16 @@
 //! The microkernel then does one `vpdpbusd` (16 rows x 4 columns x one activation row,
 //! the activation's 4 bytes broadcast from memory) per 64 multiply-adds, and two FMAs per
 //! sub-block and activation row for the scales. Unpacking costs about as much as one
-//! activation row of the old kernels, so the path is taken from `MIN_ROWS` rows on.
+//! activation row of the row kernels, so each format takes this path from its own
+//! `Unpack::BATCH_FROM` rows on.
 
 use std::arch::x86_64::*;
 
 use super::formats::*;
-use super::x86::{fifth_bits, nibbles};
+use super::x86::{fifth_bits, halves, nibbles, u8x8};
 use super::{ActQ8, PackedMatrix, PackedWeight, GROUP};
 use crate::ops::qmatmul::QK;
 
-/// Activation rows from which the batched path pays for its unpacking.
-pub const MIN_ROWS: usize = 8;
 /// Columns unpacked at a time: one K-quant super-block, 16 KiB of tile for `RB` rows.
 const KC: usize = 256;
 /// Weight rows per work item (4 tiles of 16).
@@ -43,6 +42,10 @@ pub trait Unpack: super::Packed {
     const SUB: usize;
     /// Whether `b` is ever non-zero (Q4_1, Q5_1, Q4_K, Q5_K).
     const MIN: bool;
+    /// Activation rows from which this path beats the row kernels (measured on 2048 x 2048
+    /// matrices with 2 threads, AVX-512 VNNI): unpacking costs about as much as a few rows
+    /// of the row kernels, most where those are leanest (Q4_K, Q4_1).
+    const BATCH_FROM: usize;
     /// Columns `32 j .. 32 j + 32` of the block as signed bytes (offsets taken off; at most
     /// 127 in magnitude except Q8_0's -128): register `u` holds columns `4 u .. 4 u + 4`
     /// of the 8 rows (byte `4 r + e`).
@@ -50,8 +53,11 @@ pub trait Unpack: super::Packed {
     /// # Safety
     /// AVX2 must be available (called from the VNNI kernels only).
     unsafe fn unpack(&self, j: usize) -> [__m256i; 8];
-    /// Row `r`, sub-block `s` (of `SUB` columns): `(a, b)`.
-    fn coeffs(&self, r: usize, s: usize) -> (f32, f32);
+    /// Sub-block `s` (of `SUB` columns): `(a, b)` of the 8 rows.
+    ///
+    /// # Safety
+    /// As `unpack`.
+    unsafe fn coeffs(&self, s: usize) -> (__m256, __m256);
 }
 
 #[inline(always)]
@@ -67,62 +73,99 @@ unsafe fn nibble_regs(qs: &[u8; 128], qh: Option<&[u8; 32]>, offset: i8) -> [__m
 impl Unpack for Q4_0x8 {
     const SUB: usize = 32;
     const MIN: bool = false;
+    const BATCH_FROM: usize = 20;
     #[inline(always)]
     unsafe fn unpack(&self, _: usize) -> [__m256i; 8] {
         nibble_regs(&self.qs, None, 8)
     }
-    fn coeffs(&self, r: usize, _: usize) -> (f32, f32) {
-        (self.d[r].to_f32(), 0.0)
+    #[inline(always)]
+    unsafe fn coeffs(&self, _: usize) -> (__m256, __m256) {
+        (halves(&self.d), _mm256_setzero_ps())
     }
 }
 
 impl Unpack for Q4_1x8 {
     const SUB: usize = 32;
     const MIN: bool = true;
+    const BATCH_FROM: usize = 24;
     #[inline(always)]
     unsafe fn unpack(&self, _: usize) -> [__m256i; 8] {
         nibble_regs(&self.qs, None, 0)
     }
-    fn coeffs(&self, r: usize, _: usize) -> (f32, f32) {
-        (self.d[r].to_f32(), self.m[r].to_f32())
+    #[inline(always)]
+    unsafe fn coeffs(&self, _: usize) -> (__m256, __m256) {
+        (halves(&self.d), halves(&self.m))
     }
 }
 
 impl Unpack for Q5_0x8 {
     const SUB: usize = 32;
     const MIN: bool = false;
+    const BATCH_FROM: usize = 16;
     #[inline(always)]
     unsafe fn unpack(&self, _: usize) -> [__m256i; 8] {
         nibble_regs(&self.qs, Some(&self.qh), 16)
     }
-    fn coeffs(&self, r: usize, _: usize) -> (f32, f32) {
-        (self.d[r].to_f32(), 0.0)
+    #[inline(always)]
+    unsafe fn coeffs(&self, _: usize) -> (__m256, __m256) {
+        (halves(&self.d), _mm256_setzero_ps())
     }
 }
 
 impl Unpack for Q5_1x8 {
     const SUB: usize = 32;
     const MIN: bool = true;
+    const BATCH_FROM: usize = 24;
     #[inline(always)]
     unsafe fn unpack(&self, _: usize) -> [__m256i; 8] {
         nibble_regs(&self.qs, Some(&self.qh), 0)
     }
-    fn coeffs(&self, r: usize, _: usize) -> (f32, f32) {
-        (self.d[r].to_f32(), self.m[r].to_f32())
+    #[inline(always)]
+    unsafe fn coeffs(&self, _: usize) -> (__m256, __m256) {
+        (halves(&self.d), halves(&self.m))
     }
 }
 
 impl Unpack for Q8_0x8 {
     const SUB: usize = 32;
     const MIN: bool = false;
+    const BATCH_FROM: usize = 8;
     #[inline(always)]
     unsafe fn unpack(&self, _: usize) -> [__m256i; 8] {
         let p = self.qs.as_ptr() as *const __m256i;
         std::array::from_fn(|u| _mm256_loadu_si256(p.add(u)))
     }
-    fn coeffs(&self, r: usize, _: usize) -> (f32, f32) {
-        (self.d[r].to_f32(), 0.0)
+    #[inline(always)]
+    unsafe fn coeffs(&self, _: usize) -> (__m256, __m256) {
+        (halves(&self.d), _mm256_setzero_ps())
     }
+}
+
+/// Q4_K/Q5_K: `(d sc_s, -dmin m_s)` of the 8 rows.
+#[inline(always)]
+unsafe fn k_coeffs(
+    d: &[half::f16; GROUP],
+    dmin: &[half::f16; GROUP],
+    sc: &[u8; 64],
+    m: &[u8; 64],
+    s: usize,
+) -> (__m256, __m256) {
+    (
+        _mm256_mul_ps(halves(d), u8x8(&sc[8 * s..])),
+        _mm256_mul_ps(
+            _mm256_sub_ps(_mm256_setzero_ps(), halves(dmin)),
+            u8x8(&m[8 * s..]),
+        ),
+    )
+}
+
+/// 8 signed bytes as f32 lanes.
+#[inline(always)]
+unsafe fn i8x8(p: &[i8]) -> __m256 {
+    debug_assert!(p.len() >= 8);
+    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+        p.as_ptr() as *const __m128i
+    )))
 }
 
 /// Sub-block `j` of a packed Q4_K/Q5_K `qs` (and the fifth bits of Q5_K).
@@ -152,36 +195,35 @@ unsafe fn k_regs(qs: &[u8; 1024], qh: Option<&[u8; 256]>, j: usize) -> [__m256i;
 impl Unpack for Q4Kx8 {
     const SUB: usize = 32;
     const MIN: bool = true;
+    const BATCH_FROM: usize = 48;
     #[inline(always)]
     unsafe fn unpack(&self, j: usize) -> [__m256i; 8] {
         k_regs(&self.qs, None, j)
     }
-    fn coeffs(&self, r: usize, s: usize) -> (f32, f32) {
-        (
-            self.d[r].to_f32() * self.sc[8 * s + r] as f32,
-            -self.dmin[r].to_f32() * self.m[8 * s + r] as f32,
-        )
+    #[inline(always)]
+    unsafe fn coeffs(&self, s: usize) -> (__m256, __m256) {
+        k_coeffs(&self.d, &self.dmin, &self.sc, &self.m, s)
     }
 }
 
 impl Unpack for Q5Kx8 {
     const SUB: usize = 32;
     const MIN: bool = true;
+    const BATCH_FROM: usize = 16;
     #[inline(always)]
     unsafe fn unpack(&self, j: usize) -> [__m256i; 8] {
         k_regs(&self.qs, Some(&self.qh), j)
     }
-    fn coeffs(&self, r: usize, s: usize) -> (f32, f32) {
-        (
-            self.d[r].to_f32() * self.sc[8 * s + r] as f32,
-            -self.dmin[r].to_f32() * self.m[8 * s + r] as f32,
-        )
+    #[inline(always)]
+    unsafe fn coeffs(&self, s: usize) -> (__m256, __m256) {
+        k_coeffs(&self.d, &self.dmin, &self.sc, &self.m, s)
     }
 }
 
 impl Unpack for Q6Kx8 {
     const SUB: usize = 16;
     const MIN: bool = false;
+    const BATCH_FROM: usize = 12;
     #[inline(always)]
     unsafe fn unpack(&self, j: usize) -> [__m256i; 8] {
         let mask = _mm256_set1_epi8(0x0F);
@@ -206,8 +248,12 @@ impl Unpack for Q6Kx8 {
         }
         out.map(|v| _mm256_sub_epi8(v, _mm256_set1_epi8(32)))
     }
-    fn coeffs(&self, r: usize, s: usize) -> (f32, f32) {
-        (self.d[r].to_f32() * self.sc[8 * s + r] as f32, 0.0)
+    #[inline(always)]
+    unsafe fn coeffs(&self, s: usize) -> (__m256, __m256) {
+        (
+            _mm256_mul_ps(halves(&self.d), i8x8(&self.sc[8 * s..])),
+            _mm256_setzero_ps(),
+        )
     }
 }
 
@@ -273,16 +319,16 @@ impl Tile {
                     *self.base.get_unchecked_mut(sub) =
                         _mm512_slli_epi32::<7>(_mm512_sub_epi32(_mm512_setzero_si512(), sums[h]));
                     let s = (col % W::COLS) / W::SUB + h;
-                    for (half, p) in pair.iter().enumerate() {
-                        for r in 0..GROUP {
-                            let (a, b) = match p {
-                                Some(p) => p.get_unchecked(blk).coeffs(r, s),
-                                None => (0.0, 0.0),
-                            };
-                            *self.a.get_unchecked_mut(16 * sub + 8 * half + r) = a;
-                            *self.b.get_unchecked_mut(16 * sub + 8 * half + r) = b;
-                        }
-                    }
+                    let [(a0, b0), (a1, b1)] = pair.map(|p| match p {
+                        Some(p) => p.get_unchecked(blk).coeffs(s),
+                        None => (_mm256_setzero_ps(), _mm256_setzero_ps()),
+                    });
+                    let at = self.a.as_mut_ptr().add(16 * sub);
+                    let bt = self.b.as_mut_ptr().add(16 * sub);
+                    _mm256_storeu_ps(at, a0);
+                    _mm256_storeu_ps(at.add(8), a1);
+                    _mm256_storeu_ps(bt, b0);
+                    _mm256_storeu_ps(bt.add(8), b1);
                 }
             }
         }
@@ -443,7 +489,21 @@ impl Input {
     }
 }
 
-/// `matmul_many` for `m >= MIN_ROWS` on a CPU with AVX-512 VNNI (`xq`: the quantized input,
+/// Whether `w` takes this path for `m` activation rows.
+pub fn batched(w: &PackedWeight, m: usize) -> bool {
+    m >= match w {
+        PackedWeight::Q4_0(_) => Q4_0x8::BATCH_FROM,
+        PackedWeight::Q4_1(_) => Q4_1x8::BATCH_FROM,
+        PackedWeight::Q5_0(_) => Q5_0x8::BATCH_FROM,
+        PackedWeight::Q5_1(_) => Q5_1x8::BATCH_FROM,
+        PackedWeight::Q8_0(_) => Q8_0x8::BATCH_FROM,
+        PackedWeight::Q4K(_) => Q4Kx8::BATCH_FROM,
+        PackedWeight::Q5K(_) => Q5Kx8::BATCH_FROM,
+        PackedWeight::Q6K(_) => Q6Kx8::BATCH_FROM,
+    }
+}
+
+/// `matmul_many` on a CPU with AVX-512 VNNI (`xq`: the quantized input,
 /// `[m, k / 32]`).
 pub fn matmul_many(xq: &[ActQ8], m: usize, ws: &[&PackedWeight], outs: &mut [&mut [f32]]) {
     let Some(k) = ws.first().map(|w| w.cols()) else {

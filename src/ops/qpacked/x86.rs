@@ -36,13 +36,13 @@ unsafe fn store<const R: usize>(acc: [__m256; R]) -> [[f32; GROUP]; R] {
 }
 
 #[inline(always)]
-unsafe fn halves(h: &[f16; GROUP]) -> __m256 {
+pub(super) unsafe fn halves(h: &[f16; GROUP]) -> __m256 {
     _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr() as *const __m128i))
 }
 
 /// 8 unsigned bytes as f32 lanes.
 #[inline(always)]
-unsafe fn u8x8(p: &[u8]) -> __m256 {
+pub(super) unsafe fn u8x8(p: &[u8]) -> __m256 {
     debug_assert!(p.len() >= 8);
     _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
         p.as_ptr() as *const __m128i
