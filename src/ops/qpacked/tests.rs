@@ -613,3 +613,42 @@ fn simd_activation_quantization_equals_the_scalar_one() {
     // Half-way values did round to even: 1.5 * 127 / 127 -> 2, 2.5 -> 2.
     assert_eq!(&a[1].qs[1..3], &[2, 2]);
 }
+
+/// A row's result does not depend on how many rows share its matmul, to the bit, whichever
+/// path (row kernels or batched) each row count takes: greedy decoding relies on it.
+#[test]
+fn a_row_gives_the_same_bits_alone_and_in_any_batch() {
+    fn bytes<B: Copy>(b: &[B]) -> &[u8] {
+        unsafe { std::slice::from_raw_parts(b.as_ptr() as *const u8, std::mem::size_of_val(b)) }
+    }
+    let (n, k, kk) = (40, 608, 768);
+    let ws = [
+        PackedWeight::from_bytes(Kind::Q4_0, bytes(&q4_0_blocks(n * k / 32, 41)), n, k),
+        PackedWeight::from_bytes(Kind::Q4_1, bytes(&q4_1_blocks(n * k / 32, 42)), n, k),
+        PackedWeight::from_bytes(Kind::Q5_0, bytes(&q5_0_blocks(n * k / 32, 43)), n, k),
+        PackedWeight::from_bytes(Kind::Q5_1, bytes(&q5_1_blocks(n * k / 32, 44)), n, k),
+        PackedWeight::from_bytes(Kind::Q8_0, bytes(&q8_0_blocks(n * k / 32, 45)), n, k),
+        PackedWeight::from_bytes(Kind::Q4K, bytes(&q4_k_blocks(n * kk / 256, 46)), n, kk),
+        PackedWeight::from_bytes(Kind::Q5K, bytes(&q5_k_blocks(n * kk / 256, 47)), n, kk),
+        PackedWeight::from_bytes(Kind::Q6K, bytes(&q6_k_blocks(n * kk / 256, 48)), n, kk),
+    ];
+    for w in ws.iter().map(|w| w.as_ref().expect("packs")) {
+        let k = w.cols();
+        let m = 70;
+        let (x, _) = inputs(m, k);
+        for isa in Isa::available() {
+            let mut batch = vec![0f32; m * n];
+            matmul_many_with(isa, &x, m, &[w], &mut [&mut batch]);
+            for i in [0, 9, 33, 69] {
+                let mut alone = vec![0f32; n];
+                matmul_many_with(isa, &x[i * k..(i + 1) * k], 1, &[w], &mut [&mut alone]);
+                let got: Vec<u32> = batch[i * n..(i + 1) * n]
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect();
+                let want: Vec<u32> = alone.iter().map(|v| v.to_bits()).collect();
+                assert_eq!(got, want, "{:?} {} row {i}", w.cols(), isa.name());
+            }
+        }
+    }
+}

@@ -6,19 +6,18 @@
 //! The per-row kernels (`x86`) unpack a weight block again for every 4 activation rows,
 //! and most of their instructions are that unpacking and the per-sub-block scale
 //! arithmetic. Here every format is first brought to one form, per 16 weight rows and
-//! `KC` columns (`Tile`):
+//! `KC` columns (`Tile`): the weights as bytes, one 512-bit register per 4 columns (byte
+//! `4 r + e` is column `4 c + e` of row `r`), and the format's scales as vectors of the 16
+//! rows. The microkernel then does one `vpdpbusd` (16 rows x 4 columns x one activation
+//! row, the activation's 4 bytes broadcast) per 64 multiply-adds; the activations are
+//! shifted to unsigned bytes (+128) and every sum starts from `-128 Σ q` of its rows.
 //!
-//! - `q`: the weights as unsigned bytes (the format's offset or sign moved into `b`), one
-//!   512-bit register per 4 columns: byte `4 r + e` is column `4 c + e` of row `r`;
-//! - per sub-block of `SUB` columns (32, or 16 for Q6_K) and row, `(a, b)` such that the
-//!   row's dot product with activations `xd * xq` is `a * xd * Σ q xq + b * xd * Σ xq`
-//!   (the same meaning as `Format::sub_block`).
-//!
-//! The microkernel then does one `vpdpbusd` (16 rows x 4 columns x one activation row,
-//! the activation's 4 bytes broadcast from memory) per 64 multiply-adds, and two FMAs per
-//! sub-block and activation row for the scales. Unpacking costs about as much as one
-//! activation row of the row kernels, so each format takes this path from its own
-//! `Unpack::BATCH_FROM` rows on.
+//! Batch invariance: a row's result must not depend on how many rows share its matmul
+//! (greedy decoding gives one text whatever the batch). The integer sums here equal the
+//! row kernels' exactly, and the float steps after them (`Epilogue`) are the row kernels'
+//! own, in the same order, so both paths give the same bits. Unpacking costs about as much
+//! as a few activation rows of the row kernels, so each format takes this path from its
+//! own `Unpack::BATCH_FROM` rows on.
 
 use std::arch::x86_64::*;
 
@@ -36,61 +35,83 @@ const MT: usize = 256;
 /// Activation rows per microkernel call.
 const NT: usize = 8;
 
+/// The row kernels' float steps after each integer sum (see `x86`), per format family.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Epilogue {
+    /// Q4_0, Q4_1, Q5_0, Q5_1 per 32 columns: `acc += (a xd) Σ + b xs` (`a` the block
+    /// scale, `b` the offset or min).
+    Small,
+    /// Q8_0 per 32 columns: `acc += (a xd) Σ`.
+    Q8,
+    /// Q4_K, Q5_K: per sub-block `sacc += Σ (a xd)`, `macc += b xs` (`a`, `b` the
+    /// sub-block's integer scale and min), per super-block `acc += d sacc - dmin macc`.
+    K,
+    /// Q6_K: per 32 columns the i32 `Σ_h sc_h (Σ_h - 32 hs_h)` over its two halves,
+    /// `sacc += that xd`, per super-block `acc += d sacc`.
+    Q6,
+}
+
 /// A packed format brought to the tile's form.
 pub trait Unpack: super::Packed {
-    /// Columns per `(a, b)` pair: 32, or 16 for Q6_K.
+    /// Columns per scale: 32, or 16 for Q6_K.
     const SUB: usize;
-    /// Whether `b` is ever non-zero (Q4_1, Q5_1, Q4_K, Q5_K).
-    const MIN: bool;
+    const EPILOGUE: Epilogue;
     /// Activation rows from which this path beats the row kernels (measured on 2048 x 2048
     /// matrices with 2 threads, AVX-512 VNNI): unpacking costs about as much as a few rows
     /// of the row kernels, most where those are leanest (Q4_K, Q4_1).
     const BATCH_FROM: usize;
-    /// Columns `32 j .. 32 j + 32` of the block as signed bytes (offsets taken off; at most
-    /// 127 in magnitude except Q8_0's -128): register `u` holds columns `4 u .. 4 u + 4`
-    /// of the 8 rows (byte `4 r + e`).
+    /// Columns `32 j .. 32 j + 32` of the block as the row kernels' integer weights
+    /// (unsigned, except Q8_0's signed ones; at most 63 or Q8_0's -128..127): register `u`
+    /// holds columns `4 u .. 4 u + 4` of the 8 rows (byte `4 r + e`).
     ///
     /// # Safety
     /// AVX2 must be available (called from the VNNI kernels only).
     unsafe fn unpack(&self, j: usize) -> [__m256i; 8];
-    /// Sub-block `s` (of `SUB` columns): `(a, b)` of the 8 rows.
+    /// Scale `s` (of `SUB` columns): `(a, b)` of the 8 rows (see `Epilogue`).
     ///
     /// # Safety
     /// As `unpack`.
     unsafe fn coeffs(&self, s: usize) -> (__m256, __m256);
+    /// The super-block's `(d, dmin)` of the 8 rows (K-quants; zeros elsewhere).
+    ///
+    /// # Safety
+    /// As `unpack`.
+    unsafe fn block_scales(&self) -> (__m256, __m256) {
+        (_mm256_setzero_ps(), _mm256_setzero_ps())
+    }
 }
 
 #[inline(always)]
-unsafe fn nibble_regs(qs: &[u8; 128], qh: Option<&[u8; 32]>, offset: i8) -> [__m256i; 8] {
+unsafe fn nibble_regs(qs: &[u8; 128], qh: Option<&[u8; 32]>) -> [__m256i; 8] {
     let (mut lo, mut hi) = nibbles(qs);
     if let Some(qh) = qh {
         fifth_bits(qh, &mut lo, &mut hi);
     }
-    let off = _mm256_set1_epi8(offset);
-    [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3]].map(|v| _mm256_sub_epi8(v, off))
+    [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3]]
 }
 
 impl Unpack for Q4_0x8 {
     const SUB: usize = 32;
-    const MIN: bool = false;
+    const EPILOGUE: Epilogue = Epilogue::Small;
     const BATCH_FROM: usize = 20;
     #[inline(always)]
     unsafe fn unpack(&self, _: usize) -> [__m256i; 8] {
-        nibble_regs(&self.qs, None, 8)
+        nibble_regs(&self.qs, None)
     }
     #[inline(always)]
     unsafe fn coeffs(&self, _: usize) -> (__m256, __m256) {
-        (halves(&self.d), _mm256_setzero_ps())
+        let d = halves(&self.d);
+        (d, _mm256_mul_ps(d, _mm256_set1_ps(-8.0)))
     }
 }
 
 impl Unpack for Q4_1x8 {
     const SUB: usize = 32;
-    const MIN: bool = true;
+    const EPILOGUE: Epilogue = Epilogue::Small;
     const BATCH_FROM: usize = 24;
     #[inline(always)]
     unsafe fn unpack(&self, _: usize) -> [__m256i; 8] {
-        nibble_regs(&self.qs, None, 0)
+        nibble_regs(&self.qs, None)
     }
     #[inline(always)]
     unsafe fn coeffs(&self, _: usize) -> (__m256, __m256) {
@@ -100,25 +121,26 @@ impl Unpack for Q4_1x8 {
 
 impl Unpack for Q5_0x8 {
     const SUB: usize = 32;
-    const MIN: bool = false;
+    const EPILOGUE: Epilogue = Epilogue::Small;
     const BATCH_FROM: usize = 16;
     #[inline(always)]
     unsafe fn unpack(&self, _: usize) -> [__m256i; 8] {
-        nibble_regs(&self.qs, Some(&self.qh), 16)
+        nibble_regs(&self.qs, Some(&self.qh))
     }
     #[inline(always)]
     unsafe fn coeffs(&self, _: usize) -> (__m256, __m256) {
-        (halves(&self.d), _mm256_setzero_ps())
+        let d = halves(&self.d);
+        (d, _mm256_mul_ps(d, _mm256_set1_ps(-16.0)))
     }
 }
 
 impl Unpack for Q5_1x8 {
     const SUB: usize = 32;
-    const MIN: bool = true;
+    const EPILOGUE: Epilogue = Epilogue::Small;
     const BATCH_FROM: usize = 24;
     #[inline(always)]
     unsafe fn unpack(&self, _: usize) -> [__m256i; 8] {
-        nibble_regs(&self.qs, Some(&self.qh), 0)
+        nibble_regs(&self.qs, Some(&self.qh))
     }
     #[inline(always)]
     unsafe fn coeffs(&self, _: usize) -> (__m256, __m256) {
@@ -128,7 +150,7 @@ impl Unpack for Q5_1x8 {
 
 impl Unpack for Q8_0x8 {
     const SUB: usize = 32;
-    const MIN: bool = false;
+    const EPILOGUE: Epilogue = Epilogue::Q8;
     const BATCH_FROM: usize = 8;
     #[inline(always)]
     unsafe fn unpack(&self, _: usize) -> [__m256i; 8] {
@@ -139,24 +161,6 @@ impl Unpack for Q8_0x8 {
     unsafe fn coeffs(&self, _: usize) -> (__m256, __m256) {
         (halves(&self.d), _mm256_setzero_ps())
     }
-}
-
-/// Q4_K/Q5_K: `(d sc_s, -dmin m_s)` of the 8 rows.
-#[inline(always)]
-unsafe fn k_coeffs(
-    d: &[half::f16; GROUP],
-    dmin: &[half::f16; GROUP],
-    sc: &[u8; 64],
-    m: &[u8; 64],
-    s: usize,
-) -> (__m256, __m256) {
-    (
-        _mm256_mul_ps(halves(d), u8x8(&sc[8 * s..])),
-        _mm256_mul_ps(
-            _mm256_sub_ps(_mm256_setzero_ps(), halves(dmin)),
-            u8x8(&m[8 * s..]),
-        ),
-    )
 }
 
 /// 8 signed bytes as f32 lanes.
@@ -194,7 +198,7 @@ unsafe fn k_regs(qs: &[u8; 1024], qh: Option<&[u8; 256]>, j: usize) -> [__m256i;
 
 impl Unpack for Q4Kx8 {
     const SUB: usize = 32;
-    const MIN: bool = true;
+    const EPILOGUE: Epilogue = Epilogue::K;
     const BATCH_FROM: usize = 48;
     #[inline(always)]
     unsafe fn unpack(&self, j: usize) -> [__m256i; 8] {
@@ -202,13 +206,17 @@ impl Unpack for Q4Kx8 {
     }
     #[inline(always)]
     unsafe fn coeffs(&self, s: usize) -> (__m256, __m256) {
-        k_coeffs(&self.d, &self.dmin, &self.sc, &self.m, s)
+        (u8x8(&self.sc[8 * s..]), u8x8(&self.m[8 * s..]))
+    }
+    #[inline(always)]
+    unsafe fn block_scales(&self) -> (__m256, __m256) {
+        (halves(&self.d), halves(&self.dmin))
     }
 }
 
 impl Unpack for Q5Kx8 {
     const SUB: usize = 32;
-    const MIN: bool = true;
+    const EPILOGUE: Epilogue = Epilogue::K;
     const BATCH_FROM: usize = 16;
     #[inline(always)]
     unsafe fn unpack(&self, j: usize) -> [__m256i; 8] {
@@ -216,13 +224,17 @@ impl Unpack for Q5Kx8 {
     }
     #[inline(always)]
     unsafe fn coeffs(&self, s: usize) -> (__m256, __m256) {
-        k_coeffs(&self.d, &self.dmin, &self.sc, &self.m, s)
+        (u8x8(&self.sc[8 * s..]), u8x8(&self.m[8 * s..]))
+    }
+    #[inline(always)]
+    unsafe fn block_scales(&self) -> (__m256, __m256) {
+        (halves(&self.d), halves(&self.dmin))
     }
 }
 
 impl Unpack for Q6Kx8 {
     const SUB: usize = 16;
-    const MIN: bool = false;
+    const EPILOGUE: Epilogue = Epilogue::Q6;
     const BATCH_FROM: usize = 12;
     #[inline(always)]
     unsafe fn unpack(&self, j: usize) -> [__m256i; 8] {
@@ -246,14 +258,15 @@ impl Unpack for Q6Kx8 {
                 _mm256_and_si256(h1, bits),
             );
         }
-        out.map(|v| _mm256_sub_epi8(v, _mm256_set1_epi8(32)))
+        out
     }
     #[inline(always)]
     unsafe fn coeffs(&self, s: usize) -> (__m256, __m256) {
-        (
-            _mm256_mul_ps(halves(&self.d), i8x8(&self.sc[8 * s..])),
-            _mm256_setzero_ps(),
-        )
+        (i8x8(&self.sc[8 * s..]), _mm256_setzero_ps())
+    }
+    #[inline(always)]
+    unsafe fn block_scales(&self) -> (__m256, __m256) {
+        (halves(&self.d), _mm256_setzero_ps())
     }
 }
 
@@ -261,12 +274,17 @@ impl Unpack for Q6Kx8 {
 struct Tile {
     /// `[tile][KC / 4]`.
     q: Vec<__m512i>,
-    /// `[tile][KC / SUB]`: `-128 Σ q` per row over the sub-block (the activations are
-    /// shifted to unsigned bytes by +128; every product sum starts from this).
+    /// `[tile][KC / SUB]`: `-128 Σ q` per row over the scale's columns (every product sum
+    /// starts from it: the activations are shifted to unsigned bytes by +128).
     base: Vec<__m512i>,
-    /// `[tile][KC / SUB][16]`.
+    /// `[tile][KC / SUB][16]`: `Unpack::coeffs`.
     a: Vec<f32>,
     b: Vec<f32>,
+    /// `[tile][KC / 16]`: Q6_K's integer scales.
+    ai: Vec<__m512i>,
+    /// `[tile][16]`: `Unpack::block_scales` (K-quants: `KC` is one super-block).
+    d: Vec<f32>,
+    dmin: Vec<f32>,
 }
 
 impl Tile {
@@ -279,6 +297,9 @@ impl Tile {
             base: vec![zero; tiles * KC / 16],
             a: vec![0.0; tiles * KC],
             b: vec![0.0; tiles * KC],
+            ai: vec![zero; tiles * KC / 16],
+            d: vec![0.0; tiles * 16],
+            dmin: vec![0.0; tiles * 16],
         }
     }
 
@@ -294,11 +315,23 @@ impl Tile {
     ) {
         let per = 32 / W::SUB;
         let ones = _mm512_set1_epi8(1);
+        let zeros = (_mm256_setzero_ps(), _mm256_setzero_ps());
         for (t, g) in groups.clone().step_by(2).enumerate() {
             let pair = [
                 Some(w.group(g)),
                 (g + 1 < groups.end).then(|| w.group(g + 1)),
             ];
+            if W::EPILOGUE == Epilogue::K || W::EPILOGUE == Epilogue::Q6 {
+                let blk = c0 / W::COLS;
+                let [(d0, m0), (d1, m1)] =
+                    pair.map(|p| p.map_or(zeros, |p| p.get_unchecked(blk).block_scales()));
+                let d = self.d.as_mut_ptr().add(16 * t);
+                let dm = self.dmin.as_mut_ptr().add(16 * t);
+                _mm256_storeu_ps(d, d0);
+                _mm256_storeu_ps(d.add(8), d1);
+                _mm256_storeu_ps(dm, m0);
+                _mm256_storeu_ps(dm.add(8), m1);
+            }
             for c in (0..kc).step_by(32) {
                 let col = c0 + c;
                 let (blk, j) = (col / W::COLS, (col % W::COLS) / 32);
@@ -319,70 +352,138 @@ impl Tile {
                     *self.base.get_unchecked_mut(sub) =
                         _mm512_slli_epi32::<7>(_mm512_sub_epi32(_mm512_setzero_si512(), sums[h]));
                     let s = (col % W::COLS) / W::SUB + h;
-                    let [(a0, b0), (a1, b1)] = pair.map(|p| match p {
-                        Some(p) => p.get_unchecked(blk).coeffs(s),
-                        None => (_mm256_setzero_ps(), _mm256_setzero_ps()),
-                    });
+                    let [(a0, b0), (a1, b1)] =
+                        pair.map(|p| p.map_or(zeros, |p| p.get_unchecked(blk).coeffs(s)));
                     let at = self.a.as_mut_ptr().add(16 * sub);
                     let bt = self.b.as_mut_ptr().add(16 * sub);
                     _mm256_storeu_ps(at, a0);
                     _mm256_storeu_ps(at.add(8), a1);
                     _mm256_storeu_ps(bt, b0);
                     _mm256_storeu_ps(bt.add(8), b1);
+                    if W::EPILOGUE == Epilogue::Q6 {
+                        // Small integers, exact in f32 and back.
+                        *self.ai.get_unchecked_mut(sub) = _mm512_cvtps_epi32(_mm512_loadu_ps(at));
+                    }
                 }
             }
         }
     }
 }
 
-/// Tile `t`'s 16 rows over `kc` columns against the first `N` activation rows of a batch
-/// (`x`: the batch's interleaved input from the tile's first column on).
+/// The integer sums of a tile's 16 rows (`q`: its first register) over `SUB` columns from
+/// column `col` for `N` activation rows, each started from `init[i]`.
 #[inline(always)]
-unsafe fn micro<const N: usize, const SUB: usize, const MIN: bool>(
+unsafe fn sums<const N: usize, const SUB: usize>(
+    q: *const __m512i,
+    x: Batch,
+    col: usize,
+    init: [__m512i; N],
+) -> [__m512i; N] {
+    let mut sum = init;
+    for g in 0..SUB / 4 {
+        let col4 = col / 4 + g;
+        let w = *q.add(col4);
+        let xu = x.q.add(col4 * NT * 4) as *const i32;
+        for (i, sum) in sum.iter_mut().enumerate() {
+            *sum = _mm512_dpbusd_epi32(*sum, _mm512_set1_epi32(xu.add(i).read_unaligned()), w);
+        }
+    }
+    sum
+}
+
+/// `Epilogue` as a const parameter.
+const SMALL: u8 = 0;
+const Q8: u8 = 1;
+const K: u8 = 2;
+const Q6: u8 = 3;
+
+/// Tile `t`'s 16 rows over `kc` columns against the first `N` activation rows of a batch
+/// (`x`: the batch's interleaved input from the tile's first column on), accumulated onto
+/// `out` (row `i` at `out + i n`; `lanes` of 16 or 8 columns; nothing read before the
+/// first chunk) with the row kernels' float steps (`Epilogue`).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn micro<const N: usize, const EPI: u8>(
     tile: &Tile,
     t: usize,
     kc: usize,
     x: Batch,
-) -> [__m512; N] {
+    out: *mut f32,
+    n: usize,
+    lanes: usize,
+    first: bool,
+) {
+    let mask: __mmask16 = if lanes == 16 { 0xFFFF } else { 0x00FF };
+    let mut acc: [__m512; N] = std::array::from_fn(|i| {
+        if first {
+            _mm512_setzero_ps()
+        } else {
+            _mm512_maskz_loadu_ps(mask, out.add(i * n))
+        }
+    });
     let q = tile.q.as_ptr().add(t * KC / 4);
-    let base = tile.base.as_ptr().add(t * KC / SUB);
-    let a = tile.a.as_ptr().add(16 * t * KC / SUB);
-    let b = tile.b.as_ptr().add(16 * t * KC / SUB);
-    let mut acc = [_mm512_setzero_ps(); N];
-    for s in 0..kc / SUB {
-        let mut sum = [*base.add(s); N];
-        for g in 0..SUB / 4 {
-            let col4 = s * SUB / 4 + g;
-            let w = *q.add(col4);
-            let xu = x.q.add(col4 * NT * 4) as *const i32;
-            for (i, sum) in sum.iter_mut().enumerate() {
-                *sum = _mm512_dpbusd_epi32(*sum, _mm512_set1_epi32(xu.add(i).read_unaligned()), w);
+    let xd = |i: usize, blk: usize| _mm512_set1_ps(*x.d.add(blk * NT + i));
+    let xs = |i: usize, blk: usize| _mm512_set1_ps(*x.s.add(blk * NT + i));
+    if EPI == Q6 {
+        let base = tile.base.as_ptr().add(t * KC / 16);
+        let ai = tile.ai.as_ptr().add(t * KC / 16);
+        let mut sacc = [_mm512_setzero_ps(); N];
+        for blk in 0..kc / 32 {
+            let mut s = [_mm512_setzero_si512(); N];
+            for h in 0..2 {
+                let sub = 2 * blk + h;
+                let init = std::array::from_fn(|i| {
+                    _mm512_add_epi32(*base.add(sub), _mm512_set1_epi32(*x.off.add(sub * NT + i)))
+                });
+                let sum = sums::<N, 16>(q, x, 16 * sub, init);
+                for i in 0..N {
+                    s[i] = _mm512_add_epi32(s[i], _mm512_mullo_epi32(sum[i], *ai.add(sub)));
+                }
+            }
+            for i in 0..N {
+                sacc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[i]), xd(i, blk), sacc[i]);
             }
         }
-        let av = _mm512_loadu_ps(a.add(16 * s));
-        let blk = s * SUB / QK;
+        let d = _mm512_loadu_ps(tile.d.as_ptr().add(16 * t));
         for i in 0..N {
-            let scale = _mm512_mul_ps(av, _mm512_set1_ps(*x.d.add(blk * NT + i)));
-            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[i]), scale, acc[i]);
-            if MIN {
-                let bv = _mm512_loadu_ps(b.add(16 * s));
-                acc[i] = _mm512_fmadd_ps(bv, _mm512_set1_ps(*x.s.add(blk * NT + i)), acc[i]);
+            acc[i] = _mm512_fmadd_ps(d, sacc[i], acc[i]);
+        }
+    } else {
+        let base = tile.base.as_ptr().add(t * KC / 32);
+        let a = tile.a.as_ptr().add(16 * t * KC / 32);
+        let b = tile.b.as_ptr().add(16 * t * KC / 32);
+        let mut sacc = [_mm512_setzero_ps(); N];
+        let mut macc = [_mm512_setzero_ps(); N];
+        for blk in 0..kc / 32 {
+            let sum = sums::<N, 32>(q, x, 32 * blk, [*base.add(blk); N]);
+            let av = _mm512_loadu_ps(a.add(16 * blk));
+            let bv = _mm512_loadu_ps(b.add(16 * blk));
+            for i in 0..N {
+                let scale = _mm512_mul_ps(av, xd(i, blk));
+                let sumf = _mm512_cvtepi32_ps(sum[i]);
+                if EPI == K {
+                    sacc[i] = _mm512_fmadd_ps(sumf, scale, sacc[i]);
+                    macc[i] = _mm512_fmadd_ps(bv, xs(i, blk), macc[i]);
+                } else {
+                    acc[i] = _mm512_fmadd_ps(scale, sumf, acc[i]);
+                    if EPI == SMALL {
+                        acc[i] = _mm512_fmadd_ps(bv, xs(i, blk), acc[i]);
+                    }
+                }
+            }
+        }
+        if EPI == K {
+            let d = _mm512_loadu_ps(tile.d.as_ptr().add(16 * t));
+            let dm = _mm512_loadu_ps(tile.dmin.as_ptr().add(16 * t));
+            for i in 0..N {
+                acc[i] = _mm512_fmadd_ps(d, sacc[i], acc[i]);
+                acc[i] = _mm512_fnmadd_ps(dm, macc[i], acc[i]);
             }
         }
     }
-    acc
-}
-
-/// Writes (first chunk) or adds row `i`'s 16 (or `lanes`) results at `dst`.
-#[target_feature(enable = "avx512f")]
-unsafe fn put(dst: *mut f32, v: __m512, lanes: usize, first: bool) {
-    let mask: __mmask16 = if lanes == 16 { 0xFFFF } else { 0x00FF };
-    let v = if first {
-        v
-    } else {
-        _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, dst))
-    };
-    _mm512_mask_storeu_ps(dst, mask, v);
+    for (i, acc) in acc.iter().enumerate() {
+        _mm512_mask_storeu_ps(out.add(i * n), mask, *acc);
+    }
 }
 
 /// One work item: weight groups `groups` of `w` against activation rows `rows`, results to
@@ -404,27 +505,24 @@ unsafe fn run_item<W: Unpack>(
     for c0 in (0..k).step_by(KC) {
         let kc = KC.min(k - c0);
         tile.fill(w, groups.clone(), c0, kc);
+        let first = c0 == 0;
         let mut i = rows.start;
         while i < rows.end {
             let count = NT.min(rows.end - i);
+            let xb = x.batch(i / NT, c0);
             for t in 0..tiles {
                 let g = groups.start + 2 * t;
                 let lanes = if g + 1 < groups.end { 16 } else { 8 };
                 let out = dst.add(i * n + g * GROUP);
-                let xb = x.batch(i / NT, c0);
                 macro_rules! go {
                     ($($c:literal)*) => {
                         match count {
-                            $($c => {
-                                let r = match (W::SUB, W::MIN) {
-                                    (16, _) => micro::<$c, 16, false>(&tile, t, kc, xb),
-                                    (_, true) => micro::<$c, 32, true>(&tile, t, kc, xb),
-                                    _ => micro::<$c, 32, false>(&tile, t, kc, xb),
-                                };
-                                for (c, v) in r.into_iter().enumerate() {
-                                    put(out.add(c * n), v, lanes, c0 == 0);
-                                }
-                            })*
+                            $($c => match W::EPILOGUE {
+                                Epilogue::Small => micro::<$c, SMALL>(&tile, t, kc, xb, out, n, lanes, first),
+                                Epilogue::Q8 => micro::<$c, Q8>(&tile, t, kc, xb, out, n, lanes, first),
+                                Epilogue::K => micro::<$c, K>(&tile, t, kc, xb, out, n, lanes, first),
+                                Epilogue::Q6 => micro::<$c, Q6>(&tile, t, kc, xb, out, n, lanes, first),
+                            },)*
                             _ => unreachable!("1 to NT rows"),
                         }
                     };
@@ -439,12 +537,14 @@ unsafe fn run_item<W: Unpack>(
 /// The quantized input interleaved for the microkernel, in batches of `NT` rows (the last
 /// padded with zeros): per batch, `q` holds `[k / 4][NT][4]` bytes `q + 128` (one
 /// 4-byte broadcast per row and 4 columns, the rows of a batch side by side), `d` and `s`
-/// hold `[k / 32][NT]` block scales and scaled sums.
+/// hold `[k / 32][NT]` block scales and scaled sums, `off` Q6_K's offsets.
 struct Input {
     k: usize,
     q: Vec<u8>,
     d: Vec<f32>,
     s: Vec<f32>,
+    /// `[k / 16][NT]`: `-32` times each half block's sum of `q` (Q6_K's offset).
+    off: Vec<i32>,
 }
 
 /// One batch of `Input` from some column on.
@@ -453,6 +553,7 @@ struct Batch {
     q: *const u8,
     d: *const f32,
     s: *const f32,
+    off: *const i32,
 }
 
 impl Input {
@@ -464,12 +565,16 @@ impl Input {
             q: vec![0x80; batches * k * NT],
             d: vec![0.0; batches * kb * NT],
             s: vec![0.0; batches * kb * NT],
+            off: vec![0; batches * 2 * kb * NT],
         };
         for (row, blocks) in xq.chunks_exact(kb).enumerate() {
             let (bt, i) = (row / NT, row % NT);
             for (j, b) in blocks.iter().enumerate() {
                 out.d[(bt * kb + j) * NT + i] = b.d;
                 out.s[(bt * kb + j) * NT + i] = b.s;
+                for h in 0..2 {
+                    out.off[(bt * 2 * kb + 2 * j + h) * NT + i] = -32 * b.hs[h] as i32;
+                }
                 for (e, &v) in b.qs.iter().enumerate() {
                     let col = j * QK + e;
                     out.q[(bt * k + col / 4 * 4) * NT + 4 * i + col % 4] = (v as u8) ^ 0x80;
@@ -485,6 +590,7 @@ impl Input {
             q: self.q[(b * self.k + c0) * NT..].as_ptr(),
             d: self.d[(b * kb + c0 / QK) * NT..].as_ptr(),
             s: self.s[(b * kb + c0 / QK) * NT..].as_ptr(),
+            off: self.off[(b * 2 * kb + c0 / 16) * NT..].as_ptr(),
         }
     }
 }
