@@ -341,16 +341,16 @@ impl Tile {
                 });
                 let q = self.q.as_mut_ptr().add(t * KC / 4 + c / 4);
                 let mut sums = [_mm512_setzero_si512(); 2];
-                for u in 0..8 {
-                    let v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(regs[0][u]), regs[1][u]);
+                for (u, (&lo, &hi)) in regs[0].iter().zip(&regs[1]).enumerate() {
+                    let v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
                     *q.add(u) = v;
                     let h = u * per / 8;
                     sums[h] = _mm512_dpbusd_epi32(sums[h], ones, v);
                 }
-                for h in 0..per {
+                for (h, &sum) in sums.iter().take(per).enumerate() {
                     let sub = t * KC / W::SUB + c / W::SUB + h;
                     *self.base.get_unchecked_mut(sub) =
-                        _mm512_slli_epi32::<7>(_mm512_sub_epi32(_mm512_setzero_si512(), sums[h]));
+                        _mm512_slli_epi32::<7>(_mm512_sub_epi32(_mm512_setzero_si512(), sum));
                     let s = (col % W::COLS) / W::SUB + h;
                     let [(a0, b0), (a1, b1)] =
                         pair.map(|p| p.map_or(zeros, |p| p.get_unchecked(blk).coeffs(s)));
