@@ -135,7 +135,12 @@ pub fn paged_attention_windowed(
             let visible = |i: usize| first_pos + start + i + 1;
             let hidden = |i: usize| window.map_or(0, |w| visible(i).saturating_sub(w));
             let vmax = visible(len - 1);
-            let Scratch { scores, q16, row } = &mut scratch;
+            let Scratch {
+                scores,
+                q16,
+                row,
+                half16,
+            } = &mut scratch;
             q16.clear();
             for i in 0..len {
                 let t = seq.q_start + start + i;
@@ -173,15 +178,19 @@ pub fn paged_attention_windowed(
                     let r = &mut scores[(i * group + h) * vmax..][..visible(i)];
                     let (outside, r) = r.split_at_mut(hidden(i));
                     outside.fill(0.0);
-                    let max = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0.0;
+                    let max = lanes_fold(r, f32::NEG_INFINITY, f32::max);
                     for x in r.iter_mut() {
                         *x = exp(*x - max);
-                        sum += *x;
                     }
-                    let inv = 1.0 / sum;
+                    let inv = 1.0 / lanes_fold(r, 0.0, |a, b| a + b);
                     for x in r.iter_mut() {
-                        *x = f16::from_f32(*x * inv).to_f32();
+                        *x *= inv;
+                    }
+                    for c in r.chunks_mut(64) {
+                        half16.clear();
+                        half16.resize(c.len(), f16::ZERO);
+                        half16.convert_from_f32_slice(c);
+                        half16.convert_to_f32_slice(c);
                     }
                 }
             }
@@ -234,6 +243,25 @@ struct Scratch {
     scores: Vec<f32>,
     q16: Vec<f32>,
     row: Vec<f32>,
+    half16: Vec<f16>,
+}
+
+/// `f` folded over `x` in 16 interleaved lanes (element `j` into lane `j % 16`), then the
+/// lanes in order: vectorizes where one running value would not, and gives the same value
+/// for the same input wherever it runs.
+#[inline]
+fn lanes_fold(x: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut lanes = [init; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l = f(*l, v);
+        }
+    }
+    for (l, &v) in lanes.iter_mut().zip(chunks.remainder()) {
+        *l = f(*l, v);
+    }
+    lanes.into_iter().fold(init, f)
 }
 
 /// Keys whose scores build up together, one per vector lane.
