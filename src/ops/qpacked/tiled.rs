@@ -321,6 +321,16 @@ impl Tile {
                 Some(w.group(g)),
                 (g + 1 < groups.end).then(|| w.group(g + 1)),
             ];
+            // The next chunk's blocks of these groups, asked for now: without it the
+            // first loads of each chunk waited on memory.
+            let size = std::mem::size_of::<W>();
+            let bytes = kc.div_ceil(W::COLS) * size;
+            for p in pair.iter().flatten() {
+                let next = p.as_ptr().wrapping_add((c0 + KC) / W::COLS) as *const i8;
+                for off in (0..bytes).step_by(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(off));
+                }
+            }
             if W::EPILOGUE == Epilogue::K || W::EPILOGUE == Epilogue::Q6 {
                 let blk = c0 / W::COLS;
                 let [(d0, m0), (d1, m1)] =
