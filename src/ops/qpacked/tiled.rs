@@ -1,7 +1,7 @@
 //! The batched path for many activation rows (prefill, large decode batches) on AVX-512
-//! VNNI: weights are unpacked once per work item into a small tile of plain unsigned
-//! bytes, and one format-blind microkernel multiplies that tile with up to 8 activation
-//! rows at a time.
+//! VNNI: weights are unpacked once per work item into a small tile of bytes, and one
+//! microkernel multiplies that tile with up to 8 activation rows at a time, whatever the
+//! format (only the float steps after the integer sums differ, see `Epilogue`).
 //!
 //! The per-row kernels (`x86`) unpack a weight block again for every 4 activation rows,
 //! and most of their instructions are that unpacking and the per-sub-block scale
