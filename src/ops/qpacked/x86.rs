@@ -387,32 +387,14 @@ macro_rules! kernels {
         /// multiply in the widening i16 product (`madd_acc`).
         #[target_feature(enable = $features)]
         pub unsafe fn q6_k<const R: usize>(w: &[Q6Kx8], x: [&[ActQ8]; R]) -> [[f32; GROUP]; R] {
-            let mask = _mm256_set1_epi8(0x0F);
-            let bits = _mm256_set1_epi8(0x30);
             let mut acc = [_mm256_setzero_ps(); R];
             for (b, wb) in w.iter().enumerate() {
                 prefetch_ahead(w, b);
                 let mut sacc = [_mm256_setzero_ps(); R];
                 for j in 0..8 {
-                    let pl = wb.ql.as_ptr().add(128 * j) as *const __m256i;
-                    let ph = wb.qh.as_ptr().add(64 * j) as *const __m256i;
-                    let hr = [_mm256_loadu_si256(ph), _mm256_loadu_si256(ph.add(1))];
-                    let mut q = [[_mm256_setzero_si256(); 4]; 2];
-                    for t in 0..4 {
-                        let v = _mm256_loadu_si256(pl.add(t));
-                        let h = hr[t & 1];
-                        let (h0, h1) = if t < 2 {
-                            (_mm256_slli_epi16(h, 4), h)
-                        } else {
-                            (_mm256_slli_epi16(h, 2), _mm256_srli_epi16(h, 2))
-                        };
-                        q[0][t] =
-                            _mm256_or_si256(_mm256_and_si256(v, mask), _mm256_and_si256(h0, bits));
-                        q[1][t] = _mm256_or_si256(
-                            _mm256_and_si256(_mm256_srli_epi16(v, 4), mask),
-                            _mm256_and_si256(h1, bits),
-                        );
-                    }
+                    // Weights 0..16 (`q[0]`) and 16..32 (`q[1]`) of the 8 rows, 0..64.
+                    let u = <Q6Kx8 as super::super::tiled::Unpack>::unpack(wb, j);
+                    let q = [[u[0], u[1], u[2], u[3]], [u[4], u[5], u[6], u[7]]];
                     // The scales of weights 0..16 (`sc0`) and 16..32 (`sc1`), row r's in
                     // both i16 of lane r, and lane r's pair (-32 sc0, -32 sc1) (|.| <= 4096).
                     let v = _mm_loadu_si128(wb.sc.as_ptr().add(16 * j) as *const __m128i);
