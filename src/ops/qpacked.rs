@@ -19,6 +19,22 @@
 
 use std::sync::OnceLock;
 
+/// `$e` with `$m` bound to the packed matrix inside any `PackedWeight`.
+macro_rules! each {
+    ($w:expr, $m:ident => $e:expr) => {
+        match $w {
+            PackedWeight::Q4_0($m) => $e,
+            PackedWeight::Q4_1($m) => $e,
+            PackedWeight::Q5_0($m) => $e,
+            PackedWeight::Q5_1($m) => $e,
+            PackedWeight::Q8_0($m) => $e,
+            PackedWeight::Q4K($m) => $e,
+            PackedWeight::Q5K($m) => $e,
+            PackedWeight::Q6K($m) => $e,
+        }
+    };
+}
+
 mod formats;
 #[cfg(target_arch = "x86_64")]
 mod tiled;
@@ -322,21 +338,6 @@ pub enum PackedWeight {
     Q6K(PackedMatrix<Q6Kx8>),
 }
 
-macro_rules! each {
-    ($w:expr, $m:ident => $e:expr) => {
-        match $w {
-            PackedWeight::Q4_0($m) => $e,
-            PackedWeight::Q4_1($m) => $e,
-            PackedWeight::Q5_0($m) => $e,
-            PackedWeight::Q5_1($m) => $e,
-            PackedWeight::Q8_0($m) => $e,
-            PackedWeight::Q4K($m) => $e,
-            PackedWeight::Q5K($m) => $e,
-            PackedWeight::Q6K($m) => $e,
-        }
-    };
-}
-
 impl PackedWeight {
     /// Repacks a `[n, k]` GGUF tensor; `None` when its shape does not pack (`n` not a
     /// multiple of 8, `k` not of the block width) or the bytes do not hold it.
@@ -404,9 +405,9 @@ pub fn matmul_many_with(
         });
     }
     // Matrices whose format pays for the batched path at this row count take it; the
-    // others take the row kernels.
+    // others take the row kernels (either list may be empty).
     #[cfg(target_arch = "x86_64")]
-    if isa.0 == Level::Avx512Vnni && ws.iter().any(|w| tiled::batched(w, m)) {
+    if isa.0 == Level::Avx512Vnni {
         let (mut bw, mut bo, mut rw, mut ro) = (vec![], vec![], vec![], vec![]);
         for (w, o) in ws.iter().zip(outs.iter_mut()) {
             if tiled::batched(w, m) {
@@ -424,6 +425,31 @@ pub fn matmul_many_with(
     row_kernels(isa, &xq, m, ws, outs);
 }
 
+/// Work items numbered matrix after matrix, each matrix's `per(w)` items in a row (both
+/// paths number their items so, then split them over the pool).
+struct Items(Vec<usize>);
+
+impl Items {
+    fn new(ws: &[&PackedWeight], per: impl Fn(&PackedWeight) -> usize) -> Self {
+        let mut first = Vec::with_capacity(ws.len() + 1);
+        first.push(0);
+        for w in ws {
+            first.push(first[first.len() - 1] + per(w));
+        }
+        Self(first)
+    }
+
+    fn len(&self) -> usize {
+        self.0[self.0.len() - 1]
+    }
+
+    /// `(matrix, item within the matrix)`.
+    fn locate(&self, item: usize) -> (usize, usize) {
+        let mat = self.0.partition_point(|&f| f <= item) - 1;
+        (mat, item - self.0[mat])
+    }
+}
+
 /// The row kernels over quantized input `xq` (`[m, k / 32]`).
 fn row_kernels(isa: Isa, xq: &[ActQ8], m: usize, ws: &[&PackedWeight], outs: &mut [&mut [f32]]) {
     let Some(kb) = ws.first().map(|w| w.cols() / QK) else {
@@ -433,19 +459,14 @@ fn row_kernels(isa: Isa, xq: &[ActQ8], m: usize, ws: &[&PackedWeight], outs: &mu
     let xrow = |i: usize| &xq[i * kb..(i + 1) * kb];
     let out_ptrs: Vec<usize> = outs.iter_mut().map(|o| o.as_mut_ptr() as usize).collect();
     let row_tiles = m.div_ceil(ROW_TILE);
-    // Items are numbered matrix after matrix, row tile after row tile, group after group.
-    let mut first = Vec::with_capacity(ws.len() + 1);
-    first.push(0);
-    for w in ws {
-        first.push(first[first.len() - 1] + row_tiles * (w.rows() / GROUP));
-    }
-    let n_items = first[ws.len()];
-    let run = |items: std::ops::Range<usize>| {
-        for item in items {
-            let mat = first.partition_point(|&f| f <= item) - 1;
+    // Per matrix: row tile after row tile, group after group.
+    let items = Items::new(ws, |w| row_tiles * (w.rows() / GROUP));
+    let n_items = items.len();
+    let run = |range: std::ops::Range<usize>| {
+        for item in range {
+            let (mat, local) = items.locate(item);
             let w = ws[mat];
             let (n, groups) = (w.rows(), w.rows() / GROUP);
-            let local = item - first[mat];
             let (tile, g) = (local / groups, local % groups);
             let rows = tile * ROW_TILE..m.min((tile + 1) * ROW_TILE);
             let dst = out_ptrs[mat] as *mut f32;

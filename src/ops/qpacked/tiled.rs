@@ -22,8 +22,8 @@
 use std::arch::x86_64::*;
 
 use super::formats::*;
-use super::x86::{fifth_bits, halves, nibbles, u8x8};
-use super::{ActQ8, PackedMatrix, PackedWeight, GROUP};
+use super::x86::{fifth_bits, halves, nibbles, q6k_regs, u8x8};
+use super::{ActQ8, Items, PackedMatrix, PackedWeight, GROUP};
 use crate::ops::qmatmul::QK;
 
 /// Columns unpacked at a time: one K-quant super-block, 16 KiB of tile for `RB` rows.
@@ -196,41 +196,37 @@ unsafe fn k_regs(qs: &[u8; 1024], qh: Option<&[u8; 256]>, j: usize) -> [__m256i;
     })
 }
 
-impl Unpack for Q4Kx8 {
-    const SUB: usize = 32;
-    const EPILOGUE: Epilogue = Epilogue::K;
-    const BATCH_FROM: usize = 48;
-    #[inline(always)]
-    unsafe fn unpack(&self, j: usize) -> [__m256i; 8] {
-        k_regs(&self.qs, None, j)
-    }
-    #[inline(always)]
-    unsafe fn coeffs(&self, s: usize) -> (__m256, __m256) {
-        (u8x8(&self.sc[8 * s..]), u8x8(&self.m[8 * s..]))
-    }
-    #[inline(always)]
-    unsafe fn block_scales(&self) -> (__m256, __m256) {
-        (halves(&self.d), halves(&self.dmin))
-    }
+/// Q4_K and Q5_K: sub-blocks of 32 with an integer scale and min each.
+macro_rules! k_unpack {
+    ($t:ty, $batch_from:literal, $qh:ident) => {
+        impl Unpack for $t {
+            const SUB: usize = 32;
+            const EPILOGUE: Epilogue = Epilogue::K;
+            const BATCH_FROM: usize = $batch_from;
+            #[inline(always)]
+            unsafe fn unpack(&self, j: usize) -> [__m256i; 8] {
+                k_regs(&self.qs, k_unpack!(@qh self $qh), j)
+            }
+            #[inline(always)]
+            unsafe fn coeffs(&self, s: usize) -> (__m256, __m256) {
+                (u8x8(&self.sc[8 * s..]), u8x8(&self.m[8 * s..]))
+            }
+            #[inline(always)]
+            unsafe fn block_scales(&self) -> (__m256, __m256) {
+                (halves(&self.d), halves(&self.dmin))
+            }
+        }
+    };
+    (@qh $s:ident none) => {
+        None
+    };
+    (@qh $s:ident qh) => {
+        Some(&$s.qh)
+    };
 }
 
-impl Unpack for Q5Kx8 {
-    const SUB: usize = 32;
-    const EPILOGUE: Epilogue = Epilogue::K;
-    const BATCH_FROM: usize = 16;
-    #[inline(always)]
-    unsafe fn unpack(&self, j: usize) -> [__m256i; 8] {
-        k_regs(&self.qs, Some(&self.qh), j)
-    }
-    #[inline(always)]
-    unsafe fn coeffs(&self, s: usize) -> (__m256, __m256) {
-        (u8x8(&self.sc[8 * s..]), u8x8(&self.m[8 * s..]))
-    }
-    #[inline(always)]
-    unsafe fn block_scales(&self) -> (__m256, __m256) {
-        (halves(&self.d), halves(&self.dmin))
-    }
-}
+k_unpack!(Q4Kx8, 48, none);
+k_unpack!(Q5Kx8, 16, qh);
 
 impl Unpack for Q6Kx8 {
     const SUB: usize = 16;
@@ -238,27 +234,7 @@ impl Unpack for Q6Kx8 {
     const BATCH_FROM: usize = 12;
     #[inline(always)]
     unsafe fn unpack(&self, j: usize) -> [__m256i; 8] {
-        let mask = _mm256_set1_epi8(0x0F);
-        let bits = _mm256_set1_epi8(0x30);
-        let pl = self.ql.as_ptr().add(128 * j) as *const __m256i;
-        let ph = self.qh.as_ptr().add(64 * j) as *const __m256i;
-        let hr = [_mm256_loadu_si256(ph), _mm256_loadu_si256(ph.add(1))];
-        let mut out = [_mm256_setzero_si256(); 8];
-        for t in 0..4 {
-            let v = _mm256_loadu_si256(pl.add(t));
-            let h = hr[t & 1];
-            let (h0, h1) = if t < 2 {
-                (_mm256_slli_epi16(h, 4), h)
-            } else {
-                (_mm256_slli_epi16(h, 2), _mm256_srli_epi16(h, 2))
-            };
-            out[t] = _mm256_or_si256(_mm256_and_si256(v, mask), _mm256_and_si256(h0, bits));
-            out[4 + t] = _mm256_or_si256(
-                _mm256_and_si256(_mm256_srli_epi16(v, 4), mask),
-                _mm256_and_si256(h1, bits),
-            );
-        }
-        out
+        q6k_regs(self, j)
     }
     #[inline(always)]
     unsafe fn coeffs(&self, s: usize) -> (__m256, __m256) {
@@ -607,16 +583,10 @@ impl Input {
 
 /// Whether `w` takes this path for `m` activation rows.
 pub fn batched(w: &PackedWeight, m: usize) -> bool {
-    m >= match w {
-        PackedWeight::Q4_0(_) => Q4_0x8::BATCH_FROM,
-        PackedWeight::Q4_1(_) => Q4_1x8::BATCH_FROM,
-        PackedWeight::Q5_0(_) => Q5_0x8::BATCH_FROM,
-        PackedWeight::Q5_1(_) => Q5_1x8::BATCH_FROM,
-        PackedWeight::Q8_0(_) => Q8_0x8::BATCH_FROM,
-        PackedWeight::Q4K(_) => Q4Kx8::BATCH_FROM,
-        PackedWeight::Q5K(_) => Q5Kx8::BATCH_FROM,
-        PackedWeight::Q6K(_) => Q6Kx8::BATCH_FROM,
+    fn from<W: Unpack>(_: &PackedMatrix<W>) -> usize {
+        W::BATCH_FROM
     }
+    m >= each!(w, p => from(p))
 }
 
 /// `matmul_many` on a CPU with AVX-512 VNNI (`xq`: the quantized input,
@@ -631,16 +601,12 @@ pub fn matmul_many(xq: &[ActQ8], m: usize, ws: &[&PackedWeight], outs: &mut [&mu
     // Whole batches per item.
     let tile_rows = m.div_ceil(row_tiles).next_multiple_of(NT);
     let blocks = |w: &PackedWeight| (w.rows() / GROUP).div_ceil(RB / GROUP);
-    let mut first = Vec::with_capacity(ws.len() + 1);
-    first.push(0);
-    for w in ws {
-        first.push(first[first.len() - 1] + row_tiles * blocks(w));
-    }
-    let run = |items: std::ops::Range<usize>| {
-        for item in items {
-            let mat = first.partition_point(|&f| f <= item) - 1;
+    // Per matrix: row tile after row tile, row block after row block.
+    let items = Items::new(ws, |w| row_tiles * blocks(w));
+    let run = |range: std::ops::Range<usize>| {
+        for item in range {
+            let (mat, local) = items.locate(item);
             let w = ws[mat];
-            let local = item - first[mat];
             let (block, tile) = (local % blocks(w), local / blocks(w));
             let g0 = block * RB / GROUP;
             let groups = g0..(w.rows() / GROUP).min(g0 + RB / GROUP);
@@ -648,19 +614,8 @@ pub fn matmul_many(xq: &[ActQ8], m: usize, ws: &[&PackedWeight], outs: &mut [&mu
             let dst = out_ptrs[mat] as *mut f32;
             // SAFETY: the caller checked the CPU's features; each (matrix, rows, groups)
             // is one item's alone.
-            unsafe {
-                match w {
-                    PackedWeight::Q4_0(p) => run_item(p, groups, rows, &x, dst),
-                    PackedWeight::Q4_1(p) => run_item(p, groups, rows, &x, dst),
-                    PackedWeight::Q5_0(p) => run_item(p, groups, rows, &x, dst),
-                    PackedWeight::Q5_1(p) => run_item(p, groups, rows, &x, dst),
-                    PackedWeight::Q8_0(p) => run_item(p, groups, rows, &x, dst),
-                    PackedWeight::Q4K(p) => run_item(p, groups, rows, &x, dst),
-                    PackedWeight::Q5K(p) => run_item(p, groups, rows, &x, dst),
-                    PackedWeight::Q6K(p) => run_item(p, groups, rows, &x, dst),
-                }
-            }
+            unsafe { each!(w, p => run_item(p, groups, rows, &x, dst)) }
         }
     };
-    crate::ops::pool::global().execute_chunked(first[ws.len()], run);
+    crate::ops::pool::global().execute_chunked(items.len(), run);
 }

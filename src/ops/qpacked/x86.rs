@@ -154,6 +154,34 @@ pub(super) unsafe fn fifth_bits(qh: &[u8; 32], lo: &mut [__m256i; 4], hi: &mut [
     }
 }
 
+/// Sub-block `j` (32 columns) of a packed Q6_K block: its 6-bit weights (0..64), register
+/// `t` holding columns `4 t .. 4 t + 4` of the 8 rows (weights 0..16 in registers 0..4,
+/// 16..32 in 4..8).
+#[inline(always)]
+pub(super) unsafe fn q6k_regs(w: &Q6Kx8, j: usize) -> [__m256i; 8] {
+    let mask = _mm256_set1_epi8(0x0F);
+    let bits = _mm256_set1_epi8(0x30);
+    let pl = w.ql.as_ptr().add(128 * j) as *const __m256i;
+    let ph = w.qh.as_ptr().add(64 * j) as *const __m256i;
+    let hr = [_mm256_loadu_si256(ph), _mm256_loadu_si256(ph.add(1))];
+    let mut out = [_mm256_setzero_si256(); 8];
+    for t in 0..4 {
+        let v = _mm256_loadu_si256(pl.add(t));
+        let h = hr[t & 1];
+        let (h0, h1) = if t < 2 {
+            (_mm256_slli_epi16(h, 4), h)
+        } else {
+            (_mm256_slli_epi16(h, 2), _mm256_srli_epi16(h, 2))
+        };
+        out[t] = _mm256_or_si256(_mm256_and_si256(v, mask), _mm256_and_si256(h0, bits));
+        out[4 + t] = _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16(v, 4), mask),
+            _mm256_and_si256(h1, bits),
+        );
+    }
+    out
+}
+
 /// The parts of a Q4_K or Q5_K group block (Q4_K: `qh` unused).
 #[derive(Clone, Copy)]
 struct KBlock<'a> {
@@ -393,7 +421,7 @@ macro_rules! kernels {
                 let mut sacc = [_mm256_setzero_ps(); R];
                 for j in 0..8 {
                     // Weights 0..16 (`q[0]`) and 16..32 (`q[1]`) of the 8 rows, 0..64.
-                    let u = <Q6Kx8 as super::super::tiled::Unpack>::unpack(wb, j);
+                    let u = q6k_regs(wb, j);
                     let q = [[u[0], u[1], u[2], u[3]], [u[4], u[5], u[6], u[7]]];
                     // The scales of weights 0..16 (`sc0`) and 16..32 (`sc1`), row r's in
                     // both i16 of lane r, and lane r's pair (-32 sc0, -32 sc1) (|.| <= 4096).
