@@ -157,12 +157,30 @@ pub fn paged_attention_windowed(
             for_each_block(layout, seq.block_table, kvh, vmax, |first, n, off| {
                 // The block's keys, transposed: row[c * bs + j] = component c of key j.
                 k_cache[off..off + bs * d].convert_to_f32_slice(&mut row[..bs * d]);
+                // Query vectors (row, head) in sets of `QUERY_SET`, then one at a time.
+                let pairs = len * group;
+                let keys = |p: usize| n.min(visible(p / group).saturating_sub(first));
+                let sets = pairs / QUERY_SET * QUERY_SET;
+                for p0 in (0..sets).step_by(QUERY_SET) {
+                    let qs = &q16[p0 * d..][..QUERY_SET * d];
+                    let offs = std::array::from_fn(|x| (p0 + x) * vmax + first);
+                    block_scores_set(
+                        qs,
+                        row,
+                        bs,
+                        scores,
+                        offs,
+                        std::array::from_fn(|x| keys(p0 + x)),
+                    );
+                }
+                for p in sets..pairs {
+                    let qh = &q16[p * d..][..d];
+                    block_scores(qh, row, bs, &mut scores[p * vmax + first..][..keys(p)]);
+                }
                 for i in 0..len {
                     let n_i = n.min(visible(i).saturating_sub(first));
                     for h in 0..group {
-                        let qh = &q16[(i * group + h) * d..][..d];
                         let sc = &mut scores[(i * group + h) * vmax + first..][..n_i];
-                        block_scores(qh, row, bs, sc);
                         match softcap {
                             None => sc.iter_mut().for_each(|x| *x *= softmax_scale),
                             Some(c) => sc
@@ -216,8 +234,22 @@ pub fn paged_attention_windowed(
                 v_cache[off..off + n * d].convert_to_f32_slice(&mut row[..n * d]);
                 for (i, o) in out_rows.iter_mut().enumerate() {
                     let n_i = n.min(visible(i).saturating_sub(first));
-                    for h in 0..group {
-                        let p = &scores[(i * group + h) * vmax + first..][..n_i];
+                    let p = |h: usize| &scores[(i * group + h) * vmax + first..][..n_i];
+                    // Heads in pairs where the head size has a two-head kernel: the two
+                    // share each value row's loads.
+                    let paired = match d {
+                        64 | 128 => group / 2 * 2,
+                        _ => 0,
+                    };
+                    for h in (0..paired).step_by(2) {
+                        let (o0, o1) = o[h * d..(h + 2) * d].split_at_mut(d);
+                        match d {
+                            64 => weighted_sum2::<64>([p(h), p(h + 1)], row, [o0, o1]),
+                            _ => weighted_sum2::<128>([p(h), p(h + 1)], row, [o0, o1]),
+                        }
+                    }
+                    for h in paired..group {
+                        let p = p(h);
                         let oh = &mut o[h * d..(h + 1) * d];
                         match d {
                             64 => weighted_sum::<64>(p, row, oh),
@@ -297,6 +329,62 @@ fn block_scores(q: &[f32], kt: &[f32], bs: usize, out: &mut [f32]) {
     }
 }
 
+/// Query vectors whose scores `block_scores_set` builds up together: independent chains
+/// of multiply-adds keep both FMA units busy, where one query's chain waits on each
+/// previous step.
+const QUERY_SET: usize = 8;
+
+/// `block_scores` for `QUERY_SET` query vectors (`qs`: one after another) into
+/// `out[offs[x]..][..lens[x]]`, every score the same chain as `block_scores` computes.
+#[inline]
+fn block_scores_set(
+    qs: &[f32],
+    kt: &[f32],
+    bs: usize,
+    out: &mut [f32],
+    offs: [usize; QUERY_SET],
+    lens: [usize; QUERY_SET],
+) {
+    let d = qs.len() / QUERY_SET;
+    let most = lens.iter().copied().max().unwrap_or(0);
+    let mut j0 = 0;
+    while j0 < most && j0 + KEY_LANES <= bs {
+        let mut acc = [[0f32; KEY_LANES]; QUERY_SET];
+        let q: [&[f32]; QUERY_SET] = std::array::from_fn(|x| &qs[x * d..][..d]);
+        for c in 0..d {
+            let keys: &[f32; KEY_LANES] = kt[c * bs + j0..][..KEY_LANES]
+                .try_into()
+                .expect("a whole group of lanes");
+            let xs: [f32; QUERY_SET] = std::array::from_fn(|x| q[x][c]);
+            for l in 0..KEY_LANES {
+                for x in 0..QUERY_SET {
+                    acc[x][l] = keys[l].mul_add(xs[x], acc[x][l]);
+                }
+            }
+        }
+        for x in 0..QUERY_SET {
+            let take = KEY_LANES.min(lens[x].saturating_sub(j0));
+            out[offs[x] + j0..][..take].copy_from_slice(&acc[x][..take]);
+        }
+        j0 += KEY_LANES;
+    }
+    if j0 < most {
+        // The block's last keys, past its whole groups of lanes.
+        for x in 0..QUERY_SET {
+            if lens[x] > j0 {
+                let q = &qs[x * d..][..d];
+                for (j, o) in out[offs[x]..][..lens[x]].iter_mut().enumerate().skip(j0) {
+                    let mut a = 0f32;
+                    for (c, &qc) in q.iter().enumerate() {
+                        a = kt[c * bs + j].mul_add(qc, a);
+                    }
+                    *o = a;
+                }
+            }
+        }
+    }
+}
+
 /// `out += Σ_j p[j] · values[j]` over rows of `D` values, with `out` held in registers.
 #[inline]
 fn weighted_sum<const D: usize>(p: &[f32], values: &[f32], out: &mut [f32]) {
@@ -308,6 +396,25 @@ fn weighted_sum<const D: usize>(p: &[f32], values: &[f32], out: &mut [f32]) {
         }
     }
     out[..D].copy_from_slice(&acc);
+}
+
+/// `weighted_sum` for two heads with the same keys (`p[0]`, `p[1]` of one length): each
+/// value row is loaded once for both, and each head's sum is the same chain.
+#[inline]
+fn weighted_sum2<const D: usize>(p: [&[f32]; 2], values: &[f32], out: [&mut [f32]; 2]) {
+    let mut a0 = [0f32; D];
+    let mut a1 = [0f32; D];
+    a0.copy_from_slice(&out[0][..D]);
+    a1.copy_from_slice(&out[1][..D]);
+    for ((&w0, &w1), v) in p[0].iter().zip(p[1]).zip(values.chunks_exact(D)) {
+        let v: &[f32; D] = v.try_into().expect("D values per row");
+        for c in 0..D {
+            a0[c] = v[c].mul_add(w0, a0[c]);
+            a1[c] = v[c].mul_add(w1, a1[c]);
+        }
+    }
+    out[0][..D].copy_from_slice(&a0);
+    out[1][..D].copy_from_slice(&a1);
 }
 
 /// Calls `f(first_key_index, keys_in_block, offset)` for each block holding the first
@@ -391,6 +498,55 @@ mod tests {
                 for softcap in [None, Some(0.3)] {
                     check_against_naive(d, window, softcap);
                 }
+            }
+        }
+    }
+
+    /// A query row's output does not depend on the rows it shares a tile with (the score
+    /// and value kernels for several queries or heads keep each one's own chain), so a
+    /// prompt gives the same bits as its tokens one at a time.
+    #[test]
+    fn a_query_row_gets_the_same_bits_alone_and_in_a_tile() {
+        for d in [64, 128] {
+            let (nh, nkv, total, bs) = (8, 2, 37, 16);
+            let r = |i: usize| ((i as f32 * 12.9898).sin() * 43758.547).fract();
+            let k: Vec<f32> = (0..total * nkv * d).map(r).collect();
+            let v: Vec<f32> = (0..total * nkv * d).map(|i| r(i + 7777)).collect();
+            let q: Vec<f32> = (0..total * nh * d).map(|i| r(i + 31337)).collect();
+            let layout = CacheLayout {
+                num_blocks: 8,
+                block_size: bs,
+                num_kv_heads: nkv,
+                head_dim: d,
+            };
+            let mut kc = vec![f16::ZERO; layout.layer_len()];
+            let mut vc = vec![f16::ZERO; layout.layer_len()];
+            let table: Vec<u32> = vec![5, 2, 7];
+            let slots: Vec<u32> = (0..total)
+                .map(|p| table[p / bs] * bs as u32 + (p % bs) as u32)
+                .collect();
+            write_kv(&layout, &mut kc, &mut vc, &k, &v, &slots);
+            let run = |q_start: usize, q_len: usize, out: &mut [f32]| {
+                let seqs = [AttnSeq {
+                    q_start: 0,
+                    q_len,
+                    context_len: q_start + q_len,
+                    block_table: &table,
+                }];
+                let q = &q[q_start * nh * d..(q_start + q_len) * nh * d];
+                paged_attention_windowed(&layout, &kc, &vc, q, nh, &seqs, 0.125, None, None, out);
+            };
+            let mut together = vec![0.0; q.len()];
+            run(0, total, &mut together);
+            for t in 0..total {
+                let mut alone = vec![0.0; nh * d];
+                run(t, 1, &mut alone);
+                let want: Vec<u32> = alone.iter().map(|x| x.to_bits()).collect();
+                let got: Vec<u32> = together[t * nh * d..(t + 1) * nh * d]
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect();
+                assert_eq!(got, want, "head dim {d}, row {t}");
             }
         }
     }
