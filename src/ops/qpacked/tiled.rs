@@ -526,7 +526,8 @@ unsafe fn run_item<W: Unpack>(
 /// hold `[k / 32][NT]` block scales and scaled sums, `off` Q6_K's offsets.
 struct Input {
     k: usize,
-    q: Vec<u8>,
+    /// The bytes, 4 per element.
+    q: Vec<u32>,
     d: Vec<f32>,
     s: Vec<f32>,
     /// `[k / 16][NT]`: `-32` times each half block's sum of `q` (Q6_K's offset).
@@ -543,37 +544,67 @@ struct Batch {
 }
 
 impl Input {
+    /// Built batch by batch on the thread pool (every value is written once, 4 bytes at a
+    /// time; the padding rows of the last batch are zeros).
     fn new(xq: &[ActQ8], m: usize, k: usize) -> Self {
         let kb = k / QK;
         let batches = m.div_ceil(NT);
-        let mut out = Self {
-            k,
-            q: vec![0x80; batches * k * NT],
-            d: vec![0.0; batches * kb * NT],
-            s: vec![0.0; batches * kb * NT],
-            off: vec![0; batches * 2 * kb * NT],
-        };
-        for (row, blocks) in xq.chunks_exact(kb).enumerate() {
-            let (bt, i) = (row / NT, row % NT);
-            for (j, b) in blocks.iter().enumerate() {
-                out.d[(bt * kb + j) * NT + i] = b.d;
-                out.s[(bt * kb + j) * NT + i] = b.s;
-                for h in 0..2 {
-                    out.off[(bt * 2 * kb + 2 * j + h) * NT + i] = -32 * b.hs[h] as i32;
-                }
-                for (e, &v) in b.qs.iter().enumerate() {
-                    let col = j * QK + e;
-                    out.q[(bt * k + col / 4 * 4) * NT + 4 * i + col % 4] = (v as u8) ^ 0x80;
+        let mut q: Vec<u32> = Vec::with_capacity(batches * k / 4 * NT);
+        let mut d = vec![0.0; batches * kb * NT];
+        let mut s = vec![0.0; batches * kb * NT];
+        let mut off = vec![0; batches * 2 * kb * NT];
+        let ptrs = (
+            q.as_mut_ptr() as usize,
+            d.as_mut_ptr() as usize,
+            s.as_mut_ptr() as usize,
+            off.as_mut_ptr() as usize,
+        );
+        crate::ops::pool::global().execute_chunked(batches, |range| {
+            let (q, d, s, off) = (
+                ptrs.0 as *mut u32,
+                ptrs.1 as *mut f32,
+                ptrs.2 as *mut f32,
+                ptrs.3 as *mut i32,
+            );
+            for bt in range {
+                for i in 0..NT {
+                    let row = bt * NT + i;
+                    let q = q.wrapping_add(bt * k / 4 * NT + i);
+                    if row >= m {
+                        for c4 in 0..k / 4 {
+                            // SAFETY: in bounds of the capacity; batch `bt` is this
+                            // item's alone.
+                            unsafe { q.add(c4 * NT).write(0x8080_8080) };
+                        }
+                        continue;
+                    }
+                    for (j, b) in xq[row * kb..(row + 1) * kb].iter().enumerate() {
+                        // SAFETY: as above (`d`, `s`, `off` are zeros where not written).
+                        unsafe {
+                            *d.add((bt * kb + j) * NT + i) = b.d;
+                            *s.add((bt * kb + j) * NT + i) = b.s;
+                            for h in 0..2 {
+                                *off.add((bt * 2 * kb + 2 * j + h) * NT + i) = -32 * b.hs[h] as i32;
+                            }
+                            for (c4, v) in b.qs.chunks_exact(4).enumerate() {
+                                let v =
+                                    u32::from_le_bytes([v[0], v[1], v[2], v[3]].map(|x| x as u8));
+                                q.add((j * QK / 4 + c4) * NT).write(v ^ 0x8080_8080);
+                            }
+                        }
+                    }
                 }
             }
-        }
-        out
+        });
+        // SAFETY: every element below the capacity was written above.
+        unsafe { q.set_len(batches * k / 4 * NT) };
+        Self { k, q, d, s, off }
     }
 
     fn batch(&self, b: usize, c0: usize) -> Batch {
         let kb = self.k / QK;
         Batch {
-            q: self.q[(b * self.k + c0) * NT..].as_ptr(),
+            q: (self.q.as_ptr() as *const u8).wrapping_add((b * self.k + c0) * NT),
             d: self.d[(b * kb + c0 / QK) * NT..].as_ptr(),
             s: self.s[(b * kb + c0 / QK) * NT..].as_ptr(),
             off: self.off[(b * 2 * kb + c0 / 16) * NT..].as_ptr(),
