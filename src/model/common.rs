@@ -211,6 +211,33 @@ enum GateUp {
     Fused(Linear),
 }
 
+/// `silu(gate) * up` in one pass over CPU f32 tensors of one shape (both contiguous), on
+/// the thread pool, with candle's own steps (so the same numbers as `gate.silu()? * up`,
+/// without the intermediate tensor); `None` for other tensors (candle's ops run them).
+fn silu_mul_cpu(gate: &Tensor, up: &Tensor) -> Result<Option<Tensor>> {
+    use candle_core::Storage;
+    if !gate.device().is_cpu()
+        || gate.dtype() != DType::F32
+        || up.dtype() != DType::F32
+        || gate.shape() != up.shape()
+        || !gate.is_contiguous()
+        || !up.is_contiguous()
+    {
+        return Ok(None);
+    }
+    let n = gate.elem_count();
+    let (gs, gl) = gate.storage_and_layout();
+    let (us, ul) = up.storage_and_layout();
+    let (Storage::Cpu(g), Storage::Cpu(u)) = (&*gs, &*us) else {
+        return Ok(None);
+    };
+    let g = &g.as_slice::<f32>()?[gl.start_offset()..][..n];
+    let u = &u.as_slice::<f32>()?[ul.start_offset()..][..n];
+    let mut out = vec![0f32; n];
+    crate::ops::simd::silu_mul(g, u, &mut out);
+    Ok(Some(Tensor::from_vec(out, gate.shape(), &Device::Cpu)?))
+}
+
 /// The gated MLP: `down(act(gate(x)) * up(x))`, `act` SiLU (SwiGLU) or, for gemma2/3,
 /// tanh-approximated GELU (GeGLU).
 #[derive(Debug)]
@@ -240,11 +267,13 @@ impl Mlp {
             }
         };
         let act = if self.gelu {
-            gate.gelu()?
+            (gate.gelu()? * up)?
+        } else if let Some(act) = silu_mul_cpu(&gate, &up)? {
+            act
         } else {
-            gate.silu()?
+            (gate.silu()? * up)?
         };
-        Ok(self.down.forward(&(act * up)?)?)
+        Ok(self.down.forward(&act)?)
     }
 
     /// A SwiGLU MLP whose gate and up rows are one matrix, gate rows first (an expert of
