@@ -55,15 +55,23 @@ pub fn exp(x: f32) -> f32 {
 pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
     assert!(gate.len() == up.len() && up.len() == out.len());
     const CHUNK: usize = 4096;
-    let out_ptr = out.as_mut_ptr() as usize;
+    let run = |out: &mut [f32], lo: usize| {
+        let hi = lo + out.len();
+        for ((o, &g), &u) in out.iter_mut().zip(&gate[lo..hi]).zip(&up[lo..hi]) {
+            *o = g / (1.0 + (-g).exp()) * u;
+        }
+    };
     let n = out.len();
+    if n <= CHUNK {
+        // A decode step's few thousand values: not worth waking the pool.
+        return run(out, 0);
+    }
+    let out_ptr = out.as_mut_ptr() as usize;
     super::pool::global().execute_chunked(n.div_ceil(CHUNK), |range| {
         let (lo, hi) = (range.start * CHUNK, (range.end * CHUNK).min(n));
         // SAFETY: `lo..hi` of `out` is this item's alone, and in bounds.
         let out = unsafe { std::slice::from_raw_parts_mut((out_ptr as *mut f32).add(lo), hi - lo) };
-        for ((o, &g), &u) in out.iter_mut().zip(&gate[lo..hi]).zip(&up[lo..hi]) {
-            *o = g / (1.0 + (-g).exp()) * u;
-        }
+        run(out, lo);
     });
 }
 
