@@ -487,14 +487,42 @@ fn row_kernels(isa: Isa, xq: &[ActQ8], m: usize, ws: &[&PackedWeight], outs: &mu
     let xrow = |i: usize| &xq[i * kb..(i + 1) * kb];
     let out_ptrs: Vec<usize> = outs.iter_mut().map(|o| o.as_mut_ptr() as usize).collect();
     let row_tiles = m.div_ceil(ROW_TILE);
-    // Per matrix: row tile after row tile, group after group.
-    let items = Items::new(ws, |w| row_tiles * (w.rows() / GROUP));
+    // Decode of Q6_K with AVX-512: two groups per call (`x86::vnni512`), one item each.
+    fn pairs<'w>(m: usize, isa: Isa, w: &'w PackedWeight) -> Option<&'w PackedMatrix<Q6Kx8>> {
+        match w {
+            PackedWeight::Q6K(p) if m == 1 && isa.0 == Level::Avx512Vnni => Some(p),
+            _ => None,
+        }
+    }
+    // Per matrix: row tile after row tile, group (or pair of groups) after group.
+    let items = Items::new(ws, |w| match pairs(m, isa, w) {
+        Some(_) => (w.rows() / GROUP).div_ceil(2),
+        None => row_tiles * (w.rows() / GROUP),
+    });
     let n_items = items.len();
     let run = |range: std::ops::Range<usize>| {
         for item in range {
             let (mat, local) = items.locate(item);
             let w = ws[mat];
             let (n, groups) = (w.rows(), w.rows() / GROUP);
+            #[cfg(target_arch = "x86_64")]
+            if let Some(p) = pairs(m, isa, w) {
+                let dst = out_ptrs[mat] as *mut f32;
+                let g = 2 * local;
+                let outs = if g + 1 < groups {
+                    // SAFETY: the ISA is AVX-512 VNNI (`paired`).
+                    unsafe { x86::vnni512::q6_k_pair(p.group(g), p.group(g + 1), xrow(0)) }.to_vec()
+                } else {
+                    vec![Q6Kx8::dot_8xr(isa, p.group(g), [xrow(0)])[0]]
+                };
+                for (h, v) in outs.iter().enumerate() {
+                    // SAFETY: groups `g`, `g + 1` of row 0 are this item's alone, in bounds.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(v.as_ptr(), dst.add((g + h) * GROUP), GROUP)
+                    };
+                }
+                continue;
+            }
             let (tile, g) = (local / groups, local % groups);
             let rows = tile * ROW_TILE..m.min((tile + 1) * ROW_TILE);
             let dst = out_ptrs[mat] as *mut f32;

@@ -506,3 +506,111 @@ pub mod vnni {
 
     kernels!("avx2,fma,f16c,avx512f,avx512vl,avx512vnni");
 }
+
+/// Decode (one activation row) on 512-bit registers: two groups of 8 weight rows side by
+/// side, lanes 0..8 the first group's rows and 8..16 the second's, so each instruction of
+/// the 256-bit kernels serves 16 rows. Every lane goes through the 256-bit kernel's own
+/// steps, so the results have the same bits.
+pub mod vnni512 {
+    use super::*;
+
+    /// Two 256-bit halves as one register.
+    #[inline(always)]
+    unsafe fn join(lo: __m256i, hi: __m256i) -> __m512i {
+        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+    }
+
+    #[inline(always)]
+    unsafe fn join_ps(lo: __m256, hi: __m256) -> __m512 {
+        _mm512_insertf32x8::<1>(_mm512_castps256_ps512(lo), hi)
+    }
+
+    /// `q6k_regs` of two group blocks, one per half.
+    #[inline(always)]
+    unsafe fn q6k_regs2(w0: &Q6Kx8, w1: &Q6Kx8, j: usize) -> [__m512i; 8] {
+        let mask = _mm512_set1_epi8(0x0F);
+        let bits = _mm512_set1_epi8(0x30);
+        let load = |w: &Q6Kx8, off: usize, hi: bool| {
+            let p = if hi {
+                w.qh.as_ptr().add(off)
+            } else {
+                w.ql.as_ptr().add(off)
+            };
+            _mm256_loadu_si256(p as *const __m256i)
+        };
+        let hr = [
+            join(load(w0, 64 * j, true), load(w1, 64 * j, true)),
+            join(load(w0, 64 * j + 32, true), load(w1, 64 * j + 32, true)),
+        ];
+        let mut out = [_mm512_setzero_si512(); 8];
+        for t in 0..4 {
+            let v = join(
+                load(w0, 128 * j + 32 * t, false),
+                load(w1, 128 * j + 32 * t, false),
+            );
+            let h = hr[t & 1];
+            let (h0, h1) = if t < 2 {
+                (_mm512_slli_epi16::<4>(h), h)
+            } else {
+                (_mm512_slli_epi16::<2>(h), _mm512_srli_epi16::<2>(h))
+            };
+            out[t] = _mm512_or_si512(_mm512_and_si512(v, mask), _mm512_and_si512(h0, bits));
+            out[4 + t] = _mm512_or_si512(
+                _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask),
+                _mm512_and_si512(h1, bits),
+            );
+        }
+        out
+    }
+
+    /// Sub-block `j`'s scales of one group block as in `q6_k`: `(sc0, sc1, off)`.
+    #[inline(always)]
+    unsafe fn q6k_scales(w: &Q6Kx8, j: usize) -> (__m256i, __m256i, __m256i) {
+        let v = _mm_loadu_si128(w.sc.as_ptr().add(16 * j) as *const __m128i);
+        let sc0 = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(v, v));
+        let sc1 = _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(v, v));
+        let pair = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(v, _mm_srli_si128(v, 8)));
+        (sc0, sc1, _mm256_mullo_epi16(pair, _mm256_set1_epi16(-32)))
+    }
+
+    /// `vnni::q6_k` for one activation row against groups `w0` and `w1` at once.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    pub unsafe fn q6_k_pair(w0: &[Q6Kx8], w1: &[Q6Kx8], x: &[ActQ8]) -> [[f32; GROUP]; 2] {
+        let mut acc = _mm512_setzero_ps();
+        for (b, (wb0, wb1)) in w0.iter().zip(w1).enumerate() {
+            prefetch_ahead(w0, b);
+            prefetch_ahead(w1, b);
+            let mut sacc = _mm512_setzero_ps();
+            for j in 0..8 {
+                let u = q6k_regs2(wb0, wb1, j);
+                let q = [[u[0], u[1], u[2], u[3]], [u[4], u[5], u[6], u[7]]];
+                let (a0, a1, ao) = q6k_scales(wb0, j);
+                let (b0, b1, bo) = q6k_scales(wb1, j);
+                let sc = [join(a0, b0), join(a1, b1)];
+                let off = join(ao, bo);
+                let xb = x.get_unchecked(8 * b + j);
+                let xq = xb.qs.as_ptr() as *const i32;
+                let xs: [__m512i; 8] =
+                    std::array::from_fn(|t| _mm512_set1_epi32(xq.add(t).read_unaligned()));
+                let hs = (xb.hs.as_ptr() as *const i32).read_unaligned();
+                let mut s = _mm512_madd_epi16(off, _mm512_set1_epi32(hs));
+                for (half, sc) in sc.iter().enumerate() {
+                    for u in [0, 2] {
+                        let p = _mm512_add_epi16(
+                            _mm512_maddubs_epi16(q[half][u], xs[4 * half + u]),
+                            _mm512_maddubs_epi16(q[half][u + 1], xs[4 * half + u + 1]),
+                        );
+                        s = _mm512_dpwssd_epi32(s, p, *sc);
+                    }
+                }
+                sacc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(xb.d), sacc);
+            }
+            let dw = join_ps(halves(&wb0.d), halves(&wb1.d));
+            acc = _mm512_fmadd_ps(dw, sacc, acc);
+        }
+        let mut out = [[0f32; GROUP]; 2];
+        _mm256_storeu_ps(out[0].as_mut_ptr(), _mm512_castps512_ps256(acc));
+        _mm256_storeu_ps(out[1].as_mut_ptr(), _mm512_extractf32x8_ps::<1>(acc));
+        out
+    }
+}
