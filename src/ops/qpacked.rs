@@ -160,6 +160,13 @@ pub trait Packed: Format {
     /// `out[c][r] = w_r · x_c` over the group's blocks `w` (8 rows) for `R` activation rows
     /// (`x[c]`: the row's 32-value activation blocks over the same columns).
     fn dot_8xr<const R: usize>(isa: Isa, w: &[Self], x: [&[ActQ8]; R]) -> [[f32; GROUP]; R];
+
+    /// `dot_8xr` of one activation row against two groups `w0`, `w1` (of equal length) in
+    /// one call, where `isa` has such a kernel for this format (same bits); `None`
+    /// otherwise (for any input, so empty slices ask whether there is one).
+    fn dot_pair(_isa: Isa, _w0: &[Self], _w1: &[Self], _x: &[ActQ8]) -> Option<[[f32; GROUP]; 2]> {
+        None
+    }
 }
 
 /// The kernel of a packed format in plain code: `sub_block`'s formula (CPUs without
@@ -183,8 +190,23 @@ fn dot_scalar<T: Format, const R: usize>(w: &[T], x: [&[ActQ8]; R]) -> [[f32; GR
 }
 
 macro_rules! packed {
-    ($($t:ty => $kernel:ident),* $(,)?) => {$(
+    ($($t:ty => $kernel:ident $(, $pair:ident)?);* $(;)?) => {$(
         impl Packed for $t {
+            $(
+            fn dot_pair(
+                isa: Isa,
+                w0: &[Self],
+                w1: &[Self],
+                x: &[ActQ8],
+            ) -> Option<[[f32; GROUP]; 2]> {
+                match isa.0 {
+                    // SAFETY: an `Isa` exists only for instruction sets the CPU has.
+                    #[cfg(target_arch = "x86_64")]
+                    Level::Avx512Vnni => Some(unsafe { x86::vnni512::$pair(w0, w1, x) }),
+                    _ => None,
+                }
+            }
+            )?
             fn dot_8xr<const R: usize>(
                 isa: Isa,
                 w: &[Self],
@@ -204,14 +226,14 @@ macro_rules! packed {
 }
 
 packed!(
-    Q4_0x8 => q4_0,
-    Q4_1x8 => q4_1,
-    Q5_0x8 => q5_0,
-    Q5_1x8 => q5_1,
-    Q8_0x8 => q8_0,
-    Q4Kx8 => q4_k,
-    Q5Kx8 => q5_k,
-    Q6Kx8 => q6_k,
+    Q4_0x8 => q4_0;
+    Q4_1x8 => q4_1;
+    Q5_0x8 => q5_0;
+    Q5_1x8 => q5_1;
+    Q8_0x8 => q8_0, q8_0_pair;
+    Q4Kx8 => q4_k;
+    Q5Kx8 => q5_k;
+    Q6Kx8 => q6_k, q6_k_pair;
 );
 
 /// A weight matrix `[n, k]` repacked into groups of 8 rows (`n` a multiple of 8).
@@ -270,6 +292,21 @@ impl<T: Packed> PackedMatrix<T> {
     fn group(&self, g: usize) -> &[T] {
         let kb = self.k / T::COLS;
         &self.blocks[g * kb..(g + 1) * kb]
+    }
+
+    /// Whether decode runs two groups per call with `isa`.
+    fn pairs(&self, isa: Isa) -> bool {
+        T::dot_pair(isa, &[], &[], &[]).is_some()
+    }
+
+    /// Groups `g` and `g + 1` (or `g` alone, the last) against one activation row.
+    fn run_pair(&self, isa: Isa, g: usize, x: &[ActQ8]) -> [[f32; GROUP]; 2] {
+        if g + 1 < self.n / GROUP {
+            if let Some(out) = T::dot_pair(isa, self.group(g), self.group(g + 1), x) {
+                return out;
+            }
+        }
+        [T::dot_8xr(isa, self.group(g), [x])[0], [0.0; GROUP]]
     }
 
     /// Row tile `rows` against group `g`, 4 activation rows at a time; `write(i, g, v)`
@@ -487,17 +524,12 @@ fn row_kernels(isa: Isa, xq: &[ActQ8], m: usize, ws: &[&PackedWeight], outs: &mu
     let xrow = |i: usize| &xq[i * kb..(i + 1) * kb];
     let out_ptrs: Vec<usize> = outs.iter_mut().map(|o| o.as_mut_ptr() as usize).collect();
     let row_tiles = m.div_ceil(ROW_TILE);
-    // Decode of Q6_K with AVX-512: two groups per call (`x86::vnni512`), one item each.
-    fn pairs<'w>(m: usize, isa: Isa, w: &'w PackedWeight) -> Option<&'w PackedMatrix<Q6Kx8>> {
-        match w {
-            PackedWeight::Q6K(p) if m == 1 && isa.0 == Level::Avx512Vnni => Some(p),
-            _ => None,
-        }
-    }
+    // Decode with a two-group kernel: one item per pair of groups.
+    let paired = |w: &PackedWeight| m == 1 && each!(w, p => p.pairs(isa));
     // Per matrix: row tile after row tile, group (or pair of groups) after group.
-    let items = Items::new(ws, |w| match pairs(m, isa, w) {
-        Some(_) => (w.rows() / GROUP).div_ceil(2),
-        None => row_tiles * (w.rows() / GROUP),
+    let items = Items::new(ws, |w| match paired(w) {
+        true => (w.rows() / GROUP).div_ceil(2),
+        false => row_tiles * (w.rows() / GROUP),
     });
     let n_items = items.len();
     let run = |range: std::ops::Range<usize>| {
@@ -505,17 +537,11 @@ fn row_kernels(isa: Isa, xq: &[ActQ8], m: usize, ws: &[&PackedWeight], outs: &mu
             let (mat, local) = items.locate(item);
             let w = ws[mat];
             let (n, groups) = (w.rows(), w.rows() / GROUP);
-            #[cfg(target_arch = "x86_64")]
-            if let Some(p) = pairs(m, isa, w) {
+            if paired(w) {
                 let dst = out_ptrs[mat] as *mut f32;
                 let g = 2 * local;
-                let outs = if g + 1 < groups {
-                    // SAFETY: the ISA is AVX-512 VNNI (`paired`).
-                    unsafe { x86::vnni512::q6_k_pair(p.group(g), p.group(g + 1), xrow(0)) }.to_vec()
-                } else {
-                    vec![Q6Kx8::dot_8xr(isa, p.group(g), [xrow(0)])[0]]
-                };
-                for (h, v) in outs.iter().enumerate() {
+                let outs = each!(w, p => p.run_pair(isa, g, xrow(0)));
+                for (h, v) in outs.iter().enumerate().take(groups - g) {
                     // SAFETY: groups `g`, `g + 1` of row 0 are this item's alone, in bounds.
                     unsafe {
                         std::ptr::copy_nonoverlapping(v.as_ptr(), dst.add((g + h) * GROUP), GROUP)

@@ -573,6 +573,41 @@ pub mod vnni512 {
         (sc0, sc1, _mm256_mullo_epi16(pair, _mm256_set1_epi16(-32)))
     }
 
+    /// `vnni::q8_0` for one activation row against groups `w0` and `w1` at once. The
+    /// integer sums are the same, found another way: the weights shifted to unsigned bytes
+    /// (`q + 128`, one XOR) against the signed activations, less `128 Σ x` (`ActQ8::hs`).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    pub unsafe fn q8_0_pair(w0: &[Q8_0x8], w1: &[Q8_0x8], x: &[ActQ8]) -> [[f32; GROUP]; 2] {
+        let mut acc = _mm512_setzero_ps();
+        let flip = _mm512_set1_epi8(-128);
+        for (b, (wb0, wb1)) in w0.iter().zip(w1).enumerate() {
+            prefetch_ahead(w0, b);
+            prefetch_ahead(w1, b);
+            let (p0, p1) = (
+                wb0.qs.as_ptr() as *const __m256i,
+                wb1.qs.as_ptr() as *const __m256i,
+            );
+            let xb = x.get_unchecked(b);
+            let xq = xb.qs.as_ptr() as *const i32;
+            let bias = -128 * (xb.hs[0] as i32 + xb.hs[1] as i32);
+            let mut s = [_mm512_set1_epi32(bias), _mm512_setzero_si512()];
+            for j in 0..8 {
+                let q = join(_mm256_loadu_si256(p0.add(j)), _mm256_loadu_si256(p1.add(j)));
+                let u = _mm512_xor_si512(q, flip);
+                s[j & 1] =
+                    _mm512_dpbusd_epi32(s[j & 1], u, _mm512_set1_epi32(xq.add(j).read_unaligned()));
+            }
+            let s32 = _mm512_add_epi32(s[0], s[1]);
+            let dw = join_ps(halves(&wb0.d), halves(&wb1.d));
+            let scale = _mm512_mul_ps(dw, _mm512_set1_ps(xb.d));
+            acc = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(s32), acc);
+        }
+        let mut out = [[0f32; GROUP]; 2];
+        _mm256_storeu_ps(out[0].as_mut_ptr(), _mm512_castps512_ps256(acc));
+        _mm256_storeu_ps(out[1].as_mut_ptr(), _mm512_extractf32x8_ps::<1>(acc));
+        out
+    }
+
     /// `vnni::q6_k` for one activation row against groups `w0` and `w1` at once.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
     pub unsafe fn q6_k_pair(w0: &[Q6Kx8], w1: &[Q6Kx8], x: &[ActQ8]) -> [[f32; GROUP]; 2] {
