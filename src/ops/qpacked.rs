@@ -231,8 +231,8 @@ packed!(
     Q5_0x8 => q5_0;
     Q5_1x8 => q5_1;
     Q8_0x8 => q8_0, q8_0_pair;
-    Q4Kx8 => q4_k;
-    Q5Kx8 => q5_k;
+    Q4Kx8 => q4_k, q4_k_pair;
+    Q5Kx8 => q5_k, q5_k_pair;
     Q6Kx8 => q6_k, q6_k_pair;
 );
 

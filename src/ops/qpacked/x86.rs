@@ -608,6 +608,117 @@ pub mod vnni512 {
         out
     }
 
+    /// `vnni::k_quant` (one block of Q4_K or Q5_K) for one activation row against two
+    /// groups' blocks at once.
+    #[inline(always)]
+    unsafe fn k_quant_pair<const FIVE: bool>(
+        w: [KBlock; 2],
+        x: &[ActQ8],
+        b: usize,
+        acc: &mut __m512,
+    ) {
+        let mask = _mm512_set1_epi8(0x0F);
+        let bit4 = _mm512_set1_epi8(0x10);
+        let p = w.map(|w| w.qs.as_ptr() as *const __m256i);
+        let ph = w.map(|w| w.qh.as_ptr() as *const __m256i);
+        let mut sacc = _mm512_setzero_ps();
+        let mut macc = _mm512_setzero_ps();
+        for pair in 0..4 {
+            let mut q = [[_mm512_setzero_si512(); 8]; 2];
+            for u in 0..8 {
+                let v = join(
+                    _mm256_loadu_si256(p[0].add(8 * pair + u)),
+                    _mm256_loadu_si256(p[1].add(8 * pair + u)),
+                );
+                q[0][u] = _mm512_and_si512(v, mask);
+                q[1][u] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask);
+                if FIVE {
+                    let h = join(
+                        _mm256_loadu_si256(ph[0].add(u)),
+                        _mm256_loadu_si256(ph[1].add(u)),
+                    );
+                    let (h0, h1) = match pair {
+                        0 => (_mm512_slli_epi16::<4>(h), _mm512_slli_epi16::<3>(h)),
+                        1 => (_mm512_slli_epi16::<2>(h), _mm512_slli_epi16::<1>(h)),
+                        2 => (h, _mm512_srli_epi16::<1>(h)),
+                        _ => (_mm512_srli_epi16::<2>(h), _mm512_srli_epi16::<3>(h)),
+                    };
+                    q[0][u] = _mm512_or_si512(q[0][u], _mm512_and_si512(h0, bit4));
+                    q[1][u] = _mm512_or_si512(q[1][u], _mm512_and_si512(h1, bit4));
+                }
+            }
+            for (s, q) in q.iter().enumerate() {
+                let j = 2 * pair + s;
+                let scf = join_ps(u8x8(&w[0].sc[8 * j..]), u8x8(&w[1].sc[8 * j..]));
+                let mf = join_ps(u8x8(&w[0].m[8 * j..]), u8x8(&w[1].m[8 * j..]));
+                let xb = x.get_unchecked(8 * b + j);
+                let xq = xb.qs.as_ptr() as *const i32;
+                let mut a = [_mm512_setzero_si512(); 2];
+                for (u, &q) in q.iter().enumerate() {
+                    let xs = _mm512_set1_epi32(xq.add(u).read_unaligned());
+                    a[u & 1] = _mm512_dpbusd_epi32(a[u & 1], q, xs);
+                }
+                let sumi = _mm512_add_epi32(a[0], a[1]);
+                let scale = _mm512_mul_ps(scf, _mm512_set1_ps(xb.d));
+                sacc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi), scale, sacc);
+                macc = _mm512_fmadd_ps(mf, _mm512_set1_ps(xb.s), macc);
+            }
+        }
+        let dw = join_ps(halves(w[0].d), halves(w[1].d));
+        let dm = join_ps(halves(w[0].dmin), halves(w[1].dmin));
+        *acc = _mm512_fmadd_ps(dw, sacc, *acc);
+        *acc = _mm512_fnmadd_ps(dm, macc, *acc);
+    }
+
+    #[inline(always)]
+    unsafe fn store_pair(acc: __m512) -> [[f32; GROUP]; 2] {
+        let mut out = [[0f32; GROUP]; 2];
+        _mm256_storeu_ps(out[0].as_mut_ptr(), _mm512_castps512_ps256(acc));
+        _mm256_storeu_ps(out[1].as_mut_ptr(), _mm512_extractf32x8_ps::<1>(acc));
+        out
+    }
+
+    /// `vnni::q4_k` for one activation row against groups `w0` and `w1` at once.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    pub unsafe fn q4_k_pair(w0: &[Q4Kx8], w1: &[Q4Kx8], x: &[ActQ8]) -> [[f32; GROUP]; 2] {
+        let mut acc = _mm512_setzero_ps();
+        let no_qh = [0u8; 256];
+        for (b, (wb0, wb1)) in w0.iter().zip(w1).enumerate() {
+            prefetch_ahead(w0, b);
+            prefetch_ahead(w1, b);
+            let w = [wb0, wb1].map(|wb| KBlock {
+                d: &wb.d,
+                dmin: &wb.dmin,
+                sc: &wb.sc,
+                m: &wb.m,
+                qs: &wb.qs,
+                qh: &no_qh,
+            });
+            k_quant_pair::<false>(w, x, b, &mut acc);
+        }
+        store_pair(acc)
+    }
+
+    /// `vnni::q5_k` for one activation row against groups `w0` and `w1` at once.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    pub unsafe fn q5_k_pair(w0: &[Q5Kx8], w1: &[Q5Kx8], x: &[ActQ8]) -> [[f32; GROUP]; 2] {
+        let mut acc = _mm512_setzero_ps();
+        for (b, (wb0, wb1)) in w0.iter().zip(w1).enumerate() {
+            prefetch_ahead(w0, b);
+            prefetch_ahead(w1, b);
+            let w = [wb0, wb1].map(|wb| KBlock {
+                d: &wb.d,
+                dmin: &wb.dmin,
+                sc: &wb.sc,
+                m: &wb.m,
+                qs: &wb.qs,
+                qh: &wb.qh,
+            });
+            k_quant_pair::<true>(w, x, b, &mut acc);
+        }
+        store_pair(acc)
+    }
+
     /// `vnni::q6_k` for one activation row against groups `w0` and `w1` at once.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
     pub unsafe fn q6_k_pair(w0: &[Q6Kx8], w1: &[Q6Kx8], x: &[ActQ8]) -> [[f32; GROUP]; 2] {
