@@ -611,6 +611,7 @@ pub mod vnni512 {
     /// `vnni::k_quant` (one block of Q4_K or Q5_K) for one activation row against two
     /// groups' blocks at once.
     #[inline(always)]
+    #[allow(clippy::needless_range_loop)] // `u` indexes the loads as well as `q`.
     unsafe fn k_quant_pair<const FIVE: bool>(
         w: [KBlock; 2],
         x: &[ActQ8],
