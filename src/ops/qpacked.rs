@@ -161,9 +161,13 @@ pub trait Packed: Format {
     /// (`x[c]`: the row's 32-value activation blocks over the same columns).
     fn dot_8xr<const R: usize>(isa: Isa, w: &[Self], x: [&[ActQ8]; R]) -> [[f32; GROUP]; R];
 
+    /// Whether `dot_pair` has a kernel for this format with `isa`.
+    fn has_pair(_isa: Isa) -> bool {
+        false
+    }
+
     /// `dot_8xr` of one activation row against two groups `w0`, `w1` (of equal length) in
-    /// one call, where `isa` has such a kernel for this format (same bits); `None`
-    /// otherwise (for any input, so empty slices ask whether there is one).
+    /// one call, with the same bits; `None` where `has_pair` is false.
     fn dot_pair(_isa: Isa, _w0: &[Self], _w1: &[Self], _x: &[ActQ8]) -> Option<[[f32; GROUP]; 2]> {
         None
     }
@@ -193,6 +197,10 @@ macro_rules! packed {
     ($($t:ty => $kernel:ident $(, $pair:ident)?);* $(;)?) => {$(
         impl Packed for $t {
             $(
+            fn has_pair(isa: Isa) -> bool {
+                isa.0 == Level::Avx512Vnni
+            }
+
             fn dot_pair(
                 isa: Isa,
                 w0: &[Self],
@@ -296,7 +304,7 @@ impl<T: Packed> PackedMatrix<T> {
 
     /// Whether decode runs two groups per call with `isa`.
     fn pairs(&self, isa: Isa) -> bool {
-        T::dot_pair(isa, &[], &[], &[]).is_some()
+        T::has_pair(isa)
     }
 
     /// Groups `g` and `g + 1` (or `g` alone, the last) against one activation row.
