@@ -14,6 +14,11 @@
 //! their fallbacks). The arithmetic is exact in integers within a 32-value sub-block;
 //! only the order of float sums differs from ggml's (and activation scales stay f32).
 //!
+//! Three kernels by shape, all giving a row the same bits: the row kernels above (small
+//! batches), their 512-bit twins for a single activation row that take two groups per
+//! call (`Packed::dot_pair`: decode of Q4_K, Q5_K, Q6_K and Q8_0 with AVX-512), and the
+//! batched tile path for many rows (`tiled`).
+//!
 //! The kernel set is chosen at run time (`Isa`): AVX-512 VNNI where the CPU has it, AVX2
 //! elsewhere, scalar code without either; `WICK_CPU_KERNEL=avx2|scalar` picks a lower one.
 
