@@ -193,6 +193,45 @@ struct KBlock<'a> {
     qh: &'a [u8; 256],
 }
 
+/// Q4_K's missing fifth bits.
+static NO_QH: [u8; 256] = [0; 256];
+
+impl<'a> KBlock<'a> {
+    fn q4(w: &'a Q4Kx8) -> Self {
+        Self {
+            d: &w.d,
+            dmin: &w.dmin,
+            sc: &w.sc,
+            m: &w.m,
+            qs: &w.qs,
+            qh: &NO_QH,
+        }
+    }
+
+    fn q5(w: &'a Q5Kx8) -> Self {
+        Self {
+            d: &w.d,
+            dmin: &w.dmin,
+            sc: &w.sc,
+            m: &w.m,
+            qs: &w.qs,
+            qh: &w.qh,
+        }
+    }
+}
+
+/// Sub-block `j`'s scales of a Q6_K group block: weights 0..16's (`sc0`) and 16..32's
+/// (`sc1`), row r's in both i16 of lane r, and lane r's pair (-32 sc0, -32 sc1)
+/// (|.| <= 4096).
+#[inline(always)]
+unsafe fn q6k_scales(w: &Q6Kx8, j: usize) -> (__m256i, __m256i, __m256i) {
+    let v = _mm_loadu_si128(w.sc.as_ptr().add(16 * j) as *const __m128i);
+    let sc0 = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(v, v));
+    let sc1 = _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(v, v));
+    let pair = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(v, _mm_srli_si128(v, 8)));
+    (sc0, sc1, _mm256_mullo_epi16(pair, _mm256_set1_epi16(-32)))
+}
+
 macro_rules! kernels {
     ($features:literal) => {
         use super::*;
@@ -374,18 +413,9 @@ macro_rules! kernels {
         #[target_feature(enable = $features)]
         pub unsafe fn q4_k<const R: usize>(w: &[Q4Kx8], x: [&[ActQ8]; R]) -> [[f32; GROUP]; R] {
             let mut acc = [_mm256_setzero_ps(); R];
-            let no_qh = [0u8; 256];
             for (b, wb) in w.iter().enumerate() {
                 prefetch_ahead(w, b);
-                let w = KBlock {
-                    d: &wb.d,
-                    dmin: &wb.dmin,
-                    sc: &wb.sc,
-                    m: &wb.m,
-                    qs: &wb.qs,
-                    qh: &no_qh,
-                };
-                k_quant::<R, false>(w, x, b, &mut acc);
+                k_quant::<R, false>(KBlock::q4(wb), x, b, &mut acc);
             }
             store(acc)
         }
@@ -395,15 +425,7 @@ macro_rules! kernels {
             let mut acc = [_mm256_setzero_ps(); R];
             for (b, wb) in w.iter().enumerate() {
                 prefetch_ahead(w, b);
-                let w = KBlock {
-                    d: &wb.d,
-                    dmin: &wb.dmin,
-                    sc: &wb.sc,
-                    m: &wb.m,
-                    qs: &wb.qs,
-                    qh: &wb.qh,
-                };
-                k_quant::<R, true>(w, x, b, &mut acc);
+                k_quant::<R, true>(KBlock::q5(wb), x, b, &mut acc);
             }
             store(acc)
         }
@@ -423,15 +445,8 @@ macro_rules! kernels {
                     // Weights 0..16 (`q[0]`) and 16..32 (`q[1]`) of the 8 rows, 0..64.
                     let u = q6k_regs(wb, j);
                     let q = [[u[0], u[1], u[2], u[3]], [u[4], u[5], u[6], u[7]]];
-                    // The scales of weights 0..16 (`sc0`) and 16..32 (`sc1`), row r's in
-                    // both i16 of lane r, and lane r's pair (-32 sc0, -32 sc1) (|.| <= 4096).
-                    let v = _mm_loadu_si128(wb.sc.as_ptr().add(16 * j) as *const __m128i);
-                    let sc = [
-                        _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(v, v)),
-                        _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(v, v)),
-                    ];
-                    let pair = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(v, _mm_srli_si128(v, 8)));
-                    let off = _mm256_mullo_epi16(pair, _mm256_set1_epi16(-32));
+                    let (sc0, sc1, off) = q6k_scales(wb, j);
+                    let sc = [sc0, sc1];
                     for c in 0..R {
                         let xb = x[c].get_unchecked(8 * b + j);
                         let xs = bcast_block(xb);
@@ -525,6 +540,15 @@ pub mod vnni512 {
         _mm512_insertf32x8::<1>(_mm512_castps256_ps512(lo), hi)
     }
 
+    /// The 16 lanes as the two groups' 8 results.
+    #[inline(always)]
+    unsafe fn store_pair(acc: __m512) -> [[f32; GROUP]; 2] {
+        let mut out = [[0f32; GROUP]; 2];
+        _mm256_storeu_ps(out[0].as_mut_ptr(), _mm512_castps512_ps256(acc));
+        _mm256_storeu_ps(out[1].as_mut_ptr(), _mm512_extractf32x8_ps::<1>(acc));
+        out
+    }
+
     /// `q6k_regs` of two group blocks, one per half.
     #[inline(always)]
     unsafe fn q6k_regs2(w0: &Q6Kx8, w1: &Q6Kx8, j: usize) -> [__m512i; 8] {
@@ -563,16 +587,6 @@ pub mod vnni512 {
         out
     }
 
-    /// Sub-block `j`'s scales of one group block as in `q6_k`: `(sc0, sc1, off)`.
-    #[inline(always)]
-    unsafe fn q6k_scales(w: &Q6Kx8, j: usize) -> (__m256i, __m256i, __m256i) {
-        let v = _mm_loadu_si128(w.sc.as_ptr().add(16 * j) as *const __m128i);
-        let sc0 = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(v, v));
-        let sc1 = _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(v, v));
-        let pair = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(v, _mm_srli_si128(v, 8)));
-        (sc0, sc1, _mm256_mullo_epi16(pair, _mm256_set1_epi16(-32)))
-    }
-
     /// `vnni::q8_0` for one activation row against groups `w0` and `w1` at once. The
     /// integer sums are the same, found another way: the weights shifted to unsigned bytes
     /// (`q + 128`, one XOR) against the signed activations, less `128 Σ x` (`ActQ8::hs`).
@@ -602,10 +616,7 @@ pub mod vnni512 {
             let scale = _mm512_mul_ps(dw, _mm512_set1_ps(xb.d));
             acc = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(s32), acc);
         }
-        let mut out = [[0f32; GROUP]; 2];
-        _mm256_storeu_ps(out[0].as_mut_ptr(), _mm512_castps512_ps256(acc));
-        _mm256_storeu_ps(out[1].as_mut_ptr(), _mm512_extractf32x8_ps::<1>(acc));
-        out
+        store_pair(acc)
     }
 
     /// `vnni::k_quant` (one block of Q4_K or Q5_K) for one activation row against two
@@ -671,31 +682,14 @@ pub mod vnni512 {
         *acc = _mm512_fnmadd_ps(dm, macc, *acc);
     }
 
-    #[inline(always)]
-    unsafe fn store_pair(acc: __m512) -> [[f32; GROUP]; 2] {
-        let mut out = [[0f32; GROUP]; 2];
-        _mm256_storeu_ps(out[0].as_mut_ptr(), _mm512_castps512_ps256(acc));
-        _mm256_storeu_ps(out[1].as_mut_ptr(), _mm512_extractf32x8_ps::<1>(acc));
-        out
-    }
-
     /// `vnni::q4_k` for one activation row against groups `w0` and `w1` at once.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
     pub unsafe fn q4_k_pair(w0: &[Q4Kx8], w1: &[Q4Kx8], x: &[ActQ8]) -> [[f32; GROUP]; 2] {
         let mut acc = _mm512_setzero_ps();
-        let no_qh = [0u8; 256];
         for (b, (wb0, wb1)) in w0.iter().zip(w1).enumerate() {
             prefetch_ahead(w0, b);
             prefetch_ahead(w1, b);
-            let w = [wb0, wb1].map(|wb| KBlock {
-                d: &wb.d,
-                dmin: &wb.dmin,
-                sc: &wb.sc,
-                m: &wb.m,
-                qs: &wb.qs,
-                qh: &no_qh,
-            });
-            k_quant_pair::<false>(w, x, b, &mut acc);
+            k_quant_pair::<false>([wb0, wb1].map(KBlock::q4), x, b, &mut acc);
         }
         store_pair(acc)
     }
@@ -707,15 +701,7 @@ pub mod vnni512 {
         for (b, (wb0, wb1)) in w0.iter().zip(w1).enumerate() {
             prefetch_ahead(w0, b);
             prefetch_ahead(w1, b);
-            let w = [wb0, wb1].map(|wb| KBlock {
-                d: &wb.d,
-                dmin: &wb.dmin,
-                sc: &wb.sc,
-                m: &wb.m,
-                qs: &wb.qs,
-                qh: &wb.qh,
-            });
-            k_quant_pair::<true>(w, x, b, &mut acc);
+            k_quant_pair::<true>([wb0, wb1].map(KBlock::q5), x, b, &mut acc);
         }
         store_pair(acc)
     }
@@ -755,9 +741,6 @@ pub mod vnni512 {
             let dw = join_ps(halves(&wb0.d), halves(&wb1.d));
             acc = _mm512_fmadd_ps(dw, sacc, acc);
         }
-        let mut out = [[0f32; GROUP]; 2];
-        _mm256_storeu_ps(out[0].as_mut_ptr(), _mm512_castps512_ps256(acc));
-        _mm256_storeu_ps(out[1].as_mut_ptr(), _mm512_extractf32x8_ps::<1>(acc));
-        out
+        store_pair(acc)
     }
 }
