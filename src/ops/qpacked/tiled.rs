@@ -46,8 +46,12 @@ pub enum Epilogue {
     /// Q4_K, Q5_K: per sub-block `sacc += Σ (a xd)`, `macc += b xs` (`a`, `b` the
     /// sub-block's integer scale and min), per super-block `acc += d sacc - dmin macc`.
     K,
-    /// Q6_K: per 32 columns the i32 `Σ_h sc_h (Σ_h - 32 hs_h)` over its two halves,
-    /// `sacc += that xd`, per super-block `acc += d sacc`.
+    /// Q6_K: per 32 columns the integer `Σ_h sc_h (Σ_h - 32 hs_h)` over its two halves,
+    /// `sacc += that xd`, per super-block `acc += d sacc`. The weights are stored less 32
+    /// (signed), so each half's sum comes out as `Σ_h - 32 hs_h` from a per-weight-row
+    /// start; the two products with the scales are taken in f32, where every value
+    /// involved is an integer below 2^24 and so exact: the row kernels' i32 to the bit,
+    /// without 32-bit integer multiplies.
     Q6,
 }
 
@@ -251,13 +255,12 @@ struct Tile {
     /// `[tile][KC / 4]`.
     q: Vec<__m512i>,
     /// `[tile][KC / SUB]`: `-128 Σ q` per row over the scale's columns (every product sum
-    /// starts from it: the activations are shifted to unsigned bytes by +128).
+    /// starts from it: the activations are shifted to unsigned bytes by +128; Q6_K's `q`
+    /// are stored less 32).
     base: Vec<__m512i>,
     /// `[tile][KC / SUB][16]`: `Unpack::coeffs`.
     a: Vec<f32>,
     b: Vec<f32>,
-    /// `[tile][KC / 16]`: Q6_K's integer scales.
-    ai: Vec<__m512i>,
     /// `[tile][16]`: `Unpack::block_scales` (K-quants: `KC` is one super-block).
     d: Vec<f32>,
     dmin: Vec<f32>,
@@ -273,7 +276,6 @@ impl Tile {
             base: vec![zero; tiles * KC / 16],
             a: vec![0.0; tiles * KC],
             b: vec![0.0; tiles * KC],
-            ai: vec![zero; tiles * KC / 16],
             d: vec![0.0; tiles * 16],
             dmin: vec![0.0; tiles * 16],
         }
@@ -328,7 +330,10 @@ impl Tile {
                 let q = self.q.as_mut_ptr().add(t * KC / 4 + c / 4);
                 let mut sums = [_mm512_setzero_si512(); 2];
                 for (u, (&lo, &hi)) in regs[0].iter().zip(&regs[1]).enumerate() {
-                    let v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+                    let mut v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+                    if W::EPILOGUE == Epilogue::Q6 {
+                        v = _mm512_sub_epi8(v, _mm512_set1_epi8(32));
+                    }
                     *q.add(u) = v;
                     let h = u * per / 8;
                     sums[h] = _mm512_dpbusd_epi32(sums[h], ones, v);
@@ -346,10 +351,6 @@ impl Tile {
                     _mm256_storeu_ps(at.add(8), a1);
                     _mm256_storeu_ps(bt, b0);
                     _mm256_storeu_ps(bt.add(8), b1);
-                    if W::EPILOGUE == Epilogue::Q6 {
-                        // Small integers, exact in f32 and back.
-                        *self.ai.get_unchecked_mut(sub) = _mm512_cvtps_epi32(_mm512_loadu_ps(at));
-                    }
                 }
             }
         }
@@ -412,22 +413,22 @@ unsafe fn micro<const N: usize, const EPI: u8>(
     let xs = |i: usize, blk: usize| _mm512_set1_ps(*x.s.add(blk * NT + i));
     if EPI == Q6 {
         let base = tile.base.as_ptr().add(t * KC / 16);
-        let ai = tile.ai.as_ptr().add(t * KC / 16);
+        let a = tile.a.as_ptr().add(16 * t * KC / 16);
         let mut sacc = [_mm512_setzero_ps(); N];
         for blk in 0..kc / 32 {
-            let mut s = [_mm512_setzero_si512(); N];
-            for h in 0..2 {
-                let sub = 2 * blk + h;
-                let init = std::array::from_fn(|i| {
-                    _mm512_add_epi32(*base.add(sub), _mm512_set1_epi32(*x.off.add(sub * NT + i)))
-                });
-                let sum = sums::<N, 16>(q, x, 16 * sub, init);
-                for i in 0..N {
-                    s[i] = _mm512_add_epi32(s[i], _mm512_mullo_epi32(sum[i], *ai.add(sub)));
-                }
-            }
+            // |Σ_h - 32 hs_h| <= 16 * 127 * 32 < 2^16 and |sc_h| <= 128: each product is
+            // below 2^23 and their sum below 2^24, so both steps are exact.
+            let (sub0, sub1) = (2 * blk, 2 * blk + 1);
+            let s0 = sums::<N, 16>(q, x, 16 * sub0, [*base.add(sub0); N]);
+            let s1 = sums::<N, 16>(q, x, 16 * sub1, [*base.add(sub1); N]);
+            let (a0, a1) = (
+                _mm512_loadu_ps(a.add(16 * sub0)),
+                _mm512_loadu_ps(a.add(16 * sub1)),
+            );
             for i in 0..N {
-                sacc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[i]), xd(i, blk), sacc[i]);
+                let s = _mm512_mul_ps(_mm512_cvtepi32_ps(s0[i]), a0);
+                let s = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s1[i]), a1, s);
+                sacc[i] = _mm512_fmadd_ps(s, xd(i, blk), sacc[i]);
             }
         }
         let d = _mm512_loadu_ps(tile.d.as_ptr().add(16 * t));
@@ -523,15 +524,13 @@ unsafe fn run_item<W: Unpack>(
 /// The quantized input interleaved for the microkernel, in batches of `NT` rows (the last
 /// padded with zeros): per batch, `q` holds `[k / 4][NT][4]` bytes `q + 128` (one
 /// 4-byte broadcast per row and 4 columns, the rows of a batch side by side), `d` and `s`
-/// hold `[k / 32][NT]` block scales and scaled sums, `off` Q6_K's offsets.
+/// hold `[k / 32][NT]` block scales and scaled sums.
 struct Input {
     k: usize,
     /// The bytes, 4 per element.
     q: Vec<u32>,
     d: Vec<f32>,
     s: Vec<f32>,
-    /// `[k / 16][NT]`: `-32` times each half block's sum of `q` (Q6_K's offset).
-    off: Vec<i32>,
 }
 
 /// One batch of `Input` from some column on.
@@ -540,7 +539,6 @@ struct Batch {
     q: *const u8,
     d: *const f32,
     s: *const f32,
-    off: *const i32,
 }
 
 impl Input {
@@ -552,20 +550,13 @@ impl Input {
         let mut q: Vec<u32> = Vec::with_capacity(batches * k / 4 * NT);
         let mut d = vec![0.0; batches * kb * NT];
         let mut s = vec![0.0; batches * kb * NT];
-        let mut off = vec![0; batches * 2 * kb * NT];
         let ptrs = (
             q.as_mut_ptr() as usize,
             d.as_mut_ptr() as usize,
             s.as_mut_ptr() as usize,
-            off.as_mut_ptr() as usize,
         );
         crate::ops::pool::global().execute_chunked(batches, |range| {
-            let (q, d, s, off) = (
-                ptrs.0 as *mut u32,
-                ptrs.1 as *mut f32,
-                ptrs.2 as *mut f32,
-                ptrs.3 as *mut i32,
-            );
+            let (q, d, s) = (ptrs.0 as *mut u32, ptrs.1 as *mut f32, ptrs.2 as *mut f32);
             for bt in range {
                 for i in 0..NT {
                     let row = bt * NT + i;
@@ -579,13 +570,10 @@ impl Input {
                         continue;
                     }
                     for (j, b) in xq[row * kb..(row + 1) * kb].iter().enumerate() {
-                        // SAFETY: as above (`d`, `s`, `off` are zeros where not written).
+                        // SAFETY: as above (`d` and `s` are zeros where not written).
                         unsafe {
                             *d.add((bt * kb + j) * NT + i) = b.d;
                             *s.add((bt * kb + j) * NT + i) = b.s;
-                            for h in 0..2 {
-                                *off.add((bt * 2 * kb + 2 * j + h) * NT + i) = -32 * b.hs[h] as i32;
-                            }
                             for (c4, v) in b.qs.chunks_exact(4).enumerate() {
                                 let v =
                                     u32::from_le_bytes([v[0], v[1], v[2], v[3]].map(|x| x as u8));
@@ -598,7 +586,7 @@ impl Input {
         });
         // SAFETY: every element below the capacity was written above.
         unsafe { q.set_len(batches * k / 4 * NT) };
-        Self { k, q, d, s, off }
+        Self { k, q, d, s }
     }
 
     fn batch(&self, b: usize, c0: usize) -> Batch {
@@ -607,7 +595,6 @@ impl Input {
             q: (self.q.as_ptr() as *const u8).wrapping_add((b * self.k + c0) * NT),
             d: self.d[(b * kb + c0 / QK) * NT..].as_ptr(),
             s: self.s[(b * kb + c0 / QK) * NT..].as_ptr(),
-            off: self.off[(b * 2 * kb + c0 / 16) * NT..].as_ptr(),
         }
     }
 }
