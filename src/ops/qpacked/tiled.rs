@@ -384,29 +384,32 @@ const Q8: u8 = 1;
 const K: u8 = 2;
 const Q6: u8 = 3;
 
+/// Where a microkernel call's sums come from and go: row `i` of the earlier chunks'
+/// partial sums at `src + i src_n` (none before the first chunk), its new ones to
+/// `dst + i dst_n`.
+#[derive(Clone, Copy)]
+struct Acc {
+    src: Option<(*const f32, usize)>,
+    dst: (*mut f32, usize),
+}
+
 /// Tile `t`'s 16 rows over `kc` columns against the first `N` activation rows of a batch
-/// (`x`: the batch's interleaved input from the tile's first column on), accumulated onto
-/// `out` (row `i` at `out + i n`; `lanes` of 16 or 8 columns; nothing read before the
-/// first chunk) with the row kernels' float steps (`Epilogue`).
+/// (`x`: the batch's interleaved input from the tile's first column on), accumulated as
+/// `out` says (`lanes` of 16 or 8 columns) with the row kernels' float steps
+/// (`Epilogue`).
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 unsafe fn micro<const N: usize, const EPI: u8>(
     tile: &Tile,
     t: usize,
     kc: usize,
     x: Batch,
-    out: *mut f32,
-    n: usize,
+    out: Acc,
     lanes: usize,
-    first: bool,
 ) {
     let mask: __mmask16 = if lanes == 16 { 0xFFFF } else { 0x00FF };
-    let mut acc: [__m512; N] = std::array::from_fn(|i| {
-        if first {
-            _mm512_setzero_ps()
-        } else {
-            _mm512_maskz_loadu_ps(mask, out.add(i * n))
-        }
+    let mut acc: [__m512; N] = std::array::from_fn(|i| match out.src {
+        None => _mm512_setzero_ps(),
+        Some((src, n)) => _mm512_maskz_loadu_ps(mask, src.add(i * n)),
     });
     let q = tile.q.as_ptr().add(t * KC / 4);
     let xd = |i: usize, blk: usize| _mm512_set1_ps(*x.d.add(blk * NT + i));
@@ -468,8 +471,9 @@ unsafe fn micro<const N: usize, const EPI: u8>(
             }
         }
     }
+    let (dst, n) = out.dst;
     for (i, acc) in acc.iter().enumerate() {
-        _mm512_mask_storeu_ps(out.add(i * n), mask, *acc);
+        _mm512_mask_storeu_ps(dst.add(i * n), mask, *acc);
     }
 }
 
@@ -489,10 +493,13 @@ unsafe fn run_item<W: Unpack>(
     let (n, k) = (w.rows(), w.cols());
     let mut tile = Tile::new();
     let tiles = groups.len().div_ceil(2);
+    // The partial sums between chunks, `RB` columns per row: rows of the output itself lie
+    // `n` floats apart, a power of two that maps them all onto a few cache sets.
+    let mut part = vec![0f32; rows.len() * RB];
     for c0 in (0..k).step_by(KC) {
         let kc = KC.min(k - c0);
         tile.fill(w, groups.clone(), c0, kc);
-        let first = c0 == 0;
+        let (first, last) = (c0 == 0, c0 + KC >= k);
         let mut i = rows.start;
         while i < rows.end {
             let count = NT.min(rows.end - i);
@@ -500,15 +507,24 @@ unsafe fn run_item<W: Unpack>(
             for t in 0..tiles {
                 let g = groups.start + 2 * t;
                 let lanes = if g + 1 < groups.end { 16 } else { 8 };
-                let out = dst.add(i * n + g * GROUP);
+                let local = part
+                    .as_mut_ptr()
+                    .add((i - rows.start) * RB + (g - groups.start) * GROUP);
+                let out = Acc {
+                    src: (!first).then_some((local as *const f32, RB)),
+                    dst: match last {
+                        true => (dst.add(i * n + g * GROUP), n),
+                        false => (local, RB),
+                    },
+                };
                 macro_rules! go {
                     ($($c:literal)*) => {
                         match count {
                             $($c => match W::EPILOGUE {
-                                Epilogue::Small => micro::<$c, SMALL>(&tile, t, kc, xb, out, n, lanes, first),
-                                Epilogue::Q8 => micro::<$c, Q8>(&tile, t, kc, xb, out, n, lanes, first),
-                                Epilogue::K => micro::<$c, K>(&tile, t, kc, xb, out, n, lanes, first),
-                                Epilogue::Q6 => micro::<$c, Q6>(&tile, t, kc, xb, out, n, lanes, first),
+                                Epilogue::Small => micro::<$c, SMALL>(&tile, t, kc, xb, out, lanes),
+                                Epilogue::Q8 => micro::<$c, Q8>(&tile, t, kc, xb, out, lanes),
+                                Epilogue::K => micro::<$c, K>(&tile, t, kc, xb, out, lanes),
+                                Epilogue::Q6 => micro::<$c, Q6>(&tile, t, kc, xb, out, lanes),
                             },)*
                             _ => unreachable!("1 to NT rows"),
                         }
