@@ -1,5 +1,6 @@
 //! Linear layers and embeddings over quantized (GGUF) or dense (safetensors) weights.
 
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
@@ -119,13 +120,14 @@ impl Linear {
     }
 
     /// The shared frame of wick's CPU matmuls: checks that `x` has `k` columns, hands its
-    /// rows as f32 and one zeroed `[m, n]` output per layer to `run`, then adds the biases.
+    /// rows as f32 and one `[m, n]` output per layer to `run`, which writes every element
+    /// (so they are not zeroed first: tens of MiB per prefill step), then adds the biases.
     fn run_on_cpu(
         layers: &[&Linear],
         x: &Tensor,
         k: usize,
         ns: &[usize],
-        run: impl FnOnce(&[f32], usize, &mut [&mut [f32]]) -> Result<()>,
+        run: impl FnOnce(&[f32], usize, &mut [&mut [MaybeUninit<f32>]]) -> Result<()>,
     ) -> Result<Vec<Tensor>> {
         let (m, xk) = x.dims2()?;
         if xk != k {
@@ -137,9 +139,18 @@ impl Linear {
             Storage::Cpu(cpu) => &cpu.as_slice::<f32>()?[layout.start_offset()..][..m * k],
             _ => candle_core::bail!("CPU quantized matmul given a non-CPU tensor"),
         };
-        let mut outs: Vec<Vec<f32>> = ns.iter().map(|&n| vec![0f32; m * n]).collect();
-        let mut out_refs: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+        let mut outs: Vec<Vec<f32>> = ns.iter().map(|&n| Vec::with_capacity(m * n)).collect();
+        let mut out_refs: Vec<&mut [MaybeUninit<f32>]> = outs
+            .iter_mut()
+            .zip(ns)
+            .map(|(o, &n)| &mut o.spare_capacity_mut()[..m * n])
+            .collect();
         run(xs, m, &mut out_refs)?;
+        for (o, &n) in outs.iter_mut().zip(ns) {
+            // SAFETY: `run` returned Ok, and the kernels write every element of their
+            // outputs.
+            unsafe { o.set_len(m * n) };
+        }
         outs.into_iter()
             .zip(ns)
             .zip(layers)
@@ -191,7 +202,7 @@ impl Linear {
         }
         let ns: Vec<usize> = w.iter().map(|w| w.rows()).collect();
         Self::run_on_cpu(layers, x, k, &ns, |xs, m, outs| {
-            qpacked::matmul_many(xs, m, &w, outs);
+            qpacked::matmul_many_uninit(xs, m, &w, outs);
             Ok(())
         })
         .map(Some)
@@ -248,7 +259,7 @@ fn own_matmul<T: qmatmul::QType>(
     m: usize,
     k: usize,
     weights: &[(&[u8], usize)],
-    outs: &mut [&mut [f32]],
+    outs: &mut [&mut [MaybeUninit<f32>]],
 ) -> Result<()> {
     let ws = weights
         .iter()
@@ -258,7 +269,7 @@ fn own_matmul<T: qmatmul::QType>(
                 .ok_or_else(|| candle_core::Error::Msg("misaligned quantized weight data".into()))
         })
         .collect::<Result<Vec<_>>>()?;
-    qmatmul::matmul_many(xs, m, k, &ws, outs);
+    qmatmul::matmul_many_uninit(xs, m, k, &ws, outs);
     Ok(())
 }
 

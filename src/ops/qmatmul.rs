@@ -288,6 +288,18 @@ pub fn matmul_many<T: QType>(
     ws: &[(&[T], usize)],
     outs: &mut [&mut [f32]],
 ) {
+    let mut outs: Vec<_> = outs.iter_mut().map(|o| super::as_uninit(o)).collect();
+    matmul_many_uninit(x, m, k, ws, &mut outs)
+}
+
+/// `matmul_many` into outputs not yet written (every element is written).
+pub fn matmul_many_uninit<T: QType>(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    ws: &[(&[T], usize)],
+    outs: &mut [&mut [std::mem::MaybeUninit<f32>]],
+) {
     assert!(k.is_multiple_of(QK) && x.len() == m * k && ws.len() == outs.len());
     for ((w, n), out) in ws.iter().zip(outs.iter()) {
         assert!(w.len() == n * k / QK && out.len() == m * n);

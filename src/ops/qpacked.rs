@@ -22,6 +22,7 @@
 //! The kernel set is chosen at run time (`Isa`): AVX-512 VNNI where the CPU has it, AVX2
 //! elsewhere, scalar code without either; `WICK_CPU_KERNEL=avx2|scalar` picks a lower one.
 
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 /// `$e` with `$m` bound to the packed matrix inside any `PackedWeight`.
@@ -460,6 +461,27 @@ pub fn matmul_many_with(
     ws: &[&PackedWeight],
     outs: &mut [&mut [f32]],
 ) {
+    let mut outs: Vec<_> = outs.iter_mut().map(|o| super::as_uninit(o)).collect();
+    matmul_many_uninit_with(isa, x, m, ws, &mut outs)
+}
+
+/// `matmul_many` into outputs not yet written (every element is written).
+pub fn matmul_many_uninit(
+    x: &[f32],
+    m: usize,
+    ws: &[&PackedWeight],
+    outs: &mut [&mut [MaybeUninit<f32>]],
+) {
+    matmul_many_uninit_with(Isa::best(), x, m, ws, outs)
+}
+
+fn matmul_many_uninit_with(
+    isa: Isa,
+    x: &[f32],
+    m: usize,
+    ws: &[&PackedWeight],
+    outs: &mut [&mut [MaybeUninit<f32>]],
+) {
     let Some(k) = ws.first().map(|w| w.cols()) else {
         return;
     };
@@ -529,7 +551,13 @@ impl Items {
 }
 
 /// The row kernels over quantized input `xq` (`[m, k / 32]`).
-fn row_kernels(isa: Isa, xq: &[ActQ8], m: usize, ws: &[&PackedWeight], outs: &mut [&mut [f32]]) {
+fn row_kernels(
+    isa: Isa,
+    xq: &[ActQ8],
+    m: usize,
+    ws: &[&PackedWeight],
+    outs: &mut [&mut [MaybeUninit<f32>]],
+) {
     let Some(kb) = ws.first().map(|w| w.cols() / QK) else {
         return;
     };

@@ -495,7 +495,9 @@ unsafe fn run_item<W: Unpack>(
     let tiles = groups.len().div_ceil(2);
     // The partial sums between chunks, `RB` columns per row: rows of the output itself lie
     // `n` floats apart, a power of two that maps them all onto a few cache sets.
-    let mut part = vec![0f32; rows.len() * RB];
+    // Only reached through raw pointers, every value stored by one chunk before the next
+    // loads it, so it is not zeroed.
+    let mut part: Vec<f32> = Vec::with_capacity(rows.len() * RB);
     for c0 in (0..k).step_by(KC) {
         let kc = KC.min(k - c0);
         tile.fill(w, groups.clone(), c0, kc);
@@ -625,7 +627,12 @@ pub fn batched(w: &PackedWeight, m: usize) -> bool {
 
 /// `matmul_many` on a CPU with AVX-512 VNNI (`xq`: the quantized input,
 /// `[m, k / 32]`).
-pub fn matmul_many(xq: &[ActQ8], m: usize, ws: &[&PackedWeight], outs: &mut [&mut [f32]]) {
+pub fn matmul_many(
+    xq: &[ActQ8],
+    m: usize,
+    ws: &[&PackedWeight],
+    outs: &mut [&mut [std::mem::MaybeUninit<f32>]],
+) {
     let Some(k) = ws.first().map(|w| w.cols()) else {
         return;
     };
