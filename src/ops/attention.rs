@@ -151,8 +151,11 @@ pub fn paged_attention_windowed(
                 );
             }
             row.resize(bs * d, 0.0);
-            scores.clear();
-            scores.resize(len * group * vmax, 0.0);
+            // Pass 1 writes every score the later passes read (keys below `visible`), so
+            // what earlier items left in the buffer needs no clearing.
+            if scores.len() < len * group * vmax {
+                scores.resize(len * group * vmax, 0.0);
+            }
             // Pass 1: scores, laid out [row][head][key].
             for_each_block(layout, seq.block_table, kvh, vmax, |first, n, off| {
                 // The block's keys, transposed: row[c * bs + j] = component c of key j.
