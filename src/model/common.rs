@@ -233,8 +233,10 @@ fn silu_mul_cpu(gate: &Tensor, up: &Tensor) -> Result<Option<Tensor>> {
     };
     let g = &g.as_slice::<f32>()?[gl.start_offset()..][..n];
     let u = &u.as_slice::<f32>()?[ul.start_offset()..][..n];
-    let mut out = vec![0f32; n];
-    crate::ops::simd::silu_mul(g, u, &mut out);
+    let mut out = Vec::with_capacity(n);
+    crate::ops::simd::silu_mul(g, u, &mut out.spare_capacity_mut()[..n]);
+    // SAFETY: `silu_mul` wrote all `n` values.
+    unsafe { out.set_len(n) };
     Ok(Some(Tensor::from_vec(out, gate.shape(), &Device::Cpu)?))
 }
 

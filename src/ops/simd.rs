@@ -1,6 +1,8 @@
 //! Small vector helpers written so that LLVM turns them into FMA loops, and the CPU
 //! feature check for the SIMD kernels.
 
+use std::mem::MaybeUninit;
+
 /// Whether this CPU has AVX2, FMA and F16C: the SIMD paths of the quantized matmuls
 /// (`qmatmul`, `qpacked`). Without them those kernels still work, in scalar code, and
 /// callers keep the row-by-row kernels instead of the packed ones.
@@ -52,13 +54,14 @@ pub fn exp(x: f32) -> f32 {
 /// candle's steps and the standard library's `exp`), spread over the thread pool. (`exp`
 /// above would be faster still, but its last bits differ, and through 30 layers of
 /// quantized activations that moves logits by more than the reference tests' margins.)
-pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+/// Every element of `out` is written, so it may come unwritten.
+pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [MaybeUninit<f32>]) {
     assert!(gate.len() == up.len() && up.len() == out.len());
     const CHUNK: usize = 4096;
-    let run = |out: &mut [f32], lo: usize| {
+    let run = |out: &mut [MaybeUninit<f32>], lo: usize| {
         let hi = lo + out.len();
         for ((o, &g), &u) in out.iter_mut().zip(&gate[lo..hi]).zip(&up[lo..hi]) {
-            *o = g / (1.0 + (-g).exp()) * u;
+            o.write(g / (1.0 + (-g).exp()) * u);
         }
     };
     let n = out.len();
@@ -70,7 +73,9 @@ pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
     super::pool::global().execute_chunked(n.div_ceil(CHUNK), |range| {
         let (lo, hi) = (range.start * CHUNK, (range.end * CHUNK).min(n));
         // SAFETY: `lo..hi` of `out` is this item's alone, and in bounds.
-        let out = unsafe { std::slice::from_raw_parts_mut((out_ptr as *mut f32).add(lo), hi - lo) };
+        let out = unsafe {
+            std::slice::from_raw_parts_mut((out_ptr as *mut MaybeUninit<f32>).add(lo), hi - lo)
+        };
         run(out, lo);
     });
 }
@@ -98,7 +103,7 @@ mod tests {
             .collect();
         let up: Vec<f32> = (0..n).map(|i| ((i as f32) * 0.11).cos() * 3.0).collect();
         let mut out = vec![f32::NAN; n];
-        silu_mul(&gate, &up, &mut out);
+        silu_mul(&gate, &up, super::super::as_uninit(&mut out));
         for i in 0..n {
             let (g, u) = (gate[i] as f64, up[i] as f64);
             let want = g / (1.0 + (-g).exp()) * u;
@@ -112,7 +117,7 @@ mod tests {
         silu_mul(
             &[-200.0, 200.0, 0.0, -1e-30],
             &[1.0, 1.0, 5.0, 1.0],
-            &mut edge,
+            super::super::as_uninit(&mut edge),
         );
         assert_eq!(edge[1], 200.0);
         assert!(edge[0].abs() < 1e-30 && edge[2] == 0.0 && edge[3].abs() < 1e-29);
