@@ -125,6 +125,12 @@ pub fn paged_attention_windowed(
     }
     let out_ptr = out.as_mut_ptr() as usize;
     let bs = layout.block_size;
+    // With AVX-512 and no soft-capping, the softmax scales the raw scores itself (one
+    // pass fewer; the same numbers, see `avx512::softmax`).
+    #[cfg(target_arch = "x86_64")]
+    let fused_scale = softcap.is_none() && softmax_scale > 0.0 && avx512::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    let fused_scale = false;
     super::pool::global().execute_chunked(items.len(), |range| {
         let mut scratch = Scratch::default();
         for &(s, kvh, start, len) in &items[range] {
@@ -144,11 +150,15 @@ pub fn paged_attention_windowed(
             q16.clear();
             for i in 0..len {
                 let t = seq.q_start + start + i;
-                q16.extend(
-                    q[(t * num_heads + kvh * group) * d..][..group * d]
-                        .iter()
-                        .map(|&x| f16::from_f32(x).to_f32()),
-                );
+                // Rounded to f16 as they meet f16 keys (slice conversions: vector
+                // instructions where the CPU has them).
+                let src = &q[(t * num_heads + kvh * group) * d..][..group * d];
+                half16.clear();
+                half16.resize(src.len(), f16::ZERO);
+                half16.convert_from_f32_slice(src);
+                let at = q16.len();
+                q16.resize(at + src.len(), 0.0);
+                half16.convert_to_f32_slice(&mut q16[at..]);
             }
             row.resize(bs * d, 0.0);
             // Pass 1 writes every score the later passes read (keys below `visible`), so
@@ -180,6 +190,10 @@ pub fn paged_attention_windowed(
                     let qh = &q16[p * d..][..d];
                     block_scores(qh, row, bs, &mut scores[p * vmax + first..][..keys(p)]);
                 }
+                if fused_scale {
+                    // The softmax below scales them.
+                    return;
+                }
                 for i in 0..len {
                     let n_i = n.min(visible(i).saturating_sub(first));
                     for h in 0..group {
@@ -199,20 +213,13 @@ pub fn paged_attention_windowed(
                     let r = &mut scores[(i * group + h) * vmax..][..visible(i)];
                     let (outside, r) = r.split_at_mut(hidden(i));
                     outside.fill(0.0);
-                    let max = lanes_fold(r, f32::NEG_INFINITY, f32::max);
-                    for x in r.iter_mut() {
-                        *x = exp(*x - max);
+                    #[cfg(target_arch = "x86_64")]
+                    if fused_scale {
+                        // SAFETY: `fused_scale` holds only where AVX-512 was detected.
+                        unsafe { avx512::softmax(r, softmax_scale) };
+                        continue;
                     }
-                    let inv = 1.0 / lanes_fold(r, 0.0, |a, b| a + b);
-                    for x in r.iter_mut() {
-                        *x *= inv;
-                    }
-                    for c in r.chunks_mut(64) {
-                        half16.clear();
-                        half16.resize(c.len(), f16::ZERO);
-                        half16.convert_from_f32_slice(c);
-                        half16.convert_to_f32_slice(c);
-                    }
+                    softmax(r, half16);
                 }
             }
             // Pass 2: weighted sums of values into each row's `group` heads.
@@ -268,6 +275,25 @@ pub fn paged_attention_windowed(
             });
         }
     });
+}
+
+/// The softmax of one (row, head)'s scaled scores in place, the weights rounded to f16 as
+/// they meet f16 values (`half16`: scratch).
+fn softmax(r: &mut [f32], half16: &mut Vec<f16>) {
+    let max = lanes_fold(r, f32::NEG_INFINITY, f32::max);
+    for x in r.iter_mut() {
+        *x = exp(*x - max);
+    }
+    let inv = 1.0 / lanes_fold(r, 0.0, |a, b| a + b);
+    for x in r.iter_mut() {
+        *x *= inv;
+    }
+    for c in r.chunks_mut(64) {
+        half16.clear();
+        half16.resize(c.len(), f16::ZERO);
+        half16.convert_from_f32_slice(c);
+        half16.convert_to_f32_slice(c);
+    }
 }
 
 /// Query rows of one sequence that share each widened K/V block.
@@ -352,6 +378,18 @@ fn block_scores_set(
     let most = lens.iter().copied().max().unwrap_or(0);
     let mut j0 = 0;
     while j0 < most && j0 + KEY_LANES <= bs {
+        #[cfg(target_arch = "x86_64")]
+        if avx512::available() {
+            assert!(kt.len() >= (d - 1) * bs + j0 + KEY_LANES);
+            // SAFETY: AVX-512F was detected; the loads stay in `kt` (checked above).
+            let acc = unsafe { avx512::scores_set(qs, kt, bs, j0) };
+            for x in 0..QUERY_SET {
+                let take = KEY_LANES.min(lens[x].saturating_sub(j0));
+                out[offs[x] + j0..][..take].copy_from_slice(&acc[x][..take]);
+            }
+            j0 += KEY_LANES;
+            continue;
+        }
         let mut acc = [[0f32; KEY_LANES]; QUERY_SET];
         let q: [&[f32]; QUERY_SET] = std::array::from_fn(|x| &qs[x * d..][..d]);
         for c in 0..d {
@@ -391,6 +429,11 @@ fn block_scores_set(
 /// `out += Σ_j p[j] · values[j]` over rows of `D` values, with `out` held in registers.
 #[inline]
 fn weighted_sum<const D: usize>(p: &[f32], values: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx512::available() {
+        // SAFETY: AVX-512F was detected.
+        return unsafe { avx512::weighted_sum::<D, 1>([p], values, [out]) };
+    }
     let mut acc = [0f32; D];
     acc.copy_from_slice(&out[..D]);
     for (&w, v) in p.iter().zip(values.chunks_exact(D)) {
@@ -405,6 +448,11 @@ fn weighted_sum<const D: usize>(p: &[f32], values: &[f32], out: &mut [f32]) {
 /// value row is loaded once for both, and each head's sum is the same chain.
 #[inline]
 fn weighted_sum2<const D: usize>(p: [&[f32]; 2], values: &[f32], out: [&mut [f32]; 2]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx512::available() {
+        // SAFETY: AVX-512F was detected.
+        return unsafe { avx512::weighted_sum::<D, 2>(p, values, out) };
+    }
     let mut a0 = [0f32; D];
     let mut a1 = [0f32; D];
     a0.copy_from_slice(&out[0][..D]);
@@ -418,6 +466,161 @@ fn weighted_sum2<const D: usize>(p: [&[f32]; 2], values: &[f32], out: [&mut [f32
     }
     out[0][..D].copy_from_slice(&a0);
     out[1][..D].copy_from_slice(&a1);
+}
+
+/// The score and value-sum kernels with AVX-512: the same fused multiply-add chains (one
+/// key, or one value component, per lane), with the accumulators held in registers, which
+/// the compiler's vectorization of the portable loops did not manage (it kept them on the
+/// stack, a store per multiply-add).
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{KEY_LANES, QUERY_SET};
+
+    pub fn available() -> bool {
+        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("f16c")
+    }
+
+    /// `super::super::simd::exp` on 16 lanes, step for step (the same roundings, no fused
+    /// multiply-adds where it has none), so the same bits.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn exp16(x: __m512) -> __m512 {
+        use crate::ops::simd::{EXP_HI, EXP_LO, LN2_HI, LN2_LO};
+        const MAGIC: f32 = 12_582_912.0;
+        let set = _mm512_set1_ps;
+        let (mul, add, sub) = (_mm512_mul_ps, _mm512_add_ps, _mm512_sub_ps);
+        // NaN lanes end as 0 below, whatever the clamp makes of them.
+        let c = _mm512_min_ps(_mm512_max_ps(x, set(EXP_LO)), set(EXP_HI));
+        let t = add(mul(c, set(std::f32::consts::LOG2_E)), set(MAGIC));
+        let n = sub(t, set(MAGIC));
+        let r = sub(sub(c, mul(n, set(LN2_HI))), mul(n, set(LN2_LO)));
+        let mut q = set(1.987_569_1e-4);
+        for k in [
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            0.5,
+        ] {
+            q = add(mul(q, r), set(k));
+        }
+        let p = add(add(mul(q, mul(r, r)), r), set(1.0));
+        let bits = _mm512_slli_epi32::<23>(_mm512_add_epi32(
+            _mm512_sub_epi32(
+                _mm512_castps_si512(t),
+                _mm512_set1_epi32(MAGIC.to_bits() as i32),
+            ),
+            _mm512_set1_epi32(127),
+        ));
+        let keep = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, set(EXP_LO));
+        _mm512_maskz_mul_ps(keep, p, _mm512_castsi512_ps(bits))
+    }
+
+    /// The attention softmax of one (row, head) from raw scores `r`: `r * scale`, then
+    /// the portable path's steps (max and sum folded in 16 lanes, `exp`, scaled by the
+    /// inverse sum, rounded to f16), with the same bits: the max of the scaled scores is
+    /// the scaled max (rounding is monotone and `scale > 0`).
+    ///
+    /// # Safety
+    /// AVX-512F and F16C must be available.
+    #[target_feature(enable = "avx512f,f16c")]
+    pub unsafe fn softmax(r: &mut [f32], scale: f32) {
+        let n = r.len();
+        let p = r.as_mut_ptr();
+        let tail = |j: usize| -> __mmask16 { (((1u32 << (n - j).min(16)) - 1) & 0xFFFF) as u16 };
+        let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
+        for j in (0..n).step_by(16) {
+            let x = _mm512_mask_loadu_ps(_mm512_set1_ps(f32::NEG_INFINITY), tail(j), p.add(j));
+            // NaN scores are passed over, as `f32::max` does.
+            m = _mm512_max_ps(x, m);
+        }
+        let max = _mm512_set1_ps(_mm512_reduce_max_ps(m) * scale);
+        let sv = _mm512_set1_ps(scale);
+        let mut sum = _mm512_setzero_ps();
+        for j in (0..n).step_by(16) {
+            let k = tail(j);
+            let x = _mm512_maskz_loadu_ps(k, p.add(j));
+            let e = exp16(_mm512_sub_ps(_mm512_mul_ps(x, sv), max));
+            _mm512_mask_storeu_ps(p.add(j), k, e);
+            sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(k, e));
+        }
+        let mut lanes = [0f32; 16];
+        _mm512_storeu_ps(lanes.as_mut_ptr(), sum);
+        let inv = _mm512_set1_ps(1.0 / lanes.iter().fold(0.0, |a, &b| a + b));
+        for j in (0..n).step_by(16) {
+            let k = tail(j);
+            let w = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, p.add(j)), inv);
+            let h = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(w);
+            _mm512_mask_storeu_ps(p.add(j), k, _mm512_cvtph_ps(h));
+        }
+    }
+
+    /// Keys `j0 .. j0 + 16` of a transposed block against `QUERY_SET` query vectors, as
+    /// `block_scores_set` computes them.
+    ///
+    /// # Safety
+    /// AVX-512F must be available; `kt` must hold `(d - 1) bs + j0 + 16` values.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn scores_set(
+        qs: &[f32],
+        kt: &[f32],
+        bs: usize,
+        j0: usize,
+    ) -> [[f32; KEY_LANES]; QUERY_SET] {
+        const { assert!(KEY_LANES == 16) };
+        let d = qs.len() / QUERY_SET;
+        let mut acc = [_mm512_setzero_ps(); QUERY_SET];
+        for c in 0..d {
+            let keys = _mm512_loadu_ps(kt.as_ptr().add(c * bs + j0));
+            for (x, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(keys, _mm512_set1_ps(qs[x * d + c]), *a);
+            }
+        }
+        acc.map(|a| {
+            let mut o = [0f32; KEY_LANES];
+            _mm512_storeu_ps(o.as_mut_ptr(), a);
+            o
+        })
+    }
+
+    /// `out[h] += Σ_j p[h][j] · values[j]` for `H` heads over rows of `D` (64 or 128)
+    /// values, as `weighted_sum` computes each.
+    ///
+    /// # Safety
+    /// AVX-512F must be available.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn weighted_sum<const D: usize, const H: usize>(
+        p: [&[f32]; H],
+        values: &[f32],
+        out: [&mut [f32]; H],
+    ) {
+        const { assert!(D == 64 || D == 128) };
+        let mut acc = [[_mm512_setzero_ps(); 8]; H];
+        for (a, o) in acc.iter_mut().zip(&out) {
+            let o = &o[..D];
+            for (v, a) in a.iter_mut().take(D / 16).enumerate() {
+                *a = _mm512_loadu_ps(o[16 * v..].as_ptr());
+            }
+        }
+        let keys = p.iter().map(|p| p.len()).fold(values.len() / D, usize::min);
+        for j in 0..keys {
+            let row = values[j * D..].as_ptr();
+            for v in 0..D / 16 {
+                let x = _mm512_loadu_ps(row.add(16 * v));
+                for h in 0..H {
+                    acc[h][v] = _mm512_fmadd_ps(x, _mm512_set1_ps(p[h][j]), acc[h][v]);
+                }
+            }
+        }
+        for (a, o) in acc.iter().zip(out) {
+            let o = &mut o[..D];
+            for (v, a) in a.iter().take(D / 16).enumerate() {
+                _mm512_storeu_ps(o[16 * v..].as_mut_ptr(), *a);
+            }
+        }
+    }
 }
 
 /// Calls `f(first_key_index, keys_in_block, offset)` for each block holding the first
@@ -447,6 +650,94 @@ fn for_each_block(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The AVX-512 kernels against the chains they must reproduce (one `mul_add` per key,
+    /// in key order, per score or value component), to the bit.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_kernels_keep_each_chain() {
+        if !avx512::available() {
+            eprintln!("no AVX-512 on this CPU: the portable kernels run, nothing to compare");
+            return;
+        }
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        };
+        for d in [64usize, 128] {
+            let (bs, keys) = (32usize, 29usize);
+            let kt: Vec<f32> = (0..d * bs).map(|_| next()).collect();
+            let qs: Vec<f32> = (0..QUERY_SET * d).map(|_| next()).collect();
+            for j0 in [0, 16] {
+                // SAFETY: AVX-512F detected; `kt` holds d * bs values.
+                let got = unsafe { avx512::scores_set(&qs, &kt, bs, j0) };
+                for x in 0..QUERY_SET {
+                    for l in 0..KEY_LANES {
+                        let mut a = 0f32;
+                        for c in 0..d {
+                            a = kt[c * bs + j0 + l].mul_add(qs[x * d + c], a);
+                        }
+                        assert_eq!(got[x][l].to_bits(), a.to_bits(), "d {d} query {x} key {l}");
+                    }
+                }
+            }
+            let values: Vec<f32> = (0..keys * d).map(|_| next()).collect();
+            let p: Vec<Vec<f32>> = (0..2)
+                .map(|_| (0..keys).map(|_| next()).collect())
+                .collect();
+            let init: Vec<f32> = (0..2 * d).map(|_| next()).collect();
+            let mut want = init.clone();
+            for h in 0..2 {
+                for c in 0..d {
+                    let mut a = want[h * d + c];
+                    for j in 0..keys {
+                        a = values[j * d + c].mul_add(p[h][j], a);
+                    }
+                    want[h * d + c] = a;
+                }
+            }
+            let (mut two, mut one) = (init.clone(), init.clone());
+            let (o0, o1) = two.split_at_mut(d);
+            // SAFETY: AVX-512F detected.
+            unsafe {
+                match d {
+                    64 => avx512::weighted_sum::<64, 2>([&p[0], &p[1]], &values, [o0, o1]),
+                    _ => avx512::weighted_sum::<128, 2>([&p[0], &p[1]], &values, [o0, o1]),
+                }
+                match d {
+                    64 => avx512::weighted_sum::<64, 1>([&p[0]], &values, [&mut one[..d]]),
+                    _ => avx512::weighted_sum::<128, 1>([&p[0]], &values, [&mut one[..d]]),
+                }
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&two), bits(&want), "two heads, d {d}");
+            assert_eq!(bits(&one[..d]), bits(&want[..d]), "one head, d {d}");
+        }
+        // The softmax from raw scores against scaling first and the portable softmax, over
+        // lengths around the 16 lanes, with scores far apart (exp's clamps) and ties.
+        let mut half16 = Vec::new();
+        for n in (1..50).chain([200, 517]) {
+            let raw: Vec<f32> = (0..n)
+                .map(|j| match j % 11 {
+                    3 => -3000.0,
+                    7 => 4.0,
+                    _ => next() * 40.0,
+                })
+                .collect();
+            for scale in [0.125f32, 1.0 / 3.0] {
+                let mut want: Vec<f32> = raw.iter().map(|x| x * scale).collect();
+                softmax(&mut want, &mut half16);
+                let mut got = raw.clone();
+                // SAFETY: `available` said AVX-512F and F16C.
+                unsafe { avx512::softmax(&mut got, scale) };
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{n} scores, scale {scale}");
+            }
+        }
+    }
 
     /// Plain attention over contiguous K/V for one sequence (no paging), each query seeing
     /// at most the `window` last keys, scores soft-capped at `softcap`.

@@ -19,10 +19,10 @@ pub fn has_avx2() -> bool {
     }
 }
 
-const LN2_HI: f32 = 0.693_359_4;
-const LN2_LO: f32 = -2.121_944_4e-4;
-const EXP_LO: f32 = -87.336_55;
-const EXP_HI: f32 = 88.0;
+pub(crate) const LN2_HI: f32 = 0.693_359_4;
+pub(crate) const LN2_LO: f32 = -2.121_944_4e-4;
+pub(crate) const EXP_LO: f32 = -87.336_55;
+pub(crate) const EXP_HI: f32 = 88.0;
 
 /// `exp(x)`, Cephes' `expf` polynomial (relative error below 1e-7): 0 below -87.3 (and
 /// for -inf and NaN), finite up to 88. Branch-free, so loops over it vectorize.
