@@ -607,10 +607,11 @@ mod avx512 {
         let keys = p.iter().map(|p| p.len()).fold(values.len() / D, usize::min);
         for j in 0..keys {
             let row = values[j * D..].as_ptr();
+            let w: [__m512; H] = std::array::from_fn(|h| _mm512_set1_ps(p[h][j]));
             for v in 0..D / 16 {
                 let x = _mm512_loadu_ps(row.add(16 * v));
-                for h in 0..H {
-                    acc[h][v] = _mm512_fmadd_ps(x, _mm512_set1_ps(p[h][j]), acc[h][v]);
+                for (a, &w) in acc.iter_mut().zip(&w) {
+                    a[v] = _mm512_fmadd_ps(x, w, a[v]);
                 }
             }
         }
