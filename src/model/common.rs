@@ -18,9 +18,67 @@ use super::config::{Arch, ModelConfig};
 use super::linear::{Embedding, Linear};
 use crate::ops::{Rope, RopeScaling};
 
-/// RMS norm over the last dimension.
+/// RMS norm over the last dimension. On the CPU with f32 tensors it runs on wick's
+/// thread pool (`ops::simd::rms_norm`, candle's steps), elsewhere as candle's op.
 pub(super) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
+    let n = weight.elem_count();
+    let fast = x.dims().last() == Some(&n) && weight.rank() == 1;
+    if let Some(y) = fast
+        .then(|| {
+            on_cpu_f32(&[x, weight], x.elem_count(), |s, out| {
+                crate::ops::simd::rms_norm(s[0], s[1], eps, out)
+            })
+        })
+        .transpose()?
+        .flatten()
+    {
+        return Ok(y.reshape(x.shape())?);
+    }
     Ok(candle_nn::ops::rms_norm(x, weight, eps)?)
+}
+
+/// `x + y` of two tensors of one shape (the residual adds). On the CPU with f32 tensors
+/// on wick's thread pool (where the matmuls and attention run: candle's own pool would be
+/// a second set of threads competing for the same cores), elsewhere candle's add.
+pub(super) fn add(x: &Tensor, y: &Tensor) -> Result<Tensor> {
+    if x.shape() == y.shape() {
+        if let Some(z) = on_cpu_f32(&[x, y], x.elem_count(), |s, out| {
+            crate::ops::simd::add(s[0], s[1], out)
+        })? {
+            return Ok(z.reshape(x.shape())?);
+        }
+    }
+    Ok((x + y)?)
+}
+
+/// `run` over the f32 contents of `inputs` into a fresh `n`-value vector it writes in
+/// full, as a flat CPU tensor; `None` unless every input is a contiguous f32 CPU tensor.
+fn on_cpu_f32<const N: usize>(
+    inputs: &[&Tensor; N],
+    n: usize,
+    run: impl FnOnce([&[f32]; N], &mut [std::mem::MaybeUninit<f32>]),
+) -> Result<Option<Tensor>> {
+    use candle_core::Storage;
+    if inputs
+        .iter()
+        .any(|t| !t.device().is_cpu() || t.dtype() != DType::F32 || !t.is_contiguous())
+    {
+        return Ok(None);
+    }
+    let guards = inputs.map(|t| t.storage_and_layout());
+    let mut slices = [&[][..]; N];
+    for (s, (storage, layout)) in slices.iter_mut().zip(&guards) {
+        let Storage::Cpu(cpu) = &**storage else {
+            return Ok(None);
+        };
+        let len = layout.shape().elem_count();
+        *s = &cpu.as_slice::<f32>()?[layout.start_offset()..][..len];
+    }
+    let mut out = Vec::with_capacity(n);
+    run(slices, &mut out.spare_capacity_mut()[..n]);
+    // SAFETY: `run` wrote all `n` values.
+    unsafe { out.set_len(n) };
+    Ok(Some(Tensor::from_vec(out, n, &Device::Cpu)?))
 }
 
 /// RMS norm of each `head_dim` slice of `x` (`[tokens, heads * head_dim]`): the per-head
@@ -215,29 +273,13 @@ enum GateUp {
 /// the thread pool, with candle's own steps (so the same numbers as `gate.silu()? * up`,
 /// without the intermediate tensor); `None` for other tensors (candle's ops run them).
 fn silu_mul_cpu(gate: &Tensor, up: &Tensor) -> Result<Option<Tensor>> {
-    use candle_core::Storage;
-    if !gate.device().is_cpu()
-        || gate.dtype() != DType::F32
-        || up.dtype() != DType::F32
-        || gate.shape() != up.shape()
-        || !gate.is_contiguous()
-        || !up.is_contiguous()
-    {
+    if gate.shape() != up.shape() {
         return Ok(None);
     }
-    let n = gate.elem_count();
-    let (gs, gl) = gate.storage_and_layout();
-    let (us, ul) = up.storage_and_layout();
-    let (Storage::Cpu(g), Storage::Cpu(u)) = (&*gs, &*us) else {
-        return Ok(None);
-    };
-    let g = &g.as_slice::<f32>()?[gl.start_offset()..][..n];
-    let u = &u.as_slice::<f32>()?[ul.start_offset()..][..n];
-    let mut out = Vec::with_capacity(n);
-    crate::ops::simd::silu_mul(g, u, &mut out.spare_capacity_mut()[..n]);
-    // SAFETY: `silu_mul` wrote all `n` values.
-    unsafe { out.set_len(n) };
-    Ok(Some(Tensor::from_vec(out, gate.shape(), &Device::Cpu)?))
+    let y = on_cpu_f32(&[gate, up], gate.elem_count(), |s, out| {
+        crate::ops::simd::silu_mul(s[0], s[1], out)
+    })?;
+    y.map(|y| Ok(y.reshape(gate.shape())?)).transpose()
 }
 
 /// The gated MLP: `down(act(gate(x)) * up(x))`, `act` SiLU (SwiGLU) or, for gemma2/3,

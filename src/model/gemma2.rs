@@ -24,7 +24,7 @@ use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
 
 use super::backend::{AttentionBackend, ForwardBatch};
-use super::common::{attend, per_head_norm, rms_norm, Base, GgufWeights, Mlp, Projections};
+use super::common::{add, attend, per_head_norm, rms_norm, Base, GgufWeights, Mlp, Projections};
 use super::config::{Arch, ModelConfig};
 
 #[derive(Debug)]
@@ -95,10 +95,10 @@ impl Gemma2Model {
             let q = (q * q_scale)?;
             let a = attend(attn, layer, batch, (q, k, v), act)?;
             let a = rms_norm(&b.attn.o.forward(&a)?, &b.post_attn_norm, eps)?;
-            x = (x + a)?;
+            x = add(&x, &a)?;
             let h = rms_norm(&x, &b.ffn_norm, eps)?;
             let m = rms_norm(&b.mlp.forward(&h)?, &b.post_ffn_norm, eps)?;
-            x = (x + m)?;
+            x = add(&x, &m)?;
         }
         self.base.finish(&x, &inputs)
     }

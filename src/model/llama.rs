@@ -19,7 +19,7 @@ use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
 
 use super::backend::{AttentionBackend, ForwardBatch};
-use super::common::{attend, rms_norm, Base, GgufWeights, Projections};
+use super::common::{add, attend, rms_norm, Base, GgufWeights, Projections};
 use super::config::{Arch, ModelConfig};
 use super::moe::FeedForward;
 
@@ -64,9 +64,9 @@ impl LlamaModel {
         for (layer, b) in self.blocks.iter().enumerate() {
             let h = rms_norm(&x, &b.attn_norm, eps)?;
             let a = attend(attn, layer, batch, b.attn.qkv(&h)?, act)?;
-            x = (x + b.attn.o.forward(&a)?)?;
+            x = add(&x, &b.attn.o.forward(&a)?)?;
             let h = rms_norm(&x, &b.ffn_norm, eps)?;
-            x = (x + b.mlp.forward(&h)?)?;
+            x = add(&x, &b.mlp.forward(&h)?)?;
         }
         self.base.finish(&x, &inputs)
     }

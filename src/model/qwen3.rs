@@ -13,7 +13,7 @@ use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
 
 use super::backend::{AttentionBackend, ForwardBatch};
-use super::common::{attend, per_head_norm, rms_norm, Base, GgufWeights, Projections};
+use super::common::{add, attend, per_head_norm, rms_norm, Base, GgufWeights, Projections};
 use super::config::{Arch, ModelConfig};
 use super::moe::FeedForward;
 
@@ -65,9 +65,9 @@ impl Qwen3Model {
             let q = per_head_norm(&q, &b.q_norm, d, eps)?;
             let k = per_head_norm(&k, &b.k_norm, d, eps)?;
             let a = attend(attn, layer, batch, (q, k, v), act)?;
-            x = (x + b.attn.o.forward(&a)?)?;
+            x = add(&x, &b.attn.o.forward(&a)?)?;
             let h = rms_norm(&x, &b.ffn_norm, eps)?;
-            x = (x + b.mlp.forward(&h)?)?;
+            x = add(&x, &b.mlp.forward(&h)?)?;
         }
         self.base.finish(&x, &inputs)
     }

@@ -57,26 +57,69 @@ pub fn exp(x: f32) -> f32 {
 /// Every element of `out` is written, so it may come unwritten.
 pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [MaybeUninit<f32>]) {
     assert!(gate.len() == up.len() && up.len() == out.len());
-    const CHUNK: usize = 4096;
-    let run = |out: &mut [MaybeUninit<f32>], lo: usize| {
-        let hi = lo + out.len();
-        for ((o, &g), &u) in out.iter_mut().zip(&gate[lo..hi]).zip(&up[lo..hi]) {
+    spread(out, 1, |r, out| {
+        for ((o, &g), &u) in out.iter_mut().zip(&gate[r.clone()]).zip(&up[r]) {
             o.write(g / (1.0 + (-g).exp()) * u);
         }
-    };
-    let n = out.len();
-    if n <= CHUNK {
-        // A decode step's few thousand values: not worth waking the pool.
-        return run(out, 0);
+    });
+}
+
+/// `out = x + y`, elementwise, on the thread pool; every element of `out` is written.
+pub fn add(x: &[f32], y: &[f32], out: &mut [MaybeUninit<f32>]) {
+    assert!(x.len() == y.len() && y.len() == out.len());
+    spread(out, 1, |r, out| {
+        for ((o, &a), &b) in out.iter_mut().zip(&x[r.clone()]).zip(&y[r]) {
+            o.write(a + b);
+        }
+    });
+}
+
+/// RMS norm of each `alpha.len()`-value row of `x` into `out`, on the thread pool, with
+/// candle's steps (`m = sqrt(Σ v² / n + eps)` summed in order, `v / m * alpha`), so the
+/// same numbers as `candle_nn::ops::rms_norm`; every element of `out` is written.
+pub fn rms_norm(x: &[f32], alpha: &[f32], eps: f32, out: &mut [MaybeUninit<f32>]) {
+    let n = alpha.len();
+    assert!(n > 0 && x.len() == out.len() && x.len().is_multiple_of(n));
+    spread(out, n, |rows, out| {
+        let src = &x[rows.start * n..rows.end * n];
+        for (s, d) in src.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+            let sum2 = s.iter().map(|&v| v * v).sum::<f32>();
+            let m = (sum2 / n as f32 + eps).sqrt();
+            for ((d, &s), &a) in d.iter_mut().zip(s).zip(alpha) {
+                d.write(s / m * a);
+            }
+        }
+    });
+}
+
+/// Values per pool item of the elementwise ops above; with at most that much work they
+/// run inline (a decode step's few thousand values: not worth waking the pool).
+const CHUNK: usize = 4096;
+
+/// Runs `f(rows, out_rows)` over `out` taken as rows of `step` values, a few rows per
+/// item on the thread pool (`out_rows`: those rows of `out`), or inline for one item's
+/// worth.
+fn spread(
+    out: &mut [MaybeUninit<f32>],
+    step: usize,
+    f: impl Fn(std::ops::Range<usize>, &mut [MaybeUninit<f32>]) + Sync,
+) {
+    let rows = out.len() / step;
+    let per = (CHUNK / step).max(1);
+    if rows <= per {
+        return f(0..rows, out);
     }
     let out_ptr = out.as_mut_ptr() as usize;
-    super::pool::global().execute_chunked(n.div_ceil(CHUNK), |range| {
-        let (lo, hi) = (range.start * CHUNK, (range.end * CHUNK).min(n));
-        // SAFETY: `lo..hi` of `out` is this item's alone, and in bounds.
+    super::pool::global().execute_chunked(rows.div_ceil(per), |items| {
+        let r = items.start * per..(items.end * per).min(rows);
+        // SAFETY: rows `r` of `out` are this item's alone, and in bounds.
         let out = unsafe {
-            std::slice::from_raw_parts_mut((out_ptr as *mut MaybeUninit<f32>).add(lo), hi - lo)
+            std::slice::from_raw_parts_mut(
+                (out_ptr as *mut MaybeUninit<f32>).add(r.start * step),
+                r.len() * step,
+            )
         };
-        run(out, lo);
+        f(r, out)
     });
 }
 
@@ -121,6 +164,37 @@ mod tests {
         );
         assert_eq!(edge[1], 200.0);
         assert!(edge[0].abs() < 1e-30 && edge[2] == 0.0 && edge[3].abs() < 1e-29);
+    }
+
+    /// Against candle's op, to the bit, for a decode step's few rows (inline) and a
+    /// prompt's many (on the pool), and the residual add against candle's.
+    #[test]
+    fn rms_norm_and_add_equal_candle() {
+        use candle_core::{Device, Tensor};
+        for (rows, n) in [(1, 576), (3, 64), (300, 576), (97, 2048)] {
+            let x: Vec<f32> = (0..rows * n)
+                .map(|i| ((i as f32) * 0.173).sin() * 3.0 + 0.01)
+                .collect();
+            let y: Vec<f32> = (0..rows * n).map(|i| ((i as f32) * 0.029).cos()).collect();
+            let alpha: Vec<f32> = (0..n).map(|i| 0.5 + (i as f32) * 0.001).collect();
+            let dev = &Device::Cpu;
+            let xt = Tensor::from_slice(&x, (rows, n), dev).unwrap();
+            let yt = Tensor::from_slice(&y, (rows, n), dev).unwrap();
+            let at = Tensor::from_slice(&alpha, n, dev).unwrap();
+            let want: Vec<f32> = candle_nn::ops::rms_norm(&xt, &at, 1e-5)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let mut got = vec![f32::NAN; rows * n];
+            rms_norm(&x, &alpha, 1e-5, super::super::as_uninit(&mut got));
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "rms_norm, {rows} x {n}");
+            let want: Vec<f32> = (&xt + &yt).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            add(&x, &y, super::super::as_uninit(&mut got));
+            assert_eq!(bits(&got), bits(&want), "add, {rows} x {n}");
+        }
     }
 
     #[test]
