@@ -157,11 +157,20 @@ impl Rope {
         }
     }
 
-    /// Rotates `x`, laid out `[tokens][heads][head_dim]`, in place.
+    /// Rotates `x`, laid out `[tokens][heads][head_dim]`, in place (a prompt's tokens
+    /// spread over the thread pool).
     pub fn apply(&self, x: &mut [f32], num_heads: usize, tables: &RopeTables) {
+        super::simd::spread(x, num_heads * self.head_dim, |tokens, x| {
+            self.apply_tokens(x, tokens.start, num_heads, tables)
+        });
+    }
+
+    /// `apply` to tokens `first..` (`x`: theirs only).
+    fn apply_tokens(&self, x: &mut [f32], first: usize, num_heads: usize, tables: &RopeTables) {
         let d = self.head_dim;
         let half = self.rot_dim / 2;
         for (t, token) in x.chunks_exact_mut(num_heads * d).enumerate() {
+            let t = first + t;
             let cos = &tables.cos[t * half..(t + 1) * half];
             let sin = &tables.sin[t * half..(t + 1) * half];
             for head in token.chunks_exact_mut(d) {

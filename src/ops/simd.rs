@@ -92,17 +92,18 @@ pub fn rms_norm(x: &[f32], alpha: &[f32], eps: f32, out: &mut [MaybeUninit<f32>]
     });
 }
 
-/// Values per pool item of the elementwise ops above; with at most that much work they
-/// run inline (a decode step's few thousand values: not worth waking the pool).
+/// Values per pool item of the elementwise ops (these and rotary embeddings); with at
+/// most that much work they run inline (a decode step's few thousand values: not worth
+/// waking the pool).
 const CHUNK: usize = 4096;
 
 /// Runs `f(rows, out_rows)` over `out` taken as rows of `step` values, a few rows per
 /// item on the thread pool (`out_rows`: those rows of `out`), or inline for one item's
 /// worth.
-fn spread(
-    out: &mut [MaybeUninit<f32>],
+pub(super) fn spread<T: Send>(
+    out: &mut [T],
     step: usize,
-    f: impl Fn(std::ops::Range<usize>, &mut [MaybeUninit<f32>]) + Sync,
+    f: impl Fn(std::ops::Range<usize>, &mut [T]) + Sync,
 ) {
     let rows = out.len() / step;
     let per = (CHUNK / step).max(1);
@@ -114,10 +115,7 @@ fn spread(
         let r = items.start * per..(items.end * per).min(rows);
         // SAFETY: rows `r` of `out` are this item's alone, and in bounds.
         let out = unsafe {
-            std::slice::from_raw_parts_mut(
-                (out_ptr as *mut MaybeUninit<f32>).add(r.start * step),
-                r.len() * step,
-            )
+            std::slice::from_raw_parts_mut((out_ptr as *mut T).add(r.start * step), r.len() * step)
         };
         f(r, out)
     });
@@ -191,7 +189,12 @@ mod tests {
             rms_norm(&x, &alpha, 1e-5, super::super::as_uninit(&mut got));
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got), bits(&want), "rms_norm, {rows} x {n}");
-            let want: Vec<f32> = (&xt + &yt).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let want: Vec<f32> = (&xt + &yt)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
             add(&x, &y, super::super::as_uninit(&mut got));
             assert_eq!(bits(&got), bits(&want), "add, {rows} x {n}");
         }
