@@ -113,7 +113,7 @@ pub fn paged_attention_windowed(
     let group = num_heads / nkv;
     // Work items: (sequence, kv head, tile of up to Q_TILE query rows). The rows of a
     // tile share each converted K/V block, so a block is widened from f16 once per tile
-    // rather than once per query row. Items run on candle's barrier pool, the threads the
+    // rather than once per query row. Items run on wick's thread pool, the threads the
     // matmuls use, so the two never compete for cores.
     let mut items = Vec::new();
     for (s, seq) in seqs.iter().enumerate() {
