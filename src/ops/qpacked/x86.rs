@@ -553,6 +553,24 @@ pub mod vnni512 {
         out
     }
 
+    /// The frame of every two-group kernel: `step` adds block `b` of both groups (`wb0`,
+    /// `wb1`) to the 16-lane accumulator, with each group's blocks `PREFETCH_BYTES` ahead
+    /// asked for first.
+    #[inline(always)]
+    unsafe fn pair_blocks<T>(
+        w0: &[T],
+        w1: &[T],
+        mut step: impl FnMut(&T, &T, usize, &mut __m512),
+    ) -> [[f32; GROUP]; 2] {
+        let mut acc = _mm512_setzero_ps();
+        for (b, (wb0, wb1)) in w0.iter().zip(w1).enumerate() {
+            prefetch_ahead(w0, b);
+            prefetch_ahead(w1, b);
+            step(wb0, wb1, b, &mut acc);
+        }
+        store_pair(acc)
+    }
+
     /// `q6k_regs` of two group blocks, one per half.
     #[inline(always)]
     unsafe fn q6k_regs2(w0: &Q6Kx8, w1: &Q6Kx8, j: usize) -> [__m512i; 8] {
@@ -596,11 +614,8 @@ pub mod vnni512 {
     /// (`q + 128`, one XOR) against the signed activations, less `128 Σ x` (`ActQ8::hs`).
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
     pub unsafe fn q8_0_pair(w0: &[Q8_0x8], w1: &[Q8_0x8], x: &[ActQ8]) -> [[f32; GROUP]; 2] {
-        let mut acc = _mm512_setzero_ps();
         let flip = _mm512_set1_epi8(-128);
-        for (b, (wb0, wb1)) in w0.iter().zip(w1).enumerate() {
-            prefetch_ahead(w0, b);
-            prefetch_ahead(w1, b);
+        pair_blocks(w0, w1, |wb0, wb1, b, acc| {
             let (p0, p1) = (
                 wb0.qs.as_ptr() as *const __m256i,
                 wb1.qs.as_ptr() as *const __m256i,
@@ -618,9 +633,8 @@ pub mod vnni512 {
             let s32 = _mm512_add_epi32(s[0], s[1]);
             let dw = join_ps(halves(&wb0.d), halves(&wb1.d));
             let scale = _mm512_mul_ps(dw, _mm512_set1_ps(xb.d));
-            acc = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(s32), acc);
-        }
-        store_pair(acc)
+            *acc = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(s32), *acc);
+        })
     }
 
     /// `vnni::k_quant` (one block of Q4_K or Q5_K) for one activation row against two
@@ -689,34 +703,23 @@ pub mod vnni512 {
     /// `vnni::q4_k` for one activation row against groups `w0` and `w1` at once.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
     pub unsafe fn q4_k_pair(w0: &[Q4Kx8], w1: &[Q4Kx8], x: &[ActQ8]) -> [[f32; GROUP]; 2] {
-        let mut acc = _mm512_setzero_ps();
-        for (b, (wb0, wb1)) in w0.iter().zip(w1).enumerate() {
-            prefetch_ahead(w0, b);
-            prefetch_ahead(w1, b);
-            k_quant_pair::<false>([wb0, wb1].map(KBlock::q4), x, b, &mut acc);
-        }
-        store_pair(acc)
+        pair_blocks(w0, w1, |wb0, wb1, b, acc| {
+            k_quant_pair::<false>([wb0, wb1].map(KBlock::q4), x, b, acc)
+        })
     }
 
     /// `vnni::q5_k` for one activation row against groups `w0` and `w1` at once.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
     pub unsafe fn q5_k_pair(w0: &[Q5Kx8], w1: &[Q5Kx8], x: &[ActQ8]) -> [[f32; GROUP]; 2] {
-        let mut acc = _mm512_setzero_ps();
-        for (b, (wb0, wb1)) in w0.iter().zip(w1).enumerate() {
-            prefetch_ahead(w0, b);
-            prefetch_ahead(w1, b);
-            k_quant_pair::<true>([wb0, wb1].map(KBlock::q5), x, b, &mut acc);
-        }
-        store_pair(acc)
+        pair_blocks(w0, w1, |wb0, wb1, b, acc| {
+            k_quant_pair::<true>([wb0, wb1].map(KBlock::q5), x, b, acc)
+        })
     }
 
     /// `vnni::q6_k` for one activation row against groups `w0` and `w1` at once.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
     pub unsafe fn q6_k_pair(w0: &[Q6Kx8], w1: &[Q6Kx8], x: &[ActQ8]) -> [[f32; GROUP]; 2] {
-        let mut acc = _mm512_setzero_ps();
-        for (b, (wb0, wb1)) in w0.iter().zip(w1).enumerate() {
-            prefetch_ahead(w0, b);
-            prefetch_ahead(w1, b);
+        pair_blocks(w0, w1, |wb0, wb1, b, acc| {
             let mut sacc = _mm512_setzero_ps();
             for j in 0..8 {
                 let u = q6k_regs2(wb0, wb1, j);
@@ -743,8 +746,7 @@ pub mod vnni512 {
                 sacc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(xb.d), sacc);
             }
             let dw = join_ps(halves(&wb0.d), halves(&wb1.d));
-            acc = _mm512_fmadd_ps(dw, sacc, acc);
-        }
-        store_pair(acc)
+            *acc = _mm512_fmadd_ps(dw, sacc, *acc);
+        })
     }
 }
