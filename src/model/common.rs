@@ -22,17 +22,12 @@ use crate::ops::{Rope, RopeScaling};
 /// thread pool (`ops::simd::rms_norm`, candle's steps), elsewhere as candle's op.
 pub(super) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
     let n = weight.elem_count();
-    let fast = x.dims().last() == Some(&n) && weight.rank() == 1;
-    if let Some(y) = fast
-        .then(|| {
-            on_cpu_f32(&[x, weight], x.elem_count(), |s, out| {
-                crate::ops::simd::rms_norm(s[0], s[1], eps, out)
-            })
-        })
-        .transpose()?
-        .flatten()
-    {
-        return Ok(y.reshape(x.shape())?);
+    if x.dims().last() == Some(&n) && weight.rank() == 1 {
+        if let Some(y) = on_cpu_f32(&[x, weight], x.shape(), |s, out| {
+            crate::ops::simd::rms_norm(s[0], s[1], eps, out)
+        })? {
+            return Ok(y);
+        }
     }
     Ok(candle_nn::ops::rms_norm(x, weight, eps)?)
 }
@@ -42,20 +37,20 @@ pub(super) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> 
 /// a second set of threads competing for the same cores), elsewhere candle's add.
 pub(super) fn add(x: &Tensor, y: &Tensor) -> Result<Tensor> {
     if x.shape() == y.shape() {
-        if let Some(z) = on_cpu_f32(&[x, y], x.elem_count(), |s, out| {
+        if let Some(z) = on_cpu_f32(&[x, y], x.shape(), |s, out| {
             crate::ops::simd::add(s[0], s[1], out)
         })? {
-            return Ok(z.reshape(x.shape())?);
+            return Ok(z);
         }
     }
     Ok((x + y)?)
 }
 
-/// `run` over the f32 contents of `inputs` into a fresh `n`-value vector it writes in
-/// full, as a flat CPU tensor; `None` unless every input is a contiguous f32 CPU tensor.
+/// `run` over the f32 contents of `inputs` into a fresh CPU tensor of `shape`, which it
+/// writes in full; `None` unless every input is a contiguous f32 CPU tensor.
 fn on_cpu_f32<const N: usize>(
     inputs: &[&Tensor; N],
-    n: usize,
+    shape: &candle_core::Shape,
     run: impl FnOnce([&[f32]; N], &mut [std::mem::MaybeUninit<f32>]),
 ) -> Result<Option<Tensor>> {
     use candle_core::Storage;
@@ -74,11 +69,12 @@ fn on_cpu_f32<const N: usize>(
         let len = layout.shape().elem_count();
         *s = &cpu.as_slice::<f32>()?[layout.start_offset()..][..len];
     }
+    let n = shape.elem_count();
     let mut out = Vec::with_capacity(n);
     run(slices, &mut out.spare_capacity_mut()[..n]);
     // SAFETY: `run` wrote all `n` values.
     unsafe { out.set_len(n) };
-    Ok(Some(Tensor::from_vec(out, n, &Device::Cpu)?))
+    Ok(Some(Tensor::from_vec(out, shape, &Device::Cpu)?))
 }
 
 /// RMS norm of each `head_dim` slice of `x` (`[tokens, heads * head_dim]`): the per-head
@@ -276,10 +272,9 @@ fn silu_mul_cpu(gate: &Tensor, up: &Tensor) -> Result<Option<Tensor>> {
     if gate.shape() != up.shape() {
         return Ok(None);
     }
-    let y = on_cpu_f32(&[gate, up], gate.elem_count(), |s, out| {
+    on_cpu_f32(&[gate, up], gate.shape(), |s, out| {
         crate::ops::simd::silu_mul(s[0], s[1], out)
-    })?;
-    y.map(|y| Ok(y.reshape(gate.shape())?)).transpose()
+    })
 }
 
 /// The gated MLP: `down(act(gate(x)) * up(x))`, `act` SiLU (SwiGLU) or, for gemma2/3,
