@@ -248,17 +248,31 @@ macro_rules! kernels {
             dot_acc(s, hi, &[x[4], x[5], x[6], x[7]])
         }
 
+        /// The frame of every row kernel: `step` adds block `b` (`wb`) to the `R` rows'
+        /// accumulators, with the blocks `PREFETCH_BYTES` ahead asked for first.
+        #[inline(always)]
+        unsafe fn blocks<T, const R: usize>(
+            w: &[T],
+            mut step: impl FnMut(&T, usize, &mut [__m256; R]),
+        ) -> [[f32; GROUP]; R] {
+            let mut acc = [_mm256_setzero_ps(); R];
+            for (b, wb) in w.iter().enumerate() {
+                prefetch_ahead(w, b);
+                step(wb, b, &mut acc);
+            }
+            store(acc)
+        }
+
         /// Shared by Q4_0, Q4_1, Q5_0 and Q5_1 (`d * xd * Σ q xq + m * xs` per row, `m`
         /// the offset: Q4_0's `-8 d`, Q5_0's `-16 d`, or the block's own).
         #[inline(always)]
-        unsafe fn small<const R: usize>(
-            n: usize,
+        unsafe fn small<T, const R: usize>(
+            w: &[T],
             x: [&[ActQ8]; R],
-            block: impl Fn(usize) -> ([__m256i; 4], [__m256i; 4], __m256, __m256),
+            block: impl Fn(&T) -> ([__m256i; 4], [__m256i; 4], __m256, __m256),
         ) -> [[f32; GROUP]; R] {
-            let mut acc = [_mm256_setzero_ps(); R];
-            for b in 0..n {
-                let (lo, hi, dw, mw) = block(b);
+            blocks(w, |wb, b, acc| {
+                let (lo, hi, dw, mw) = block(wb);
                 for c in 0..R {
                     let xb = x[c].get_unchecked(b);
                     let sumi = _mm256_cvtepi32_ps(dot_halves(&lo, &hi, &bcast_block(xb)));
@@ -266,15 +280,12 @@ macro_rules! kernels {
                     acc[c] = _mm256_fmadd_ps(scale, sumi, acc[c]);
                     acc[c] = _mm256_fmadd_ps(mw, _mm256_set1_ps(xb.s), acc[c]);
                 }
-            }
-            store(acc)
+            })
         }
 
         #[target_feature(enable = $features)]
         pub unsafe fn q4_0<const R: usize>(w: &[Q4_0x8], x: [&[ActQ8]; R]) -> [[f32; GROUP]; R] {
-            small(w.len(), x, |b| {
-                prefetch_ahead(w, b);
-                let wb = w.get_unchecked(b);
+            small(w, x, |wb| {
                 let (lo, hi) = nibbles(&wb.qs);
                 let dw = halves(&wb.d);
                 (lo, hi, dw, _mm256_mul_ps(dw, _mm256_set1_ps(-8.0)))
@@ -283,9 +294,7 @@ macro_rules! kernels {
 
         #[target_feature(enable = $features)]
         pub unsafe fn q4_1<const R: usize>(w: &[Q4_1x8], x: [&[ActQ8]; R]) -> [[f32; GROUP]; R] {
-            small(w.len(), x, |b| {
-                prefetch_ahead(w, b);
-                let wb = w.get_unchecked(b);
+            small(w, x, |wb| {
                 let (lo, hi) = nibbles(&wb.qs);
                 (lo, hi, halves(&wb.d), halves(&wb.m))
             })
@@ -293,9 +302,7 @@ macro_rules! kernels {
 
         #[target_feature(enable = $features)]
         pub unsafe fn q5_0<const R: usize>(w: &[Q5_0x8], x: [&[ActQ8]; R]) -> [[f32; GROUP]; R] {
-            small(w.len(), x, |b| {
-                prefetch_ahead(w, b);
-                let wb = w.get_unchecked(b);
+            small(w, x, |wb| {
                 let (mut lo, mut hi) = nibbles(&wb.qs);
                 fifth_bits(&wb.qh, &mut lo, &mut hi);
                 let dw = halves(&wb.d);
@@ -305,9 +312,7 @@ macro_rules! kernels {
 
         #[target_feature(enable = $features)]
         pub unsafe fn q5_1<const R: usize>(w: &[Q5_1x8], x: [&[ActQ8]; R]) -> [[f32; GROUP]; R] {
-            small(w.len(), x, |b| {
-                prefetch_ahead(w, b);
-                let wb = w.get_unchecked(b);
+            small(w, x, |wb| {
                 let (mut lo, mut hi) = nibbles(&wb.qs);
                 fifth_bits(&wb.qh, &mut lo, &mut hi);
                 (lo, hi, halves(&wb.d), halves(&wb.m))
@@ -316,9 +321,7 @@ macro_rules! kernels {
 
         #[target_feature(enable = $features)]
         pub unsafe fn q8_0<const R: usize>(w: &[Q8_0x8], x: [&[ActQ8]; R]) -> [[f32; GROUP]; R] {
-            let mut acc = [_mm256_setzero_ps(); R];
-            for (b, wb) in w.iter().enumerate() {
-                prefetch_ahead(w, b);
+            blocks(w, |wb, b, acc| {
                 let p = wb.qs.as_ptr() as *const __m256i;
                 let mut aq = [_mm256_setzero_si256(); 8];
                 let mut q = [_mm256_setzero_si256(); 8];
@@ -338,8 +341,7 @@ macro_rules! kernels {
                     let scale = _mm256_mul_ps(dw, _mm256_set1_ps(xb.d));
                     acc[c] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(s32), acc[c]);
                 }
-            }
-            store(acc)
+            })
         }
 
         /// Q4_K and Q5_K: per sub-block `j`, `d sc_j xd Σ q xq - dmin m_j xs`.
@@ -416,22 +418,16 @@ macro_rules! kernels {
 
         #[target_feature(enable = $features)]
         pub unsafe fn q4_k<const R: usize>(w: &[Q4Kx8], x: [&[ActQ8]; R]) -> [[f32; GROUP]; R] {
-            let mut acc = [_mm256_setzero_ps(); R];
-            for (b, wb) in w.iter().enumerate() {
-                prefetch_ahead(w, b);
-                k_quant::<R, false>(KBlock::q4(wb), x, b, &mut acc);
-            }
-            store(acc)
+            blocks(w, |wb, b, acc| {
+                k_quant::<R, false>(KBlock::q4(wb), x, b, acc)
+            })
         }
 
         #[target_feature(enable = $features)]
         pub unsafe fn q5_k<const R: usize>(w: &[Q5Kx8], x: [&[ActQ8]; R]) -> [[f32; GROUP]; R] {
-            let mut acc = [_mm256_setzero_ps(); R];
-            for (b, wb) in w.iter().enumerate() {
-                prefetch_ahead(w, b);
-                k_quant::<R, true>(KBlock::q5(wb), x, b, &mut acc);
-            }
-            store(acc)
+            blocks(w, |wb, b, acc| {
+                k_quant::<R, true>(KBlock::q5(wb), x, b, acc)
+            })
         }
 
         /// Q6_K: the 6-bit weights `q` (0..64) as unsigned bytes against the signed
@@ -441,9 +437,7 @@ macro_rules! kernels {
         /// multiply in the widening i16 product (`madd_acc`).
         #[target_feature(enable = $features)]
         pub unsafe fn q6_k<const R: usize>(w: &[Q6Kx8], x: [&[ActQ8]; R]) -> [[f32; GROUP]; R] {
-            let mut acc = [_mm256_setzero_ps(); R];
-            for (b, wb) in w.iter().enumerate() {
-                prefetch_ahead(w, b);
+            blocks(w, |wb, b, acc| {
                 let mut sacc = [_mm256_setzero_ps(); R];
                 for j in 0..8 {
                     // Weights 0..16 (`q[0]`) and 16..32 (`q[1]`) of the 8 rows, 0..64.
@@ -473,8 +467,7 @@ macro_rules! kernels {
                 for c in 0..R {
                     acc[c] = _mm256_fmadd_ps(dw, sacc[c], acc[c]);
                 }
-            }
-            store(acc)
+            })
         }
     };
 }
