@@ -48,7 +48,7 @@ impl Linear {
             // Shapes that do not pack (a K-quant's width not a multiple of 256 cannot
             // occur in a valid file; rows not a multiple of 8 can) take the paths below.
             if let Some(p) = PackedWeight::from_bytes(kind, &bytes, n, k) {
-                note_kernel(weight.dtype(), qpacked::Isa::best().name());
+                note_kernel(weight.dtype(), qpacked::Isa::best().name_for(kind));
                 return Ok(Self {
                     weight: Weight::Packed(Arc::new(p)),
                     bias,
@@ -208,11 +208,11 @@ impl Linear {
         .map(Some)
     }
 
-    /// The CPU kernel set this layer runs on: `avx512vnni`, `avx2` or `scalar` for wick's
-    /// own kernels, `candle` otherwise.
+    /// The CPU kernel set this layer runs on: `amx`, `avx512vnni`, `avx2` or `scalar` for
+    /// wick's own kernels, `candle` otherwise.
     pub fn kernel(&self) -> &'static str {
         match &self.weight {
-            Weight::Packed(_) => qpacked::Isa::best().name(),
+            Weight::Packed(p) => qpacked::Isa::best().name_for(p.kind()),
             Weight::Own { .. } => "wick-rows",
             Weight::Candle(_) => "candle",
         }

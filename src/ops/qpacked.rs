@@ -8,19 +8,26 @@
 //! up to four activation rows.
 //!
 //! Every GGUF format users commonly download has a packed form (`formats`): Q4_0, Q4_1,
-//! Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K. Activations are quantized once per matmul to
-//! 8 bits per 32 values (`ActQ8`), whatever the weights' format, so one input serves
-//! matrices of different formats in one dispatch (a Q4_K_M layer mixes Q4_K, Q6_K and
-//! their fallbacks). The arithmetic is exact in integers within a 32-value sub-block;
-//! only the order of float sums differs from ggml's (and activation scales stay f32).
+//! Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K. Activations are quantized once per matmul to 8
+//! bits, in `ActQ8` blocks of 32 values: with one scale per block for the 32-column formats
+//! (`quantize_row`), and with one scale per 256 values, shared by 8 blocks, for the
+//! K-quants (`quantize_row_super`, llama.cpp's Q8_K numerics). A dispatch holding both
+//! kinds (a Q4_K_M layer mixes Q4_K, Q6_K and their 32-column fallbacks) quantizes its
+//! input both ways, each only if some matrix needs it. The 32-column formats are exact in
+//! integers within a block; the K-quants compute a whole 256-column super-block's dot
+//! product exactly in integers and then take one float step per super-block (the
+//! formulas: `formats`' module comment). Only the order of float sums differs from ggml's
+//! (and activation scales stay f32).
 //!
 //! Three kernels by shape, all giving a row the same bits: the row kernels above (small
 //! batches), their 512-bit twins for a single activation row that take two groups per
 //! call (`Packed::dot_pair`: decode of Q4_K, Q5_K, Q6_K and Q8_0 with AVX-512), and the
-//! batched tile path for many rows (`tiled`).
+//! batched tile path for many rows (`tiled`), whose K-quant sums run on AMX tiles where
+//! the CPU has them.
 //!
-//! The kernel set is chosen at run time (`Isa`): AVX-512 VNNI where the CPU has it, AVX2
-//! elsewhere, scalar code without either; `WICK_CPU_KERNEL=avx2|scalar` picks a lower one.
+//! The kernel set is chosen at run time (`Isa`): AMX (for the K-quants' batched path, with
+//! AVX-512 VNNI for the rest) or AVX-512 VNNI where the CPU has it, AVX2 elsewhere, scalar
+//! code without either; `WICK_CPU_KERNEL=avx512vnni|avx2|scalar` picks a lower one.
 
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
@@ -73,43 +80,72 @@ const ZERO_ACT: ActQ8 = ActQ8 {
     hs: [0; 2],
 };
 
-/// Quantizes one row of activations (`x.len()` a multiple of 32): per block
-/// `d = amax / 127`, `q = round_half_even(x * 127 / amax)`. The same numbers with AVX2
-/// where the CPU has it.
+/// Columns per K-quant super-block.
+pub const QK_K: usize = 256;
+
+/// Quantizes one row of activations for the 32-column formats (`x.len()` a multiple of
+/// 32): per block `d = amax / 127`, `q = round_half_even(x * 127 / amax)`. The same
+/// numbers with AVX2 where the CPU has it.
 pub fn quantize_row(x: &[f32], out: &mut [ActQ8]) {
+    quantize::<QK>(x, out)
+}
+
+/// Quantizes one row of activations for the K-quants (`x.len()` a multiple of 256): as
+/// `quantize_row` with `amax` taken over 256 values, so the 8 blocks of a super-block
+/// share one `d` (each keeps its own `s` and `hs`). The same numbers with AVX2 where the
+/// CPU has it.
+pub fn quantize_row_super(x: &[f32], out: &mut [ActQ8]) {
+    quantize::<QK_K>(x, out)
+}
+
+/// One scale per `G` values (32 or 256).
+fn quantize<const G: usize>(x: &[f32], out: &mut [ActQ8]) {
     #[cfg(target_arch = "x86_64")]
     if super::simd::has_avx2() {
         // SAFETY: AVX2 and FMA were detected.
-        unsafe { x86::quantize_row(x, out) };
+        unsafe { x86::quantize_row::<G>(x, out) };
         return;
     }
-    quantize_row_scalar(x, out)
+    quantize_scalar::<G>(x, out)
 }
 
 /// `quantize_row` in plain code.
 pub fn quantize_row_scalar(x: &[f32], out: &mut [ActQ8]) {
-    for (xb, yb) in x.chunks_exact(QK).zip(out.iter_mut()) {
-        let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+    quantize_scalar::<QK>(x, out)
+}
+
+/// `quantize_row_super` in plain code.
+pub fn quantize_row_super_scalar(x: &[f32], out: &mut [ActQ8]) {
+    quantize_scalar::<QK_K>(x, out)
+}
+
+fn quantize_scalar<const G: usize>(x: &[f32], out: &mut [ActQ8]) {
+    for (xg, yg) in x.chunks_exact(G).zip(out.chunks_exact_mut(G / QK)) {
+        let amax = xg.iter().fold(0f32, |a, v| a.max(v.abs()));
         let d = amax / 127.0;
         let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-        let mut hs = [0i32; 2];
-        for (i, (q, &v)) in yb.qs.iter_mut().zip(xb).enumerate() {
-            let r = ((v * id).round_ties_even() as i32).clamp(-127, 127);
-            *q = r as i8;
-            hs[i / 16] += r;
+        for (xb, yb) in xg.chunks_exact(QK).zip(yg.iter_mut()) {
+            let mut hs = [0i32; 2];
+            for (i, (q, &v)) in yb.qs.iter_mut().zip(xb).enumerate() {
+                let r = ((v * id).round_ties_even() as i32).clamp(-127, 127);
+                *q = r as i8;
+                hs[i / 16] += r;
+            }
+            yb.d = d;
+            yb.s = d * (hs[0] + hs[1]) as f32;
+            // |Σ| <= 16 * 127 fits i16.
+            yb.hs = hs.map(|h| h as i16);
         }
-        yb.d = d;
-        yb.s = d * (hs[0] + hs[1]) as f32;
-        // |Σ| <= 16 * 127 fits i16.
-        yb.hs = hs.map(|h| h as i16);
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Level {
     Scalar,
     Avx2,
     Avx512Vnni,
+    /// AVX-512 VNNI, and AMX for the K-quants' batched path.
+    Amx,
 }
 
 /// A kernel set this CPU can run. Only obtainable through detection, so holding an `Isa`
@@ -132,6 +168,9 @@ impl Isa {
                     && is_x86_feature_detected!("avx512vnni")
                 {
                     out.push(Isa(Level::Avx512Vnni));
+                    if tiled::amx_available() {
+                        out.push(Isa(Level::Amx));
+                    }
                 }
             }
         }
@@ -151,12 +190,23 @@ impl Isa {
         })
     }
 
-    /// `scalar`, `avx2` or `avx512vnni`.
+    /// `scalar`, `avx2`, `avx512vnni` or `amx`.
     pub fn name(self) -> &'static str {
         match self.0 {
             Level::Scalar => "scalar",
             Level::Avx2 => "avx2",
             Level::Avx512Vnni => "avx512vnni",
+            Level::Amx => "amx",
+        }
+    }
+
+    /// The kernels matrices of `kind` run on with this set: `amx` only for the K-quants
+    /// (the other formats keep the AVX-512 VNNI kernels).
+    pub fn name_for(self, kind: Kind) -> &'static str {
+        match (self.0, kind) {
+            (Level::Amx, Kind::Q4K | Kind::Q5K | Kind::Q6K) => "amx",
+            (Level::Amx, _) => "avx512vnni",
+            _ => self.name(),
         }
     }
 }
@@ -164,7 +214,8 @@ impl Isa {
 /// A packed format with its kernels.
 pub trait Packed: Format {
     /// `out[c][r] = w_r · x_c` over the group's blocks `w` (8 rows) for `R` activation rows
-    /// (`x[c]`: the row's 32-value activation blocks over the same columns).
+    /// (`x[c]`: the row's activation blocks over the same columns, from `quantize_row`, or
+    /// `quantize_row_super` for the K-quants).
     fn dot_8xr<const R: usize>(isa: Isa, w: &[Self], x: [&[ActQ8]; R]) -> [[f32; GROUP]; R];
 
     /// Whether `dot_pair` has a kernel for this format with `isa`.
@@ -179,7 +230,7 @@ pub trait Packed: Format {
     }
 }
 
-/// The kernel of a packed format in plain code: `sub_block`'s formula (CPUs without
+/// The kernel of a 32-column format in plain code: `sub_block`'s formula (CPUs without
 /// AVX2, and the reference the SIMD kernels are tested against).
 fn dot_scalar<T: Format, const R: usize>(w: &[T], x: [&[ActQ8]; R]) -> [[f32; GROUP]; R] {
     let subs = T::COLS / QK;
@@ -199,12 +250,45 @@ fn dot_scalar<T: Format, const R: usize>(w: &[T], x: [&[ActQ8]; R]) -> [[f32; GR
     out
 }
 
+/// The kernel of a K-quant in plain code: `SuperBlock`'s formula, per super-block the
+/// exact integer sums `isum` and `imin`, then `acc = fma(d xd, isum, acc)` and (Q4_K,
+/// Q5_K) `acc = fma(-(dmin xd), imin, acc)`, `xd` the super-block's activation scale. The
+/// SIMD kernels give the same bits.
+fn dot_scalar_k<T: SuperBlock, const R: usize>(w: &[T], x: [&[ActQ8]; R]) -> [[f32; GROUP]; R] {
+    let subs = T::COLS / QK;
+    let mut out = [[0f32; GROUP]; R];
+    for (o, xr) in out.iter_mut().zip(x.iter()) {
+        for (b, wb) in w.iter().enumerate() {
+            let xs = &xr[b * subs..(b + 1) * subs];
+            let xd = xs[0].d;
+            for (r, acc) in o.iter_mut().enumerate() {
+                let (mut isum, mut imin) = (0i32, 0i32);
+                for (j, xb) in xs.iter().enumerate() {
+                    let (q, m) = wb.scaled_sub_block(r, j);
+                    isum += q
+                        .iter()
+                        .zip(&xb.qs)
+                        .map(|(&q, &x)| q * x as i32)
+                        .sum::<i32>();
+                    imin += m * (xb.hs[0] as i32 + xb.hs[1] as i32);
+                }
+                let (d, dmin) = wb.scales(r);
+                *acc = (d * xd).mul_add(isum as f32, *acc);
+                if T::MINS {
+                    *acc = (-(dmin * xd)).mul_add(imin as f32, *acc);
+                }
+            }
+        }
+    }
+    out
+}
+
 macro_rules! packed {
-    ($($t:ty => $kernel:ident $(, $pair:ident)?);* $(;)?) => {$(
+    ($($t:ty => $scalar:ident, $kernel:ident $(, $pair:ident)?);* $(;)?) => {$(
         impl Packed for $t {
             $(
             fn has_pair(isa: Isa) -> bool {
-                isa.0 == Level::Avx512Vnni
+                isa.0 >= Level::Avx512Vnni
             }
 
             fn dot_pair(
@@ -216,7 +300,9 @@ macro_rules! packed {
                 match isa.0 {
                     // SAFETY: an `Isa` exists only for instruction sets the CPU has.
                     #[cfg(target_arch = "x86_64")]
-                    Level::Avx512Vnni => Some(unsafe { x86::vnni512::$pair(w0, w1, x) }),
+                    Level::Avx512Vnni | Level::Amx => {
+                        Some(unsafe { x86::vnni512::$pair(w0, w1, x) })
+                    }
                     _ => None,
                 }
             }
@@ -229,10 +315,10 @@ macro_rules! packed {
                 match isa.0 {
                     // SAFETY: an `Isa` exists only for instruction sets the CPU has.
                     #[cfg(target_arch = "x86_64")]
-                    Level::Avx512Vnni => unsafe { x86::vnni::$kernel(w, x) },
+                    Level::Avx512Vnni | Level::Amx => unsafe { x86::vnni::$kernel(w, x) },
                     #[cfg(target_arch = "x86_64")]
                     Level::Avx2 => unsafe { x86::avx2::$kernel(w, x) },
-                    _ => dot_scalar(w, x),
+                    _ => $scalar(w, x),
                 }
             }
         }
@@ -240,14 +326,14 @@ macro_rules! packed {
 }
 
 packed!(
-    Q4_0x8 => q4_0;
-    Q4_1x8 => q4_1;
-    Q5_0x8 => q5_0;
-    Q5_1x8 => q5_1;
-    Q8_0x8 => q8_0, q8_0_pair;
-    Q4Kx8 => q4_k, q4_k_pair;
-    Q5Kx8 => q5_k, q5_k_pair;
-    Q6Kx8 => q6_k, q6_k_pair;
+    Q4_0x8 => dot_scalar, q4_0;
+    Q4_1x8 => dot_scalar, q4_1;
+    Q5_0x8 => dot_scalar, q5_0;
+    Q5_1x8 => dot_scalar, q5_1;
+    Q8_0x8 => dot_scalar, q8_0, q8_0_pair;
+    Q4Kx8 => dot_scalar_k, q4_k, q4_k_pair;
+    Q5Kx8 => dot_scalar_k, q5_k, q5_k_pair;
+    Q6Kx8 => dot_scalar_k, q6_k, q6_k_pair;
 );
 
 /// A weight matrix `[n, k]` repacked into groups of 8 rows (`n` a multiple of 8).
@@ -440,6 +526,25 @@ impl PackedWeight {
     pub fn cols(&self) -> usize {
         each!(self, m => m.cols())
     }
+
+    /// Whether it is a K-quant, whose kernels take activations quantized per 256 values
+    /// (`quantize_row_super`) instead of per 32.
+    pub fn super_blocks(&self) -> bool {
+        matches!(self, Self::Q4K(_) | Self::Q5K(_) | Self::Q6K(_))
+    }
+
+    pub fn kind(&self) -> Kind {
+        match self {
+            Self::Q4_0(_) => Kind::Q4_0,
+            Self::Q4_1(_) => Kind::Q4_1,
+            Self::Q5_0(_) => Kind::Q5_0,
+            Self::Q5_1(_) => Kind::Q5_1,
+            Self::Q8_0(_) => Kind::Q8_0,
+            Self::Q4K(_) => Kind::Q4K,
+            Self::Q5K(_) => Kind::Q5K,
+            Self::Q6K(_) => Kind::Q6K,
+        }
+    }
 }
 
 /// Activation rows handled by one work item: a tile stays in L1 while the weight groups
@@ -489,40 +594,81 @@ fn matmul_many_uninit_with(
     for (w, out) in ws.iter().zip(outs.iter()) {
         assert!(w.cols() == k && out.len() == m * w.rows());
     }
+    // The input quantized per 32 values for the 32-column formats and per 256 for the
+    // K-quants, each only where a matrix needs it.
+    let want = [false, true].map(|sup| ws.iter().any(|w| w.super_blocks() == sup));
+    let [xq, xq_super] = quantize_input(x, m, k, want);
+    let [(kw, mut ko), (ow, mut oo)] = partition(ws, outs, PackedWeight::super_blocks);
+    run_matrices(isa, &xq_super, m, &kw, &mut ko);
+    run_matrices(isa, &xq, m, &ow, &mut oo);
+}
+
+/// `x` (`[m, k]`) quantized by `quantize_row` and by `quantize_row_super` (`[m, k / 32]`
+/// each), each only where `want` asks for it (else empty), in one pass on the thread pool.
+fn quantize_input(x: &[f32], m: usize, k: usize, want: [bool; 2]) -> [Vec<ActQ8>; 2] {
     let kb = k / QK;
-    let mut xq = vec![ZERO_ACT; m * kb];
-    let pool = super::pool::global();
-    {
-        let xq_ptr = xq.as_mut_ptr() as usize;
-        pool.execute_chunked(m, |rows| {
-            for i in rows {
-                // SAFETY: row `i` of `xq` is written by this item alone, and in bounds.
-                let q = unsafe {
-                    std::slice::from_raw_parts_mut((xq_ptr as *mut ActQ8).add(i * kb), kb)
-                };
-                quantize_row(&x[i * k..(i + 1) * k], q);
-            }
-        });
-    }
-    // Matrices whose format pays for the batched path at this row count take it; the
-    // others take the row kernels (either list may be empty).
-    #[cfg(target_arch = "x86_64")]
-    if isa.0 == Level::Avx512Vnni {
-        let (mut bw, mut bo, mut rw, mut ro) = (vec![], vec![], vec![], vec![]);
-        for (w, o) in ws.iter().zip(outs.iter_mut()) {
-            if tiled::batched(w, m) {
-                bw.push(*w);
-                bo.push(&mut **o);
-            } else {
-                rw.push(*w);
-                ro.push(&mut **o);
+    let mut xq = want.map(|w| {
+        if w {
+            vec![ZERO_ACT; m * kb]
+        } else {
+            Vec::new()
+        }
+    });
+    let ptrs = xq.each_mut().map(|v| v.as_mut_ptr() as usize);
+    type Quantize = fn(&[f32], &mut [ActQ8]);
+    let quantizers: [Quantize; 2] = [quantize_row, quantize_row_super];
+    super::pool::global().execute_chunked(m, |rows| {
+        for i in rows {
+            for ((&ptr, wanted), quantize) in ptrs.iter().zip(want).zip(quantizers) {
+                if wanted {
+                    // SAFETY: a wanted vector holds `m * kb` blocks; row `i` of it is
+                    // written by this item alone.
+                    let q = unsafe {
+                        std::slice::from_raw_parts_mut((ptr as *mut ActQ8).add(i * kb), kb)
+                    };
+                    quantize(&x[i * k..(i + 1) * k], q);
+                }
             }
         }
-        tiled::matmul_many(&xq, m, &bw, &mut bo);
-        row_kernels(isa, &xq, m, &rw, &mut ro);
+    });
+    xq
+}
+
+/// The matrices `ws`, with their outputs, in two lists: those for which `first` holds, and
+/// the others (either may be empty).
+#[allow(clippy::type_complexity)]
+fn partition<'w, 'o>(
+    ws: &[&'w PackedWeight],
+    outs: &'o mut [&mut [MaybeUninit<f32>]],
+    first: impl Fn(&PackedWeight) -> bool,
+) -> [(Vec<&'w PackedWeight>, Vec<&'o mut [MaybeUninit<f32>]>); 2] {
+    let mut lists = [(vec![], vec![]), (vec![], vec![])];
+    for (&w, o) in ws.iter().zip(outs.iter_mut()) {
+        let (lw, lo) = &mut lists[usize::from(!first(w))];
+        lw.push(w);
+        lo.push(&mut **o);
+    }
+    lists
+}
+
+/// The matrices `ws` over their quantized input `xq` (`[m, k / 32]`): with AVX-512 VNNI
+/// (and AMX), those whose format pays for the batched path at this row count take it,
+/// the others the row kernels.
+fn run_matrices(
+    isa: Isa,
+    xq: &[ActQ8],
+    m: usize,
+    ws: &[&PackedWeight],
+    outs: &mut [&mut [MaybeUninit<f32>]],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if isa.0 >= Level::Avx512Vnni {
+        let [(bw, mut bo), (rw, mut ro)] = partition(ws, outs, |w| tiled::batched(w, m));
+        tiled::matmul_many(xq, m, &bw, &mut bo, isa.0 == Level::Amx);
+        row_kernels(isa, xq, m, &rw, &mut ro);
         return;
     }
-    row_kernels(isa, &xq, m, ws, outs);
+    row_kernels(isa, xq, m, ws, outs);
 }
 
 /// Work items numbered matrix after matrix, each matrix's `per(w)` items in a row (both

@@ -8,8 +8,17 @@
 //!
 //! `sub_block` states what a packed block means, in the plainest terms: the 32 integer
 //! weights `q` of a row and sub-block, and `(a, b)` such that the row's dot product with
-//! activations `x = xd * xq` is `a * xd * Σ q xq + b * xs` (`xs = xd * Σ xq`). The scalar
-//! kernel is that formula; the SIMD kernels must agree with it.
+//! activations `x = xd * xq` is `a * xd * Σ q xq + b * xs` (`xs = xd * Σ xq`). For the
+//! 32-column formats the scalar kernel is that formula and the SIMD kernels agree with it
+//! (up to the order of float sums).
+//!
+//! The K-quants take activations with one scale `xd` per 256 (`super::quantize_row_super`)
+//! and are computed per super-block as llama.cpp does (`SuperBlock`): with `sc_j`, `m_j`
+//! the integer scale and min of sub-block `j` and `d`, `dmin` the row's block scales,
+//! `isum = Σ_j sc_j Σ q xq` and `imin = Σ_j m_j Σ xq` (Q6_K: `sc` per 16 weights,
+//! `q - 32` for `q`, no min), exact in i32, then `acc = fma(d * xd, isum, acc)` and
+//! `acc = fma(-(dmin * xd), imin, acc)`, super-block after super-block. Every kernel,
+//! scalar or SIMD, gives those bits.
 
 use half::f16;
 
@@ -202,6 +211,17 @@ pub trait Format: Copy + Send + Sync + 'static {
     fn pack(rows: [&Self::Block; GROUP]) -> Self;
     /// Row `r`, sub-block `j` (of `COLS / 32`): `(q, a, b)`.
     fn sub_block(&self, r: usize, j: usize) -> ([i32; 32], f32, f32);
+}
+
+/// The integer form of a K-quant super-block (see the module comment).
+pub trait SuperBlock: Format {
+    /// Whether the blocks have mins (Q4_K and Q5_K; not Q6_K).
+    const MINS: bool;
+    /// Row `r`'s block scales `(d, dmin)` (`dmin` 0 without mins).
+    fn scales(&self, r: usize) -> (f32, f32);
+    /// Row `r`, sub-block `j` (of 8): the 32 weights times their integer scale, and the
+    /// integer min (0 without mins).
+    fn scaled_sub_block(&self, r: usize, j: usize) -> ([i32; 32], i32);
 }
 
 /// The packed `qs` of the 32-column forms.
@@ -413,6 +433,20 @@ impl Format for Q4Kx8 {
     }
 }
 
+impl SuperBlock for Q4Kx8 {
+    const MINS: bool = true;
+
+    fn scales(&self, r: usize) -> (f32, f32) {
+        (self.d[r].to_f32(), self.dmin[r].to_f32())
+    }
+
+    fn scaled_sub_block(&self, r: usize, j: usize) -> ([i32; 32], i32) {
+        let (q, _, _) = self.sub_block(r, j);
+        let sc = self.sc[8 * j + r] as i32;
+        (q.map(|q| q * sc), self.m[8 * j + r] as i32)
+    }
+}
+
 impl Format for Q5Kx8 {
     type Block = BlockQ5K;
     const COLS: usize = 256;
@@ -445,6 +479,20 @@ impl Format for Q5Kx8 {
             self.d[r].to_f32() * self.sc[8 * j + r] as f32,
             -self.dmin[r].to_f32() * self.m[8 * j + r] as f32,
         )
+    }
+}
+
+impl SuperBlock for Q5Kx8 {
+    const MINS: bool = true;
+
+    fn scales(&self, r: usize) -> (f32, f32) {
+        (self.d[r].to_f32(), self.dmin[r].to_f32())
+    }
+
+    fn scaled_sub_block(&self, r: usize, j: usize) -> ([i32; 32], i32) {
+        let (q, _, _) = self.sub_block(r, j);
+        let sc = self.sc[8 * j + r] as i32;
+        (q.map(|q| q * sc), self.m[8 * j + r] as i32)
     }
 }
 
@@ -513,5 +561,18 @@ impl Format for Q6Kx8 {
             sc * ((lo | hi << 4) as i32 - 32)
         });
         (q, self.d[r].to_f32(), 0.0)
+    }
+}
+
+impl SuperBlock for Q6Kx8 {
+    const MINS: bool = false;
+
+    fn scales(&self, r: usize) -> (f32, f32) {
+        (self.d[r].to_f32(), 0.0)
+    }
+
+    fn scaled_sub_block(&self, r: usize, j: usize) -> ([i32; 32], i32) {
+        // `sub_block`'s weights of Q6_K already carry their scale (`a` is `d`).
+        (self.sub_block(r, j).0, 0)
     }
 }

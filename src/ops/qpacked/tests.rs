@@ -176,18 +176,24 @@ fn check(what: &str, got: &[f32], want: &[(f64, f64)]) {
     }
 }
 
-fn quantized(x: &[f32], m: usize, k: usize) -> Vec<ActQ8> {
+/// `x` (`[m, k]`) quantized as the matmul does for a matrix of the 32-column formats
+/// (`quantize_row`) or, with `super_blocks`, of the K-quants (`quantize_row_super`).
+fn quantized(x: &[f32], m: usize, k: usize, super_blocks: bool) -> Vec<ActQ8> {
     let mut xq = vec![ZERO_ACT; m * k / QK];
     for (row, q) in x.chunks_exact(k).zip(xq.chunks_exact_mut(k / QK)) {
-        quantize_row(row, q);
+        if super_blocks {
+            quantize_row_super(row, q);
+        } else {
+            quantize_row(row, q);
+        }
     }
     xq
 }
 
-fn inputs(m: usize, k: usize) -> (Vec<f32>, Vec<ActQ8>) {
+fn inputs(m: usize, k: usize, super_blocks: bool) -> (Vec<f32>, Vec<ActQ8>) {
     let mut s = 7;
     let x: Vec<f32> = (0..m * k).map(|_| rand(&mut s) * 3.0).collect();
-    let xq = quantized(&x, m, k);
+    let xq = quantized(&x, m, k, super_blocks);
     (x, xq)
 }
 
@@ -209,7 +215,7 @@ fn matches_reference<B: Copy>(
     let p = PackedWeight::from_bytes(kind, bytes, n, k).expect("packs");
     for isa in Isa::available() {
         for &m in rows {
-            let (x, xq) = inputs(m, k);
+            let (x, xq) = inputs(m, k, p.super_blocks());
             let mut out = vec![0f32; m * n];
             matmul_many_with(isa, &x, m, &[&p], &mut [&mut out]);
             check(
@@ -436,7 +442,7 @@ fn extreme_weights_and_activations_do_not_overflow() {
             // One row (row kernels) and 48 (the batched path where there is one).
             for (sign, m) in [(1.0f32, 1), (-1.0, 1), (1.0, 48), (-1.0, 48)] {
                 let x = vec![sign; m * k];
-                let xq = quantized(&x, m, k);
+                let xq = quantized(&x, m, k, p.super_blocks());
                 let mut out = vec![0f32; m * n];
                 matmul_many_with(isa, &x, m, &[&p], &mut [&mut out]);
                 check(
@@ -508,28 +514,58 @@ fn extreme_weights_and_activations_do_not_overflow() {
     }
 }
 
-/// Every SIMD kernel set against the scalar kernel, group by group, for 1 to 4 rows.
+/// Every SIMD kernel set against the scalar kernel, group by group, for 1 to 4 rows, and
+/// the two-group kernels (where `isa` has them) against it for one row: to the bit for the
+/// K-quants (their float steps are the same), within a tolerance for the others.
 fn simd_agrees<T: Packed>(blocks: &[T::Block], n: usize, k: usize) {
     let p = PackedMatrix::<T>::new(blocks, n, k).expect("packs");
-    let (_, xq) = inputs(4, k);
+    let exact = T::COLS == QK_K;
+    let (_, xq) = inputs(4, k, exact);
     let kb = k / QK;
     let x: [&[ActQ8]; 4] = std::array::from_fn(|c| &xq[c * kb..(c + 1) * kb]);
-    fn close<const R: usize>(a: [[f32; GROUP]; R], b: [[f32; GROUP]; R]) {
-        for (ra, rb) in a.iter().zip(&b) {
+    let agree = |a: &[[f32; GROUP]], b: &[[f32; GROUP]], what: &str| {
+        for (ra, rb) in a.iter().zip(b) {
             for (u, v) in ra.iter().zip(rb) {
-                assert!((u - v).abs() <= 1e-4 * (1.0 + v.abs()), "{u} vs {v}");
+                if exact {
+                    assert_eq!(u.to_bits(), v.to_bits(), "{what}: {u} vs {v}");
+                } else {
+                    assert!(
+                        (u - v).abs() <= 1e-4 * (1.0 + v.abs()),
+                        "{what}: {u} vs {v}"
+                    );
+                }
             }
         }
-    }
+    };
+    let scalar = |w: &[T], x: &[&[ActQ8]]| -> Vec<[f32; GROUP]> {
+        x.iter()
+            .map(|&x| T::dot_8xr(Isa::SCALAR, w, [x])[0])
+            .collect()
+    };
     for isa in Isa::available() {
         for g in 0..n / GROUP {
             let w = p.group(g);
-            close(T::dot_8xr(isa, w, x), dot_scalar(w, x));
-            close(T::dot_8xr(isa, w, [x[0]]), dot_scalar(w, [x[0]]));
-            close(
-                T::dot_8xr(isa, w, [x[1], x[2]]),
-                dot_scalar(w, [x[1], x[2]]),
+            let what = format!("{} group {g}", isa.name());
+            agree(&T::dot_8xr(isa, w, x), &scalar(w, &x), &what);
+            agree(&T::dot_8xr(isa, w, [x[0]]), &scalar(w, &x[..1]), &what);
+            agree(
+                &T::dot_8xr(isa, w, [x[1], x[2]]),
+                &scalar(w, &x[1..3]),
+                &what,
             );
+            agree(
+                &T::dot_8xr(isa, w, [x[1], x[2], x[3]]),
+                &scalar(w, &x[1..]),
+                &what,
+            );
+        }
+        if T::has_pair(isa) {
+            for g in 0..n / GROUP - 1 {
+                let (w0, w1) = (p.group(g), p.group(g + 1));
+                let pair = T::dot_pair(isa, w0, w1, x[0]).expect("has a pair kernel");
+                let want = [scalar(w0, &x[..1])[0], scalar(w1, &x[..1])[0]];
+                agree(&pair, &want, &format!("{} pair {g}", isa.name()));
+            }
         }
     }
 }
@@ -537,7 +573,7 @@ fn simd_agrees<T: Packed>(blocks: &[T::Block], n: usize, k: usize) {
 #[test]
 fn simd_and_scalar_kernels_agree() {
     assert!(!Isa::available().is_empty());
-    let (n, k) = (16, 512);
+    let (n, k) = (24, 768);
     simd_agrees::<Q4_0x8>(&q4_0_blocks(n * k / 32, 11), n, k);
     simd_agrees::<Q4_1x8>(&q4_1_blocks(n * k / 32, 12), n, k);
     simd_agrees::<Q5_0x8>(&q5_0_blocks(n * k / 32, 13), n, k);
@@ -565,7 +601,7 @@ fn mixed_formats_in_one_dispatch_equal_separate_products() {
         PackedWeight::from_bytes(Kind::Q5_0, bytes(&q50), 24, k).expect("packs"),
     ];
     for m in [1, 6, 16] {
-        let (x, _) = inputs(m, k);
+        let (x, _) = inputs(m, k, false);
         let mut together: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; m * w.rows()]).collect();
         let mut refs: Vec<&mut [f32]> = together.iter_mut().map(|v| v.as_mut_slice()).collect();
         let wrefs: Vec<&PackedWeight> = ws.iter().collect();
@@ -574,8 +610,32 @@ fn mixed_formats_in_one_dispatch_equal_separate_products() {
             let mut alone = vec![0f32; m * w.rows()];
             matmul_many(&x, m, &[w], &mut [&mut alone]);
             assert_eq!(&alone, t);
+            // Each matrix got the activations of its kind: the K-quants, on the row
+            // kernels (below every batched threshold), give the scalar kernel's bits over
+            // the per-256 activations.
+            if w.super_blocks() && m < 8 {
+                let want = scalar_product(w, &quantized(&x, m, k, true), m);
+                let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(t), bits(&want), "{} rows", m);
+            }
         }
     }
+}
+
+/// `xq` (`[m, k / 32]`) times `w` with the scalar kernel, group by group.
+fn scalar_product(w: &PackedWeight, xq: &[ActQ8], m: usize) -> Vec<f32> {
+    fn run<T: Packed>(p: &PackedMatrix<T>, xq: &[ActQ8], m: usize) -> Vec<f32> {
+        let (n, kb) = (p.rows(), p.cols() / QK);
+        let mut out = vec![0f32; m * n];
+        for i in 0..m {
+            for g in 0..n / GROUP {
+                let [v] = T::dot_8xr(Isa::SCALAR, p.group(g), [&xq[i * kb..(i + 1) * kb]]);
+                out[i * n + g * GROUP..][..GROUP].copy_from_slice(&v);
+            }
+        }
+        out
+    }
+    each!(w, p => run(p, xq, m))
 }
 
 #[test]
@@ -594,24 +654,80 @@ fn simd_activation_quantization_equals_the_scalar_one() {
     let mut s = 3;
     let k = 32 * 40;
     let mut x: Vec<f32> = (0..k).map(|_| rand(&mut s) * 5.0).collect();
-    // A zero block, a block of exact halves after scaling (ties round to even), one spike.
+    // A zero block, a block of exact halves after scaling (ties round to even), one spike;
+    // and for the per-256 scales a zero super-block and one of halves.
     x[..32].fill(0.0);
     for (i, v) in x[32..64].iter_mut().enumerate() {
         *v = if i == 0 { 127.0 } else { i as f32 + 0.5 };
     }
     x[100] = 1e30;
-    let (mut a, mut b) = (vec![ZERO_ACT; k / 32], vec![ZERO_ACT; k / 32]);
-    quantize_row(&x, &mut a);
-    quantize_row_scalar(&x, &mut b);
-    for (a, b) in a.iter().zip(&b) {
-        assert_eq!((a.qs, a.hs), (b.qs, b.hs));
-        assert_eq!(
-            (a.d.to_bits(), a.s.to_bits()),
-            (b.d.to_bits(), b.s.to_bits())
-        );
+    x[256..512].fill(0.0);
+    for (i, v) in x[512..768].iter_mut().enumerate() {
+        *v = if i == 0 {
+            127.0
+        } else {
+            (i % 127) as f32 + 0.5
+        };
     }
-    // Half-way values did round to even: 1.5 * 127 / 127 -> 2, 2.5 -> 2.
+    type Quantize = fn(&[f32], &mut [ActQ8]);
+    let pairs: [(Quantize, Quantize); 2] = [
+        (quantize_row, quantize_row_scalar),
+        (quantize_row_super, quantize_row_super_scalar),
+    ];
+    for (simd, scalar) in pairs {
+        let (mut a, mut b) = (vec![ZERO_ACT; k / 32], vec![ZERO_ACT; k / 32]);
+        simd(&x, &mut a);
+        scalar(&x, &mut b);
+        for (a, b) in a.iter().zip(&b) {
+            assert_eq!((a.qs, a.hs), (b.qs, b.hs));
+            assert_eq!(
+                (a.d.to_bits(), a.s.to_bits()),
+                (b.d.to_bits(), b.s.to_bits())
+            );
+        }
+        // Half-way values did round to even: 1.5 * 127 / 127 -> 2, 2.5 -> 2 (block 16 has
+        // the scale 1 either way).
+        assert_eq!(a[16].d, 1.0);
+        assert_eq!(&a[16].qs[1..3], &[2, 2]);
+    }
+    let mut a = vec![ZERO_ACT; k / 32];
+    quantize_row(&x, &mut a);
     assert_eq!(&a[1].qs[1..3], &[2, 2]);
+}
+
+/// `quantize_row_super`'s rule: one scale `amax / 127` per 256 values, shared by the 8
+/// blocks of the super-block, so the largest |x| (and only values as large) quantizes to
+/// +-127; each block keeps its own sums.
+#[test]
+fn activations_for_k_quants_share_one_scale_per_256_values() {
+    let mut s = 5;
+    let k = 3 * 256;
+    let mut x: Vec<f32> = (0..k).map(|_| rand(&mut s)).collect();
+    x[77] = -4.0;
+    x[256 + 200] = 2.5;
+    x[512..768].fill(0.0);
+    for quantize in [quantize_row_super, quantize_row_super_scalar] {
+        let mut q = vec![ZERO_ACT; k / 32];
+        quantize(&x, &mut q);
+        for (sb, amax) in [4.0f32, 2.5, 0.0].into_iter().enumerate() {
+            for (j, b) in q[8 * sb..8 * sb + 8].iter().enumerate() {
+                assert_eq!(b.d.to_bits(), (amax / 127.0).to_bits(), "super-block {sb}");
+                let hs = [0, 16].map(|h| b.qs[h..h + 16].iter().map(|&v| v as i32).sum::<i32>());
+                assert_eq!([b.hs[0] as i32, b.hs[1] as i32], hs);
+                assert_eq!(b.s.to_bits(), (b.d * (hs[0] + hs[1]) as f32).to_bits());
+                let extremes = b.qs.iter().filter(|v| v.unsigned_abs() == 127).count();
+                let holds_max = [77, 256 + 200].iter().any(|&i| i / 32 == 8 * sb + j);
+                assert_eq!(
+                    extremes,
+                    usize::from(holds_max),
+                    "super-block {sb} block {j}"
+                );
+            }
+        }
+        assert_eq!(q[77 / 32].qs[77 % 32], -127);
+        assert_eq!(q[(256 + 200) / 32].qs[(256 + 200) % 32], 127);
+        assert!(q[16..].iter().all(|b| b.qs == [0; 32] && b.s == 0.0));
+    }
 }
 
 /// A row's result does not depend on how many rows share its matmul, to the bit, whichever
@@ -635,7 +751,7 @@ fn a_row_gives_the_same_bits_alone_and_in_any_batch() {
     for w in ws.iter().map(|w| w.as_ref().expect("packs")) {
         let k = w.cols();
         let m = 70;
-        let (x, _) = inputs(m, k);
+        let (x, _) = inputs(m, k, w.super_blocks());
         for isa in Isa::available() {
             let mut batch = vec![0f32; m * n];
             matmul_many_with(isa, &x, m, &[w], &mut [&mut batch]);

@@ -40,13 +40,17 @@ pub(super) unsafe fn halves(h: &[f16; GROUP]) -> __m256 {
     _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr() as *const __m128i))
 }
 
+/// 8 unsigned bytes as i32 lanes.
+#[inline(always)]
+unsafe fn u8x8_epi32(p: &[u8]) -> __m256i {
+    debug_assert!(p.len() >= 8);
+    _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.as_ptr() as *const __m128i))
+}
+
 /// 8 unsigned bytes as f32 lanes.
 #[inline(always)]
 pub(super) unsafe fn u8x8(p: &[u8]) -> __m256 {
-    debug_assert!(p.len() >= 8);
-    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
-        p.as_ptr() as *const __m128i
-    )))
+    _mm256_cvtepi32_ps(u8x8_epi32(p))
 }
 
 /// How far ahead of the block being multiplied the weight kernels ask for cache lines.
@@ -75,48 +79,52 @@ unsafe fn prefetch_ahead<T>(w: &[T], b: usize) {
     _mm_prefetch::<_MM_HINT_T1>(base.wrapping_add(size - 1));
 }
 
-/// `super::quantize_row_scalar` with AVX2: the same products and the same rounding
-/// (`cvtps` rounds half to even), so the same bytes.
+/// `super::quantize_row_scalar` (`G` 32) or `super::quantize_row_super_scalar` (`G` 256)
+/// with AVX2: the same products and the same rounding (`cvtps` rounds half to even), so
+/// the same bytes.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn quantize_row(x: &[f32], out: &mut [ActQ8]) {
+pub unsafe fn quantize_row<const G: usize>(x: &[f32], out: &mut [ActQ8]) {
     let sign = _mm256_set1_ps(-0.0);
     let (lo, hi) = (_mm256_set1_epi32(-127), _mm256_set1_epi32(127));
     let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-    for (xb, yb) in x.chunks_exact(32).zip(out.iter_mut()) {
-        let p = xb.as_ptr();
-        let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(p.add(8 * i)));
-        let a = v.map(|v| _mm256_andnot_ps(sign, v));
-        let m8 = _mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3]));
+    for (xg, yg) in x.chunks_exact(G).zip(out.chunks_exact_mut(G / 32)) {
+        let mut m8 = _mm256_setzero_ps();
+        for v in xg.chunks_exact(8) {
+            m8 = _mm256_max_ps(m8, _mm256_andnot_ps(sign, _mm256_loadu_ps(v.as_ptr())));
+        }
         let m4 = _mm_max_ps(_mm256_castps256_ps128(m8), _mm256_extractf128_ps(m8, 1));
         let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
         let amax = _mm_cvtss_f32(_mm_max_ss(m2, _mm_shuffle_ps(m2, m2, 1)));
         let d = amax / 127.0;
         let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
-        let r = v.map(|v| {
-            let q = _mm256_cvtps_epi32(_mm256_mul_ps(v, id));
-            _mm256_min_epi32(_mm256_max_epi32(q, lo), hi)
-        });
-        let bytes = _mm256_packs_epi16(
-            _mm256_packs_epi32(r[0], r[1]),
-            _mm256_packs_epi32(r[2], r[3]),
-        );
-        _mm256_storeu_si256(
-            yb.qs.as_mut_ptr() as *mut __m256i,
-            _mm256_permutevar8x32_epi32(bytes, order),
-        );
-        let hsum = |v: __m256i| {
-            let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-            let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
-            let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
-            _mm_cvtsi128_si32(s)
-        };
-        let hs = [
-            hsum(_mm256_add_epi32(r[0], r[1])),
-            hsum(_mm256_add_epi32(r[2], r[3])),
-        ];
-        yb.d = d;
-        yb.s = d * (hs[0] + hs[1]) as f32;
-        yb.hs = hs.map(|h| h as i16);
+        for (xb, yb) in xg.chunks_exact(32).zip(yg.iter_mut()) {
+            let p = xb.as_ptr();
+            let r: [__m256i; 4] = std::array::from_fn(|i| {
+                let q = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(p.add(8 * i)), id));
+                _mm256_min_epi32(_mm256_max_epi32(q, lo), hi)
+            });
+            let bytes = _mm256_packs_epi16(
+                _mm256_packs_epi32(r[0], r[1]),
+                _mm256_packs_epi32(r[2], r[3]),
+            );
+            _mm256_storeu_si256(
+                yb.qs.as_mut_ptr() as *mut __m256i,
+                _mm256_permutevar8x32_epi32(bytes, order),
+            );
+            let hsum = |v: __m256i| {
+                let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+                let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+                let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+                _mm_cvtsi128_si32(s)
+            };
+            let hs = [
+                hsum(_mm256_add_epi32(r[0], r[1])),
+                hsum(_mm256_add_epi32(r[2], r[3])),
+            ];
+            yb.d = d;
+            yb.s = d * (hs[0] + hs[1]) as f32;
+            yb.hs = hs.map(|h| h as i16);
+        }
     }
 }
 
@@ -236,6 +244,22 @@ unsafe fn q6k_scales(w: &Q6Kx8, j: usize) -> (__m256i, __m256i, __m256i) {
     (sc0, sc1, _mm256_mullo_epi16(pair, _mm256_set1_epi16(-32)))
 }
 
+/// Q4_K/Q5_K sub-blocks `2 p` and `2 p + 1`'s mins as i16 pairs: lane `r` holds row `r`'s
+/// `(m_2p, m_2p+1)`.
+#[inline(always)]
+unsafe fn k_mins(m: &[u8; 64], p: usize) -> __m256i {
+    let v = _mm_loadu_si128(m.as_ptr().add(16 * p) as *const __m128i);
+    _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(v, _mm_srli_si128(v, 8)))
+}
+
+/// The activation sums `Σ xq` of blocks `j` and `j + 1` as one i16 pair (the lane that
+/// `k_mins` multiplies; `|Σ| <= 32 * 127` fits i16).
+#[inline(always)]
+unsafe fn act_sums(x: &[ActQ8], j: usize) -> i32 {
+    let sum = |b: &ActQ8| (b.hs[0] as i32 + b.hs[1] as i32) as u16 as i32;
+    sum(x.get_unchecked(j)) | sum(x.get_unchecked(j + 1)) << 16
+}
+
 macro_rules! kernels {
     ($features:literal) => {
         use super::*;
@@ -344,7 +368,10 @@ macro_rules! kernels {
             })
         }
 
-        /// Q4_K and Q5_K: per sub-block `j`, `d sc_j xd Σ q xq - dmin m_j xs`.
+        /// Q4_K and Q5_K, super-block `b`: `isum = Σ_j sc_j Σ q xq` (`dot_scaled`) and
+        /// `imin = Σ_j m_j Σ xq` (`k_mins`: two sub-blocks' mins against their activation
+        /// sums in one `madd`), exact in i32, then `acc = fma(d xd, isum, acc)` and
+        /// `acc = fnmadd(dmin xd, imin, acc)` (`formats`' module comment).
         #[inline(always)]
         unsafe fn k_quant<const R: usize, const FIVE: bool>(
             w: KBlock,
@@ -364,8 +391,8 @@ macro_rules! kernels {
             let bit4 = _mm256_set1_epi8(0x10);
             let p = qs.as_ptr() as *const __m256i;
             let ph = qh.as_ptr() as *const __m256i;
-            let mut sacc = [_mm256_setzero_ps(); R];
-            let mut macc = [_mm256_setzero_ps(); R];
+            let mut isum = [_mm256_setzero_si256(); R];
+            let mut imin = [_mm256_setzero_si256(); R];
             for pair in 0..4 {
                 let mut q = [[_mm256_setzero_si256(); 8]; 2];
                 for u in 0..8 {
@@ -386,33 +413,32 @@ macro_rules! kernels {
                         q[1][u] = _mm256_or_si256(q[1][u], _mm256_and_si256(h1, bit4));
                     }
                 }
+                let mins = k_mins(m, pair);
+                for c in 0..R {
+                    let sums = _mm256_set1_epi32(act_sums(x[c], 8 * b + 2 * pair));
+                    imin[c] = madd_acc(imin[c], mins, sums);
+                }
                 for (s, q) in q.iter().enumerate() {
                     let j = 2 * pair + s;
-                    let scf = u8x8(&sc[8 * j..]);
-                    let mf = u8x8(&m[8 * j..]);
-                    let (q0, q1) = ([q[0], q[1], q[2], q[3]], [q[4], q[5], q[6], q[7]]);
+                    let scj = u8x8_epi32(&sc[8 * j..]);
                     for c in 0..R {
-                        let xb = x[c].get_unchecked(8 * b + j);
-                        let xs = bcast_block(xb);
+                        let xs = bcast_block(x[c].get_unchecked(8 * b + j));
                         // Q4: 8 products of at most 2 * 15 * 127 fit in i16; Q5: 4.
-                        let sumi = if FIVE {
-                            let s =
-                                dot_acc(_mm256_setzero_si256(), &q0, &[xs[0], xs[1], xs[2], xs[3]]);
-                            dot_acc(s, &q1, &[xs[4], xs[5], xs[6], xs[7]])
+                        isum[c] = if FIVE {
+                            dot_scaled::<4>(isum[c], q, &xs, scj)
                         } else {
-                            dot_acc(_mm256_setzero_si256(), q, &xs)
+                            dot_scaled::<8>(isum[c], q, &xs, scj)
                         };
-                        let scale = _mm256_mul_ps(scf, _mm256_set1_ps(xb.d));
-                        sacc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi), scale, sacc[c]);
-                        macc[c] = _mm256_fmadd_ps(mf, _mm256_set1_ps(xb.s), macc[c]);
                     }
                 }
             }
             let dw = halves(d);
             let dm = halves(dmin);
             for c in 0..R {
-                acc[c] = _mm256_fmadd_ps(dw, sacc[c], acc[c]);
-                acc[c] = _mm256_fnmadd_ps(dm, macc[c], acc[c]);
+                let xd = _mm256_set1_ps(x[c].get_unchecked(8 * b).d);
+                let (isum, imin) = (_mm256_cvtepi32_ps(isum[c]), _mm256_cvtepi32_ps(imin[c]));
+                acc[c] = _mm256_fmadd_ps(_mm256_mul_ps(dw, xd), isum, acc[c]);
+                acc[c] = _mm256_fnmadd_ps(_mm256_mul_ps(dm, xd), imin, acc[c]);
             }
         }
 
@@ -432,13 +458,14 @@ macro_rules! kernels {
 
         /// Q6_K: the 6-bit weights `q` (0..64) as unsigned bytes against the signed
         /// activations, and per 16 weights of one scale `sc Σ (q - 32) x = sc Σ q x -
-        /// 32 sc Σ x` (`ActQ8::hs`), all in i32 over a sub-block: a `maddubs` pair sum is at
-        /// most 2 * 63 * 127, so two register products fit in i16, and the i8 scales
-        /// multiply in the widening i16 product (`madd_acc`).
+        /// 32 sc Σ x` (`ActQ8::hs`), all in i32 over the super-block (`isum`): a `maddubs`
+        /// pair sum is at most 2 * 63 * 127, so two register products fit in i16, and the
+        /// i8 scales multiply in the widening i16 product (`madd_acc`). Then one
+        /// `acc = fma(d xd, isum, acc)` per super-block (`formats`' module comment).
         #[target_feature(enable = $features)]
         pub unsafe fn q6_k<const R: usize>(w: &[Q6Kx8], x: [&[ActQ8]; R]) -> [[f32; GROUP]; R] {
             blocks(w, |wb, b, acc| {
-                let mut sacc = [_mm256_setzero_ps(); R];
+                let mut isum = [_mm256_setzero_si256(); R];
                 for j in 0..8 {
                     // Weights 0..16 (`q[0]`) and 16..32 (`q[1]`) of the 8 rows, 0..64.
                     let u = q6k_regs(wb, j);
@@ -449,6 +476,7 @@ macro_rules! kernels {
                         let xb = x[c].get_unchecked(8 * b + j);
                         let xs = bcast_block(xb);
                         let hs = (xb.hs.as_ptr() as *const i32).read_unaligned();
+                        // A chain per sub-block, short for latency.
                         let mut s = _mm256_madd_epi16(off, _mm256_set1_epi32(hs));
                         for (half, sc) in sc.iter().enumerate() {
                             for u in [0, 2] {
@@ -459,13 +487,13 @@ macro_rules! kernels {
                                 s = madd_acc(s, p, *sc);
                             }
                         }
-                        sacc[c] =
-                            _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(xb.d), sacc[c]);
+                        isum[c] = _mm256_add_epi32(isum[c], s);
                     }
                 }
                 let dw = halves(&wb.d);
                 for c in 0..R {
-                    acc[c] = _mm256_fmadd_ps(dw, sacc[c], acc[c]);
+                    let scale = _mm256_mul_ps(dw, _mm256_set1_ps(x[c].get_unchecked(8 * b).d));
+                    acc[c] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(isum[c]), acc[c]);
                 }
             })
         }
@@ -492,6 +520,29 @@ pub mod avx2 {
         _mm256_add_epi32(acc, _mm256_madd_epi16(p, s))
     }
 
+    /// `acc + sc · Σ_i w_i · x_i` per 32-bit lane over a sub-block's 8 registers, `w`
+    /// unsigned, `x` signed, `sc` the lane's scale (0..64): the `maddubs` pair sums added
+    /// in i16 `N` registers at a time (the caller keeps them within i16), then multiplied
+    /// by the scale in the widening `madd` (where `dot_acc` multiplies by 1).
+    #[inline(always)]
+    unsafe fn dot_scaled<const N: usize>(
+        acc: __m256i,
+        w: &[__m256i; 8],
+        x: &[__m256i; 8],
+        sc: __m256i,
+    ) -> __m256i {
+        let sc = _mm256_or_si256(sc, _mm256_slli_epi32(sc, 16));
+        let mut acc = acc;
+        for c in (0..8).step_by(N) {
+            let mut s = _mm256_maddubs_epi16(w[c], x[c]);
+            for i in c + 1..c + N {
+                s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w[i], x[i]));
+            }
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(s, sc));
+        }
+        acc
+    }
+
     kernels!("avx2,fma,f16c");
 }
 
@@ -514,6 +565,19 @@ pub mod vnni {
     #[inline(always)]
     unsafe fn madd_acc(acc: __m256i, p: __m256i, s: __m256i) -> __m256i {
         _mm256_dpwssd_epi32(acc, p, s)
+    }
+
+    /// As `avx2::dot_scaled` (the same integers; no i16 limit, so `N` is unused): the
+    /// byte products summed in i32 (`dot_acc`), then one `mullo` by the scale.
+    #[inline(always)]
+    unsafe fn dot_scaled<const N: usize>(
+        acc: __m256i,
+        w: &[__m256i; 8],
+        x: &[__m256i; 8],
+        sc: __m256i,
+    ) -> __m256i {
+        let s = dot_acc(_mm256_setzero_si256(), w, x);
+        _mm256_add_epi32(acc, _mm256_mullo_epi32(s, sc))
     }
 
     kernels!("avx2,fma,f16c,avx512f,avx512vl,avx512vnni");
@@ -630,8 +694,8 @@ pub mod vnni512 {
         })
     }
 
-    /// `vnni::k_quant` (one block of Q4_K or Q5_K) for one activation row against two
-    /// groups' blocks at once.
+    /// `vnni::k_quant` (one super-block of Q4_K or Q5_K) for one activation row against
+    /// two groups' blocks at once.
     #[inline(always)]
     #[allow(clippy::needless_range_loop)] // `u` indexes the loads as well as `q`.
     unsafe fn k_quant_pair<const FIVE: bool>(
@@ -644,8 +708,8 @@ pub mod vnni512 {
         let bit4 = _mm512_set1_epi8(0x10);
         let p = w.map(|w| w.qs.as_ptr() as *const __m256i);
         let ph = w.map(|w| w.qh.as_ptr() as *const __m256i);
-        let mut sacc = _mm512_setzero_ps();
-        let mut macc = _mm512_setzero_ps();
+        let mut isum = _mm512_setzero_si512();
+        let mut imin = _mm512_setzero_si512();
         for pair in 0..4 {
             let mut q = [[_mm512_setzero_si512(); 8]; 2];
             for u in 0..8 {
@@ -670,27 +734,28 @@ pub mod vnni512 {
                     q[1][u] = _mm512_or_si512(q[1][u], _mm512_and_si512(h1, bit4));
                 }
             }
+            let mins = join(k_mins(w[0].m, pair), k_mins(w[1].m, pair));
+            let sums = _mm512_set1_epi32(act_sums(x, 8 * b + 2 * pair));
+            imin = _mm512_dpwssd_epi32(imin, mins, sums);
             for (s, q) in q.iter().enumerate() {
                 let j = 2 * pair + s;
-                let scf = join_ps(u8x8(&w[0].sc[8 * j..]), u8x8(&w[1].sc[8 * j..]));
-                let mf = join_ps(u8x8(&w[0].m[8 * j..]), u8x8(&w[1].m[8 * j..]));
-                let xb = x.get_unchecked(8 * b + j);
-                let xq = xb.qs.as_ptr() as *const i32;
+                let scj = join(u8x8_epi32(&w[0].sc[8 * j..]), u8x8_epi32(&w[1].sc[8 * j..]));
+                let xq = x.get_unchecked(8 * b + j).qs.as_ptr() as *const i32;
                 let mut a = [_mm512_setzero_si512(); 2];
                 for (u, &q) in q.iter().enumerate() {
                     let xs = _mm512_set1_epi32(xq.add(u).read_unaligned());
                     a[u & 1] = _mm512_dpbusd_epi32(a[u & 1], q, xs);
                 }
                 let sumi = _mm512_add_epi32(a[0], a[1]);
-                let scale = _mm512_mul_ps(scf, _mm512_set1_ps(xb.d));
-                sacc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi), scale, sacc);
-                macc = _mm512_fmadd_ps(mf, _mm512_set1_ps(xb.s), macc);
+                isum = _mm512_add_epi32(isum, _mm512_mullo_epi32(sumi, scj));
             }
         }
+        let xd = _mm512_set1_ps(x.get_unchecked(8 * b).d);
         let dw = join_ps(halves(w[0].d), halves(w[1].d));
         let dm = join_ps(halves(w[0].dmin), halves(w[1].dmin));
-        *acc = _mm512_fmadd_ps(dw, sacc, *acc);
-        *acc = _mm512_fnmadd_ps(dm, macc, *acc);
+        let (isum, imin) = (_mm512_cvtepi32_ps(isum), _mm512_cvtepi32_ps(imin));
+        *acc = _mm512_fmadd_ps(_mm512_mul_ps(dw, xd), isum, *acc);
+        *acc = _mm512_fnmadd_ps(_mm512_mul_ps(dm, xd), imin, *acc);
     }
 
     /// `vnni::q4_k` for one activation row against groups `w0` and `w1` at once.
@@ -713,7 +778,7 @@ pub mod vnni512 {
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
     pub unsafe fn q6_k_pair(w0: &[Q6Kx8], w1: &[Q6Kx8], x: &[ActQ8]) -> [[f32; GROUP]; 2] {
         pair_blocks(w0, w1, |wb0, wb1, b, acc| {
-            let mut sacc = _mm512_setzero_ps();
+            let mut isum = _mm512_setzero_si512();
             for j in 0..8 {
                 let u = q6k_regs2(wb0, wb1, j);
                 let q = [[u[0], u[1], u[2], u[3]], [u[4], u[5], u[6], u[7]]];
@@ -726,6 +791,7 @@ pub mod vnni512 {
                 let xs: [__m512i; 8] =
                     std::array::from_fn(|t| _mm512_set1_epi32(xq.add(t).read_unaligned()));
                 let hs = (xb.hs.as_ptr() as *const i32).read_unaligned();
+                // A chain per sub-block, short for latency.
                 let mut s = _mm512_madd_epi16(off, _mm512_set1_epi32(hs));
                 for (half, sc) in sc.iter().enumerate() {
                     for u in [0, 2] {
@@ -736,10 +802,11 @@ pub mod vnni512 {
                         s = _mm512_dpwssd_epi32(s, p, *sc);
                     }
                 }
-                sacc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(xb.d), sacc);
+                isum = _mm512_add_epi32(isum, s);
             }
             let dw = join_ps(halves(&wb0.d), halves(&wb1.d));
-            *acc = _mm512_fmadd_ps(dw, sacc, *acc);
+            let scale = _mm512_mul_ps(dw, _mm512_set1_ps(x.get_unchecked(8 * b).d));
+            *acc = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(isum), *acc);
         })
     }
 }
