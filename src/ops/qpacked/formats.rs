@@ -433,20 +433,6 @@ impl Format for Q4Kx8 {
     }
 }
 
-impl SuperBlock for Q4Kx8 {
-    const MINS: bool = true;
-
-    fn scales(&self, r: usize) -> (f32, f32) {
-        (self.d[r].to_f32(), self.dmin[r].to_f32())
-    }
-
-    fn scaled_sub_block(&self, r: usize, j: usize) -> ([i32; 32], i32) {
-        let (q, _, _) = self.sub_block(r, j);
-        let sc = self.sc[8 * j + r] as i32;
-        (q.map(|q| q * sc), self.m[8 * j + r] as i32)
-    }
-}
-
 impl Format for Q5Kx8 {
     type Block = BlockQ5K;
     const COLS: usize = 256;
@@ -482,19 +468,27 @@ impl Format for Q5Kx8 {
     }
 }
 
-impl SuperBlock for Q5Kx8 {
-    const MINS: bool = true;
+/// Q4_K's and Q5_K's `SuperBlock`: the same fields (`d`, `dmin`, `sc`, `m`) and meaning.
+macro_rules! k_super_block {
+    ($t:ty) => {
+        impl SuperBlock for $t {
+            const MINS: bool = true;
 
-    fn scales(&self, r: usize) -> (f32, f32) {
-        (self.d[r].to_f32(), self.dmin[r].to_f32())
-    }
+            fn scales(&self, r: usize) -> (f32, f32) {
+                (self.d[r].to_f32(), self.dmin[r].to_f32())
+            }
 
-    fn scaled_sub_block(&self, r: usize, j: usize) -> ([i32; 32], i32) {
-        let (q, _, _) = self.sub_block(r, j);
-        let sc = self.sc[8 * j + r] as i32;
-        (q.map(|q| q * sc), self.m[8 * j + r] as i32)
-    }
+            fn scaled_sub_block(&self, r: usize, j: usize) -> ([i32; 32], i32) {
+                let (q, _, _) = self.sub_block(r, j);
+                let sc = self.sc[8 * j + r] as i32;
+                (q.map(|q| q * sc), self.m[8 * j + r] as i32)
+            }
+        }
+    };
 }
+
+k_super_block!(Q4Kx8);
+k_super_block!(Q5Kx8);
 
 /// A Q6_K block's 256 weights (0..64), in ggml's order.
 fn q6k_values(b: &BlockQ6K) -> [u8; 256] {
